@@ -1,0 +1,42 @@
+# capa: the one interface. CI calls the same targets.
+SHELL := /bin/bash
+BEAM := .venvs/beam/bin
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: setup demo test test-unit test-integration lint bench chaos up down status clean
+
+setup:            ## install everything (envs, PostgreSQL, Maven jars)
+	bash scripts/setup.sh all
+
+demo: setup       ## the main job on the embedded default
+	$(BEAM)/capa demo
+
+test: setup       ## the default test run: unit + integration
+	$(BEAM)/python -m pytest -m "not bench" -p no:cacheprovider
+
+test-unit: setup
+	$(BEAM)/python -m pytest -m "unit" -p no:cacheprovider
+
+test-integration: setup
+	$(BEAM)/python -m pytest -m "integration" -p no:cacheprovider
+
+lint: setup
+	$(BEAM)/ruff check capa connectors beam_jobs spark_jobs dags tests bench
+	$(BEAM)/mypy
+
+bench: setup      ## benchmarks; writes docs/benchmarks.md
+	$(BEAM)/python -m bench.run_all
+
+chaos: setup      ## long fault-injection run
+	$(BEAM)/python -m bench.chaos
+
+up: setup
+	$(BEAM)/capa up
+status:
+	$(BEAM)/capa status
+down:
+	$(BEAM)/capa down
+
+clean:
+	-$(BEAM)/capa down
+	rm -rf .state

@@ -1,0 +1,176 @@
+"""Typed configuration.
+
+One :class:`CapaSettings` object, read from (lowest to highest precedence) field
+defaults, an optional YAML file (``capa.yaml`` or ``$CAPA_CONFIG``) and environment
+variables named ``CAPA__<SECTION>__<KEY>`` (e.g. ``CAPA__KAFKA__PORT=29092``).
+Secrets are :class:`pydantic.SecretStr` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from capa.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address the local broker listens on (loopback).")
+    port: int = Field(19092, description="Broker client port of the local KRaft node.")
+    controller_port: int = Field(19093, description="KRaft controller port of the local node.")
+    version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
+    topic: str = Field("capa.changes", description="The shared canonical change-event topic.")
+    dlq_topic: str = Field("capa.changes.dlq", description="Dead-letter topic: original bytes + reason.")
+    partitions: int = Field(3, description="Partitions of the canonical topic (key = source+table+pk).")
+    schema_registry_url: str | None = Field(
+        None, description="Confluent schema registry URL; unset = Avro single-object encoding."
+    )
+    bootstrap_servers: str | None = Field(
+        None, description="Override bootstrap servers (default host:port of the local broker)."
+    )
+    heap: str = Field("-Xmx512m", description="JVM heap option for the local broker.")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class PostgresConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address of the F2 PostgreSQL server.")
+    port: int = Field(15432, description="Port of the F2 PostgreSQL server (local cluster port).")
+    database: str = Field("shop", description="Database captured as source F2.")
+    user: str = Field("postgres", description="Login role used by Debezium and the workload.")
+    password: SecretStr = Field(
+        SecretStr(""), description="Password (from env CAPA__POSTGRES__PASSWORD; empty for trust)."
+    )
+    bin_dir: Path = Field(
+        Path("/usr/lib/postgresql/15/bin"), description="Directory holding initdb/pg_ctl."
+    )
+
+    def dsn(self) -> str:
+        secret = self.password.get_secret_value()
+        auth = f" password={secret}" if secret else ""
+        return f"host={self.host} port={self.port} dbname={self.database} user={self.user}{auth}"
+
+
+class DebeziumConfig(_Section):
+    source_name: str = Field("f2", description="Source name stamped on canonical events (topic prefix).")
+    engine_name: str = Field(
+        "capa-f2", description="Engine name; part of the offset key - renaming it re-snapshots."
+    )
+    slot_name: str = Field("capa_f2", description="PostgreSQL logical replication slot.")
+    publication: str = Field("capa_f2", description="PostgreSQL publication for pgoutput.")
+    poll_interval_ms: int = Field(50, description="Engine poll interval (latency vs idle CPU).")
+    heartbeat_interval_ms: int = Field(
+        10_000, description="Heartbeat so an idle slot advances and does not pin WAL."
+    )
+    decimal_handling_mode: Literal["precise", "string", "double"] = Field(
+        "string", description="Debezium decimal.handling.mode; 'string' keeps full scale."
+    )
+    jvm_opts: str = Field("-Xmx384m", description="PYDBZ_JVM_OPTS for the embedded engine.")
+
+
+class ApplyConfig(_Section):
+    commit_interval_s: float = Field(1.0, description="Max seconds between raw-layer commits.")
+    max_batch_events: int = Field(50_000, description="Max events per commit.")
+    consumer_group: str = Field("capa-apply", description="Kafka consumer group of the apply job.")
+    soft_deletes: bool = Field(
+        False, description="Keep deleted rows visible with _capa_deleted=true instead of hiding them."
+    )
+
+
+class LocalWarehouseConfig(_Section):
+    type: Literal["local"] = "local"
+    path: Path = Field(Path(".state/lakehouse"), description="Root directory of the Delta tables.")
+
+
+class BigQueryWarehouseConfig(_Section):
+    type: Literal["bigquery"] = "bigquery"
+    project: str = Field(description="GCP project id holding the datasets.")
+    raw_dataset: str = Field("raw", description="Dataset of replicas and changelogs.")
+    consumption_dataset: str = Field("consumption", description="Dataset of final tables.")
+    location: str = Field("EU", description="BigQuery location.")
+    api_endpoint: str | None = Field(
+        None, description="Override API endpoint (bqemulator: http://127.0.0.1:PORT)."
+    )
+    merge_interval_s: float = Field(60.0, description="Seconds between staging -> replica MERGEs.")
+
+
+WarehouseConfig = Annotated[
+    LocalWarehouseConfig | BigQueryWarehouseConfig, Field(discriminator="type")
+]
+
+
+class CapaSettings(BaseSettings):
+    """Root configuration. See the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAPA__", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path = Field(Path(".state"), description="Logs, data and PIDs of the local stack.")
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig, description="Source F2.")
+    debezium: DebeziumConfig = Field(default_factory=DebeziumConfig, description="CDC engine.")
+    apply: ApplyConfig = Field(default_factory=ApplyConfig, description="Streaming apply job.")
+    warehouse: WarehouseConfig = Field(
+        default_factory=LocalWarehouseConfig, description="Where the raw layer lives."
+    )
+
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence, highest first: explicit overrides, environment, YAML file.
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``$CAPA_CONFIG`` (default ``./capa.yaml``) if present."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        candidate = Path(os.environ.get("CAPA_CONFIG", "capa.yaml"))
+        if not candidate.is_file():
+            if "CAPA_CONFIG" in os.environ:
+                raise ConfigError(
+                    f"CAPA_CONFIG={str(candidate)!r} does not exist; point it at a YAML file"
+                )
+            return {}
+        return _read_yaml(candidate)
+
+
+def load_settings(**overrides: Any) -> CapaSettings:
+    """Load settings (overrides > env > YAML > defaults); :class:`ConfigError` if invalid."""
+    try:
+        return CapaSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid capa configuration: {exc}") from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # PyYAML: pulled in by pydantic-settings' yaml extra / every env
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return loaded

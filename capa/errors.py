@@ -1,0 +1,76 @@
+"""capa's exception hierarchy.
+
+Every error raised by capa code derives from :class:`CapaError` and carries one of two
+mix-ins that tell the caller what to do with it:
+
+* :class:`TerminalError` - retrying cannot help (bad input, unknown table, bad config).
+  A record that causes one goes to the dead-letter output with the reason.
+* :class:`TransientError` - the world may heal (broker down, lock conflict, timeout).
+  Retry with backoff; the record is never dead-lettered for it.
+
+Messages quote the bad value and say how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class CapaError(Exception):
+    """Root of all capa errors."""
+
+
+class TerminalError(CapaError):
+    """Retrying will not help: dead-letter the record or stop with a clear message."""
+
+
+class TransientError(CapaError):
+    """May succeed if retried later (with backoff)."""
+
+
+# --- configuration and environment -------------------------------------------------
+
+
+class ConfigError(TerminalError):
+    """Configuration is missing or invalid."""
+
+
+class EnvironmentProblem(TerminalError):
+    """The machine lacks something capa needs (Java, a free port, a binary...)."""
+
+
+# --- input decoding / normalisation -----------------------------------------------
+
+
+class DecodeError(TerminalError):
+    """An input record or file cannot be parsed or mapped to a change event."""
+
+    def __init__(self, reason: str, *, raw: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+class UnknownTableError(DecodeError):
+    """The event names a table that is not configured / not known."""
+
+
+class SchemaDriftError(DecodeError):
+    """A column changed type in a way that cannot be applied automatically."""
+
+
+# --- sinks and services -------------------------------------------------------------
+
+
+class WarehouseError(CapaError):
+    """A warehouse write failed."""
+
+
+class WarehouseTerminalError(WarehouseError, TerminalError):
+    """A warehouse rejected the data (e.g. incompatible type change)."""
+
+
+class WarehouseTransientError(WarehouseError, TransientError):
+    """A warehouse write may succeed on retry (e.g. commit conflict)."""
+
+
+class ServiceUnavailable(TransientError):
+    """A service (Kafka, PostgreSQL, an emulator) is not reachable right now."""

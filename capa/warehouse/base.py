@@ -1,0 +1,73 @@
+"""The warehouse port: where the raw layer lives (STYLE rule 1).
+
+Adapters: ``local`` (Delta Lake tables on the filesystem, via delta-rs; the embedded
+default and on-prem store) and ``bigquery``. Pick one through :func:`open_warehouse`.
+
+Raw table contract (public; Spark models and ``capa sql`` rely on it):
+
+* ``raw.<source>_<schema>_<table>``: the replica, one row per primary key, with the
+  source columns plus metadata columns ``_capa_position`` (string, byte-comparable),
+  ``_capa_op`` (r/c/u/d), ``_capa_commit_ts`` (timestamp µs UTC), ``_capa_ingested_at``
+  (timestamp µs UTC), ``_capa_event_id`` and ``_capa_deleted`` (bool). Deleted rows are
+  kept as tombstones so that late, older events stay no-ops; readers see them only when
+  soft deletes are configured (``capa sql`` views hide them otherwise).
+* ``raw.<source>_<schema>_<table>_changelog``: append-only history, one row per event.
+
+Apply is idempotent: replaying any prefix or permutation of events gives the same replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from capa.events import ChangeEvent
+
+META_POSITION = "_capa_position"
+META_OP = "_capa_op"
+META_COMMIT_TS = "_capa_commit_ts"
+META_INGESTED_AT = "_capa_ingested_at"
+META_EVENT_ID = "_capa_event_id"
+META_DELETED = "_capa_deleted"
+META_COLUMNS = (META_POSITION, META_OP, META_COMMIT_TS, META_INGESTED_AT, META_EVENT_ID, META_DELETED)
+CHANGELOG_SUFFIX = "_changelog"
+RAW_NAMESPACE = "raw"
+
+
+@dataclass(frozen=True, slots=True)
+class TableReport:
+    table: str
+    events: int  # events received for this table
+    applied: int  # rows inserted/updated/deleted in the replica
+    stale: int  # events older than the applied position: no-ops
+    changelog_rows: int  # new rows appended to the changelog (duplicates skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    tables: tuple[TableReport, ...] = field(default_factory=tuple)
+    seconds: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return sum(t.events for t in self.tables)
+
+
+@runtime_checkable
+class Warehouse(Protocol):
+    """A raw/consumption store."""
+
+    def apply(self, events: Sequence[ChangeEvent]) -> ApplyReport:
+        """Apply a batch atomically per table; idempotent under replay and reordering."""
+        ...
+
+    def tables(self) -> list[str]:
+        """Qualified names of the tables present (``raw.f2_public_orders`` ...)."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Run SQL over the store; rows as dicts. Values are bound, never interpolated."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# capa setup: installs everything the project needs on a fresh machine (idempotent).
+#   - uv (from PyPI) and three Python environments from pinned lock files:
+#       .venvs/beam    capa CLI, connectors, Beam jobs, tests
+#       .venvs/spark   Spark SQL consumption models
+#       .venvs/airflow Airflow DAGs (Beam/Spark run as subprocesses of their own envs)
+#   - PostgreSQL 15 from Debian packages when missing
+#   - JVM jars from Maven Central (Kafka broker, Spark packages) via scripts/fetch_jars.sh
+# Usage: scripts/setup.sh [beam|spark|airflow|jars|postgres|all] ...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${CAPA_PYTHON:-python3.11}
+
+die() { echo "capa setup: error: $*" >&2; exit 1; }
+step() { echo "==> $*" >&2; }
+
+ensure_uv() {
+  command -v uv >/dev/null 2>&1 && return
+  [ -x "$HOME/.local/bin/uv" ] && { export PATH="$HOME/.local/bin:$PATH"; return; }
+  command -v "$PY" >/dev/null 2>&1 || die "$PY not found; install Python 3.11 or set CAPA_PYTHON"
+  step "installing uv from PyPI"
+  "$PY" -m pip install --quiet --user uv 2>/dev/null || "$PY" -m pip install --quiet uv \
+    || die "could not install uv from PyPI (is the package index reachable?)"
+  export PATH="$HOME/.local/bin:$PATH"
+}
+
+make_env() {  # make_env NAME (serialised with flock: parallel callers wait, then see the stamp)
+  mkdir -p .venvs
+  exec 9>".venvs/.$1.lock"; flock 9
+  _make_env "$@"
+  flock -u 9
+}
+
+_make_env() {
+  local name=$1 env=".venvs/$1" lock="requirements/$1.lock" stamp
+  stamp="$env/.capa-lock.sha"
+  local want; want=$(cat "$lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  step "creating the $name environment ($env)"
+  [ -x "$env/bin/python" ] || uv venv --quiet --python "$PY" "$env" || die "uv venv $env failed"
+  uv pip install --quiet --python "$env/bin/python" -r "$lock" \
+    || die "installing $lock failed (PyPI reachable? see the uv output above)"
+  uv pip install --quiet --python "$env/bin/python" --no-deps -e . || die "installing capa into $env failed"
+  echo "$want" > "$stamp"
+}
+
+ensure_postgres() {
+  [ -x /usr/lib/postgresql/15/bin/initdb ] && return
+  step "installing PostgreSQL 15 from Debian packages"
+  command -v apt-get >/dev/null || die "PostgreSQL 15 missing and apt-get not available; install postgresql-15"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq postgresql-15 >/dev/null \
+    || die "apt-get install postgresql-15 failed"
+}
+
+ensure_java() {
+  command -v java >/dev/null || die "java not found; install a JDK 17 (apt-get install openjdk-17-jdk-headless)"
+  command -v mvn >/dev/null || die "mvn not found; install Maven (apt-get install maven)"
+}
+
+targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(all)
+for t in "${targets[@]}"; do
+  case $t in
+    beam|spark|airflow) ensure_uv; make_env "$t" ;;
+    jars) ensure_java; bash scripts/fetch_jars.sh ;;
+    postgres) ensure_postgres ;;
+    all) ensure_uv; ensure_postgres; ensure_java
+         for e in beam spark airflow; do make_env "$e"; done
+         bash scripts/fetch_jars.sh ;;
+    *) die "unknown setup target '$t' (beam|spark|airflow|jars|postgres|all)" ;;
+  esac
+done
