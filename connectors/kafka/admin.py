@@ -1,0 +1,37 @@
+"""Topic creation (idempotent) for the canonical and dead-letter topics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from capa.errors import ConfigError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_topics(bootstrap: str, partitions: Mapping[str, int], *, timeout_s: float = 30.0) -> None:
+    """Create each topic with its partition count unless it exists already."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions.items()]
+    futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            logger.info("created topic %s", topic)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if error.code() in (KafkaError.INVALID_TOPIC_EXCEPTION, KafkaError.INVALID_PARTITIONS):
+                raise ConfigError(f"cannot create Kafka topic {topic!r}: {error.str()}") from exc
+            raise ServiceUnavailable(
+                f"cannot create Kafka topic {topic!r} on {bootstrap}: {error.str()}"
+            ) from exc
+        except TimeoutError as exc:
+            raise ServiceUnavailable(
+                f"Kafka at {bootstrap} did not answer within {timeout_s}s; is it running?"
+            ) from exc
