@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "down": "capa.commands.stack",
     "demo": "capa.commands.demo",
     "verify": "capa.commands.verify",
+    "crm": "capa.commands.crm",
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import fastavro
 
+from capa.avro_writer import write_event
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Json, Op, SourceKind
 
@@ -361,7 +362,17 @@ def event_from_avro_record(rec: Mapping[str, Any]) -> ChangeEvent:
 
 
 def encode_avro(event: ChangeEvent) -> bytes:
-    """Schemaless Avro body (no framing)."""
+    """Schemaless Avro body (no framing); raises :class:`DecodeError` for unencodable values.
+
+    Hand-written for ``change_event.v1`` (3-4x faster than fastavro's generic writer, whose
+    union resolution dominates); ``encode_avro_generic`` is the fastavro reference and the
+    property tests check both give identical bytes.
+    """
+    return write_event(event)
+
+
+def encode_avro_generic(event: ChangeEvent) -> bytes:
+    """The same body through fastavro (reference implementation)."""
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, avro_schema(), event_to_avro_record(event))
     return buf.getvalue()

@@ -37,6 +37,15 @@ class KafkaConfig(_Section):
         None, description="Override bootstrap servers (default host:port of the local broker)."
     )
     heap: str = Field("-Xmx512m", description="JVM heap option for the local broker.")
+    jars_dir: Path | None = Field(
+        None, description="Kafka broker jars (default <repo>/.cache/jars/kafka from fetch_jars.sh)."
+    )
+    delivery_timeout_ms: int = Field(
+        30_000, description="Producer delivery.timeout.ms: how long one record may stay unacked."
+    )
+    dlq_max_value_bytes: int = Field(
+        900_000, description="Dead-letter values are cut to this size (header truncated=true)."
+    )
 
     @property
     def bootstrap(self) -> str:
@@ -53,6 +62,11 @@ class PostgresConfig(_Section):
     )
     bin_dir: Path = Field(
         Path("/usr/lib/postgresql/15/bin"), description="Directory holding initdb/pg_ctl."
+    )
+    managed: bool = Field(
+        True,
+        description="capa up starts a throwaway local cluster (true) or checks an existing server "
+        "at host:port for logical WAL (false).",
     )
 
     def dsn(self) -> str:
@@ -73,9 +87,42 @@ class DebeziumConfig(_Section):
         10_000, description="Heartbeat so an idle slot advances and does not pin WAL."
     )
     decimal_handling_mode: Literal["precise", "string", "double"] = Field(
-        "string", description="Debezium decimal.handling.mode; 'string' keeps full scale."
+        "precise",
+        description="Debezium decimal.handling.mode. 'precise' + json_schemas gives exact typed "
+        "decimals (scale from the schema); 'string' keeps the digits but arrives as text, "
+        "because Debezium's string schema drops the decimal type; 'double' loses digits.",
     )
     jvm_opts: str = Field("-Xmx384m", description="PYDBZ_JVM_OPTS for the embedded engine.")
+    snapshot_mode: str = Field(
+        "initial", description="Debezium snapshot.mode (initial, no_data, when_needed ...)."
+    )
+    table_include_list: str | None = Field(
+        None, description="Debezium table.include.list regex list (unset: every table)."
+    )
+    offset_flush_interval_ms: int = Field(
+        1_000, description="How often committed source offsets are written to the offset file."
+    )
+    json_schemas: bool = Field(
+        True, description="JsonConverter schemas.enable: typed values (dates, decimals) need it."
+    )
+
+
+class DatastreamConfig(_Section):
+    source_name: str = Field("f3", description="Source name stamped on events read from the bucket.")
+    bucket: str | None = Field(None, description="GCS bucket Datastream writes to (required to read).")
+    prefix: str = Field(
+        "", description="Stream path prefix; objects are <prefix>/<schema>_<table>/yyyy/mm/dd/hh/mm/<file>."
+    )
+    project: str | None = Field(None, description="GCP project of the bucket (default: from the env).")
+    poll_interval_s: float = Field(10.0, description="Seconds between bucket listings in poll mode.")
+    checkpoint_path: Path | None = Field(
+        None, description="Checkpoint JSON (default <state_dir>/datastream/<source_name>.checkpoint.json)."
+    )
+    late_file_grace_minutes: int = Field(
+        120,
+        description="Processed names older than this (by their yyyy/mm/dd/hh/mm path) before the "
+        "newest one are folded into a per-table high-watermark; later files under it are ignored.",
+    )
 
 
 class ApplyConfig(_Section):
@@ -120,6 +167,9 @@ class CapaSettings(BaseSettings):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
     postgres: PostgresConfig = Field(default_factory=PostgresConfig, description="Source F2.")
     debezium: DebeziumConfig = Field(default_factory=DebeziumConfig, description="CDC engine.")
+    datastream: DatastreamConfig = Field(
+        default_factory=DatastreamConfig, description="Datastream bucket reader (source F3)."
+    )
     apply: ApplyConfig = Field(default_factory=ApplyConfig, description="Streaming apply job.")
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."

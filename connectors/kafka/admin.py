@@ -10,7 +10,9 @@ from capa.errors import ConfigError, ServiceUnavailable
 logger = logging.getLogger(__name__)
 
 
-def ensure_topics(bootstrap: str, partitions: Mapping[str, int], *, timeout_s: float = 30.0) -> None:
+def ensure_topics(
+    bootstrap: str, partitions: Mapping[str, int], *, timeout_s: float = 30.0
+) -> None:
     """Create each topic with its partition count unless it exists already."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic

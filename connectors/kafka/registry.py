@@ -28,9 +28,7 @@ class SchemaRegistryClient:
 
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"schema_registry_url {url!r} must start with http:// or https://"
-            )
+            raise ConfigError(f"schema_registry_url {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._ids: dict[tuple[str, str], int] = {}

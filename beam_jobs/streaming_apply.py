@@ -1,0 +1,462 @@
+"""Streaming apply: canonical change events on Kafka -> raw layer of a warehouse.
+
+Run (local stack, in-process FnApiRunner)::
+
+    .venvs/beam/bin/python -m beam_jobs.streaming_apply \\
+        --bootstrap 127.0.0.1:19092 --topic capa.changes --warehouse local:.state/lakehouse
+
+Add ``--stop_at_end`` for a backfill that stops once caught up; see beam_jobs/options.py
+for Flink (on-prem) and Dataflow flags, and deploy/dataflow/ for the Flex Template.
+
+Pipeline::
+
+    ReadCanonicalEvents -> DecodeEvents -+-> ApplyToRaw          (warehouse.apply, then commit)
+                                         +-> WriteDeadLetters    (DLQ topic, reason + bytes)
+
+Delivery contract: Kafka offsets advance only after the warehouse committed the events
+below them (ApplyToRaw commits the group offsets of a batch after ``apply`` returned), so
+a crash never skips a batch; a redelivered batch is harmless because the warehouse apply
+is idempotent. Poison records are written to the DLQ synchronously *before* their offset
+reaches ApplyToRaw (depth-first processing in the fused stage), so committing past them
+never loses them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from beam_jobs.kafka_io import KafkaOffsetCommitter, KafkaPartition, ReadFromKafkaPartitions
+from beam_jobs.options import StreamingApplyOptions, build_options
+from capa.config import KafkaConfig
+from capa.errors import DecodeError, TerminalError, TransientError
+from capa.events import ChangeEvent, iter_tables
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "capa.apply"
+DEAD_LETTER_TAG = "dead_letter"
+
+
+class Decoded(NamedTuple):
+    """A read record after decoding; ``event`` is None for a dead-lettered record."""
+
+    topic: str
+    partition: int
+    offset: int
+    event: ChangeEvent | None
+    raw: bytes | None
+
+
+# --- DoFns -------------------------------------------------------------------------------
+
+
+class DecodeEventsFn(beam.DoFn):
+    """Kafka value bytes -> :class:`Decoded`; poison -> tagged dead letter + offset marker."""
+
+    def __init__(self, schema_registry_url: str | None = None) -> None:
+        self.schema_registry_url = schema_registry_url
+        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.decoded = Metrics.counter(METRICS_NAMESPACE, "events_decoded")
+
+    def setup(self) -> None:
+        from connectors.kafka.wire import ChangeEventDecoder
+
+        config = KafkaConfig(schema_registry_url=self.schema_registry_url)
+        self._decoder = ChangeEventDecoder.from_config(config)
+
+    def process(self, record: Any) -> Iterator[Any]:
+        try:
+            event = self._decoder.decode(record.value)
+        except DecodeError as exc:
+            self.dead_letters.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _dead_letter(record, record.value, exc.reason))
+            # Marker after the (synchronous) DLQ write, so the sink may commit past it.
+            yield Decoded(record.topic, record.partition, record.offset, None, None)
+            return
+        self.decoded.inc()
+        yield Decoded(record.topic, record.partition, record.offset, event, record.value)
+
+
+def _dead_letter(where: Any, raw: bytes | None, reason: str) -> Any:
+    """A DeadLetter for the record at ``where`` (anything with topic/partition/offset)."""
+    from connectors.kafka.dlq import DeadLetter
+
+    location = f"{where.topic}/{where.partition}@{where.offset}"
+    return DeadLetter(reason=reason, raw=raw, origin="beam-apply", location=location)
+
+
+class DeadLetterSink:
+    """Produces dead letters to the DLQ topic and waits for the acknowledgement."""
+
+    def __init__(self, bootstrap: str, dlq_topic: str) -> None:
+        from connectors.kafka.producer import KafkaChangeProducer
+
+        config = KafkaConfig(bootstrap_servers=bootstrap, dlq_topic=dlq_topic)
+        self._producer = KafkaChangeProducer(config)
+
+    def write(self, letters: Sequence[Any]) -> None:
+        from connectors.kafka.producer import flush_with_retry
+
+        def resend() -> None:
+            for letter in letters:
+                self._producer.send_dead_letter(letter)
+
+        resend()
+        flush_with_retry(self._producer, resend)
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class WriteDeadLettersFn(beam.DoFn):
+    """Writes each dead letter to the DLQ topic synchronously (poison records are rare)."""
+
+    def __init__(self, bootstrap: str, dlq_topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.dlq_topic = dlq_topic
+
+    def setup(self) -> None:
+        self._sink = DeadLetterSink(self.bootstrap, self.dlq_topic)
+
+    def process(self, letter: Any) -> None:
+        self._sink.write([letter])
+
+    def teardown(self) -> None:
+        self._sink.close()
+
+
+class KafkaCommitterFactory:
+    """Picklable factory of the offset committer used by ApplyToRaw."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+
+    def __call__(self) -> KafkaOffsetCommitter:
+        return KafkaOffsetCommitter(self.bootstrap, self.group)
+
+
+class ApplyStats:
+    """Rates, lag and latency of the apply loop: Beam metrics, a log line, a status file."""
+
+    def __init__(self, status_file: str | None, log_interval_s: float) -> None:
+        self.status_file = Path(status_file) if status_file else None
+        self.log_interval_s = log_interval_s
+        self.started = time.time()
+        self.applied = 0
+        self.dead_letters = 0
+        self.batches = 0
+        self.lag_events: int | None = None
+        self.last_commit_ts_us: int | None = None
+        self.latencies: deque[float] = deque(maxlen=100_000)
+        self._window = (time.monotonic(), 0)
+        self._last_log = time.monotonic()
+        self._m_applied = Metrics.counter(METRICS_NAMESPACE, "events_applied")
+        self._m_batches = Metrics.counter(METRICS_NAMESPACE, "batches")
+        self._m_batch_ms = Metrics.distribution(METRICS_NAMESPACE, "batch_latency_ms")
+        self._m_visible_ms = Metrics.distribution(METRICS_NAMESPACE, "commit_to_visible_ms")
+        self._m_lag_events = Metrics.gauge(METRICS_NAMESPACE, "lag_events")
+        self._m_lag_s = Metrics.gauge(METRICS_NAMESPACE, "lag_seconds")
+
+    def record_batch(self, events: Sequence[ChangeEvent], seconds: float, visible_at: float) -> None:
+        self.applied += len(events)
+        self.batches += 1
+        self._m_applied.inc(len(events))
+        self._m_batches.inc()
+        self._m_batch_ms.update(int(seconds * 1000))
+        for event in events:
+            if event.commit_ts_us is not None:
+                latency = visible_at - event.commit_ts_us / 1e6
+                self.latencies.append(latency)
+                self._m_visible_ms.update(int(latency * 1000))
+                self.last_commit_ts_us = max(self.last_commit_ts_us or 0, event.commit_ts_us)
+
+    def record_lag(self, lag_events: int) -> None:
+        self.lag_events = lag_events
+        self._m_lag_events.set(lag_events)
+        self._m_lag_s.set(int(self.lag_seconds()))
+
+    def lag_seconds(self) -> float:
+        if not self.lag_events or self.last_commit_ts_us is None:
+            return 0.0
+        return max(time.time() - self.last_commit_ts_us / 1e6, 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        since, applied_then = self._window
+        rate = (self.applied - applied_then) / max(now - since, 1e-6)
+        if now - since > 10:
+            self._window = (now, self.applied)
+        ordered = sorted(self.latencies)
+        return {
+            "updated_at": time.time(),
+            "pid": os.getpid(),
+            "events_applied": self.applied,
+            "dead_letters": self.dead_letters,
+            "batches": self.batches,
+            "events_per_s": round(rate, 1),
+            "lag_events": self.lag_events,
+            "lag_s": round(self.lag_seconds(), 3),
+            "latency_p50_s": _quantile(ordered, 0.50),
+            "latency_p99_s": _quantile(ordered, 0.99),
+            "latency_samples": len(ordered),
+        }
+
+    def publish(self) -> None:
+        """Rewrite the status file (atomically) and log a progress line now and then."""
+        if self.status_file is None and time.monotonic() - self._last_log < self.log_interval_s:
+            return
+        status = self.snapshot()
+        if self.status_file is not None:
+            self.status_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_file.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(status))
+            tmp.replace(self.status_file)
+        if time.monotonic() - self._last_log >= self.log_interval_s:
+            self._last_log = time.monotonic()
+            logger.info(
+                "applied %d events (%.0f/s), lag %s events / %.1fs, p99 %.3fs, dead letters %d",
+                status["events_applied"], status["events_per_s"], status["lag_events"],
+                status["lag_s"], status["latency_p99_s"] or 0.0, status["dead_letters"],
+            )
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(int(q * len(ordered)), len(ordered) - 1)], 4)
+
+
+class ApplyBatchesFn(beam.DoFn):
+    """Buffers a bundle's events, applies them in one warehouse call, then commits offsets."""
+
+    def __init__(
+        self,
+        warehouse: str,
+        *,
+        committer: Callable[[], Any] | None,
+        dead_letters: Callable[[], DeadLetterSink] | None,
+        max_batch_events: int,
+        status_file: str | None = None,
+        log_interval_s: float = 10.0,
+        max_attempts: int = 8,
+    ) -> None:
+        self.warehouse_spec = warehouse
+        self.committer_factory = committer
+        self.dead_letter_factory = dead_letters
+        self.max_batch_events = max_batch_events
+        self.status_file = status_file
+        self.log_interval_s = log_interval_s
+        self.max_attempts = max_attempts
+        self.terminal_dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+
+    def setup(self) -> None:
+        from capa.warehouse import open_warehouse
+
+        self._warehouse = open_warehouse(self.warehouse_spec)
+        self._committer = self.committer_factory() if self.committer_factory else None
+        self._dlq = self.dead_letter_factory() if self.dead_letter_factory else None
+        self._stats = ApplyStats(self.status_file, self.log_interval_s)
+        self._last_lag_check = 0.0
+
+    def start_bundle(self) -> None:
+        self._events: list[Decoded] = []
+        self._offsets: dict[KafkaPartition, int] = {}
+
+    def process(self, item: Decoded) -> Iterator[dict[str, Any]]:
+        item = Decoded(*item)
+        key = KafkaPartition(item.topic, item.partition)
+        self._offsets[key] = max(self._offsets.get(key, -1), item.offset + 1)
+        if item.event is None:
+            self._stats.dead_letters += 1
+        else:
+            self._events.append(item)
+        if len(self._events) >= self.max_batch_events:
+            yield self._flush()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._events or self._offsets:
+            report = self._flush()
+            yield WindowedValue(report, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def teardown(self) -> None:
+        for closable in (getattr(self, "_committer", None), getattr(self, "_dlq", None),
+                         getattr(self, "_warehouse", None)):
+            if closable is not None:
+                closable.close()
+
+    def _flush(self) -> dict[str, Any]:
+        """Apply the buffered events, THEN commit the offsets covering them."""
+        items, offsets = self._events, self._offsets
+        self._events, self._offsets = [], {}
+        events = [item.event for item in items if item.event is not None]
+        started = time.monotonic()
+        if events:
+            self._apply_with_retry(items)
+        seconds = time.monotonic() - started
+        self._stats.record_batch(events, seconds, time.time())
+        if self._committer is not None:
+            self._committer.commit(offsets)
+            self._maybe_record_lag(offsets)
+        self._stats.publish()
+        return {"events": len(events), "seconds": seconds,
+                "offsets": {f"{p.topic}/{p.partition}": o for p, o in offsets.items()}}
+
+    def _apply_with_retry(self, items: Sequence[Decoded]) -> None:
+        events = [item.event for item in items]
+        backoff = 0.5
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                self._warehouse.apply(events)
+                return
+            except TerminalError as exc:
+                logger.warning("warehouse rejected a batch (%s); applying per table", exc)
+                self._apply_per_table(items)
+                return
+            except TransientError as exc:
+                if attempt == self.max_attempts:
+                    raise
+                logger.warning("apply attempt %d failed (%s); retrying in %.1fs",
+                               attempt, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _apply_per_table(self, items: Sequence[Decoded]) -> None:
+        by_id = {id(item.event): item for item in items}
+        for table, events in iter_tables([item.event for item in items]):  # type: ignore[misc]
+            try:
+                self._warehouse.apply(events)
+            except TerminalError as exc:
+                rejected = [by_id[id(e)] for e in events]
+                self._dead_letter_rejected(rejected, f"warehouse rejected {table}: {exc}")
+
+    def _dead_letter_rejected(self, items: Sequence[Decoded], reason: str) -> None:
+        if self._dlq is None:
+            raise TerminalError(f"{reason}; no dead-letter topic configured")
+        self._dlq.write([_dead_letter(item, item.raw, reason) for item in items])
+        self.terminal_dead_letters.inc(len(items))
+        self._stats.dead_letters += len(items)
+
+    def _maybe_record_lag(self, offsets: dict[KafkaPartition, int]) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_check < 2.0 or self._committer is None:
+            return
+        self._last_lag_check = now
+        try:
+            self._stats.record_lag(self._committer.lag(offsets))
+        except TransientError as exc:  # lag is informative only
+            logger.debug("lag check failed: %s", exc)
+
+
+# --- PTransforms ---------------------------------------------------------------------------
+
+
+class ReadCanonicalEvents(beam.PTransform):
+    """The canonical topic as KafkaRecords, from the group's committed offsets."""
+
+    def __init__(self, opts: StreamingApplyOptions) -> None:
+        super().__init__()
+        self.opts = opts
+
+    def expand(self, pbegin: Any) -> Any:
+        o = self.opts
+        return pbegin | "ReadPartitions" >> ReadFromKafkaPartitions(
+            o.bootstrap, o.topic, o.consumer_group, stop_at_end=o.stop_at_end,
+            max_records=o.max_batch_events, budget_s=o.commit_interval_s,
+            poll_timeout_s=o.poll_timeout_ms / 1000,
+        )
+
+
+class DecodeEvents(beam.PTransform):
+    """KafkaRecords -> Decoded (main) and DeadLetters (tag ``dead_letter``)."""
+
+    def __init__(self, schema_registry_url: str | None = None) -> None:
+        super().__init__()
+        self.schema_registry_url = schema_registry_url
+
+    def expand(self, records: Any) -> Any:
+        return records | "Decode" >> beam.ParDo(
+            DecodeEventsFn(self.schema_registry_url)
+        ).with_outputs(DEAD_LETTER_TAG, main="events")
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead letters -> the DLQ topic (original bytes + reason headers)."""
+
+    def __init__(self, bootstrap: str, dlq_topic: str) -> None:
+        super().__init__()
+        self.bootstrap = bootstrap
+        self.dlq_topic = dlq_topic
+
+    def expand(self, letters: Any) -> Any:
+        return letters | "ProduceToDlq" >> beam.ParDo(
+            WriteDeadLettersFn(self.bootstrap, self.dlq_topic)
+        )
+
+
+class ApplyToRaw(beam.PTransform):
+    """Decoded events -> warehouse.apply per bundle, then Kafka offset commit; emits reports."""
+
+    def __init__(self, warehouse: str, **kwargs: Any) -> None:
+        super().__init__()
+        self.warehouse = warehouse
+        self.kwargs = kwargs
+
+    def expand(self, decoded: Any) -> Any:
+        return decoded | "ApplyBatches" >> beam.ParDo(ApplyBatchesFn(self.warehouse, **self.kwargs))
+
+
+def build_pipeline(pipeline: beam.Pipeline, opts: StreamingApplyOptions) -> Any:
+    """Wire the job; returns the PCollection of batch reports."""
+    decoded = (
+        pipeline
+        | "ReadCanonicalEvents" >> ReadCanonicalEvents(opts)
+        | "DecodeEvents" >> DecodeEvents(opts.schema_registry_url)
+    )
+    _ = decoded[DEAD_LETTER_TAG] | "WriteDeadLetters" >> WriteDeadLetters(
+        opts.bootstrap, opts.dlq_topic
+    )
+    return decoded["events"] | "ApplyToRaw" >> ApplyToRaw(
+        opts.warehouse,
+        committer=KafkaCommitterFactory(opts.bootstrap, opts.consumer_group),
+        dead_letters=_DeadLetterSinkFactory(opts.bootstrap, opts.dlq_topic),
+        max_batch_events=opts.max_batch_events,
+        status_file=opts.status_file or None,
+        log_interval_s=opts.log_interval_s,
+    )
+
+
+class _DeadLetterSinkFactory:
+    def __init__(self, bootstrap: str, dlq_topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.dlq_topic = dlq_topic
+
+    def __call__(self) -> DeadLetterSink:
+        return DeadLetterSink(self.bootstrap, self.dlq_topic)
+
+
+def run(argv: list[str] | None = None) -> None:
+    options, runner = build_options(argv)
+    opts = options.view_as(StreamingApplyOptions)
+    logger.info("streaming apply %s -> %s (stop_at_end=%s)", opts.topic, opts.warehouse,
+                opts.stop_at_end)
+    with beam.Pipeline(runner=runner, options=options) as pipeline:
+        build_pipeline(pipeline, opts)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run()

@@ -1,0 +1,264 @@
+"""Apply semantics, pure: turn a batch of change events into what a warehouse must write.
+
+Every warehouse adapter plans a batch with :func:`plan_table` and then writes the plan in
+one atomic step per table (a Delta MERGE commit, a BigQuery MERGE script). The rules:
+
+* Events are ordered by source ``position`` (byte-comparable), never by arrival; a batch
+  is first de-duplicated by ``event_id`` (redelivery is harmless).
+* Per primary key only the latest event of the batch is written, folded over the older
+  ones of the batch (so "unchanged" TOAST columns take the value of an earlier event of
+  the same batch, else the target row keeps its value: ``RowChange.keep``).
+* The target applies a change only if ``change.position > row._capa_position`` (the stale
+  guard inside the merge predicate): older events are no-ops, replays change nothing.
+* A delete writes a tombstone (``_capa_deleted=true``, the delete's ``before`` image and
+  its position) so later-arriving older events stay no-ops.
+* An update whose ``before`` image carries a different key moves the row: a delete of the
+  old key plus an upsert of the new key (Debezium already sends delete + create).
+* A truncate at position P removes every row with position < P and raises the table's
+  truncate watermark to P; events at or below the watermark are no-ops from then on.
+
+Together: applying any permutation of a set of events, with any duplicates and in any
+batching, gives the replica that applying them once in position order gives. The one
+exception is "unchanged" columns, whose previous value only exists if the events of a key
+arrive in position order (a Kafka partition per key guarantees that); a reordered TOAST
+update can only keep what the replica holds.
+
+:class:`ReplicaState` is the reference implementation of the target side (a dict), used
+by the property tests and as the executable specification of the adapters' MERGEs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from capa.errors import DecodeError, TerminalError
+from capa.events import ChangeEvent, FrozenRow, Op
+
+KeyTuple = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """What to write for one primary key: the latest event of the batch, folded."""
+
+    key: KeyTuple
+    position: str
+    op: Op
+    deleted: bool
+    values: FrozenRow  # columns to write (the full image; absent columns become NULL)
+    keep: frozenset[str]  # columns whose value stays as the target row has it
+    event_id: str
+    commit_ts_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    table: str
+    primary_key: tuple[str, ...]
+    changes: tuple[RowChange, ...]  # one per key, position order
+    changelog: tuple[ChangeEvent, ...]  # distinct events, position order
+    truncate_position: str | None  # the watermark after this batch, if a truncate raised it
+    events: int  # events received (with duplicates)
+    stale: int  # distinct events at or below the truncate watermark
+    source_types: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def keep_columns(self) -> frozenset[str]:
+        return frozenset().union(*(c.keep for c in self.changes))
+
+
+def distinct_events(events: Iterable[ChangeEvent]) -> list[ChangeEvent]:
+    """De-duplicated by ``event_id``, sorted by (position, event_id)."""
+    unique = {e.event_id: e for e in events}
+    return sorted(unique.values(), key=lambda e: (e.position, e.event_id))
+
+
+def plan_table(events: Sequence[ChangeEvent], watermark: str | None = None) -> TablePlan:
+    """Plan one table's batch against its current truncate ``watermark``."""
+    if not events:
+        raise ValueError("plan_table needs at least one event")
+    distinct = distinct_events(events)
+    primary_key = _primary_key(distinct)
+    truncates = [e.position for e in distinct if e.op is Op.TRUNCATE]
+    new_watermark = max([*truncates, *([watermark] if watermark else [])], default=None)
+    live = [e for e in distinct if e.op is not Op.TRUNCATE and _after(e.position, new_watermark)]
+    stale = len(distinct) - len(truncates) - len(live)
+    folded = fold_changes(live, primary_key)
+    return TablePlan(
+        table=distinct[0].table_id,
+        primary_key=primary_key,
+        changes=tuple(sorted(folded.values(), key=lambda c: (c.position, c.event_id))),
+        changelog=tuple(distinct),
+        truncate_position=new_watermark if truncates and new_watermark != watermark else None,
+        events=len(events),
+        stale=stale,
+        source_types=_source_types(distinct),
+    )
+
+
+def _after(position: str, watermark: str | None) -> bool:
+    return watermark is None or position > watermark
+
+
+def _primary_key(events: Sequence[ChangeEvent]) -> tuple[str, ...]:
+    keyed = [e for e in events if e.op is not Op.TRUNCATE]
+    keys = {e.primary_key for e in keyed}
+    if len(keys) > 1:
+        raise DecodeError(
+            f"table {keyed[0].table_id!r} has events with different primary keys {sorted(keys)}; "
+            "a primary-key change needs a new raw table (or a migration) before replay"
+        )
+    primary_key = keys.pop() if keys else ()
+    if keyed and not primary_key:
+        raise DecodeError(
+            f"table {keyed[0].table_id!r} has no primary key; capa replicates rows by key: "
+            "add a primary key at the source"
+        )
+    return primary_key
+
+
+def _source_types(events: Iterable[ChangeEvent]) -> dict[str, str]:
+    types: dict[str, str] = {}
+    for event in events:
+        types.update({c.name: c.source_type for c in event.columns if c.source_type})
+    return types
+
+
+def key_of(row: Mapping[str, Any], primary_key: Sequence[str]) -> KeyTuple:
+    return tuple(row.get(name) for name in primary_key)
+
+
+def fold_changes(events: Sequence[ChangeEvent], primary_key: Sequence[str]) -> dict[KeyTuple, RowChange]:
+    """Key -> the folded latest change, over events already in position order."""
+    state: dict[KeyTuple, RowChange] = {}
+    for event in events:
+        for change in expand_event(event, primary_key):
+            state[change.key] = _fold(state.get(change.key), change)
+    return state
+
+
+def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChange]:
+    """One event -> row changes (two for an update that moves the primary key)."""
+    key = key_of(event.key, primary_key)
+    if event.op is Op.DELETE:
+        image = dict(event.key) | dict(event.before or {})
+        return [_change(event, key, image, deleted=True, keep=())]
+    image = dict(event.after or {}) | dict(event.key)
+    upsert = _change(event, key, image, deleted=False, keep=event.unchanged)
+    old_key = _moved_from(event, primary_key, key)
+    if old_key is None:
+        return [upsert]
+    old_image = dict(zip(primary_key, old_key, strict=True))
+    return [_change(event, old_key, old_image, deleted=True, keep=(), op=Op.DELETE), upsert]
+
+
+def _moved_from(event: ChangeEvent, primary_key: Sequence[str], key: KeyTuple) -> KeyTuple | None:
+    before = event.before or {}
+    if event.op is not Op.UPDATE or not all(name in before for name in primary_key):
+        return None
+    old = key_of(before, primary_key)
+    return old if old != key else None
+
+
+def _change(
+    event: ChangeEvent,
+    key: KeyTuple,
+    image: Mapping[str, Any],
+    *,
+    deleted: bool,
+    keep: Iterable[str],
+    op: Op | None = None,
+) -> RowChange:
+    return RowChange(
+        key=key,
+        position=event.position,
+        op=op or event.op,
+        deleted=deleted,
+        values=FrozenRow(image),
+        keep=frozenset(keep) - image.keys(),
+        event_id=event.event_id,
+        commit_ts_us=event.commit_ts_us,
+    )
+
+
+def _fold(previous: RowChange | None, change: RowChange) -> RowChange:
+    if previous is None or not change.keep or change.position <= previous.position:
+        return change if previous is None or change.position >= previous.position else previous
+    values = dict(change.values)
+    for name in change.keep - previous.keep:
+        values[name] = None if previous.deleted else previous.values.get(name)
+    return RowChange(
+        key=change.key,
+        position=change.position,
+        op=change.op,
+        deleted=change.deleted,
+        values=FrozenRow(values),
+        keep=change.keep & previous.keep,
+        event_id=change.event_id,
+        commit_ts_us=change.commit_ts_us,
+    )
+
+
+# --- the reference target ------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaState:
+    """The target side of the apply rules over a dict: the executable specification."""
+
+    rows: dict[KeyTuple, dict[str, Any]] = field(default_factory=dict)
+    watermark: str | None = None
+
+    def apply(self, plan: TablePlan) -> int:
+        """Apply a plan; returns the number of rows written."""
+        if plan.truncate_position and _after(plan.truncate_position, self.watermark):
+            self.watermark = plan.truncate_position
+            self.rows = {k: r for k, r in self.rows.items() if r["_capa_position"] >= self.watermark}
+        return sum(self._apply_change(c) for c in plan.changes if _after(c.position, self.watermark))
+
+    def _apply_change(self, change: RowChange) -> bool:
+        current = self.rows.get(change.key)
+        if current is not None and change.position <= current["_capa_position"]:
+            return False
+        row = dict(change.values)
+        row.update({name: (current or {}).get(name) for name in change.keep})
+        row.update(_capa_position=change.position, _capa_deleted=change.deleted, _capa_op=change.op.value)
+        self.rows[change.key] = row
+        return True
+
+    def visible(self) -> dict[KeyTuple, dict[str, Any]]:
+        """Rows as readers see them (tombstones hidden)."""
+        return {k: r for k, r in self.rows.items() if not r["_capa_deleted"]}
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    event: ChangeEvent
+    reason: str
+
+
+def apply_isolating_failures(
+    apply: Callable[[Sequence[ChangeEvent]], Any], events: Sequence[ChangeEvent]
+) -> list[DeadLetter]:
+    """Apply ``events``; on a terminal error bisect the batch so only bad events dead-letter.
+
+    Safe because apply is idempotent: parts that already succeeded are no-ops when replayed.
+    Transient errors propagate (the caller retries the whole batch).
+    """
+    if not events:
+        return []
+    try:
+        apply(events)
+        return []
+    except TerminalError as exc:
+        if len(events) == 1:
+            return [DeadLetter(events[0], str(exc))]
+    middle = len(events) // 2
+    return apply_isolating_failures(apply, events[:middle]) + apply_isolating_failures(
+        apply, events[middle:]
+    )

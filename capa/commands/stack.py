@@ -1,0 +1,64 @@
+"""``capa up`` / ``capa status`` / ``capa down``: the local stack (see :mod:`capa.stack`).
+
+capa up                         # kafka, postgres, debezium (bridge if present)
+capa up --only kafka,postgres
+capa status
+capa down                       # stops only what capa started, by PID
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from capa import console
+from capa.config import load_settings
+from capa.stack import COMPONENTS, Stack, parse_components
+from capa.stack.base import NOT_AVAILABLE
+
+_ONLY_HELP = f"comma-separated components (default all: {','.join(COMPONENTS)})"
+
+
+def _stack() -> Stack:
+    return Stack(load_settings())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    names = parse_components(args.only)
+    stack = _stack()
+    console.step(f"starting {', '.join(names)} (state in {stack.state.root})")
+    results = stack.up(names, strict=args.only is not None)
+    for result in results:
+        if result.health == NOT_AVAILABLE:
+            console.info(f"  {result.component}: not available ({result.detail})")
+        else:
+            console.info(f"  {result.component}: {result.health} in {result.seconds:.1f}s")
+    console.table(["component", "pid", "port", "health"], _rows(stack.status(names)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = _stack().status(parse_components(args.only))
+    console.table(["component", "pid", "port", "health"], _rows(rows))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stopped = _stack().down(parse_components(args.only))
+    console.step(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _rows(status: list[dict[str, object]]) -> list[list[object]]:
+    return [[s["component"], s["pid"] or "-", s["port"] or "-", s["health"]] for s in status]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    commands = {
+        "up": (cmd_up, "start the local stack (idempotent) and wait until healthy"),
+        "status": (cmd_status, "show component, pid, port and health"),
+        "down": (cmd_down, "stop the processes capa started (by PID)"),
+    }
+    for name, (func, help_text) in commands.items():
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--only", metavar="LIST", default=None, help=_ONLY_HELP)
+        parser.set_defaults(func=func)

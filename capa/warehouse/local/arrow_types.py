@@ -1,0 +1,113 @@
+"""Raw-layer column types <-> Arrow types, and Python values -> Arrow arrays (Delta).
+
+==============  =============================  =========================================
+canonical kind  Arrow / Delta type             note
+==============  =============================  =========================================
+bool            bool
+int             int64                          every source int width (no int->bigint drift)
+float           float64
+string          string                         varchar growth needs nothing
+json            string                         the document text
+uuid            string                         canonical 8-4-4-4-12 text
+bytes           binary
+decimal         decimal128(p, s)               see :mod:`capa.warehouse.types`
+timestamptz     timestamp[us, UTC]
+timestamp       timestamp[us] (timestamp_ntz)
+date            date32
+time            string ``HH:MM:SS.ffffff``     Delta has no TIME type (time64 is rejected)
+array<k>        list<k>
+==============  =============================  =========================================
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import time
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from capa.errors import SchemaDriftError
+from capa.events import Json
+from capa.warehouse.types import ColumnType, check_decimal_fits
+
+_SIMPLE: dict[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+    "json": pa.string(),
+    "uuid": pa.string(),
+    "time": pa.string(),
+    "bytes": pa.binary(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "timestamp": pa.timestamp("us"),
+    "date": pa.date32(),
+}
+
+
+def arrow_type(column_type: ColumnType) -> pa.DataType:
+    if column_type.kind == "decimal":
+        return pa.decimal128(column_type.precision, column_type.scale)
+    if column_type.kind == "array":
+        return pa.list_(arrow_type(column_type.item or ColumnType("string")))
+    return _SIMPLE[column_type.kind]
+
+
+def column_type(data_type: pa.DataType) -> ColumnType:
+    """The raw-layer type of an existing Arrow column (inverse of :func:`arrow_type`)."""
+    if pa.types.is_decimal(data_type):
+        return ColumnType("decimal", data_type.precision, data_type.scale)
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return ColumnType("array", item=column_type(data_type.value_type))
+    if pa.types.is_timestamp(data_type):
+        return ColumnType("timestamptz" if data_type.tz else "timestamp")
+    for kind in ("bool", "int", "float", "bytes", "date"):
+        if data_type.equals(_SIMPLE[kind]):
+            return ColumnType(kind)
+    if pa.types.is_integer(data_type):
+        return ColumnType("int")
+    if pa.types.is_floating(data_type):
+        return ColumnType("float")
+    return ColumnType("string")  # string, large_string: json/uuid/time are strings too
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, time):
+        return value.strftime("%H:%M:%S.%f")
+    if isinstance(value, uuid.UUID | Json):
+        return str(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _converter(target: ColumnType, column: str) -> Callable[[Any], Any]:
+    if target.kind in ("string", "json", "uuid", "time"):
+        return _to_text
+    if target.kind == "decimal":
+        return lambda v: _to_decimal(v, target, column)
+    if target.kind == "float":
+        return float
+    if target.kind == "array" and target.item is not None:
+        inner = _converter(target.item, column)
+        return lambda v: [None if x is None else inner(x) for x in v]
+    return lambda v: v
+
+
+def _to_decimal(value: Any, target: ColumnType, column: str) -> Decimal:
+    value = Decimal(value) if not isinstance(value, Decimal) else value
+    check_decimal_fits(value, target, column=column)
+    return value.quantize(Decimal(1).scaleb(-target.scale))
+
+
+def to_arrow(values: Sequence[Any], target: ColumnType, column: str) -> pa.Array:
+    """Python canonical values -> an Arrow array of the column's type (SchemaDriftError if not)."""
+    convert = _converter(target, column)
+    try:
+        return pa.array([None if v is None else convert(v) for v in values], type=arrow_type(target))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise SchemaDriftError(
+            f"column {column!r} holds a value that is not a {target} ({exc}); "
+            "migrate the raw table or fix the source column"
+        ) from exc

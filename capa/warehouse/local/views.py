@@ -1,0 +1,45 @@
+"""DuckDB over the local lakehouse: every Delta table under ``DIR/<namespace>/<name>`` is a view.
+
+* ``<namespace>.<name>``: the table; for raw replicas tombstones are hidden unless soft
+  deletes are configured (then ``_capa_deleted`` tells them apart);
+* ``raw.<name>_all``: a replica with its tombstones (metadata view);
+* ``raw.<name>_changelog``: the append-only history, as written.
+
+Delta tables are read through delta-rs' Arrow datasets (offline; no DuckDB extension).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+from deltalake import DeltaTable
+
+from capa.warehouse.base import CHANGELOG_SUFFIX, META_DELETED, RAW_NAMESPACE
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect(root: Path, *, soft_deletes: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with one view per Delta table under ``root``."""
+    con = duckdb.connect(":memory:")
+    for table_dir in sorted(p.parent for p in Path(root).glob("*/*/_delta_log")):
+        register_table(con, table_dir, soft_deletes=soft_deletes)
+    return con
+
+
+def register_table(con: duckdb.DuckDBPyConnection, table_dir: Path, *, soft_deletes: bool) -> None:
+    namespace, name = table_dir.parent.name, table_dir.name
+    dataset = DeltaTable(str(table_dir)).to_pyarrow_dataset()
+    source = f"__delta__{namespace}__{name}"
+    con.register(source, dataset)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(namespace)}")
+    target = f"{_quote(namespace)}.{_quote(name)}"
+    columns = {f.name for f in dataset.schema}
+    hides = namespace == RAW_NAMESPACE and META_DELETED in columns and not name.endswith(CHANGELOG_SUFFIX)
+    where = f" WHERE NOT {_quote(META_DELETED)}" if hides and not soft_deletes else ""
+    con.execute(f"CREATE VIEW {target} AS SELECT * FROM {_quote(source)}{where}")
+    if hides:
+        con.execute(f"CREATE VIEW {_quote(namespace)}.{_quote(name + '_all')} AS SELECT * FROM {_quote(source)}")

@@ -1,0 +1,251 @@
+"""The local lakehouse: Delta Lake tables under one directory, written with delta-rs.
+
+Layout: ``DIR/<namespace>/<name>/`` is a Delta table, e.g. ``DIR/raw/f2_public_orders``,
+``DIR/raw/f2_public_orders_changelog`` and (written by Spark) ``DIR/consumption/<name>``.
+
+Per table and batch: one insert-only MERGE into the changelog (keyed by ``_capa_event_id``,
+so redelivery appends nothing), then ONE merge commit into the replica with the stale
+guard ``s._capa_position > t._capa_position`` in the update predicate; a truncate in the
+batch deletes older rows in the same commit, then raises the watermark table property.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from capa.apply import TablePlan, plan_table
+from capa.errors import WarehouseTerminalError, WarehouseTransientError
+from capa.events import ChangeEvent, iter_tables
+from capa.warehouse.base import (
+    CHANGELOG_SUFFIX,
+    META_COMMIT_TS,
+    META_DELETED,
+    META_EVENT_ID,
+    META_INGESTED_AT,
+    META_OP,
+    META_POSITION,
+    RAW_NAMESPACE,
+    ApplyReport,
+    TableReport,
+)
+from capa.warehouse.local import delta_io
+from capa.warehouse.local.arrow_types import to_arrow
+from capa.warehouse.local.delta_io import ident, sql_string
+from capa.warehouse.types import ColumnType, infer_types
+
+logger = logging.getLogger(__name__)
+
+META_UNCHANGED = "_capa_unchanged"
+KEEP_PREFIX = "_capa_keep__"
+_TS = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+REPLICA_META: dict[str, pa.DataType] = {
+    META_POSITION: pa.string(),
+    META_OP: pa.string(),
+    META_COMMIT_TS: _TS,
+    META_INGESTED_AT: _TS,
+    META_EVENT_ID: pa.string(),
+    META_DELETED: pa.bool_(),
+}
+CHANGELOG_META = {**REPLICA_META, META_UNCHANGED: pa.list_(pa.string())}
+
+
+class LocalWarehouse:
+    """Delta tables in a directory (the ``local:DIR`` warehouse)."""
+
+    def __init__(self, root: Path | str, *, soft_deletes: bool = False) -> None:
+        self.root = Path(root)
+        self.soft_deletes = soft_deletes
+
+    # --- writing ---------------------------------------------------------------------
+
+    def apply(self, events: Sequence[ChangeEvent]) -> ApplyReport:
+        started = time.monotonic()
+        reports = tuple(self._apply_table(batch) for _, batch in iter_tables(events))
+        return ApplyReport(tables=reports, seconds=time.monotonic() - started)
+
+    def _apply_table(self, events: Sequence[ChangeEvent]) -> TableReport:
+        name = events[0].table_id
+        replica_path = self.table_path(RAW_NAMESPACE, name)
+        plan = plan_table(events, delta_io.read_watermark(delta_io.open_table(replica_path)))
+        types = infer_types(_images(plan), plan.source_types)
+        ingested = datetime.now(UTC)
+        try:
+            appended = self._append_changelog(plan, types, ingested)
+            metrics = self._merge_replica(replica_path, plan, types, ingested)
+        except OSError as exc:
+            raise WarehouseTransientError(f"writing {name!r} under {self.root}: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("deltalake") and "conflict" in str(exc).lower():
+                raise WarehouseTransientError(f"commit conflict on {name!r}: {exc}") from exc
+            raise
+        upserted = sum(int(metrics.get(k, 0)) for k in ("num_target_rows_inserted", "num_target_rows_updated"))
+        applied = upserted + int(metrics.get("num_target_rows_deleted", 0))
+        logger.debug("applied %s: %d events, %d rows written", name, plan.events, applied)
+        return TableReport(name, plan.events, applied, plan.stale + len(plan.changes) - upserted, appended)
+
+    def _append_changelog(self, plan: TablePlan, types: Mapping[str, ColumnType | None], ingested: datetime) -> int:
+        path = self.table_path(RAW_NAMESPACE, plan.table + CHANGELOG_SUFFIX)
+        table = delta_io.ensure_table(path, CHANGELOG_META, types)
+        source = _changelog_source(plan, delta_io.table_types(table), ingested)
+        first = min(e.position for e in plan.changelog)
+        predicate = (
+            f"t.{ident(META_EVENT_ID)} = s.{ident(META_EVENT_ID)} "
+            f"AND t.{ident(META_POSITION)} >= {sql_string(first)}"
+        )
+        merger = table.merge(source, predicate, source_alias="s", target_alias="t")
+        metrics = merger.when_not_matched_insert(_all_from_source(source.column_names)).execute()
+        return int(metrics["num_target_rows_inserted"])
+
+    def _merge_replica(
+        self, path: Path, plan: TablePlan, types: Mapping[str, ColumnType | None], ingested: datetime
+    ) -> dict[str, Any]:
+        table = delta_io.ensure_table(path, REPLICA_META, types)
+        metrics = _merge_changes(table, plan, ingested) if plan.changes else {}
+        if plan.truncate_position and not plan.changes:
+            deleted = table.delete(f"{ident(META_POSITION)} < {sql_string(plan.truncate_position)}")
+            metrics["num_target_rows_deleted"] = deleted.get("num_deleted_rows", 0)
+        if plan.truncate_position:
+            delta_io.write_watermark(DeltaTable(str(path)), plan.truncate_position)
+        return metrics
+
+    # --- reading ---------------------------------------------------------------------
+
+    def table_path(self, namespace: str, name: str) -> Path:
+        return self.root / namespace / name
+
+    def tables(self) -> list[str]:
+        """Qualified names of the Delta tables under the root (``raw.x``, ``consumption.y``)."""
+        found = []
+        for log_dir in sorted(self.root.glob("*/*/_delta_log")):
+            table_dir = log_dir.parent
+            found.append(f"{table_dir.parent.name}.{table_dir.name}")
+        return found
+
+    def rows(self, table: str, *, include_deleted: bool | None = None) -> list[dict[str, Any]]:
+        """All rows of ``namespace.name`` (tombstones only if asked or soft deletes are on)."""
+        data = self._read(table)
+        if data is None:
+            return []
+        if META_DELETED in data.column_names and not self._show_deleted(include_deleted):
+            data = data.filter(pc.invert(data[META_DELETED]))
+        return data.to_pylist()
+
+    def row_count(self, table: str, *, include_deleted: bool | None = None) -> int:
+        data = self._read(table)
+        if data is None:
+            return 0
+        if META_DELETED in data.column_names and not self._show_deleted(include_deleted):
+            return int(pc.sum(pc.invert(data[META_DELETED])).as_py() or 0)
+        return data.num_rows
+
+    def watermark(self, table: str) -> str | None:
+        namespace, name = _split(table)
+        return delta_io.read_watermark(delta_io.open_table(self.table_path(namespace, name)))
+
+    def _show_deleted(self, include_deleted: bool | None) -> bool:
+        return self.soft_deletes if include_deleted is None else include_deleted
+
+    def _read(self, table: str) -> pa.Table | None:
+        namespace, name = _split(table)
+        delta = delta_io.open_table(self.table_path(namespace, name))
+        return None if delta is None else delta.to_pyarrow_table()
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        from capa.warehouse.local.views import connect
+
+        with connect(self.root, soft_deletes=self.soft_deletes) as con:
+            cursor = con.execute(sql, params) if params is not None else con.execute(sql)
+            names = [d[0] for d in cursor.description or ()]
+            rows = cursor.fetchall()
+        for row in rows:
+            yield dict(zip(names, row, strict=True))
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
+
+def _split(table: str) -> tuple[str, str]:
+    namespace, _, name = table.rpartition(".")
+    return namespace or RAW_NAMESPACE, name
+
+
+def _images(plan: TablePlan) -> Iterator[Mapping[str, Any]]:
+    for change in plan.changes:
+        yield change.values
+    for event in plan.changelog:
+        yield event.row or event.key
+
+
+def _all_from_source(columns: Sequence[str]) -> dict[str, str]:
+    return {ident(c): f"s.{ident(c)}" for c in columns}
+
+
+def _source_table(rows: Sequence[Mapping[str, Any]], types: Mapping[str, ColumnType], meta: Mapping[str, pa.DataType]) -> pa.Table:
+    arrays = {name: to_arrow([r.get(name) for r in rows], t, name) for name, t in types.items() if name not in meta}
+    arrays |= {name: pa.array([r.get(name) for r in rows], type=t) for name, t in meta.items()}
+    return pa.table(arrays)
+
+
+def _meta(position: str, op: str, commit_ts_us: int | None, event_id: str, deleted: bool, ingested: datetime) -> dict[str, Any]:
+    commit = None if commit_ts_us is None else _EPOCH + timedelta(microseconds=commit_ts_us)
+    return {
+        META_POSITION: position,
+        META_OP: op,
+        META_COMMIT_TS: commit,
+        META_INGESTED_AT: ingested,
+        META_EVENT_ID: event_id,
+        META_DELETED: deleted,
+    }
+
+
+def _changelog_source(plan: TablePlan, types: Mapping[str, ColumnType], ingested: datetime) -> pa.Table:
+    rows = []
+    for event in plan.changelog:
+        meta = _meta(event.position, event.op.value, event.commit_ts_us, event.event_id, event.op.is_delete, ingested)
+        rows.append({**(event.row or event.key), **meta, META_UNCHANGED: list(event.unchanged) or None})
+    return _source_table(rows, types, CHANGELOG_META)
+
+
+def _merge_changes(table: DeltaTable, plan: TablePlan, ingested: datetime) -> dict[str, Any]:
+    types = delta_io.table_types(table)
+    keep = sorted(plan.keep_columns)
+    rows = []
+    for change in plan.changes:
+        meta = _meta(change.position, change.op.value, change.commit_ts_us, change.event_id, change.deleted, ingested)
+        flags = {KEEP_PREFIX + c: c in change.keep for c in keep}
+        rows.append({**change.values, **meta, **flags})
+    source = _source_table(rows, types, REPLICA_META | {KEEP_PREFIX + c: pa.bool_() for c in keep})
+    merger = table.merge(source, _key_predicate(plan.primary_key), source_alias="s", target_alias="t")
+    merger = merger.when_matched_update(
+        _updates(types, keep), predicate=f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
+    ).when_not_matched_insert(_all_from_source(list(types)))
+    if plan.truncate_position:
+        merger = merger.when_not_matched_by_source_delete(
+            f"t.{ident(META_POSITION)} < {sql_string(plan.truncate_position)}"
+        )
+    return merger.execute()
+
+
+def _key_predicate(primary_key: Sequence[str]) -> str:
+    if not primary_key:
+        raise WarehouseTerminalError("cannot merge a table without a primary key")
+    return " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in primary_key)
+
+
+def _updates(types: Mapping[str, ColumnType], keep: Sequence[str]) -> dict[str, str]:
+    updates = _all_from_source(list(types))
+    for name in keep:
+        if name in types:
+            flag = ident(KEEP_PREFIX + name)
+            updates[ident(name)] = f"CASE WHEN s.{flag} THEN t.{ident(name)} ELSE s.{ident(name)} END"
+    return updates

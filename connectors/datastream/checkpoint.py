@@ -1,0 +1,153 @@
+"""Durable record of which Datastream files were processed (a JSON file, written atomically).
+
+Layout of the file::
+
+    {"version": 1,
+     "processed": {"<object name>": <generation>, ...},
+     "watermarks": {"<prefix>/<schema>_<table>/": "<object name>", ...}}
+
+A file counts as done when its exact (name, generation) is in ``processed`` or its name
+sorts at or below its table directory's watermark. Names carry their minute folder
+(``yyyy/mm/dd/hh/mm``), so they sort in time order; :meth:`FileCheckpoint.compact` folds
+names older than a grace period (before the newest processed name of the table) into the
+watermark, which keeps the file small while files that arrive late are still seen.
+The file is replaced atomically (temp file + fsync + rename): a crash leaves the old or
+the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from capa.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_MINUTE_PATH = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(\d{2})/(\d{2})/")
+VERSION = 1
+
+
+def table_dir(name: str, prefix: str) -> str:
+    """``<prefix>/<schema>_<table>/`` of an object name (the first folder under the prefix)."""
+    rest = name[len(prefix) :].lstrip("/") if prefix else name
+    head = rest.split("/", 1)[0]
+    base = prefix.rstrip("/") + "/" if prefix else ""
+    return f"{base}{head}/"
+
+
+def minute_of(name: str) -> datetime | None:
+    """The ``yyyy/mm/dd/hh/mm`` folder time of an object name, if it has one."""
+    match = _MINUTE_PATH.search(name)
+    if not match:
+        return None
+    try:
+        return datetime(*(int(g) for g in match.groups()))
+    except ValueError:
+        return None
+
+
+class FileCheckpoint:
+    """Processed Datastream objects of one reader, persisted in ``path``."""
+
+    def __init__(self, path: Path, prefix: str = "") -> None:
+        self.path = path
+        self.prefix = prefix
+        self.processed: dict[str, int] = {}
+        self.watermarks: dict[str, str] = {}
+        self._load()
+
+    def is_done(self, name: str, generation: int) -> bool:
+        mark = self.watermarks.get(table_dir(name, self.prefix))
+        if mark is not None and name <= mark:
+            return True
+        return self.processed.get(name) == int(generation)
+
+    def start_offset(self, directory: str) -> str | None:
+        """Listing can start after this name (everything up to it is done)."""
+        return self.watermarks.get(directory)
+
+    def mark_done(self, name: str, generation: int) -> None:
+        """Record one processed file and persist the checkpoint atomically."""
+        self.processed[name] = int(generation)
+        self.save()
+
+    def compact(self, grace: timedelta) -> int:
+        """Fold old names into per-table watermarks; returns how many were folded."""
+        newest: dict[str, datetime] = {}
+        for name in self.processed:
+            when = minute_of(name)
+            directory = table_dir(name, self.prefix)
+            if when is not None and (directory not in newest or when > newest[directory]):
+                newest[directory] = when
+        folded = [n for n in self.processed if self._is_old(n, newest, grace)]
+        for name in folded:
+            directory = table_dir(name, self.prefix)
+            self.watermarks[directory] = max(self.watermarks.get(directory, ""), name)
+            del self.processed[name]
+        if folded:
+            self.save()
+        return len(folded)
+
+    def _is_old(self, name: str, newest: dict[str, datetime], grace: timedelta) -> bool:
+        when = minute_of(name)
+        latest = newest.get(table_dir(name, self.prefix))
+        return when is not None and latest is not None and when < latest - grace
+
+    def save(self) -> None:
+        state = {"version": VERSION, "processed": self.processed, "watermarks": self.watermarks}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(state, handle, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.path.parent)
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        state = _read_state(self.path)
+        self.processed = {str(k): int(v) for k, v in state.get("processed", {}).items()}
+        self.watermarks = {str(k): str(v) for k, v in state.get("watermarks", {}).items()}
+        logger.info(
+            "checkpoint %s: %d processed file(s), %d watermark(s)",
+            self.path,
+            len(self.processed),
+            len(self.watermarks),
+        )
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Datastream checkpoint {str(path)!r} is unreadable ({exc}); restore it from backup or "
+            "delete it to reprocess the bucket (duplicates are recognisable by event_id)"
+        ) from exc
+    if not isinstance(state, dict) or state.get("version") != VERSION:
+        raise ConfigError(
+            f"Datastream checkpoint {str(path)!r} has unknown layout/version "
+            f"{state.get('version') if isinstance(state, dict) else type(state).__name__!r}"
+        )
+    return state
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,183 @@
+"""Input file decoding for the normalisers (Datastream and Debezium dumps).
+
+JSON files may hold one record per line (``.jsonl``), a JSON array of records, one
+(pretty-printed) object, or several pretty-printed objects one after another (console
+consumer output). Gzip is detected by its magic bytes (``.jsonl.gz``). Avro files are
+object container files (Datastream's Avro output); each record comes with column type
+hints read from the writer schema (``logicalType: json`` columns -> ``json``).
+
+Nothing here raises for bad content: an unparseable file or line is yielded as a
+:class:`~connectors.base.DeadLetter` with the reason and the original bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from connectors.base import DeadLetter, RawRecord
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_AVRO_MAGIC = b"Obj\x01"
+_DECODER = json.JSONDecoder()
+_MAX_GUNZIP = 1 << 31
+
+
+def maybe_gunzip(data: bytes, name: str) -> bytes | DeadLetter:
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            return handle.read(_MAX_GUNZIP)
+    except (OSError, EOFError, zlib.error) as exc:
+        return DeadLetter(name, None, f"corrupt gzip file: {exc}", data)
+
+
+def read_json_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
+    """All records of a JSON / JSON-lines file (see module docstring)."""
+    unzipped = maybe_gunzip(data, name)
+    if isinstance(unzipped, DeadLetter):
+        yield unzipped
+        return
+    try:
+        text = unzipped.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield DeadLetter(name, None, f"file is not UTF-8 text: {exc}", unzipped)
+        return
+    if not text.strip():
+        yield DeadLetter(name, None, "file is empty: no JSON record found", unzipped)
+        return
+    whole = _loads(text)
+    if whole is not _FAIL:
+        yield from _whole_document(whole, name)
+    elif _looks_like_lines(text):
+        yield from _json_lines(text, name)
+    else:
+        yield from _json_stream(text, name)
+
+
+_FAIL = object()
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _FAIL
+
+
+def _whole_document(doc: Any, name: str) -> Iterator[RawRecord]:
+    if isinstance(doc, list):
+        for index, item in enumerate(doc):
+            yield RawRecord(name, index, item, None)
+    else:
+        yield RawRecord(name, 0, doc, None)
+
+
+def _looks_like_lines(text: str) -> bool:
+    """JSON lines: the first non-blank line is a complete JSON value on its own."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return len(lines) > 1 and _loads(lines[0]) is not _FAIL
+
+
+def _json_lines(text: str, name: str) -> Iterator[RawRecord | DeadLetter]:
+    index = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        value = _loads(line)
+        raw = line.encode()
+        if value is _FAIL:
+            yield DeadLetter(name, index, f"line {index + 1} is not valid JSON", raw)
+        else:
+            yield RawRecord(name, index, value, raw)
+        index += 1
+
+
+def _json_stream(text: str, name: str) -> Iterator[RawRecord | DeadLetter]:
+    """Concatenated JSON values; the unparseable rest becomes one dead letter."""
+    pos, index, end = 0, 0, len(text)
+    while True:
+        while pos < end and text[pos].isspace():
+            pos += 1
+        if pos >= end:
+            return
+        try:
+            value, stop = _DECODER.raw_decode(text, pos)
+        except (ValueError, RecursionError) as exc:
+            reason = f"not valid JSON from character {pos}: {exc}"
+            yield DeadLetter(name, index if index else None, reason, text[pos:].encode())
+            return
+        yield RawRecord(name, index, value, text[pos:stop].encode())
+        index, pos = index + 1, stop
+
+
+# --- Avro ------------------------------------------------------------------------------------
+
+
+def read_avro_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
+    """All records of an Avro object container file (fastavro decodes logical types)."""
+    import fastavro
+
+    if not data.startswith(_AVRO_MAGIC):
+        yield DeadLetter(name, None, "not an Avro object container file (no 'Obj\\x01' header)", data)
+        return
+    try:
+        reader = fastavro.reader(io.BytesIO(data))
+        hints = payload_hints(reader.writer_schema)
+    except Exception as exc:  # fastavro raises many types on corrupt headers
+        yield DeadLetter(name, None, f"corrupt Avro header: {type(exc).__name__}: {exc}", data)
+        return
+    index = 0
+    try:
+        for record in reader:
+            yield RawRecord(name, index, record, None, hints)
+            index += 1
+    except Exception as exc:  # truncated / corrupt block
+        reason = f"corrupt Avro data after record {index}: {type(exc).__name__}: {exc}"
+        yield DeadLetter(name, index, reason, data)
+
+
+def payload_hints(schema: Any) -> dict[str, str]:
+    """Column -> hint (``json``) for ``payload`` fields of a Datastream writer schema."""
+    if not isinstance(schema, Mapping):
+        return {}
+    for top in schema.get("fields") or ():
+        if isinstance(top, Mapping) and top.get("name") == "payload":
+            payload = _non_null(top.get("type"))
+            if isinstance(payload, Mapping):
+                return {
+                    str(f.get("name")): "json"
+                    for f in payload.get("fields") or ()
+                    if _has_json_logical(f.get("type"))
+                }
+    return {}
+
+
+def _non_null(kind: Any) -> Any:
+    if isinstance(kind, list):
+        rest = [k for k in kind if k != "null"]
+        return rest[0] if len(rest) == 1 else None
+    return kind
+
+
+def _has_json_logical(kind: Any, depth: int = 0) -> bool:
+    """True for ``{"logicalType": "json"}``, also inside unions and array records."""
+    if depth > 8:
+        return False
+    if isinstance(kind, list):
+        return any(_has_json_logical(k, depth + 1) for k in kind)
+    if not isinstance(kind, Mapping):
+        return False
+    if kind.get("logicalType") == "json":
+        return True
+    if kind.get("type") == "record" and str(kind.get("name", "")).startswith("multidimensionalArray"):
+        return any(
+            f.get("name") == "elementValue" and _has_json_logical(f.get("type"), depth + 1)
+            for f in kind.get("fields") or ()
+        )
+    return False

@@ -1,0 +1,307 @@
+"""Datastream bucket reader: GCS files -> canonical events on Kafka, each file exactly once.
+
+Datastream writes ``<prefix>/<schema>_<table>/yyyy/mm/dd/hh/mm/<file>`` objects (Avro or
+JSON lines, optionally gzipped). Two ways to learn about new files:
+
+* **poll** (``capa ingest datastream --bucket B --prefix P``): list the bucket every few
+  seconds, skipping what the checkpoint says is done;
+* **notification** (GCP): a Pub/Sub subscription on the bucket's ``OBJECT_FINALIZE``
+  notifications calls :meth:`DatastreamBucketReader.handle_notification` per message.
+
+Per file: download that exact generation, decode ALL records (a corrupt or half-written
+file goes whole to the dead-letter topic with the reason, nothing else is produced),
+normalise, produce, wait for Kafka's acknowledgements, and only then mark the file done in
+the checkpoint. A crash before the checkpoint re-produces the file (same ``event_id``s);
+after it, the file is never read again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from capa.errors import ConfigError, DecodeError
+from capa.events import ChangeEvent
+from connectors.base import READERS, FileReader, Normalizer, normalize_one
+from connectors.base import DeadLetter as BaseDeadLetter
+from connectors.datastream.checkpoint import FileCheckpoint
+from connectors.kafka.dlq import DeadLetter
+from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
+
+logger = logging.getLogger(__name__)
+
+ORIGIN = "datastream"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One GCS object version."""
+
+    bucket: str
+    name: str
+    generation: int
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket}/{self.name}#{self.generation}"
+
+
+@dataclass
+class FileOutcome:
+    ref: ObjectRef
+    status: str  # "produced", "dead-lettered", "already-done", "missing", "ignored"
+    events: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class PollStats:
+    files: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    def add(self, outcome: FileOutcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.status in ("produced", "dead-lettered"):
+            self.files += 1
+        self.events += outcome.events
+        self.dead_letters += outcome.dead_letters
+
+
+class DatastreamBucketReader:
+    """Reads one Datastream stream's files from a bucket into the canonical topic."""
+
+    def __init__(
+        self,
+        *,
+        storage_client: Any,
+        bucket: str,
+        prefix: str,
+        normalizer: Normalizer,
+        producer: KafkaChangeProducer,
+        checkpoint: FileCheckpoint,
+        source: str,
+        grace: timedelta = timedelta(minutes=120),
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.client = storage_client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.normalizer = normalizer
+        self.producer = producer
+        self.checkpoint = checkpoint
+        self.source = source
+        self.grace = grace
+        self.stop = stop or threading.Event()
+
+    # --- poll mode -----------------------------------------------------------------
+
+    def poll_once(self) -> PollStats:
+        """Process every not-yet-done file under the prefix, oldest name first."""
+        stats = PollStats()
+        for ref in self.pending_objects():
+            if self.stop.is_set():
+                break
+            stats.add(self.process_object(ref))
+        self.checkpoint.compact(self.grace)
+        return stats
+
+    def run(self, interval_s: float) -> PollStats:
+        """Poll until ``stop`` is set; returns the totals."""
+        total = PollStats()
+        while not self.stop.is_set():
+            stats = self.poll_once()
+            for outcome in stats.outcomes:
+                total.add(outcome)
+            if stats.files:
+                logger.info("poll: %d file(s), %d event(s)", stats.files, stats.events)
+            self.stop.wait(interval_s)
+        return total
+
+    def pending_objects(self) -> list[ObjectRef]:
+        refs = []
+        for directory in self._table_dirs():
+            offset = self.checkpoint.start_offset(directory)
+            for blob in self.client.list_blobs(self.bucket, prefix=directory, start_offset=offset):
+                if blob.name.endswith("/"):
+                    continue
+                ref = ObjectRef(self.bucket, blob.name, int(blob.generation))
+                if not self.checkpoint.is_done(ref.name, ref.generation):
+                    refs.append(ref)
+        return sorted(refs, key=lambda r: r.name)
+
+    def _table_dirs(self) -> list[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        listing = self.client.list_blobs(self.bucket, prefix=base, delimiter="/")
+        for _ in listing.pages:  # prefixes fill in as the pages are read
+            pass
+        return sorted(listing.prefixes)
+
+    # --- notification mode -----------------------------------------------------------
+
+    def handle_notification(self, message: Mapping[str, Any]) -> FileOutcome | None:
+        """Process the object named by a GCS Pub/Sub notification (None if not for us)."""
+        ref = parse_gcs_notification(message)
+        if ref is None:
+            return None
+        if ref.bucket != self.bucket or not ref.name.startswith(self.prefix):
+            logger.info(
+                "ignoring notification for %s (not under gs://%s/%s)",
+                ref.uri,
+                self.bucket,
+                self.prefix,
+            )
+            return FileOutcome(ref, "ignored")
+        return self.process_object(ref)
+
+    # --- one file --------------------------------------------------------------------
+
+    def read_file(self, data: bytes, name: str) -> list[Any]:
+        """Decoded records and per-record dead letters of one file."""
+        try:
+            reader = reader_for(name)
+        except ConfigError as exc:
+            return [BaseDeadLetter(name, None, str(exc), data)]
+        return list(reader(data, name))
+
+    def process_object(self, ref: ObjectRef) -> FileOutcome:
+        if self.checkpoint.is_done(ref.name, ref.generation):
+            return FileOutcome(ref, "already-done")
+        data = self._download(ref)
+        if data is None:
+            return FileOutcome(ref, "missing")
+        outcome = self._produce_file(ref, data)
+        flush_with_retry(self.producer, lambda: self._produce_file(ref, data), stop=self.stop)
+        self.checkpoint.mark_done(ref.name, ref.generation)
+        logger.info(
+            "%s: %s, %d event(s), %d dead letter(s)",
+            ref.uri,
+            outcome.status,
+            outcome.events,
+            outcome.dead_letters,
+        )
+        return outcome
+
+    def _download(self, ref: ObjectRef) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self.client.bucket(ref.bucket).blob(ref.name, generation=ref.generation)
+        try:
+            return bytes(blob.download_as_bytes())
+        except NotFound:
+            logger.warning("%s no longer exists; nothing to read", ref.uri)
+            return None
+
+    def _produce_file(self, ref: ObjectRef, data: bytes) -> FileOutcome:
+        items = list(self.read_file(data, ref.name))
+        broken = [i for i in items if isinstance(i, BaseDeadLetter) and _is_whole_file(i, data)]
+        if broken or not items:
+            reason = broken[0].reason if broken else "file holds no records"
+            self.producer.send_dead_letter(self._letter(ref, f"unreadable file: {reason}", data))
+            return FileOutcome(ref, "dead-lettered", dead_letters=1)
+        outcome = FileOutcome(ref, "produced")
+        for item in items:
+            result = (
+                item if isinstance(item, BaseDeadLetter) else normalize_one(self.normalizer, item)
+            )
+            self._emit(ref, result, outcome)
+        return outcome
+
+    def _emit(self, ref: ObjectRef, result: Any, outcome: FileOutcome) -> None:
+        if isinstance(result, ChangeEvent):
+            self.producer.send(result)
+            outcome.events += 1
+        elif isinstance(result, BaseDeadLetter):
+            self.producer.send_dead_letter(
+                self._letter(ref, result.reason, result.raw, result.index)
+            )
+            outcome.dead_letters += 1
+        else:  # Skip: not a row change
+            outcome.skipped += 1
+
+    def _letter(
+        self, ref: ObjectRef, reason: str, raw: bytes | None, index: int | None = None
+    ) -> DeadLetter:
+        extra = {"object_generation": str(ref.generation)}
+        if index is not None:
+            extra["record_index"] = str(index)
+        return DeadLetter(reason, raw, ORIGIN, source=self.source, location=ref.uri, extra=extra)
+
+
+def _is_whole_file(letter: BaseDeadLetter, data: bytes) -> bool:
+    """A dead letter for the file itself (bad header, bad gzip, truncated Avro block)."""
+    return letter.index is None or letter.raw is data or letter.raw == data
+
+
+def reader_for(name: str) -> FileReader:
+    """The file reader for an object name, by its extension (``.avro``, ``.jsonl[.gz]``)."""
+    base = name[:-3] if name.endswith(".gz") else name
+    suffix = base.rsplit(".", 1)[-1].lower() if "." in base.rsplit("/", 1)[-1] else ""
+    fmt = FILE_FORMATS.get(suffix)
+    if fmt is None:
+        known = ", ".join(f".{k}" for k in sorted(FILE_FORMATS))
+        raise ConfigError(f"Datastream object {name!r} has no known extension ({known})")
+    return READERS[fmt]
+
+
+FILE_FORMATS = {"avro": "datastream-avro", "jsonl": "datastream-json", "json": "datastream-json"}
+
+
+def _record_bytes(record: Any) -> bytes:
+    return json.dumps(record, default=str, sort_keys=True).encode()
+
+
+# --- GCS Pub/Sub notifications ---------------------------------------------------------
+
+
+def parse_gcs_notification(message: Mapping[str, Any]) -> ObjectRef | None:
+    """The object version named by a GCS notification, or None for non-finalize events.
+
+    Accepts a Pub/Sub push envelope (``{"message": {...}, "subscription": ...}``), a
+    pulled message as a mapping (``attributes`` + ``data``), or a bare object resource
+    (``bucket``/``name``/``generation``, e.g. the data of an Eventarc CloudEvent).
+    """
+    if "message" in message and isinstance(message["message"], Mapping):
+        message = message["message"]
+    attributes = message.get("attributes") or {}
+    event_type = attributes.get("eventType", "OBJECT_FINALIZE")
+    if event_type != "OBJECT_FINALIZE":
+        logger.debug("ignoring GCS %s notification", event_type)
+        return None
+    resource = _notification_resource(message)
+    bucket = attributes.get("bucketId") or resource.get("bucket")
+    name = attributes.get("objectId") or resource.get("name")
+    generation = attributes.get("objectGeneration") or resource.get("generation")
+    if not (bucket and name and generation):
+        raise DecodeError(
+            "GCS notification lacks bucket/object/generation (attributes bucketId, objectId, "
+            f"objectGeneration); got attributes {sorted(attributes)} "
+            f"and data keys {sorted(resource)}",
+            raw=_record_bytes(dict(message)),
+        )
+    return ObjectRef(str(bucket), str(name), int(generation))
+
+
+def _notification_resource(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "data" not in message:
+        return message  # a bare object resource
+    data = message["data"]
+    if isinstance(data, Mapping):
+        return data
+    if isinstance(data, str):
+        data = base64.b64decode(data)
+    if not data:
+        return {}
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise DecodeError(f"GCS notification data is not JSON: {exc}", raw=bytes(data)) from exc
+    return parsed if isinstance(parsed, Mapping) else {}

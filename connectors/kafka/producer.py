@@ -1,0 +1,200 @@
+"""The Kafka producer of canonical change events (adapter: confluent-kafka).
+
+All events go to ONE shared topic (``kafka.topic``), keyed by ``event.kafka_key()``
+(source + table + primary key, so one row's changes stay in one partition and in order).
+The producer is idempotent with ``acks=all``; :meth:`KafkaChangeProducer.flush` waits for
+every acknowledgement and raises :class:`~capa.errors.TransientError` if any record was
+not acknowledged, so callers only commit their source offset after a clean flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from capa.config import KafkaConfig
+from capa.errors import ServiceUnavailable
+from capa.events import ChangeEvent
+from connectors.kafka.dlq import DeadLetter
+from connectors.kafka.wire import EventEncoder, build_encoder
+
+logger = logging.getLogger(__name__)
+
+_BASE_SETTINGS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "lz4",
+    "linger.ms": 5,
+}
+
+
+_STOP_GRACE_S = 5.0
+
+
+class DeliveryFailed(ServiceUnavailable):
+    """Some records were not acknowledged by Kafka; resend them (the batch) later."""
+
+
+class KafkaChangeProducer:
+    """Produces canonical events and dead letters; ``flush`` is the acknowledgement point."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        topic: str | None = None,
+        dlq_topic: str | None = None,
+        encoder: EventEncoder | None = None,
+        client_settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.topic = topic or config.topic
+        self.dlq_topic = dlq_topic or config.dlq_topic
+        self.encoder = encoder or build_encoder(config, self.topic)
+        self._settings = {
+            **_BASE_SETTINGS,
+            "bootstrap.servers": config.bootstrap,
+            "delivery.timeout.ms": config.delivery_timeout_ms,
+            **(client_settings or {}),
+        }
+        self._lock = threading.Lock()
+        self._failures: list[str] = []
+        self._fatal = False
+        self._producer: Any = None
+        self.sent = 0
+        self.dead_lettered = 0
+
+    # --- producing ---------------------------------------------------------------
+
+    def send(self, event: ChangeEvent) -> None:
+        """Queue one event (non-blocking unless the local queue is full)."""
+        self._produce(self.topic, self.encoder.encode(event), event.kafka_key(), None)
+        self.sent += 1
+
+    def send_dead_letter(self, letter: DeadLetter) -> None:
+        """Queue one dead letter: original bytes as value, reason + origin in headers."""
+        raw = letter.raw or b""
+        limit = self.config.dlq_max_value_bytes
+        value = raw[:limit]
+        headers = letter.headers(truncated=len(raw) > limit)
+        self._produce(self.dlq_topic, value, letter.kafka_key(), headers)
+        self.dead_lettered += 1
+        logger.warning(
+            "dead-lettered %s bytes from %s (%s): %s",
+            len(raw),
+            letter.location or letter.origin,
+            letter.origin,
+            letter.reason,
+        )
+
+    def flush(self, timeout_s: float | None = None, stop: threading.Event | None = None) -> None:
+        """Wait for all acknowledgements; :class:`DeliveryFailed` if any record is not acked.
+
+        With ``stop`` set, waiting ends after a short grace period (the caller is
+        shutting down and must not commit what is still unacknowledged).
+        """
+        if self._producer is None:
+            return
+        timeout = timeout_s if timeout_s is not None else self.config.delivery_timeout_ms / 1000 + 5
+        remaining = self._wait_for_acks(timeout, stop)
+        failures = self._take_failures()
+        if remaining or failures:
+            if self._fatal:
+                self._reset()
+            raise DeliveryFailed(
+                f"Kafka at {self.config.bootstrap} did not acknowledge {remaining + len(failures)} "
+                f"record(s): {'; '.join(failures[:3]) or 'flush timed out'}"
+            )
+
+    def _wait_for_acks(self, timeout_s: float, stop: threading.Event | None) -> int:
+        started = time.monotonic()
+        while True:
+            remaining = int(self._producer.flush(0.5))
+            elapsed = time.monotonic() - started
+            if not remaining or elapsed >= timeout_s:
+                return remaining
+            if stop is not None and stop.is_set() and elapsed >= _STOP_GRACE_S:
+                return remaining
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.flush(5)
+            finally:
+                self._producer = None
+
+    # --- internals -----------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            self._producer = Producer({**self._settings, "error_cb": self._on_error})
+        return self._producer
+
+    def _produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        client = self._client()
+        while True:
+            try:
+                client.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                client.poll(0)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                client.poll(0.1)
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self._failures.append(f"{msg.topic()}: {err.str()}")
+                self._fatal = self._fatal or bool(err.fatal())
+
+    def _on_error(self, err: Any) -> None:
+        logger.warning("Kafka client error: %s", err.str())
+        if err.fatal():
+            with self._lock:
+                self._fatal = True
+                self._failures.append(f"fatal: {err.str()}")
+
+    def _take_failures(self) -> list[str]:
+        with self._lock:
+            failures, self._failures = self._failures, []
+        return failures
+
+    def _reset(self) -> None:
+        """After a fatal idempotence error the client must be replaced."""
+        logger.warning("replacing the Kafka producer after a fatal error")
+        self._producer = None
+        self._fatal = False
+
+
+def flush_with_retry(
+    producer: KafkaChangeProducer,
+    resend: Any,
+    *,
+    stop: threading.Event | None = None,
+    max_backoff_s: float = 30.0,
+) -> None:
+    """Flush; on failure call ``resend()`` (queue the batch again) and retry with backoff.
+
+    Returns only when everything is acknowledged. Raises :class:`DeliveryFailed` if
+    ``stop`` is set while Kafka is still failing, so the caller does not commit.
+    """
+    backoff = 0.5
+    while True:
+        try:
+            producer.flush(stop=stop)
+            return
+        except DeliveryFailed as exc:
+            if stop is not None and stop.is_set():
+                raise
+            logger.warning("%s; retrying in %.1fs", exc, backoff)
+            if stop is not None:
+                stop.wait(backoff)
+            else:
+                time.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            resend()

@@ -1,0 +1,103 @@
+# Cloud Composer 3 runs the DAGs of dags/: it submits the Dataproc Serverless batches of the
+# Spark models and the maintenance tasks. DAG files only wire tasks (STYLE rule 22).
+# Static settings live in deploy/composer/environment.json; this file adds the
+# project-specific ones.
+
+locals {
+  composer_settings = jsondecode(file("${local.repo_root}/deploy/composer/environment.json"))
+  dag_files         = fileset("${local.repo_root}/dags", "**/*.py")
+
+  composer_env = merge(local.composer_settings.env_variables, {
+    CAPA_GCP_PROJECT                     = var.project_id
+    CAPA_GCP_REGION                      = var.region
+    CAPA_DATAPROC_SPECS                  = "/home/airflow/gcs/data/dataproc"
+    CAPA__WAREHOUSE__TYPE                = "bigquery"
+    CAPA__WAREHOUSE__PROJECT             = var.project_id
+    CAPA__WAREHOUSE__RAW_DATASET         = google_bigquery_dataset.raw.dataset_id
+    CAPA__WAREHOUSE__CONSUMPTION_DATASET = google_bigquery_dataset.consumption.dataset_id
+    CAPA__WAREHOUSE__LOCATION            = var.bq_location
+  })
+}
+
+resource "google_service_account" "composer" {
+  account_id   = "${local.name}-composer"
+  display_name = "capa Cloud Composer environment"
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_project_iam_member" "composer" {
+  for_each = toset([
+    "roles/composer.worker",
+    "roles/dataproc.editor",
+    "roles/bigquery.jobUser",
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = "serviceAccount:${google_service_account.composer.email}"
+}
+
+# Composer submits batches that run as the Spark service account.
+resource "google_service_account_iam_member" "composer_acts_as_dataproc" {
+  service_account_id = google_service_account.dataproc.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.composer.email}"
+}
+
+resource "google_storage_bucket_iam_member" "composer_bucket" {
+  bucket = google_storage_bucket.composer.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.composer.email}"
+}
+
+# Composer's service agent must be able to manage the environment's service account.
+resource "google_service_account_iam_member" "composer_agent_ext" {
+  service_account_id = google_service_account.composer.name
+  role               = "roles/composer.ServiceAgentV2Ext"
+  member             = "serviceAccount:service-${data.google_project.this.number}@cloudcomposer-accounts.iam.gserviceaccount.com"
+}
+
+resource "google_composer_environment" "capa" {
+  name   = "${local.name}-composer"
+  region = var.region
+  labels = local.labels
+
+  config {
+    environment_size = var.composer_environment_size
+
+    software_config {
+      image_version            = var.composer_image_version
+      env_variables            = local.composer_env
+      airflow_config_overrides = local.composer_settings.airflow_config_overrides
+      pypi_packages            = local.composer_settings.pypi_packages
+    }
+
+    node_config {
+      service_account = google_service_account.composer.email
+      network         = var.network
+      subnetwork      = var.subnetwork
+    }
+  }
+
+  storage_config {
+    bucket = google_storage_bucket.composer.name
+  }
+
+  depends_on = [
+    google_project_iam_member.composer,
+    google_service_account_iam_member.composer_agent_ext,
+    google_storage_bucket_iam_member.composer_bucket,
+  ]
+}
+
+# The DAGs: every dags/**/*.py goes to the environment bucket's dags/ folder.
+resource "google_storage_bucket_object" "dags" {
+  for_each = local.dag_files
+
+  bucket = google_storage_bucket.composer.name
+  name   = "dags/${each.value}"
+  source = "${local.repo_root}/dags/${each.value}"
+
+  depends_on = [google_composer_environment.capa]
+}

@@ -1,0 +1,200 @@
+"""Consumption models as SQL files: header parsing, templating and dependency order.
+
+A model is ``spark_jobs/models/<name>.sql``: a leading ``--`` comment block whose lines after
+``-- capa:`` are YAML (validated by :class:`ModelHeader`), then one Spark SQL ``SELECT``.
+Inside the SQL, ``{{ raw('f2_public_orders') }}`` names a raw replica (current rows, deletes
+hidden) and ``{{ ref('customer_360') }}`` another model; dependency order comes from the refs.
+Inside an ``incremental`` mapping query, ``{{ rows }}`` names the changed input rows and
+``{{ raw_history('t') }}`` the raw table including tombstones.
+
+This module is pure Python (pydantic + yaml): Airflow and the unit tests import it without Spark.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from capa.errors import ConfigError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_CALL = re.compile(r"\{\{\s*(raw|ref|raw_history)\(\s*'([^']*)'\s*\)\s*\}\}")
+_ROWS = re.compile(r"\{\{\s*rows\s*\}\}")
+_ANY_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
+
+
+class Relationship(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str = Field(description="Column of this model that must exist in the other table.")
+    to: str = Field(description="Raw table (<source>_<schema>_<table>) or model name.")
+    field: str = Field(description="Column of the other table.")
+
+
+class Checks(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    not_null: tuple[str, ...] = Field((), description="Columns that must never be NULL.")
+    unique: tuple[str, ...] = Field((), description="Column set whose values must be unique.")
+    accepted_values: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="Column -> allowed values (NULL passes; use not_null)."
+    )
+    relationships: tuple[Relationship, ...] = Field(
+        (), description="Referential integrity: every non-NULL value exists in the other table."
+    )
+
+
+class ModelHeader(BaseModel):
+    """The ``-- capa:`` block of a model file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: tuple[str, ...] = Field(description="Columns that identify one output row (MERGE key).")
+    incremental: dict[str, str] = Field(
+        default_factory=dict,
+        description="Input table -> SQL expression over its changed rows giving the model key "
+        "(or a SELECT over {{ rows }}). Inputs missing here force a full rebuild when they change.",
+    )
+    checks: Checks = Field(default_factory=Checks, description="Data-quality checks after build.")
+
+    @field_validator("key")
+    @classmethod
+    def _key_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("key must name at least one column, e.g. key: [customer_id]")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    path: Path
+    header: ModelHeader
+    sql: str  # the SELECT, with {{ ... }} templates
+
+    @property
+    def raw_inputs(self) -> tuple[str, ...]:
+        return _calls(self.sql, "raw")
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return _calls(self.sql, "ref")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.raw_inputs + self.refs
+
+    def render(self, resolve: Callable[[str, str], str]) -> str:
+        """The SQL with every ``{{ raw|ref|raw_history('x') }}`` replaced by ``resolve(kind, x)``."""
+        return render(self.sql, resolve)
+
+    def mapping_sql(self, table: str, rows_view: str, resolve: Callable[[str, str], str]) -> str:
+        """SQL giving the model keys touched by changed rows of ``table`` (in view ``rows_view``)."""
+        expr = self.header.incremental[table]
+        if _ROWS.search(expr):
+            return render(_ROWS.sub(rows_view, expr), resolve)
+        if len(self.header.key) > 1:
+            raise ConfigError(
+                f"model {self.name!r}: incremental mapping for {table!r} must be a SELECT over "
+                "{{ rows }} returning every key column when the key has several columns"
+            )
+        return f"SELECT {expr} AS {quote(self.header.key[0])} FROM {rows_view}"
+
+
+def quote(identifier: str) -> str:
+    """Spark SQL identifier quoting."""
+    return "`" + identifier.replace("`", "``") + "`"
+
+
+def render(sql: str, resolve: Callable[[str, str], str]) -> str:
+    out = _CALL.sub(lambda m: resolve(m.group(1), m.group(2)), sql)
+    leftover = _ANY_TEMPLATE.search(out)
+    if leftover:
+        raise ConfigError(
+            f"unknown template {leftover.group(0)!r}; use {{{{ raw('t') }}}}, {{{{ ref('m') }}}}, "
+            "{{ raw_history('t') }} or {{ rows }}"
+        )
+    return out
+
+
+def _calls(sql: str, kind: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(m.group(2) for m in _CALL.finditer(sql) if m.group(1) == kind))
+
+
+def split_header(text: str) -> tuple[str, str]:
+    """(YAML of the ``-- capa:`` block, SQL body) of a model file."""
+    lines = text.splitlines()
+    comment = 0
+    while comment < len(lines) and (lines[comment].startswith("--") or not lines[comment].strip()):
+        comment += 1
+    block = [ln[2:] for ln in lines[:comment] if ln.startswith("--")]
+    starts = [i for i, ln in enumerate(block) if ln.strip() == "capa:"]
+    if not starts:
+        return "", "\n".join(lines[comment:])
+    body = [ln[1:] if ln.startswith(" ") else ln for ln in block[starts[0] + 1 :]]
+    return "\n".join(body), "\n".join(lines[comment:]).strip().rstrip(";")
+
+
+def parse_model(path: Path) -> Model:
+    name = path.stem
+    if not _NAME.match(name):
+        raise ConfigError(f"model file {path}: name {name!r} must be lower_snake_case")
+    header_yaml, sql = split_header(path.read_text(encoding="utf-8"))
+    if not header_yaml:
+        raise ConfigError(f"model {path}: no '-- capa:' header block; add one with at least key:")
+    try:
+        data = yaml.safe_load(header_yaml) or {}
+        header = ModelHeader.model_validate(data)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"model {path}: bad header: {exc}") from exc
+    if not sql:
+        raise ConfigError(f"model {path}: no SQL after the header")
+    return Model(name=name, path=path, header=header, sql=sql)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    models: Mapping[str, Model]
+
+    def order(self, select: Iterable[str] | None = None) -> list[Model]:
+        """Models in dependency order (refs first); ``select`` limits to those names."""
+        graph = {m.name: set(m.refs) for m in self.models.values()}
+        try:
+            ordered = list(TopologicalSorter(graph).static_order())
+        except CycleError as exc:
+            raise ConfigError(f"models reference each other in a cycle: {exc.args[1]}") from exc
+        wanted = set(select) if select else set(self.models)
+        unknown = wanted - set(self.models)
+        if unknown:
+            raise ConfigError(f"unknown model(s) {sorted(unknown)}; known: {sorted(self.models)}")
+        return [self.models[n] for n in ordered if n in wanted]
+
+    def raw_tables(self) -> list[str]:
+        return sorted({t for m in self.models.values() for t in m.raw_inputs})
+
+
+def load_project(models_dir: Path = MODELS_DIR) -> Project:
+    models = {p.stem: parse_model(p) for p in sorted(models_dir.glob("*.sql"))}
+    if not models:
+        raise ConfigError(f"no models (*.sql) in {models_dir}")
+    for model in models.values():
+        _validate_refs(model, models)
+    return Project(models=models)
+
+
+def _validate_refs(model: Model, models: Mapping[str, Model]) -> None:
+    for ref in model.refs:
+        if ref not in models:
+            raise ConfigError(f"model {model.name!r} refs unknown model {ref!r}")
+    for table in model.header.incremental:
+        if table not in model.inputs:
+            raise ConfigError(
+                f"model {model.name!r}: incremental names {table!r}, which the SQL never reads"
+            )

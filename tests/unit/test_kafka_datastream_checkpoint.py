@@ -1,0 +1,145 @@
+"""Datastream reader pieces that need no services: the checkpoint file, GCS notification
+parsing (payloads shaped like real Cloud Storage Pub/Sub notifications), file-type routing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from capa.errors import ConfigError, DecodeError
+from connectors.datastream.checkpoint import FileCheckpoint, minute_of, table_dir
+from connectors.datastream.reader import ObjectRef, parse_gcs_notification, reader_for
+
+PREFIX = "streams/f3"
+A1 = f"{PREFIX}/public_orders/2025/02/11/23/06/a1.avro"
+A2 = f"{PREFIX}/public_orders/2025/02/11/23/07/a2.avro"
+A_LATE = f"{PREFIX}/public_orders/2025/02/12/03/00/a3.jsonl"
+B1 = f"{PREFIX}/public_items/2025/02/11/23/06/b1.jsonl.gz"
+
+
+def test_checkpoint_survives_restart_and_tracks_generations(tmp_path: Path) -> None:
+    path = tmp_path / "cp" / "f3.json"
+    checkpoint = FileCheckpoint(path, PREFIX)
+    checkpoint.mark_done(A1, 11)
+    reloaded = FileCheckpoint(path, PREFIX)
+    assert reloaded.is_done(A1, 11)
+    assert not reloaded.is_done(A1, 12)  # a new generation of the object is new data
+    assert not reloaded.is_done(A2, 11)
+    assert json.loads(path.read_text())["processed"] == {A1: 11}
+    assert [p.name for p in path.parent.iterdir()] == ["f3.json"]  # no temp files left
+
+
+def test_compaction_folds_old_names_into_a_per_table_watermark(tmp_path: Path) -> None:
+    checkpoint = FileCheckpoint(tmp_path / "cp.json", PREFIX)
+    for name, gen in ((A1, 1), (A2, 2), (A_LATE, 3), (B1, 4)):
+        checkpoint.mark_done(name, gen)
+    assert checkpoint.compact(timedelta(minutes=120)) == 2  # A1, A2 are >2h before A_LATE
+    reloaded = FileCheckpoint(tmp_path / "cp.json", PREFIX)
+    assert reloaded.watermarks == {f"{PREFIX}/public_orders/": A2}
+    assert set(reloaded.processed) == {A_LATE, B1}  # B1 is the newest of its own table
+    assert reloaded.is_done(A1, 999) and reloaded.is_done(A2, 1)
+    assert reloaded.start_offset(f"{PREFIX}/public_orders/") == A2
+    assert not reloaded.is_done(f"{PREFIX}/public_orders/2025/02/12/02/59/late.avro", 5)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "cp.json"
+    path.write_text('{"processed": ')
+    with pytest.raises(ConfigError, match="unreadable"):
+        FileCheckpoint(path)
+    path.write_text('{"version": 7}')
+    with pytest.raises(ConfigError, match="unknown layout/version 7"):
+        FileCheckpoint(path)
+
+
+def test_path_helpers() -> None:
+    assert table_dir(A1, PREFIX) == f"{PREFIX}/public_orders/"
+    assert table_dir("public_orders/2025/02/11/23/06/x.avro", "") == "public_orders/"
+    assert minute_of(A1) is not None and minute_of(A1).hour == 23  # type: ignore[union-attr]
+    assert minute_of(f"{PREFIX}/public_orders/x.avro") is None
+
+
+# --- GCS notifications ------------------------------------------------------------------
+
+OBJECT_RESOURCE = {
+    "kind": "storage#object",
+    "id": f"dsbucket/{A1}/1739315215396000",
+    "selfLink": f"https://www.googleapis.com/storage/v1/b/dsbucket/o/{A1.replace('/', '%2F')}",
+    "name": A1,
+    "bucket": "dsbucket",
+    "generation": "1739315215396000",
+    "metageneration": "1",
+    "contentType": "application/octet-stream",
+    "timeCreated": "2025-02-11T23:06:55.396Z",
+    "updated": "2025-02-11T23:06:55.396Z",
+    "storageClass": "STANDARD",
+    "size": "2271",
+    "md5Hash": "Hf6EI1l3ifhoGdeRTTxIRA==",
+    "crc32c": "Q3jvFw==",
+    "etag": "CKCBy9zfxYsDEAE=",
+}
+ATTRIBUTES = {
+    "bucketId": "dsbucket",
+    "eventTime": "2025-02-11T23:06:55.396Z",
+    "eventType": "OBJECT_FINALIZE",
+    "notificationConfig": "projects/_/buckets/dsbucket/notificationConfigs/3",
+    "objectGeneration": "1739315215396000",
+    "objectId": A1,
+    "payloadFormat": "JSON_API_V1",
+}
+EXPECTED = ObjectRef("dsbucket", A1, 1739315215396000)
+
+
+def push_envelope(attributes: dict[str, str], data: bytes) -> dict[str, object]:
+    return {
+        "message": {
+            "attributes": attributes,
+            "data": base64.b64encode(data).decode(),
+            "messageId": "13719519263467285",
+            "message_id": "13719519263467285",
+            "publishTime": "2025-02-11T23:06:55.612Z",
+            "publish_time": "2025-02-11T23:06:55.612Z",
+        },
+        "subscription": "projects/capa-prod/subscriptions/datastream-f3",
+    }
+
+
+def test_push_envelope_with_json_api_payload() -> None:
+    message = push_envelope(ATTRIBUTES, json.dumps(OBJECT_RESOURCE).encode())
+    assert parse_gcs_notification(message) == EXPECTED
+    assert EXPECTED.uri == f"gs://dsbucket/{A1}#1739315215396000"
+
+
+def test_pulled_message_without_payload() -> None:
+    attributes = dict(ATTRIBUTES, payloadFormat="NONE")
+    assert parse_gcs_notification({"attributes": attributes, "data": b""}) == EXPECTED
+
+
+def test_eventarc_object_resource() -> None:
+    assert parse_gcs_notification(OBJECT_RESOURCE) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "event_type", ["OBJECT_DELETE", "OBJECT_METADATA_UPDATE", "OBJECT_ARCHIVE"]
+)
+def test_non_finalize_events_are_ignored(event_type: str) -> None:
+    attributes = dict(ATTRIBUTES, eventType=event_type)
+    assert parse_gcs_notification(push_envelope(attributes, b"{}")) is None
+
+
+def test_notification_without_object_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="lacks bucket/object/generation"):
+        parse_gcs_notification({"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": b"{}"})
+    with pytest.raises(DecodeError, match="not JSON"):
+        parse_gcs_notification({"attributes": {}, "data": base64.b64encode(b"{oops").decode()})
+
+
+def test_file_reader_by_extension() -> None:
+    assert reader_for(A1) is not reader_for(B1)
+    assert reader_for(B1) is reader_for(A_LATE)
+    with pytest.raises(ConfigError, match="no known extension"):
+        reader_for(f"{PREFIX}/public_orders/2025/02/11/23/06/readme.txt")
