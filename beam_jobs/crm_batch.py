@@ -44,7 +44,13 @@ from connectors.crm.contract import CrmContract, load_contract
 from connectors.crm.errors import CrmRejectThresholdExceeded
 from connectors.crm.extract import ExtractFile, ExtractManifest, read_manifest
 from connectors.crm.filestore import open_filestore
-from connectors.crm.load import LoadContext, Reject, ValidRow, reject_share, threshold_message, validate_record
+from connectors.crm.load import (
+    LoadContext,
+    Reject,
+    reject_share,
+    threshold_message,
+    validate_record,
+)
 from connectors.crm.readers import read_records
 
 logger = logging.getLogger(__name__)
@@ -69,7 +75,9 @@ class ReadExtractFileFn(beam.DoFn):
     def process(self, element: tuple[int, ExtractFile]) -> Iterator[tuple[int, Any]]:
         index, spec = element
         data = open_filestore(self.extract_url).read_bytes(spec.name)
-        for record in read_records(data, obj=spec.object, name=spec.name, fmt=spec.format, encoding=spec.encoding):
+        for record in read_records(
+            data, obj=spec.object, name=spec.name, fmt=spec.format, encoding=spec.encoding
+        ):
             self.records.inc()
             yield index, record
 
@@ -120,10 +128,14 @@ class PlanKeyFn(beam.DoFn):
         self.ctx = ctx
         self.counters = {k: _counter(k) for k in ("unchanged", "events", "deletes")}
 
-    def process(self, element: tuple[tuple[str, str], dict[str, Iterable[Any]]]) -> Iterator[ChangeEvent]:
+    def process(
+        self, element: tuple[tuple[str, str], dict[str, Iterable[Any]]]
+    ) -> Iterator[ChangeEvent]:
         (obj, key), groups = element
         contract = self.ctx.contract.object(obj)
-        planned = self.ctx.plan_key(contract, key, groups["rows"], groups["replica"], any(groups["rejected"]))
+        planned = self.ctx.plan_key(
+            contract, key, groups["rows"], groups["replica"], any(groups["rejected"])
+        )
         for kind, event in planned:
             self.counters[kind if event is None else "events"].inc()
             if event is not None:
@@ -147,7 +159,9 @@ class ApplyTableFn(beam.DoFn):
 
         self.warehouse = open_warehouse(self.warehouse_spec)
 
-    def process(self, element: tuple[str, Iterable[ChangeEvent]], gate: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def process(
+        self, element: tuple[str, Iterable[ChangeEvent]], gate: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
         table, events = element
         report = self.warehouse.apply(list(events))
         applied = sum(t.applied for t in report.tables)
@@ -164,7 +178,9 @@ class RecordLoadFn(beam.DoFn):
     def __init__(self, warehouse: str, ctx: LoadContext) -> None:
         self.warehouse_spec, self.ctx = warehouse, ctx
 
-    def process(self, _: Any, gate: dict[str, Any], reports: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def process(
+        self, _: Any, gate: dict[str, Any], reports: list[dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
         from capa.warehouse import open_warehouse
 
         summary = {**gate, "tables": {r["table"]: r for r in reports}}
@@ -209,13 +225,20 @@ class RejectStatsFn(beam.CombineFn):
         return acc
 
 
-def check_reject_share(_: Any, total: int, stats: dict[str, Any], load_id: str, limit: float) -> dict[str, Any]:
+def check_reject_share(
+    _: Any, total: int, stats: dict[str, Any], load_id: str, limit: float
+) -> dict[str, Any]:
     """The gate: raise (failing the pipeline before any apply) if too many rows were rejected."""
     share = reject_share(total, stats["count"])
     if share > limit:
         examples = [ex for n, ex in stats["reasons"].values() for _ in range(n)]
         raise CrmRejectThresholdExceeded(threshold_message(load_id, total, examples, limit))
-    return {"load_id": load_id, "rows_read": total, "rejected": stats["count"], "reject_share": round(share, 6)}
+    return {
+        "load_id": load_id,
+        "rows_read": total,
+        "rejected": stats["count"],
+        "reject_share": round(share, 6),
+    }
 
 
 # --- PTransforms ---------------------------------------------------------------------------
@@ -234,8 +257,10 @@ class ReadAndValidate(beam.PTransform):
             | "ListFiles" >> beam.Create(list(enumerate(self.manifest.files)))
             | "ReadRecords" >> beam.ParDo(ReadExtractFileFn(self.extract_url))
             | "Reshuffle" >> beam.Reshuffle()
-            | "ValidateRows" >> beam.ParDo(ValidateRowFn(self.contract)).with_outputs(
-                ValidateRowFn.REJECTS, main="valid")
+            | "ValidateRows"
+            >> beam.ParDo(ValidateRowFn(self.contract)).with_outputs(
+                ValidateRowFn.REJECTS, main="valid"
+            )
         )
 
 
@@ -277,7 +302,8 @@ class ApplyToWarehouse(beam.PTransform):
             events
             | "KeyByTable" >> beam.Map(lambda e: (e.table_id, e))
             | "GroupByTable" >> beam.GroupByKey()
-            | "ApplyTables" >> beam.ParDo(ApplyTableFn(self.warehouse), gate=beam.pvalue.AsSingleton(self.gate))
+            | "ApplyTables"
+            >> beam.ParDo(ApplyTableFn(self.warehouse), gate=beam.pvalue.AsSingleton(self.gate))
         )
 
 
@@ -285,31 +311,60 @@ class ApplyToWarehouse(beam.PTransform):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags; defaults come from capa's typed config (``crm`` and ``warehouse`` sections)."""
+    from capa.config import load_settings
+
+    settings = load_settings()
+    wh = settings.warehouse
+    default_wh = f"local:{wh.path}" if wh.type == "local" else f"bigquery:{wh.project}"
     parser.add_argument("--extract", required=True, help="Extract folder or gs://bucket/prefix.")
-    parser.add_argument("--warehouse", required=True, help="Warehouse spec: local:DIR or bigquery:PROJECT.")
-    parser.add_argument("--contract", default=None, help="Contract YAML (default: connectors/crm/contract.yaml).")
-    parser.add_argument("--full", action="store_true", help="Treat the extract as a full snapshot (deletes).")
-    parser.add_argument("--max_reject_share", "--max-reject-share", type=float, default=0.05,
-                        help="Fail the load (apply nothing) above this share of rejected rows.")
+    parser.add_argument(
+        "--warehouse", default=default_wh, help="Warehouse spec: local:DIR or bigquery:PROJECT."
+    )
+    parser.add_argument(
+        "--contract",
+        default=str(settings.crm.contract) if settings.crm.contract else None,
+        help="Contract YAML (default: connectors/crm/contract.yaml).",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="Treat the extract as a full snapshot (deletes)."
+    )
+    parser.add_argument(
+        "--max_reject_share",
+        "--max-reject-share",
+        type=float,
+        default=settings.crm.max_reject_share,
+        help="Fail the load (apply nothing) above this share of rejected rows.",
+    )
 
 
-def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, manifest: ExtractManifest,
-                   contract: CrmContract) -> None:
+def build_pipeline(
+    p: beam.Pipeline, args: argparse.Namespace, manifest: ExtractManifest, contract: CrmContract
+) -> None:
     ctx = LoadContext(contract, manifest.load_id, manifest.mode, manifest.extracted_at_us)
     read = p | "ReadAndValidate" >> ReadAndValidate(args.extract, manifest, contract)
     records = (read.valid, read.rejects | "DropIndex" >> beam.Map(lambda ir: ir[1]))
-    total = records | "FlattenAll" >> beam.Flatten() | "CountRows" >> beam.combiners.Count.Globally()
+    total = (
+        records | "FlattenAll" >> beam.Flatten() | "CountRows" >> beam.combiners.Count.Globally()
+    )
     stats = read.rejects | "SummariseRejects" >> beam.CombineGlobally(RejectStatsFn())
     gate = (
         p
         | "GateSeed" >> beam.Create([None])
-        | "CheckRejectShare" >> beam.Map(
-            check_reject_share, total=beam.pvalue.AsSingleton(total), stats=beam.pvalue.AsSingleton(stats),
-            load_id=manifest.load_id, limit=args.max_reject_share)
+        | "CheckRejectShare"
+        >> beam.Map(
+            check_reject_share,
+            total=beam.pvalue.AsSingleton(total),
+            stats=beam.pvalue.AsSingleton(stats),
+            load_id=manifest.load_id,
+            limit=args.max_reject_share,
+        )
     )
     objects = sorted({f.object for f in manifest.files})
     changes = read.valid | "PlanChanges" >> PlanChanges(ctx, args.warehouse, objects, read.rejects)
-    reject_events = read.rejects | "ToRejectEvents" >> beam.MapTuple(lambda i, r: ctx.reject_event(r, i))
+    reject_events = read.rejects | "ToRejectEvents" >> beam.MapTuple(
+        lambda i, r: ctx.reject_event(r, i)
+    )
     reports = (
         (changes, reject_events)
         | "FlattenEvents" >> beam.Flatten()
@@ -318,8 +373,12 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, manifest: Extract
     (
         p
         | "LedgerSeed" >> beam.Create([None])
-        | "RecordLoad" >> beam.ParDo(RecordLoadFn(args.warehouse, ctx), gate=beam.pvalue.AsSingleton(gate),
-                                     reports=beam.pvalue.AsList(reports))
+        | "RecordLoad"
+        >> beam.ParDo(
+            RecordLoadFn(args.warehouse, ctx),
+            gate=beam.pvalue.AsSingleton(gate),
+            reports=beam.pvalue.AsList(reports),
+        )
     )
 
 
@@ -368,7 +427,9 @@ def _summary(result: Any, manifest: ExtractManifest) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         summary = run(argv)
     except CrmRejectThresholdExceeded as exc:
@@ -387,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
 def _threshold_cause(exc: BaseException) -> BaseException | None:
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, CrmRejectThresholdExceeded) or "CrmRejectThresholdExceeded" in str(seen):
+        if isinstance(seen, CrmRejectThresholdExceeded) or "CrmRejectThresholdExceeded" in str(
+            seen
+        ):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

@@ -81,10 +81,10 @@ def to_json_value(value: Any) -> Any:
         return value
     if isinstance(value, Decimal):
         return format(value, "f")
-    if isinstance(value, datetime):
+    if isinstance(value, datetime):  # isoformat, not strftime: %Y does not pad years < 1000
         if value.tzinfo is not None:
-            return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, time):
@@ -144,9 +144,10 @@ def _row_kinds(*rows: Mapping[str, Any] | None) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for row in rows:
         for name, value in (row or {}).items():
-            kind = kind_of(value)
-            if kind != "null" or name not in kinds:
-                kinds[name] = kind
+            # null and all-null/empty arrays say nothing about the column's kind
+            weak = value is None or (isinstance(value, tuple | list) and all(v is None for v in value))
+            if not weak or kinds.get(name, "null") == "null":
+                kinds[name] = kind_of(value)
     return kinds
 
 

@@ -134,6 +134,15 @@ class ApplyConfig(_Section):
     )
 
 
+class CrmConfig(_Section):
+    contract: Path | None = Field(
+        None, description="CRM contract YAML (default: the bundled connectors/crm/contract.yaml)."
+    )
+    max_reject_share: float = Field(
+        0.05, ge=0, le=1, description="A CRM load rejecting more than this share of rows fails."
+    )
+
+
 class LocalWarehouseConfig(_Section):
     type: Literal["local"] = "local"
     path: Path = Field(Path(".state/lakehouse"), description="Root directory of the Delta tables.")
@@ -171,6 +180,7 @@ class CapaSettings(BaseSettings):
         default_factory=DatastreamConfig, description="Datastream bucket reader (source F3)."
     )
     apply: ApplyConfig = Field(default_factory=ApplyConfig, description="Streaming apply job.")
+    crm: CrmConfig = Field(default_factory=CrmConfig, description="CRM batch ingestion.")
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."
     )

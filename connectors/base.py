@@ -78,6 +78,16 @@ class DeadLetter:
 
 Outcome = ChangeEvent | Skip
 
+_MIN_TS_US, _MAX_TS_US = -62_135_596_800_000_000, 253_402_300_799_999_999  # years 1..9999
+
+
+def checked_ts_us(value: int | None, what: str = "commit timestamp") -> int | None:
+    """µs since epoch, rejected (DecodeError) outside years 1..9999."""
+    if value is not None and not _MIN_TS_US <= value <= _MAX_TS_US:
+        raise DecodeError(f"{what} {value} µs since epoch is outside years 1..9999")
+    return value
+
+
 _ID_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None)})
 

@@ -66,9 +66,13 @@ with DAG(
     tags=["capa", "crm"],
     params={
         "extract": Param(os.environ.get("CAPA_CRM_EXTRACT", ""), type="string"),
-        "warehouse": Param(os.environ.get("CAPA_CRM_WAREHOUSE", f"local:{STATE_DIR}/lakehouse"), type="string"),
+        "warehouse": Param(
+            os.environ.get("CAPA_CRM_WAREHOUSE", f"local:{STATE_DIR}/lakehouse"), type="string"
+        ),
         "full": Param(os.environ.get("CAPA_CRM_FULL", "") == "1", type="boolean"),
-        "max_reject_share": Param(float(os.environ.get("CAPA_CRM_MAX_REJECT_SHARE", "0.05")), type="number"),
+        "max_reject_share": Param(
+            float(os.environ.get("CAPA_CRM_MAX_REJECT_SHARE", "0.05")), type="number"
+        ),
         "repo": Param(str(REPO), type="string"),
         "beam_python": Param(BEAM_PYTHON, type="string"),
     },
@@ -85,6 +89,9 @@ with DAG(
     record = PythonOperator(
         task_id="record_load",
         python_callable=record_load,
-        op_kwargs={"summary_line": "{{ ti.xcom_pull(task_ids='load_extract') }}", "state_dir": STATE_DIR},
+        op_kwargs={
+            "summary_line": "{{ ti.xcom_pull(task_ids='load_extract') }}",
+            "state_dir": STATE_DIR,
+        },
     )
     wait >> load >> record

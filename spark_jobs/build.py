@@ -23,12 +23,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 from capa import console
 from capa.errors import CapaError, ConfigError, TerminalError
-from capa.warehouse.base import META_DELETED, META_INGESTED_AT, META_POSITION
+from capa.warehouse.base import META_DELETED, META_INGESTED_AT
 from spark_jobs.checks import CheckResult, failure_rows, model_checks, run_checks
 from spark_jobs.incremental import InputSnapshot, affected_keys, read_version
 from spark_jobs.project import MODELS_DIR, Model, Project, load_project, quote
@@ -72,6 +73,12 @@ def delta_version(path: Path) -> int | None:
         return None
 
 
+def count_rows(path: Path) -> int:
+    from deltalake import DeltaTable
+
+    return int(DeltaTable(str(path)).to_pyarrow_dataset().count_rows())
+
+
 def merge_sql(target: str, source: str, key: Sequence[str], columns: Sequence[str]) -> str:
     """MERGE of recomputed rows; a key whose source row lacks ``__capa_present`` is deleted."""
     on = " AND ".join(f"t.{quote(k)} <=> s.{quote(k)}" for k in key)
@@ -99,6 +106,7 @@ class SparkModelBuilder:
         self.lakehouse = Path(lakehouse).resolve()
         self.consumption = Path(consumption or self.lakehouse / "consumption").resolve()
         self._snaps: dict[tuple[str, str], InputSnapshot] = {}
+        self._views: set[str] = set()
 
     # -- inputs ---------------------------------------------------------------------------
     def _path(self, kind: str, name: str) -> Path:
@@ -119,10 +127,12 @@ class SparkModelBuilder:
         """Template resolver: registers the pinned input as a temp view, returns its name."""
         snap = self.snapshot("ref" if kind == "ref" else "raw", name)
         view = f"capa_{kind}__{name}"
-        df = read_version(self.spark, snap.path, snap.version)
-        if kind == "raw":
-            df = df.where(f"NOT coalesce({quote(META_DELETED)}, false)")
-        df.createOrReplaceTempView(view)
+        if view not in self._views:
+            df = read_version(self.spark, snap.path, snap.version)
+            if kind == "raw":
+                df = df.where(f"NOT coalesce({quote(META_DELETED)}, false)")
+            df.createOrReplaceTempView(view)
+            self._views.add(view)
         return quote(view)
 
     def resolve_table(self, name: str, project: Project) -> str:
@@ -131,6 +141,7 @@ class SparkModelBuilder:
     # -- build ----------------------------------------------------------------------------
     def build(self, project: Project, *, full: bool = False, select: Sequence[str] | None = None) -> list[ModelReport]:
         self._snaps.clear()
+        self._views.clear()
         reports = []
         for model in project.order(select):
             reports.append(self.build_model(project, model, full=full))
@@ -154,7 +165,7 @@ class SparkModelBuilder:
             self._check(project, model, target, before)
         version = delta_version(target) or 0
         save_state(self.consumption, self._state(model, snaps, version))
-        rows = self.spark.read.format("delta").load(str(target)).count()
+        rows = count_rows(target)
         return ModelReport(model.name, mode, keys, rows, version, round(time.monotonic() - started, 2))
 
     def _overwrite(self, model: Model, target: Path) -> None:
@@ -185,8 +196,11 @@ class SparkModelBuilder:
 
     def _check(self, project: Project, model: Model, target: Path, before: int | None) -> None:
         view = f"capa_check__{model.name}"
-        self.spark.read.format("delta").load(str(target)).createOrReplaceTempView(view)
-        results = run_checks(self.spark, model_checks(model, quote(view), lambda n: self.resolve_table(n, project)))
+        built = self.spark.read.format("delta").load(str(target)).cache()
+        built.createOrReplaceTempView(view)
+        checks = model_checks(model, quote(view), lambda n: self.resolve_table(n, project))
+        results = run_checks(self.spark, checks)
+        built.unpersist()
         if all(r.ok for r in results):
             return
         self._restore(model, target, before)
@@ -210,14 +224,34 @@ class SparkModelBuilder:
     def _mark(self, snap: InputSnapshot) -> InputMark:
         if snap.kind == "ref":
             return InputMark(kind="ref", version=snap.version)
-        from pyspark.sql import functions as F
+        since = max_ingested_from_stats(snap)
+        if since is None:  # no file statistics for the column: scan it
+            from pyspark.sql import functions as F
 
-        row = read_version(self.spark, snap.path, snap.version).agg(
-            F.date_format(F.max(META_INGESTED_AT), _ISO).alias("ingested"),
-            F.max(META_POSITION).alias("position"),
-        ).collect()[0]
-        return InputMark(kind="raw", version=snap.version, max_ingested_at=row["ingested"],
-                         max_position=row["position"])
+            since = read_version(self.spark, snap.path, snap.version).agg(
+                F.date_format(F.max(META_INGESTED_AT), _ISO).alias("m")).collect()[0]["m"]
+        return InputMark(kind="raw", version=snap.version, max_ingested_at=since)
+
+
+def max_ingested_from_stats(snap: InputSnapshot) -> str | None:
+    """Max ``_capa_ingested_at`` from the Delta file statistics of the pinned version, minus 1 ms
+    (statistics keep milliseconds): the watermark may re-read a few rows, never skip one."""
+    from deltalake import DeltaTable
+
+    try:
+        import pyarrow as pa
+
+        actions = pa.table(DeltaTable(snap.path, version=snap.version).get_add_actions(flatten=True))
+        column = actions.column(f"max.{META_INGESTED_AT}")
+    except Exception:  # no stats for that column
+        return None
+    values = [v for v in column.to_pylist() if v is not None]
+    if len(values) < actions.num_rows or not values:
+        return None if actions.num_rows else "1970-01-01T00:00:00+00:00"
+    latest = max(values)
+    if latest.tzinfo is None:
+        latest = latest.replace(tzinfo=UTC)
+    return (latest - timedelta(milliseconds=1)).isoformat()
 
 
 # -- command line -------------------------------------------------------------------------

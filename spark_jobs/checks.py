@@ -37,12 +37,18 @@ class CheckResult:
 
 
 def not_null_checks(model: str, table: str, checks: Checks) -> list[Check]:
-    return [
-        Check(model, "not_null", col,
-              f"SELECT COUNT(*) AS failures, CAST(array() AS ARRAY<STRING>) AS examples "
-              f"FROM {table} WHERE {quote(col)} IS NULL")
-        for col in checks.not_null
-    ]
+    """One pass for all columns; the examples name the columns that hold NULLs."""
+    if not checks.not_null:
+        return []
+    any_null = " OR ".join(f"{quote(c)} IS NULL" for c in checks.not_null)
+    flags = ", ".join(
+        f"IF(max(CAST({quote(c)} IS NULL AS INT)) = 1, '{c}', NULL)" for c in checks.not_null
+    )
+    sql = (
+        f"SELECT COUNT(*) AS failures, array_compact(array({flags})) AS examples "
+        f"FROM {table} WHERE {any_null}"
+    )
+    return [Check(model, "not_null", ", ".join(checks.not_null), sql)]
 
 
 def unique_checks(model: str, table: str, checks: Checks) -> list[Check]:

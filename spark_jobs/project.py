@@ -19,12 +19,13 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from capa.errors import ConfigError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CALL = re.compile(r"\{\{\s*(raw|ref|raw_history)\(\s*'([^']*)'\s*\)\s*\}\}")
 _ROWS = re.compile(r"\{\{\s*rows\s*\}\}")
 _ANY_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
@@ -49,6 +50,15 @@ class Checks(BaseModel):
     relationships: tuple[Relationship, ...] = Field(
         (), description="Referential integrity: every non-NULL value exists in the other table."
     )
+
+    @model_validator(mode="after")
+    def _plain_column_names(self) -> Checks:
+        names = [*self.not_null, *self.unique, *self.accepted_values]
+        names += [n for r in self.relationships for n in (r.column, r.field)]
+        bad = [n for n in names if not _COLUMN.match(n)]
+        if bad:
+            raise ValueError(f"check columns must be plain identifiers, got {bad}")
+        return self
 
 
 class ModelHeader(BaseModel):

@@ -40,11 +40,13 @@ META_FIELDS = [
 
 # table -> (primary key, source columns)
 TABLES: dict[str, tuple[str, list[pa.Field]]] = {
-    "f2_public_customers": ("id", [pa.field("id", pa.int64()), pa.field("name", pa.string()),
-                                   pa.field("email", pa.string()), pa.field("created_at", TS)]),
-    "f2_public_orders": ("order_id", [pa.field("order_id", pa.int64()), pa.field("customer_id", pa.int64()),
-                                      pa.field("amount", MONEY), pa.field("status", pa.string()),
-                                      pa.field("created_at", TS)]),
+    "f2_public_customers": ("id", [pa.field("id", pa.int64()), pa.field("email", pa.string()),
+                                   pa.field("full_name", pa.string()), pa.field("country", pa.string()),
+                                   pa.field("created_at", TS)]),
+    "f2_public_orders": ("id", [pa.field("id", pa.int64()), pa.field("customer_id", pa.int64()),
+                                pa.field("status", pa.string()), pa.field("amount", MONEY),
+                                pa.field("currency", pa.string()), pa.field("ordered_at", TS),
+                                pa.field("notes", pa.string())]),
     "f3_dbo_invoices": ("invoice_id", [pa.field("invoice_id", pa.int32()), pa.field("customer_id", pa.int32()),
                                        pa.field("amount", MONEY), pa.field("issued_at", TS),
                                        pa.field("status", pa.string())]),
@@ -115,14 +117,14 @@ def _ts(rng: random.Random, days: int = 60) -> datetime:
 
 
 def customer(i: int) -> dict[str, Any]:
-    return {"id": i, "name": f"Customer {i}", "email": f"c{i}@example.com",
+    return {"id": i, "email": f"c{i}@example.com", "full_name": f"Customer {i}", "country": "DE",
             "created_at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i)}
 
 
 def order(rng: random.Random, i: int, customers: int) -> dict[str, Any]:
-    return {"order_id": i, "customer_id": rng.randint(1, customers),
-            "amount": Decimal(rng.randint(100, 90_000)).scaleb(-2), "status": rng.choice(STATUSES),
-            "created_at": _ts(rng)}
+    return {"id": i, "customer_id": rng.randint(1, customers), "status": rng.choice(STATUSES),
+            "amount": Decimal(rng.randint(100, 90_000)).scaleb(-2), "currency": "EUR",
+            "ordered_at": _ts(rng), "notes": None}
 
 
 def invoice(rng: random.Random, i: int, customers: int) -> dict[str, Any]:

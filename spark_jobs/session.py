@@ -26,10 +26,10 @@ SPARK_CONF: dict[str, str] = {
     "spark.driver.memory": "2g",
     # Delta log replay defaults to 50 partitions: far too many for small local tables.
     "spark.databricks.delta.snapshotPartitions": "2",
-    # New consumption tables: change data feed (downstream models read it incrementally)
-    # and deletion vectors (MERGE marks rows instead of rewriting whole files).
+    # New consumption tables get a change data feed (downstream models read it incrementally)
+    # and no deletion vectors: delta-rs (capa.consumption.read_table, publish) cannot read them.
     "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "true",
-    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "true",
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
 }
 
 

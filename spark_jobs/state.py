@@ -26,7 +26,6 @@ class InputMark(BaseModel):
     max_ingested_at: str | None = Field(
         None, description="Raw only: max _capa_ingested_at (ISO, UTC) in that version."
     )
-    max_position: str | None = Field(None, description="Raw only: max _capa_position read.")
 
 
 class ModelState(BaseModel):

@@ -20,21 +20,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from connectors.crm.filestore import open_filestore
     from connectors.crm.generator import GeneratorConfig, generate_extract
 
-    cfg = GeneratorConfig(accounts=args.accounts, seed=args.seed, dirt=args.dirt, load_id=args.load_id)
+    cfg = GeneratorConfig(
+        accounts=args.accounts, seed=args.seed, dirt=args.dirt, load_id=args.load_id
+    )
     manifest = generate_extract(open_filestore(args.out), cfg)
-    console.step(f"wrote CRM extract {manifest.load_id} ({len(manifest.files)} files) to {args.out}")
+    console.step(
+        f"wrote CRM extract {manifest.load_id} ({len(manifest.files)} files) to {args.out}"
+    )
     return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from connectors.crm.contract import load_contract
     from connectors.crm.filestore import open_filestore
-    from connectors.crm.http_api import CrmApiConfig, CrmApiExtractor, load_watermarks, save_watermarks
+    from connectors.crm.http_api import (
+        CrmApiConfig,
+        CrmApiExtractor,
+        load_watermarks,
+        save_watermarks,
+    )
 
     contract = load_contract(args.contract)
-    config = CrmApiConfig(base_url=args.api, objects=tuple(args.objects or sorted(contract.objects)))
+    config = CrmApiConfig(
+        base_url=args.api, objects=tuple(args.objects or sorted(contract.objects))
+    )
     state = Path(args.state)
-    manifest, marks = CrmApiExtractor(config, contract).extract(open_filestore(args.out), load_watermarks(state))
+    manifest, marks = CrmApiExtractor(config, contract).extract(
+        open_filestore(args.out), load_watermarks(state)
+    )
     save_watermarks(state, marks)
     console.step(f"wrote CRM extract {manifest.load_id} to {args.out}; watermarks in {state}")
     return 0
@@ -43,19 +56,17 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from beam_jobs import crm_batch
 
-    argv = ["--extract", args.extract, "--warehouse", args.warehouse or _default_warehouse(),
-            "--max_reject_share", str(args.max_reject_share)]
+    argv = ["--extract", args.extract]
+    argv += ["--warehouse", args.warehouse] if args.warehouse else []
+    argv += (
+        ["--max_reject_share", str(args.max_reject_share)]
+        if args.max_reject_share is not None
+        else []
+    )
     argv += ["--full"] if args.full else []
     argv += ["--contract", args.contract] if args.contract else []
     code = crm_batch.main(argv)
     return code
-
-
-def _default_warehouse() -> str:
-    from capa.config import load_settings
-
-    wh = load_settings().warehouse
-    return f"local:{wh.path}" if wh.type == "local" else f"bigquery:{wh.project}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -71,14 +82,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pull = sub.add_parser("pull", help="incremental extract from the CRM HTTP API")
     pull.add_argument("--api", required=True, help="API base URL")
     pull.add_argument("--out", required=True, help="extract folder to write")
-    pull.add_argument("--state", default=".state/crm/api-watermarks.json", help="watermark JSON file")
+    pull.add_argument(
+        "--state", default=".state/crm/api-watermarks.json", help="watermark JSON file"
+    )
     pull.add_argument("--objects", nargs="*", help="objects to pull (default: all in the contract)")
     pull.add_argument("--contract", default=None, help="contract YAML")
     pull.set_defaults(func=cmd_pull)
     load = sub.add_parser("load", help="load an extract into the raw layer (Beam batch pipeline)")
     load.add_argument("--extract", required=True, help="extract folder or gs://bucket/prefix")
-    load.add_argument("--warehouse", default=None, help="local:DIR or bigquery:PROJECT (default: config)")
-    load.add_argument("--full", action="store_true", help="full snapshot: missing rows become deletes")
-    load.add_argument("--max-reject-share", type=float, default=0.05, help="fail above this reject share")
+    load.add_argument(
+        "--warehouse", default=None, help="local:DIR or bigquery:PROJECT (default: config)"
+    )
+    load.add_argument(
+        "--full", action="store_true", help="full snapshot: missing rows become deletes"
+    )
+    load.add_argument(
+        "--max-reject-share",
+        type=float,
+        default=None,
+        help="fail above this share (default: config crm.max_reject_share)",
+    )
     load.add_argument("--contract", default=None, help="contract YAML")
     load.set_defaults(func=cmd_load)

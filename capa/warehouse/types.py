@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -109,10 +110,17 @@ def infer_types(
 
 
 def _merge_all(values: list[Any], source_type: str, name: str) -> ColumnType | None:
-    by_kind: dict[str, list[Any]] = {}
+    by_class: dict[type, list[Any]] = {}
     for value in values:
         if value is not None:
-            by_kind.setdefault(_kind_family(kind_of(value)), []).append(value)
+            by_class.setdefault(type(value), []).append(value)
+    by_kind: dict[str, list[Any]] = {}
+    for cls, group in by_class.items():
+        if cls in (tuple, list, datetime):  # kind depends on the value (items, tzinfo)
+            for value in group:
+                by_kind.setdefault(_kind_family(kind_of(value)), []).append(value)
+        else:
+            by_kind.setdefault(_kind_family(kind_of(group[0])), []).extend(group)
     result: ColumnType | None = None
     for group in by_kind.values():
         found = type_of_values(group, source_type)

@@ -25,10 +25,12 @@ RESERVED_OBJECTS = frozenset({"rejects", "loads"})
 class ColumnContract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: str = Field(description="Column type: string, int, decimal(p,s), date, timestamp, bool, email.")
-    required: bool = Field(False, description="A NULL/empty value rejects the row.")
+    type: str = Field(
+        description="Column type: string, int, decimal(p,s), date, timestamp, bool, email."
+    )
+    required: bool = Field(default=False, description="A NULL/empty value rejects the row.")
     accepted_values: tuple[str, ...] | None = Field(
-        None, description="If set, a non-NULL value outside this list rejects the row."
+        default=None, description="If set, a non-NULL value outside this list rejects the row."
     )
 
     @field_validator("type")
@@ -41,7 +43,7 @@ class ColumnContract(BaseModel):
 class ObjectContract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
 
-    name: str = Field("", description="Object name (filled from the mapping key).")
+    name: str = Field(default="", description="Object name (filled from the mapping key).")
     primary_key: tuple[str, ...] = Field(min_length=1, description="Primary-key columns, in order.")
     last_modified: str = Field(description="Timestamp column giving each row's version.")
     columns: dict[str, ColumnContract] = Field(description="Column name -> contract, in order.")
@@ -64,7 +66,11 @@ class ObjectContract(BaseModel):
         return tuple(Column(n, source_type(c.type)) for n, c in self.columns.items())
 
     def is_required(self, column: str) -> bool:
-        return column in self.primary_key or column == self.last_modified or self.columns[column].required
+        return (
+            column in self.primary_key
+            or column == self.last_modified
+            or self.columns[column].required
+        )
 
     def validate_record(self, record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
         """Raw record -> (typed row, []) or (None, reasons)."""
@@ -95,8 +101,10 @@ class ObjectContract(BaseModel):
 class CrmContract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str = Field("crm", description="Source name stamped on change events.")
-    schema_: str = Field("crm", alias="schema", description="Schema name stamped on change events.")
+    source: str = Field(default="crm", description="Source name stamped on change events.")
+    schema_: str = Field(
+        default="crm", alias="schema", description="Schema name stamped on change events."
+    )
     objects: dict[str, ObjectContract] = Field(description="Object name -> its contract.")
 
     @field_validator("objects", mode="before")

@@ -40,7 +40,7 @@ class ExtractFile(BaseModel):
     name: str = Field(description="File name relative to the extract folder.")
     format: Literal["csv", "ndjson", "jsonl"] = Field(description="File format.")
     encoding: Literal["auto", "utf-8", "latin-1", "cp1252"] = Field(
-        "auto", description="Text encoding; auto = UTF-8, falling back to latin-1."
+        default="auto", description="Text encoding; auto = UTF-8, falling back to latin-1."
     )
 
 
@@ -49,10 +49,11 @@ class ExtractManifest(BaseModel):
 
     load_id: str = Field(pattern=LOAD_ID_PATTERN, description="Unique id of this load (no dots).")
     extracted_at: datetime | None = Field(
-        None, description="Snapshot time of the extract (positions of full-extract deletes)."
+        default=None,
+        description="Snapshot time of the extract (positions of full-extract deletes).",
     )
     mode: Literal["full", "incremental"] = Field(
-        "incremental", description="full: rows missing from the extract are deleted."
+        default="incremental", description="full: rows missing from the extract are deleted."
     )
     files: tuple[ExtractFile, ...] = Field(description="The files of the extract.")
 
@@ -60,14 +61,18 @@ class ExtractManifest(BaseModel):
     def extracted_at_us(self) -> int:
         if self.extracted_at is None:
             return 0
-        ts = self.extracted_at if self.extracted_at.tzinfo else self.extracted_at.replace(tzinfo=UTC)
+        ts = (
+            self.extracted_at if self.extracted_at.tzinfo else self.extracted_at.replace(tzinfo=UTC)
+        )
         return int(ts.timestamp() * 1_000_000)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
 
-def read_manifest(store: FileStore, contract: CrmContract, *, full: bool = False) -> ExtractManifest:
+def read_manifest(
+    store: FileStore, contract: CrmContract, *, full: bool = False
+) -> ExtractManifest:
     """The extract's manifest (read or inferred), checked against the contract."""
     if store.exists(MANIFEST):
         manifest = _parse_manifest(store)
@@ -93,7 +98,7 @@ def _infer_manifest(store: FileStore, contract: CrmContract) -> ExtractManifest:
     for name in store.list():
         stem, _, ext = name.rpartition(".")
         if stem in contract.objects and ext in READERS:
-            files.append(ExtractFile(object=stem, name=name, format=ext))  # type: ignore[arg-type]
+            files.append(ExtractFile(object=stem, name=name, format=ext))  # type: ignore[arg-type,call-arg]
     if not files:
         raise CrmExtractError(
             f"{store.url} holds no {MANIFEST} and no files named <object>.<csv|ndjson> for "

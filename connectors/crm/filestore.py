@@ -73,7 +73,7 @@ class GcsFileStore:
     @property
     def bucket(self) -> Any:
         if self._client is None:
-            from google.cloud import storage
+            from google.cloud import storage  # type: ignore[attr-defined]
 
             self._client = _storage_client(storage)
         return self._client.bucket(self.bucket_name)
@@ -84,7 +84,7 @@ class GcsFileStore:
     def list(self) -> list[str]:
         prefix = f"{self.prefix}/" if self.prefix else ""
         blobs = self.bucket.client.list_blobs(self.bucket_name, prefix=prefix, delimiter="/")
-        return sorted(b.name[len(prefix):] for b in blobs if b.name != prefix)
+        return sorted(b.name[len(prefix) :] for b in blobs if b.name != prefix)
 
     def exists(self, name: str) -> bool:
         return bool(self.bucket.blob(self._blob_name(name)).exists())

@@ -23,13 +23,57 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.crm.extract import ExtractFile, ExtractManifest, write_extract
 from connectors.crm.filestore import FileStore
 
-INDUSTRIES = ("software", "retail", "manufacturing", "finance", "healthcare", "education", "logistics", "energy")
+INDUSTRIES = (
+    "software",
+    "retail",
+    "manufacturing",
+    "finance",
+    "healthcare",
+    "education",
+    "logistics",
+    "energy",
+)
 COUNTRIES = ("DE", "FR", "ES", "PT", "IT", "NL", "BE", "AT", "CH", "US", "GB", "BR")
 STAGES = ("prospecting", "qualification", "proposal", "negotiation", "closed_won", "closed_lost")
 KINDS = ("call", "email", "meeting", "task", "note")
-FIRST = ("José", "Zoë", "Ana", "Björn", "François", "Léa", "Jürgen", "Inês", "Marta", "Noël", "Chloé", "Søren")
-LAST = ("Müller", "Peña", "García", "Dubois", "Ødegaard", "Conceição", "Weiß", "Łukasz", "Rossi", "Smith")
-NAME_WORDS = ("Açaí", "Société", "Gärtner", "Nord", "Crédit", "Über", "Fábrica", "Solutions", "Logística", "Énergie")
+FIRST = (
+    "José",
+    "Zoë",
+    "Ana",
+    "Björn",
+    "François",
+    "Léa",
+    "Jürgen",
+    "Inês",
+    "Marta",
+    "Noël",
+    "Chloé",
+    "Søren",
+)
+LAST = (
+    "Müller",
+    "Peña",
+    "García",
+    "Dubois",
+    "Ødegaard",
+    "Conceição",
+    "Weiß",
+    "Łukasz",
+    "Rossi",
+    "Smith",
+)
+NAME_WORDS = (
+    "Açaí",
+    "Société",
+    "Gärtner",
+    "Nord",
+    "Crédit",
+    "Über",
+    "Fábrica",
+    "Solutions",
+    "Logística",
+    "Énergie",
+)
 SUFFIXES = ("GmbH", "SA", "SARL", "Ltd", "S.L.", "AG", "BV", "Lda")
 _EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -37,16 +81,34 @@ _EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 class GeneratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    accounts: int = Field(1000, ge=1, description="Number of accounts; other objects scale from it.")
-    contacts_per_account: float = Field(3.0, ge=0, description="Average contacts per account.")
-    opportunities_per_account: float = Field(2.0, ge=0, description="Average opportunities per account.")
-    activities_per_contact: float = Field(2.0, ge=0, description="Average activities per contact.")
-    customers: int = Field(1000, ge=1, description="F2 customers.id range that accounts link to (1..N).")
-    dirt: float = Field(0.01, ge=0, le=1, description="Share of rows spoiled (bad dates, missing keys...).")
-    duplicates: float = Field(0.002, ge=0, le=1, description="Share of rows written twice.")
-    seed: int = Field(7, description="Random seed: the same seed gives byte-identical files.")
-    load_id: str = Field("crm-sample-0001", description="Load id written into the manifest.")
-    extracted_at: datetime = Field(datetime(2026, 1, 1, tzinfo=UTC), description="Snapshot time.")
+    accounts: int = Field(
+        default=1000, ge=1, description="Number of accounts; other objects scale from it."
+    )
+    contacts_per_account: float = Field(
+        default=3.0, ge=0, description="Average contacts per account."
+    )
+    opportunities_per_account: float = Field(
+        default=2.0, ge=0, description="Average opportunities per account."
+    )
+    activities_per_contact: float = Field(
+        default=2.0, ge=0, description="Average activities per contact."
+    )
+    customers: int = Field(
+        default=1000, ge=1, description="F2 customers.id range that accounts link to (1..N)."
+    )
+    dirt: float = Field(
+        default=0.01, ge=0, le=1, description="Share of rows spoiled (bad dates, missing keys...)."
+    )
+    duplicates: float = Field(default=0.002, ge=0, le=1, description="Share of rows written twice.")
+    seed: int = Field(
+        default=7, description="Random seed: the same seed gives byte-identical files."
+    )
+    load_id: str = Field(
+        default="crm-sample-0001", description="Load id written into the manifest."
+    )
+    extracted_at: datetime = Field(
+        default=datetime(2026, 1, 1, tzinfo=UTC), description="Snapshot time."
+    )
 
 
 @dataclass
@@ -137,7 +199,9 @@ def _bad_value(row: dict[str, Any]) -> dict[str, Any]:
     return {"customer_id": "abc"}
 
 
-def _rows(gen: _Gen, make: Callable[[int], dict[str, Any]], n: int, key: str) -> list[dict[str, Any]]:
+def _rows(
+    gen: _Gen, make: Callable[[int], dict[str, Any]], n: int, key: str
+) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         row = make(i)
@@ -174,9 +238,15 @@ def generate_extract(store: FileStore, cfg: GeneratorConfig | None = None) -> Ex
     n_contacts = gen.count(cfg.contacts_per_account, cfg.accounts)
     accounts = _rows(gen, gen.account, cfg.accounts, "account_id")
     contacts = _rows(gen, gen.contact, n_contacts, "contact_id")
-    opportunities = _rows(gen, gen.opportunity, gen.count(cfg.opportunities_per_account, cfg.accounts),
-                          "opportunity_id")
-    activities = _rows(gen, gen.activity, gen.count(cfg.activities_per_contact, n_contacts), "activity_id")
+    opportunities = _rows(
+        gen,
+        gen.opportunity,
+        gen.count(cfg.opportunities_per_account, cfg.accounts),
+        "opportunity_id",
+    )
+    activities = _rows(
+        gen, gen.activity, gen.count(cfg.activities_per_contact, n_contacts), "activity_id"
+    )
     data = {
         "accounts.csv": _csv_bytes(accounts, "latin-1"),
         "contacts.csv": _csv_bytes(contacts, "utf-8"),
@@ -189,6 +259,8 @@ def generate_extract(store: FileStore, cfg: GeneratorConfig | None = None) -> Ex
         ExtractFile(object="opportunities", name="opportunities.ndjson", format="ndjson"),
         ExtractFile(object="activities", name="activities.ndjson", format="ndjson"),
     )
-    manifest = ExtractManifest(load_id=cfg.load_id, extracted_at=cfg.extracted_at, mode="full", files=files)
+    manifest = ExtractManifest(
+        load_id=cfg.load_id, extracted_at=cfg.extracted_at, mode="full", files=files
+    )
     write_extract(store, manifest, data)
     return manifest

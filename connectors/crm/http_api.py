@@ -43,10 +43,14 @@ class CrmApiConfig(BaseModel):
 
     base_url: str = Field(description="API root, e.g. https://crm.example.com/api/v1.")
     objects: tuple[str, ...] = Field(description="Objects to extract (contract object names).")
-    page_size: int = Field(500, ge=1, description="Records per page requested.")
-    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
-    max_retries: int = Field(3, ge=0, description="Retries of a 5xx/connection error per request.")
-    backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
+    page_size: int = Field(default=500, ge=1, description="Records per page requested.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries of a 5xx/connection error per request."
+    )
+    backoff_s: float = Field(
+        default=0.5, ge=0, description="First retry delay; doubles each retry."
+    )
 
 
 class CrmApiExtractor:
@@ -72,7 +76,8 @@ class CrmApiExtractor:
             query["modified_since"] = modified_since
         if token:
             query["page_token"] = token
-        return f"{self.config.base_url.rstrip('/')}/{urllib.parse.quote(obj)}?{urllib.parse.urlencode(query)}"
+        root = self.config.base_url.rstrip("/")
+        return f"{root}/{urllib.parse.quote(obj)}?{urllib.parse.urlencode(query)}"
 
     def _get_json(self, url: str) -> Any:
         delay = self.config.backoff_s
@@ -82,13 +87,16 @@ class CrmApiExtractor:
             except CrmApiUnavailable as exc:
                 if attempt == self.config.max_retries:
                     raise
-                logger.warning("CRM API %s failed (%s); retry %d in %.1fs", url, exc, attempt + 1, delay)
+                logger.warning(
+                    "CRM API %s failed (%s); retry %d in %.1fs", url, exc, attempt + 1, delay
+                )
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def extract(self, store: FileStore, watermarks: dict[str, str], now: datetime | None = None
-                ) -> tuple[ExtractManifest, dict[str, str]]:
+    def extract(
+        self, store: FileStore, watermarks: dict[str, str], now: datetime | None = None
+    ) -> tuple[ExtractManifest, dict[str, str]]:
         """Write one incremental extract; returns (manifest, new watermarks)."""
         now = now or datetime.now(UTC)
         data: dict[str, bytes] = {}
@@ -99,9 +107,13 @@ class CrmApiExtractor:
             if mark:
                 new_marks[obj] = mark
         load_id = _load_id(now, data)
-        files = tuple(ExtractFile(object=o, name=f"{o}.ndjson", format="ndjson", encoding="utf-8")
-                      for o in self.config.objects)
-        manifest = ExtractManifest(load_id=load_id, extracted_at=now, mode="incremental", files=files)
+        files = tuple(
+            ExtractFile(object=o, name=f"{o}.ndjson", format="ndjson", encoding="utf-8")
+            for o in self.config.objects
+        )
+        manifest = ExtractManifest(
+            load_id=load_id, extracted_at=now, mode="incremental", files=files
+        )
         write_extract(store, manifest, data)
         return manifest, new_marks
 
@@ -132,7 +144,9 @@ def _request(url: str, timeout: float) -> Any:
         detail = exc.read()[:200]
         if exc.code >= 500 or exc.code == 429:
             raise CrmApiUnavailable(f"HTTP {exc.code} from {url}: {detail!r}") from exc
-        raise CrmApiError(f"HTTP {exc.code} from {url}: {detail!r}; check the URL and credentials") from exc
+        raise CrmApiError(
+            f"HTTP {exc.code} from {url}: {detail!r}; check the URL and credentials"
+        ) from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         raise CrmApiUnavailable(f"cannot reach {url}: {exc}") from exc
     try:
@@ -151,7 +165,9 @@ def _page_parts(page: Any, obj: str) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def _load_id(now: datetime, data: dict[str, bytes]) -> str:
-    digest = hashlib.sha256(b"".join(k.encode() + v for k, v in sorted(data.items()))).hexdigest()[:8]
+    digest = hashlib.sha256(b"".join(k.encode() + v for k, v in sorted(data.items()))).hexdigest()[
+        :8
+    ]
     return f"api-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{digest}"
 
 
@@ -160,7 +176,9 @@ def load_watermarks(path: Path) -> dict[str, str]:
         return {}
     data = json.loads(path.read_text())
     if not isinstance(data, dict):
-        raise CrmApiError(f"watermark file {str(path)!r} must hold a JSON object; delete it to re-extract all")
+        raise CrmApiError(
+            f"watermark file {str(path)!r} must hold a JSON object; delete it to re-extract all"
+        )
     return {str(k): str(v) for k, v in data.items()}
 
 

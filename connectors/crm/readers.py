@@ -33,7 +33,9 @@ class RawRecord(NamedTuple):
 def decode_text(data: bytes, encoding: str, name: str) -> tuple[str, str]:
     """Bytes -> (text, encoding used). ``auto``: UTF-8 (BOM stripped), else latin-1."""
     if encoding not in ENCODINGS:
-        raise CrmExtractError(f"{name}: encoding {encoding!r} is not supported; use one of {ENCODINGS}")
+        raise CrmExtractError(
+            f"{name}: encoding {encoding!r} is not supported; use one of {ENCODINGS}"
+        )
     if encoding == "auto":
         try:
             return _strip_bom(data).decode("utf-8"), "utf-8"
@@ -41,16 +43,19 @@ def decode_text(data: bytes, encoding: str, name: str) -> tuple[str, str]:
             logger.info("%s is not valid UTF-8; reading it as latin-1", name)
             return data.decode("latin-1"), "latin-1"
     try:
-        return _strip_bom(data).decode(encoding) if encoding == "utf-8" else data.decode(encoding), encoding
+        return _strip_bom(data).decode(encoding) if encoding == "utf-8" else data.decode(
+            encoding
+        ), encoding
     except UnicodeDecodeError as exc:
         raise CrmExtractError(
-            f"{name} is not valid {encoding} (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+            f"{name} is not valid {encoding} "
+            f"(byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
             "set its encoding to 'latin-1' or 'auto' in the manifest"
         ) from exc
 
 
 def _strip_bom(data: bytes) -> bytes:
-    return data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
 
 
 def read_csv(text: str, obj: str, name: str) -> Iterator[RawRecord]:
@@ -79,7 +84,9 @@ def read_csv(text: str, obj: str, name: str) -> Iterator[RawRecord]:
         yield _csv_record(obj, name, start, raw, header, values)
 
 
-def _csv_record(obj: str, name: str, line_no: int, raw: str, header: list[str], values: list[str]) -> RawRecord:
+def _csv_record(
+    obj: str, name: str, line_no: int, raw: str, header: list[str], values: list[str]
+) -> RawRecord:
     if len(values) != len(header):
         error = f"line has {len(values)} fields, the header has {len(header)}"
         return RawRecord(obj, name, line_no, raw, None, error)
@@ -94,10 +101,14 @@ def read_ndjson(text: str, obj: str, name: str) -> Iterator[RawRecord]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield RawRecord(obj, name, line_no, line, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
+            yield RawRecord(
+                obj, name, line_no, line, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+            )
             continue
         if not isinstance(value, dict):
-            yield RawRecord(obj, name, line_no, line, None, f"not a JSON object but {type(value).__name__}")
+            yield RawRecord(
+                obj, name, line_no, line, None, f"not a JSON object but {type(value).__name__}"
+            )
             continue
         yield RawRecord(obj, name, line_no, line, value)
 
@@ -109,12 +120,16 @@ READERS: dict[str, Callable[[str, str, str], Iterator[RawRecord]]] = {
 }
 
 
-def read_records(data: bytes, *, obj: str, name: str, fmt: str, encoding: str = "auto") -> Iterator[RawRecord]:
+def read_records(
+    data: bytes, *, obj: str, name: str, fmt: str, encoding: str = "auto"
+) -> Iterator[RawRecord]:
     """File bytes -> raw records (format from the :data:`READERS` registry)."""
     try:
         reader = READERS[fmt]
     except KeyError:
-        raise CrmExtractError(f"{name}: format {fmt!r} is unknown; use one of {sorted(READERS)}") from None
+        raise CrmExtractError(
+            f"{name}: format {fmt!r} is unknown; use one of {sorted(READERS)}"
+        ) from None
     text, used = decode_text(data, encoding, name)
     logger.debug("reading %s as %s (%s)", name, fmt, used)
     yield from reader(text, obj, name)

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from capa.events import raw_table_name, stable_json
 from capa.codec import to_json_value
+from capa.events import raw_table_name, stable_json
 from capa.warehouse.base import META_DELETED, META_POSITION, RAW_NAMESPACE, Warehouse
 from connectors.crm.contract import CrmContract, ObjectContract
 from connectors.crm.load import LOADS_TABLE, ReplicaRow
@@ -43,7 +43,9 @@ def _exists(warehouse: Warehouse, name: str) -> bool:
     return f"{RAW_NAMESPACE}.{name}" in set(warehouse.tables())
 
 
-def read_replica(warehouse: Warehouse, contract: CrmContract, obj: ObjectContract) -> Iterator[tuple[str, ReplicaRow]]:
+def read_replica(
+    warehouse: Warehouse, contract: CrmContract, obj: ObjectContract
+) -> Iterator[tuple[str, ReplicaRow]]:
     """(key JSON, state) for the live rows of the object's replica.
 
     Tombstones are not needed: a deleted key cannot be deleted again, and a re-sent older

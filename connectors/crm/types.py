@@ -71,7 +71,9 @@ def _parse_timestamp(value: Any) -> datetime:
             raise ValueError(text)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{value!r} is not a timestamp (ISO-8601, e.g. 2024-05-01T12:00:00Z)") from None
+        raise ValueError(
+            f"{value!r} is not a timestamp (ISO-8601, e.g. 2024-05-01T12:00:00Z)"
+        ) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)

@@ -140,6 +140,9 @@ def read_avro_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
     except Exception as exc:  # truncated / corrupt block
         reason = f"corrupt Avro data after record {index}: {type(exc).__name__}: {exc}"
         yield DeadLetter(name, index, reason, data)
+        return
+    if index == 0:  # valid but empty, or truncated at a block boundary: say so
+        yield DeadLetter(name, None, "Avro file holds no records (empty or truncated after the header)", data)
 
 
 def payload_hints(schema: Any) -> dict[str, str]:

@@ -28,7 +28,7 @@ from capa.codec import datetime_to_us, to_json_value
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind
 from capa.position import pg_position
-from connectors.base import Skip, event_id_for
+from connectors.base import Skip, checked_ts_us, event_id_for
 
 _BACKFILL = "postgresql-backfill"
 _CDC = "postgresql-cdc"
@@ -76,7 +76,7 @@ class DatastreamNormalizer:
             table=table,
             op=op,
             position=position,
-            commit_ts_us=_timestamp_us(record.get("source_timestamp")),
+            commit_ts_us=checked_ts_us(_timestamp_us(record.get("source_timestamp"))),
             primary_key=primary_key,
             key=key,
             before=row if op is Op.DELETE else None,

@@ -139,9 +139,9 @@ class BridgeProcess:
         logger.info("bridge running: %s -> %s", self.settings.debezium.source_name, kafka.topic)
         while not self.stop.is_set() and not self.engine.wait(0.5):
             pass
-        return self._shutdown()
+        return self._shutdown(requested=self.stop.is_set())
 
-    def _shutdown(self) -> int:
+    def _shutdown(self, *, requested: bool) -> int:
         assert self.engine is not None
         self.stop.set()
         self.engine.close()
@@ -155,10 +155,10 @@ class BridgeProcess:
             h.skipped,
             h.dead_letters,
         )
-        if self.engine.failed:
-            logger.error("Debezium engine failed: %s", self.engine.message or self.engine.error)
+        if self.engine.error is not None or (self.engine.failed and not requested):
+            logger.error("Debezium engine failed: %s", self.engine.error or self.engine.message)
             return 1
-        return 0
+        return 0  # stopped on request (a close during start-up reports a benign failure)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

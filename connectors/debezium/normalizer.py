@@ -20,7 +20,7 @@ from typing import Any
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind
 from capa.position import mssql_position, pg_position
-from connectors.base import Skip, event_id_for
+from connectors.base import Skip, checked_ts_us, event_id_for
 from connectors.debezium import envelope
 from connectors.debezium.values import (
     UNAVAILABLE,
@@ -172,7 +172,7 @@ class DebeziumNormalizer:
         cache_key = _schema_fingerprint(struct)
         cached = self._schema_cache.get(cache_key)
         if cached is None:
-            fields = (struct or {}).get("fields") or []
+            fields = _fields(struct) if struct else []
             columns = tuple(
                 Column(str(f.get("field")), schema_type_name(f)) for f in fields if isinstance(f, dict)
             )
@@ -250,7 +250,7 @@ def _convert(name: str, value: Any, converters: Mapping[str, Converter]) -> Any:
 
 
 def _row_struct(value_schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for field in value_schema.get("fields") or ():
+    for field in _fields(value_schema):
         if isinstance(field, dict) and field.get("field") in ("after", "before"):
             return field
     return None
@@ -259,12 +259,21 @@ def _row_struct(value_schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _schema_fingerprint(struct: Mapping[str, Any] | None) -> Any:
     if not struct:
         return None
-    items = []
-    for f in struct.get("fields") or ():
-        if isinstance(f, dict):
-            params = f.get("parameters")
-            items.append((f.get("field"), str(f.get("type")), f.get("name"), str(params) if params else None, str(f.get("items")) if "items" in f else None))
-    return (struct.get("name"), tuple(items))
+    items = tuple(
+        (str(f.get("field")), str(f.get("type")), str(f.get("name")), str(f.get("parameters")), str(f.get("items")))
+        for f in _fields(struct)
+        if isinstance(f, dict)
+    )
+    return (str(struct.get("name")), items)
+
+
+def _fields(struct: Mapping[str, Any]) -> list[Any]:
+    fields = struct.get("fields")
+    if fields is None:
+        return []
+    if not isinstance(fields, list):
+        raise DecodeError(f"Connect schema {str(struct.get('name'))!r:.100} has 'fields' that is not a list")
+    return fields
 
 
 def _schema_table(source: Mapping[str, Any], topic: str | None, kind: SourceKind) -> tuple[str, str]:
@@ -290,9 +299,9 @@ def _source_name(source: Mapping[str, Any], topic: str | None) -> str:
 
 def _commit_ts_us(source: Mapping[str, Any]) -> int | None:
     if source.get("ts_us") is not None:
-        return to_int(source["ts_us"])
+        return checked_ts_us(to_int(source["ts_us"]))
     if source.get("ts_ms") is not None:
-        return to_int(source["ts_ms"]) * 1000
+        return checked_ts_us(to_int(source["ts_ms"]) * 1000)
     return None
 
 

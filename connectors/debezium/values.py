@@ -274,7 +274,7 @@ def field_converter(field: Mapping[str, Any]) -> Converter:
     """The converter for one Connect schema field (raises DecodeError if unknown)."""
     if not isinstance(field, Mapping):
         raise DecodeError(f"Connect schema field {field!r} is not an object")
-    name = field.get("name")
+    name = field.get("name") if isinstance(field.get("name"), str) else None
     if name == "org.apache.kafka.connect.data.Decimal":
         return decimal_with_scale(_decimal_scale(field))
     if name in LOGICAL:
@@ -318,7 +318,8 @@ def schema_type_name(field: Mapping[str, Any]) -> str:
     """A readable source-type label for :class:`~capa.events.Column`."""
     name, kind = field.get("name"), str(field.get("type", ""))
     if name == "org.apache.kafka.connect.data.Decimal":
-        params = field.get("parameters") or {}
+        params = field.get("parameters")
+        params = params if isinstance(params, dict) else {}
         precision = params.get("connect.decimal.precision", "")
         return f"decimal({precision},{params.get('scale', '')})" if precision else f"decimal(,{params.get('scale', '')})"
     return f"{kind}:{name}" if name else kind

@@ -17,7 +17,8 @@
 --     relationships:
 --       - {column: customer_id, to: f2_public_customers, field: id}
 WITH customers AS (
-  SELECT CAST(id AS BIGINT) AS customer_id, CAST(name AS STRING) AS name, CAST(email AS STRING) AS email
+  SELECT CAST(id AS BIGINT) AS customer_id, CAST(full_name AS STRING) AS name,
+         CAST(email AS STRING) AS email, CAST(country AS STRING) AS customer_country
   FROM {{ raw('f2_public_customers') }}
 ),
 accounts AS (
@@ -40,7 +41,7 @@ contacts AS (
 orders AS (
   SELECT CAST(customer_id AS BIGINT) AS customer_id, COUNT(*) AS orders,
          SUM(CAST(amount AS DECIMAL(18, 2))) AS order_amount,
-         MAX(CAST(created_at AS TIMESTAMP)) AS last_order_at
+         MAX(CAST(ordered_at AS TIMESTAMP)) AS last_order_at
   FROM {{ raw('f2_public_orders') }}
   WHERE status IS NULL OR status <> 'cancelled'
   GROUP BY CAST(customer_id AS BIGINT)
@@ -53,7 +54,7 @@ invoices AS (
   GROUP BY CAST(customer_id AS BIGINT)
 )
 SELECT
-  c.customer_id, c.name, c.email,
+  c.customer_id, c.name, c.email, c.customer_country,
   a.account_id, a.account_name, a.industry, a.country,
   COALESCE(ct.contacts, 0) AS contacts,
   COALESCE(o.orders, 0) AS orders,

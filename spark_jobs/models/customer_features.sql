@@ -15,8 +15,8 @@ WITH order_stats AS (
   SELECT CAST(customer_id AS BIGINT) AS customer_id,
          COUNT(*) AS order_count,
          SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS cancelled_orders,
-         COUNT(DISTINCT CAST(created_at AS DATE)) AS active_days,
-         MIN(CAST(created_at AS TIMESTAMP)) AS first_order_at
+         COUNT(DISTINCT CAST(ordered_at AS DATE)) AS active_days,
+         MIN(CAST(ordered_at AS TIMESTAMP)) AS first_order_at
   FROM {{ raw('f2_public_orders') }}
   GROUP BY CAST(customer_id AS BIGINT)
 )

@@ -2,17 +2,17 @@
 -- capa:
 --   key: [sales_date]
 --   incremental:
---     f2_public_orders: CAST(created_at AS DATE)
+--     f2_public_orders: CAST(ordered_at AS DATE)
 --     f3_dbo_invoices: CAST(issued_at AS DATE)
 --   checks:
 --     not_null: [sales_date, orders, order_amount, invoices, invoice_amount, total_amount]
 --     unique: [sales_date]
 WITH orders AS (
-  SELECT CAST(created_at AS DATE) AS sales_date, COUNT(*) AS orders,
+  SELECT CAST(ordered_at AS DATE) AS sales_date, COUNT(*) AS orders,
          SUM(CAST(amount AS DECIMAL(18, 2))) AS order_amount
   FROM {{ raw('f2_public_orders') }}
-  WHERE created_at IS NOT NULL AND (status IS NULL OR status <> 'cancelled')
-  GROUP BY CAST(created_at AS DATE)
+  WHERE ordered_at IS NOT NULL AND (status IS NULL OR status <> 'cancelled')
+  GROUP BY CAST(ordered_at AS DATE)
 ),
 invoices AS (
   SELECT CAST(issued_at AS DATE) AS sales_date, COUNT(*) AS invoices,

@@ -32,9 +32,11 @@ class FakeCrm:
         since = query.get("modified_since", [""])[0]
         size = int(query["page_size"][0])
         offset = int(query.get("page_token", ["0"])[0])
-        rows = sorted((r for r in self.records[obj] if r["last_modified"] >= since),
-                      key=lambda r: (r["last_modified"], json.dumps(r)))
-        chunk = rows[offset:offset + size]
+        rows = sorted(
+            (r for r in self.records[obj] if r["last_modified"] >= since),
+            key=lambda r: (r["last_modified"], json.dumps(r)),
+        )
+        chunk = rows[offset : offset + size]
         token = str(offset + size) if offset + size < len(rows) else None
         return {"records": chunk, "next_page_token": token}
 
@@ -44,7 +46,7 @@ def crm_api() -> Iterator[tuple[str, FakeCrm]]:
     fake = FakeCrm()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             fake.requests.append(self.path)
             url = urlparse(self.path)
             obj = url.path.strip("/").split("/")[-1]
@@ -77,16 +79,26 @@ def crm_api() -> Iterator[tuple[str, FakeCrm]]:
 
 
 def _account(i: int, day: int, name: str = "Ä") -> dict[str, Any]:
-    return {"account_id": f"A{i}", "name": f"{name}{i}", "industry": "retail", "country": "DE",
-            "customer_id": i, "last_modified": f"2025-01-{day:02d}T00:00:00Z"}
+    return {
+        "account_id": f"A{i}",
+        "name": f"{name}{i}",
+        "industry": "retail",
+        "country": "DE",
+        "customer_id": i,
+        "last_modified": f"2025-01-{day:02d}T00:00:00Z",
+    }
 
 
-def test_incremental_pull_pages_and_moves_the_watermark(crm_api: tuple[str, FakeCrm], tmp_path: Path) -> None:
+def test_incremental_pull_pages_and_moves_the_watermark(
+    crm_api: tuple[str, FakeCrm], tmp_path: Path
+) -> None:
     url, fake = crm_api
     fake.records["accounts"] = [_account(i, 1 + i % 5) for i in range(23)]
     contract = load_contract()
-    extractor = CrmApiExtractor(CrmApiConfig(base_url=url, objects=("accounts", "contacts"), page_size=5,
-                                             backoff_s=0), contract)
+    extractor = CrmApiExtractor(
+        CrmApiConfig(base_url=url, objects=("accounts", "contacts"), page_size=5, backoff_s=0),
+        contract,
+    )
     store = LocalFileStore(tmp_path / "x1")
     manifest, marks = extractor.extract(store, {}, now=datetime(2025, 2, 1, tzinfo=UTC))
     lines = (tmp_path / "x1" / "accounts.ndjson").read_text().splitlines()
@@ -101,17 +113,23 @@ def test_incremental_pull_pages_and_moves_the_watermark(crm_api: tuple[str, Fake
     fake.records["accounts"].append(_account(99, 9))
     fake.requests.clear()
     _, marks2 = extractor.extract(LocalFileStore(tmp_path / "x2"), load_watermarks(state))
-    second = [json.loads(line) for line in (tmp_path / "x2" / "accounts.ndjson").read_text().splitlines()]
+    second = [
+        json.loads(line) for line in (tmp_path / "x2" / "accounts.ndjson").read_text().splitlines()
+    ]
     assert "modified_since=2025-01-05T00%3A00%3A00Z" in fake.requests[0]
     assert {r["account_id"] for r in second} == {"A4", "A9", "A14", "A19", "A99"}  # boundary + new
     assert marks2["accounts"] == "2025-01-09T00:00:00Z"
 
 
-def test_transient_errors_are_retried_then_reported(crm_api: tuple[str, FakeCrm], tmp_path: Path) -> None:
+def test_transient_errors_are_retried_then_reported(
+    crm_api: tuple[str, FakeCrm], tmp_path: Path
+) -> None:
     url, fake = crm_api
     fake.records["accounts"] = [_account(1, 1)]
-    extractor = CrmApiExtractor(CrmApiConfig(base_url=url, objects=("accounts",), max_retries=2,
-                                             backoff_s=0), load_contract())
+    extractor = CrmApiExtractor(
+        CrmApiConfig(base_url=url, objects=("accounts",), max_retries=2, backoff_s=0),
+        load_contract(),
+    )
     fake.fail_next = 2
     assert len(list(extractor.fetch("accounts", None))) == 1
     fake.fail_next = 3
@@ -121,6 +139,8 @@ def test_transient_errors_are_retried_then_reported(crm_api: tuple[str, FakeCrm]
 
 def test_client_errors_are_terminal_and_name_the_url(crm_api: tuple[str, FakeCrm]) -> None:
     url, _ = crm_api
-    extractor = CrmApiExtractor(CrmApiConfig(base_url=url, objects=("activities",), backoff_s=0), load_contract())
-    with pytest.raises(CrmApiError, match="HTTP 404 from .*/activities"):
+    extractor = CrmApiExtractor(
+        CrmApiConfig(base_url=url, objects=("activities",), backoff_s=0), load_contract()
+    )
+    with pytest.raises(CrmApiError, match=r"HTTP 404 from .*/activities"):
         list(extractor.fetch("activities", None))

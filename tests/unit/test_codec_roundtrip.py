@@ -27,6 +27,7 @@ from capa.events import ChangeEvent, Column, Json, Op, SourceKind
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 NAMES = st.text(st.characters(whitelist_categories=("Ll", "Lu", "Nd")), min_size=1, max_size=8)
 INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
+MIN_TS_US, MAX_TS_US = -62_135_596_800_000_000, 253_402_300_799_999_999  # years 1..9999
 
 SCALARS: dict[str, st.SearchStrategy[Any]] = {
     "bool": st.booleans(),
@@ -72,7 +73,7 @@ def events(draw: st.DrawFn) -> ChangeEvent:
         table=draw(TEXT),
         op=draw(st.sampled_from(list(Op))),
         position=draw(TEXT),
-        commit_ts_us=draw(st.one_of(st.none(), st.integers(-(10**17), 10**17))),
+        commit_ts_us=draw(st.one_of(st.none(), st.integers(MIN_TS_US, MAX_TS_US))),
         primary_key=tuple(key_cols),
         key={c: draw(columns[c]) for c in key_cols},
         before=row(),
@@ -84,7 +85,7 @@ def events(draw: st.DrawFn) -> ChangeEvent:
     )
 
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST

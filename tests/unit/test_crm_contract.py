@@ -17,7 +17,9 @@ def contract() -> CrmContract:
     return load_contract()
 
 
-def test_bundled_contract_declares_the_four_objects_with_the_shared_names(contract: CrmContract) -> None:
+def test_bundled_contract_declares_the_four_objects_with_the_shared_names(
+    contract: CrmContract,
+) -> None:
     assert set(contract.objects) == {"accounts", "contacts", "opportunities", "activities"}
     accounts = contract.object("accounts")
     assert accounts.primary_key == ("account_id",)
@@ -68,14 +70,20 @@ def test_types_reject_with_the_value_quoted(spec: str, raw: object, fragment: st
 
 
 def test_unknown_type_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown column type 'money'.*decimal"):
+    with pytest.raises(ValueError, match=r"unknown column type 'money'.*decimal"):
         parser_for("money")
 
 
 def test_validate_collects_every_reason(contract: CrmContract) -> None:
     row, reasons = contract.object("opportunities").validate_record(
-        {"opportunity_id": "", "account_id": "A1", "stage": "won-ish", "amount": "1.999",
-         "close_date": "2025-02-30", "last_modified": "2025-01-01T00:00:00Z"}
+        {
+            "opportunity_id": "",
+            "account_id": "A1",
+            "stage": "won-ish",
+            "amount": "1.999",
+            "close_date": "2025-02-30",
+            "last_modified": "2025-01-01T00:00:00Z",
+        }
     )
     assert row is None
     assert reasons == [
@@ -89,8 +97,14 @@ def test_validate_collects_every_reason(contract: CrmContract) -> None:
 
 def test_optional_empty_values_are_null(contract: CrmContract) -> None:
     row, reasons = contract.object("accounts").validate_record(
-        {"account_id": "A1", "name": "X", "industry": "", "country": None, "customer_id": "",
-         "last_modified": "2025-01-01T00:00:00Z"}
+        {
+            "account_id": "A1",
+            "name": "X",
+            "industry": "",
+            "country": None,
+            "customer_id": "",
+            "last_modified": "2025-01-01T00:00:00Z",
+        }
     )
     assert reasons == []
     assert row is not None and row["industry"] is None and row["customer_id"] is None
@@ -98,16 +112,20 @@ def test_optional_empty_values_are_null(contract: CrmContract) -> None:
 
 def test_invalid_contract_yaml_fails_with_the_file_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "c.yaml"
-    bad.write_text("objects:\n  things:\n    primary_key: [id]\n    last_modified: ts\n"
-                   "    columns:\n      id: {type: string}\n      ts: {type: date}\n")
+    bad.write_text(
+        "objects:\n  things:\n    primary_key: [id]\n    last_modified: ts\n"
+        "    columns:\n      id: {type: string}\n      ts: {type: date}\n"
+    )
     with pytest.raises(CrmContractError, match="must be a timestamp"):
         load_contract(bad)
-    bad.write_text("objects:\n  loads:\n    primary_key: [id]\n    last_modified: ts\n"
-                   "    columns:\n      id: {type: string}\n      ts: {type: timestamp}\n")
+    bad.write_text(
+        "objects:\n  loads:\n    primary_key: [id]\n    last_modified: ts\n"
+        "    columns:\n      id: {type: string}\n      ts: {type: timestamp}\n"
+    )
     with pytest.raises(CrmContractError, match="reserved"):
         load_contract(bad)
 
 
 def test_unknown_object_names_the_known_ones(contract: CrmContract) -> None:
-    with pytest.raises(CrmContractError, match="'leads' is not in the contract.*accounts"):
+    with pytest.raises(CrmContractError, match=r"'leads' is not in the contract.*accounts"):
         contract.object("leads")

@@ -24,12 +24,15 @@ def test_latin1_file_is_detected_and_decoded() -> None:
         data.decode("utf-8")
     records = list(read_records(data, obj="accounts", name="accounts.csv", fmt="csv"))
     assert [r.fields["name"] for r in records if r.fields][:3] == [
-        "Société Générale Gärtner", "Açaí Comércio Lda", "Weiß & Söhne GmbH"]
+        "Société Générale Gärtner",
+        "Açaí Comércio Lda",
+        "Weiß & Söhne GmbH",
+    ]
     assert records[0].line_no == 2 and records[0].raw.startswith("A1,Société")
 
 
 def test_configured_utf8_on_latin1_bytes_fails_with_the_fix() -> None:
-    with pytest.raises(CrmExtractError, match="not valid utf-8.*'latin-1' or 'auto'"):
+    with pytest.raises(CrmExtractError, match=r"not valid utf-8.*'latin-1' or 'auto'"):
         decode_text("Gärtner".encode("latin-1"), "utf-8", "accounts.csv")
 
 
@@ -64,21 +67,28 @@ def test_unknown_format_is_refused() -> None:
 def test_manifest_is_read_and_full_flag_overrides(tmp_path: Path) -> None:
     contract = load_contract()
     manifest = read_manifest(LocalFileStore(CASES / "full_2"), contract)
-    assert (manifest.load_id, manifest.mode, manifest.files[0].encoding) == ("case-full-2", "full", "latin-1")
+    assert (manifest.load_id, manifest.mode, manifest.files[0].encoding) == (
+        "case-full-2",
+        "full",
+        "latin-1",
+    )
     inferred = read_manifest(LocalFileStore(CASES / "mostly_bad"), contract, full=True)
     assert inferred.mode == "full" and inferred.load_id.startswith("crm-")
     assert inferred.load_id == read_manifest(LocalFileStore(CASES / "mostly_bad"), contract).load_id
 
 
 def test_manifest_naming_an_unknown_object_is_refused(tmp_path: Path) -> None:
-    (tmp_path / MANIFEST).write_text(json.dumps(
-        {"load_id": "x", "files": [{"object": "leads", "name": "l.csv", "format": "csv"}]}))
+    (tmp_path / MANIFEST).write_text(
+        json.dumps(
+            {"load_id": "x", "files": [{"object": "leads", "name": "l.csv", "format": "csv"}]}
+        )
+    )
     with pytest.raises(Exception, match="'leads' is not in the contract"):
         read_manifest(LocalFileStore(tmp_path), load_contract())
 
 
 def test_empty_folder_says_what_it_expected(tmp_path: Path) -> None:
-    with pytest.raises(CrmExtractError, match="no manifest.json and no files named"):
+    with pytest.raises(CrmExtractError, match=r"no manifest\.json and no files named"):
         read_manifest(LocalFileStore(tmp_path), load_contract())
 
 
@@ -96,8 +106,16 @@ def test_generator_is_deterministic_dirty_and_loadable(tmp_path: Path) -> None:
     generate_extract(LocalFileStore(tmp_path / "a"), cfg)
     generate_extract(LocalFileStore(tmp_path / "b"), cfg)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted([MANIFEST, SUCCESS_MARKER, "accounts.csv", "contacts.csv",
-                            "opportunities.ndjson", "activities.ndjson"])
+    assert names == sorted(
+        [
+            MANIFEST,
+            SUCCESS_MARKER,
+            "accounts.csv",
+            "contacts.csv",
+            "opportunities.ndjson",
+            "activities.ndjson",
+        ]
+    )
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with pytest.raises(UnicodeDecodeError):
@@ -105,14 +123,24 @@ def test_generator_is_deterministic_dirty_and_loadable(tmp_path: Path) -> None:
     contract = load_contract()
     store = LocalFileStore(tmp_path / "a")
     manifest = read_manifest(store, contract)
-    results = [validate_record(contract, r, i) for i, f in enumerate(manifest.files)
-               for r in read_records(store.read_bytes(f.name), obj=f.object, name=f.name, fmt=f.format)]
+    results = [
+        validate_record(contract, r, i)
+        for i, f in enumerate(manifest.files)
+        for r in read_records(store.read_bytes(f.name), obj=f.object, name=f.name, fmt=f.format)
+    ]
     rejects = [r for r in results if isinstance(r, Reject)]
     share = len(rejects) / len(results)
     assert 0.01 < share < 0.1
     reasons = " ".join(r.reason for r in rejects)
-    for fragment in ("is not a timestamp", "is required but missing", "is not one of", "not valid JSON"):
+    for fragment in (
+        "is not a timestamp",
+        "is required but missing",
+        "is not one of",
+        "not valid JSON",
+    ):
         assert fragment in reasons
     keys = [r.key for r in results if not isinstance(r, Reject)]
     assert len(keys) > len(set(keys))  # duplicates are present
-    assert 3600 < len(results) < 3600 * 1.05  # 300 accounts, 900 contacts, 600 opps, 1800 activities + dupes
+    assert (
+        3600 < len(results) < 3600 * 1.05
+    )  # 300 accounts, 900 contacts, 600 opps, 1800 activities + dupes

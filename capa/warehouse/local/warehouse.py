@@ -136,7 +136,7 @@ class LocalWarehouse:
         data = self._read(table)
         if data is None:
             return []
-        if META_DELETED in data.column_names and not self._show_deleted(include_deleted):
+        if self._hides_tombstones(table, data, include_deleted):
             data = data.filter(pc.invert(data[META_DELETED]))
         return data.to_pylist()
 
@@ -144,7 +144,7 @@ class LocalWarehouse:
         data = self._read(table)
         if data is None:
             return 0
-        if META_DELETED in data.column_names and not self._show_deleted(include_deleted):
+        if self._hides_tombstones(table, data, include_deleted):
             return int(pc.sum(pc.invert(data[META_DELETED])).as_py() or 0)
         return data.num_rows
 
@@ -152,8 +152,10 @@ class LocalWarehouse:
         namespace, name = _split(table)
         return delta_io.read_watermark(delta_io.open_table(self.table_path(namespace, name)))
 
-    def _show_deleted(self, include_deleted: bool | None) -> bool:
-        return self.soft_deletes if include_deleted is None else include_deleted
+    def _hides_tombstones(self, table: str, data: pa.Table, include_deleted: bool | None) -> bool:
+        show = self.soft_deletes if include_deleted is None else include_deleted
+        replica = not table.endswith(CHANGELOG_SUFFIX) and META_DELETED in data.column_names
+        return replica and not show
 
     def _read(self, table: str) -> pa.Table | None:
         namespace, name = _split(table)

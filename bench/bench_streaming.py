@@ -1,0 +1,163 @@
+"""Benchmarks of the streaming apply job (not tests): throughput, latency, backlog catch-up.
+
+    .venvs/beam/bin/python -m bench.bench_streaming [--rows 1000000] [--updates 200000]
+        [--rate 2000] [--latency_s 60]
+
+Starts a throwaway Kafka broker (capa.stack.kafka, free ports, temp state dir), then:
+
+1. backlog: ``--rows`` inserts produced, then the bounded job (subprocess, FnApiRunner)
+   applies them into an empty local lakehouse: wall time to catch up (target <= 90 s at 1M);
+2. sustained apply: ``--updates`` random updates into that ``--rows``-row table, events/s
+   of the job vs. a bare confluent-kafka read of the same topic (target ratio >= 0.5);
+3. latency: the unbounded job while a producer sends ``--rate`` events/s for
+   ``--latency_s`` s with commit_ts = send time; p50/p99 of commit -> visible in raw,
+   measured by the job after each warehouse commit (status file; target p99 <= 3 s).
+
+Prints a JSON summary and a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from capa.config import KafkaConfig
+from capa.events import ChangeEvent, Op, SourceKind
+from capa.stack.base import StateDirs, free_port
+from capa.stack.kafka import KafkaBroker, ensure_topics
+from connectors.kafka.producer import KafkaChangeProducer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def event(key: int, seq: int, op: Op, commit_ts_us: int) -> ChangeEvent:
+    return ChangeEvent(
+        source="bench", source_kind=SourceKind.POSTGRES, database="db", schema="public",
+        table="t", op=op, position=f"{seq:016x}.1", commit_ts_us=commit_ts_us,
+        primary_key=("id",), key={"id": key}, before=None,
+        after={"id": key, "qty": seq % 1000, "name": f"row-{key}-{seq}", "price": seq * 0.01},
+    )
+
+
+def produce(config: KafkaConfig, events: Any) -> int:
+    producer = KafkaChangeProducer(config, client_settings={"linger.ms": 20})
+    n = 0
+    for e in events:
+        producer.send(e)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def job(config: KafkaConfig, warehouse: Path, status: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", config.bootstrap,
+            "--topic", config.topic, "--dlq_topic", config.dlq_topic, "--warehouse",
+            f"local:{warehouse}", "--consumer_group", "bench", "--status_file", str(status),
+            *extra]
+
+
+def run_bounded(argv: list[str], log: Path) -> float:
+    started = time.monotonic()
+    with log.open("ab") as out:
+        subprocess.run(argv + ["--stop_at_end"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                       check=True)
+    return time.monotonic() - started
+
+
+def bare_read_rate(config: KafkaConfig, expected: int) -> float:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": config.bootstrap, "group.id": f"bare-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([config.topic])
+    got, started = 0, None
+    while got < expected:
+        msgs = consumer.consume(10_000, 1.0)
+        if msgs and started is None:
+            started = time.monotonic()
+        got += sum(1 for m in msgs if m.error() is None)
+    elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    return got / max(elapsed, 1e-6)
+
+
+def steady_producer(config: KafkaConfig, rate: int, seconds: float, first_seq: int, keys: int) -> int:
+    producer = KafkaChangeProducer(config, client_settings={"linger.ms": 5})
+    rng = random.Random(3)
+    sent, started = 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        due = int((time.monotonic() - started) * rate)
+        while sent < due:
+            producer.send(event(rng.randrange(keys), first_seq + sent, Op.UPDATE,
+                                int(time.time() * 1e6)))
+            sent += 1
+        producer._client().poll(0)
+        time.sleep(0.005)
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--updates", type=int, default=200_000)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--latency_s", type=float, default=60.0)
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="capa-bench-stream-"))
+    config = KafkaConfig(port=free_port(), controller_port=free_port(), topic="bench.changes",
+                         dlq_topic="bench.dlq", partitions=3)
+    broker = KafkaBroker(StateDirs(tmp / "state").create(), config)
+    broker.start()
+    results: dict[str, Any] = {"rows": args.rows}
+    try:
+        ensure_topics(broker.admin(), {config.topic: 3, config.dlq_topic: 1})
+        wh, status, log = tmp / "wh", tmp / "status.json", tmp / "apply.log"
+        now = int(time.time() * 1e6)
+        produce(config, (event(k, k + 1, Op.INSERT, now) for k in range(args.rows)))
+        results["backlog_catch_up_s"] = round(run_bounded(job(config, wh, status), log), 1)
+
+        rng = random.Random(1)
+        seq0 = args.rows + 1
+        produce(config, (event(rng.randrange(args.rows), seq0 + i, Op.UPDATE, now)
+                         for i in range(args.updates)))
+        seconds = run_bounded(job(config, wh, status), log)
+        results["sustained_apply_events_per_s"] = round(args.updates / seconds)
+        bare = bare_read_rate(config, args.rows + args.updates)
+        results["bare_read_events_per_s"] = round(bare)
+        results["apply_to_read_ratio"] = round(results["sustained_apply_events_per_s"] / bare, 3)
+
+        with log.open("ab") as out:
+            proc = subprocess.Popen(job(config, wh, status, "--commit_interval_s", "1.0"),
+                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(8)  # job start-up (Beam import, partition discovery)
+            steady_producer(config, args.rate, args.latency_s, seq0 + args.updates, args.rows)
+            time.sleep(5)
+            snap = json.loads(status.read_text())
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        results.update({"latency_rate_per_s": args.rate, "latency_p50_s": snap["latency_p50_s"],
+                        "latency_p99_s": snap["latency_p99_s"],
+                        "latency_samples": snap["latency_samples"]})
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

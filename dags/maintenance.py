@@ -1,0 +1,63 @@
+"""Maintenance DAG for the raw layer: compact (optimize) then vacuum every raw Delta table, and
+delete changelog rows past their retention.
+
+Wiring only: tasks run ``spark_jobs.maintain`` (delta-rs) in the spark environment as
+subprocesses. Settings (Airflow Variables, else env, else defaults):
+
+* ``capa_lakehouse`` (env ``CAPA_LAKEHOUSE``, default ``<repo>/.state/lakehouse``)
+* ``capa_spark_python`` (env ``CAPA_SPARK_PYTHON``, default ``<repo>/.venvs/spark/bin/python``)
+* ``capa_vacuum_retention_hours`` (default 168: keep it longer than the time between model
+  builds, whose incremental diff reads the previous raw version)
+* ``capa_changelog_retention_days`` (default 30)
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def setting(name: str, default: str) -> str:
+    """A Jinja expression: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else default."""
+    fallback = os.environ.get(f"CAPA_{name.upper()}", default).replace("'", "")
+    return "{{ var.value.get('capa_%s', '%s') }}" % (name, fallback)
+
+
+LAKEHOUSE = setting("lakehouse", str(REPO / ".state" / "lakehouse"))
+PYTHON = setting("spark_python", str(REPO / ".venvs" / "spark" / "bin" / "python"))
+MAINTAIN = f"{PYTHON} -m spark_jobs.maintain"
+ENV = {"PYTHONPATH": str(REPO)}
+
+with DAG(
+    dag_id="maintenance",
+    description="compact + vacuum raw Delta tables, enforce changelog retention",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "cwd": str(REPO)},
+    tags=["capa", "maintenance"],
+) as dag:
+    retention = BashOperator(
+        task_id="changelog_retention",
+        bash_command=f"{MAINTAIN} retention --lakehouse {LAKEHOUSE} "
+        f"--changelog-days {setting('changelog_retention_days', '30')}",
+        env=ENV, append_env=True,
+    )
+    compact = BashOperator(
+        task_id="compact_raw", bash_command=f"{MAINTAIN} compact --lakehouse {LAKEHOUSE}",
+        env=ENV, append_env=True,
+    )
+    vacuum = BashOperator(
+        task_id="vacuum_raw",
+        bash_command=f"{MAINTAIN} vacuum --lakehouse {LAKEHOUSE} "
+        f"--retention-hours {setting('vacuum_retention_hours', '168')}",
+        env=ENV, append_env=True,
+    )
+    retention >> compact >> vacuum

@@ -1,0 +1,147 @@
+"""capa.stack without services: generated configs, PID handling, registry, env flattening."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from capa.config import KafkaConfig, PostgresConfig, load_settings
+from capa.errors import ConfigError
+from capa.stack import COMPONENTS, Stack, parse_components
+from capa.stack.base import (
+    PidRecord,
+    StateDirs,
+    is_our_process,
+    port_in_use,
+    process_start_ticks,
+    stop_pid,
+)
+from capa.stack.debezium import DebeziumBridge, settings_env
+from capa.stack.kafka import render_properties, server_properties
+from capa.stack.postgres import logical_wal_problems, server_settings
+
+
+def test_kafka_properties_single_node_kraft_on_loopback(tmp_path: Path) -> None:
+    config = KafkaConfig.model_validate({"port": 1111, "controller_port": 2222, "partitions": 4})
+    props = server_properties(config, tmp_path)
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:1111,CONTROLLER://127.0.0.1:2222"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:1111"
+    assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:2222"
+    replication = {k: v for k, v in props.items() if k.endswith("replication.factor")}
+    assert set(replication.values()) == {"1"} and len(replication) >= 3
+    assert props["num.partitions"] == "4"
+    assert render_properties({"a": "1", "b.c": "x"}) == "a=1\nb.c=x\n"
+
+
+def test_postgres_settings_are_logical_and_loopback() -> None:
+    config = PostgresConfig.model_validate({"port": 5555})
+    settings = server_settings(config)
+    assert settings["listen_addresses"] == "127.0.0.1" and settings["port"] == "5555"
+    assert settings["wal_level"] == "logical" and settings["unix_socket_directories"] == ""
+    assert server_settings(config, {"wal_level": "replica"})["wal_level"] == "replica"
+
+
+@pytest.mark.parametrize(
+    ("shown", "problems"),
+    [
+        ({"wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10"}, []),
+        (
+            {"wal_level": "replica", "max_replication_slots": "10", "max_wal_senders": "10"},
+            ["wal_level='replica' (needs 'logical')"],
+        ),
+        (
+            {"wal_level": "logical", "max_replication_slots": "0", "max_wal_senders": "0"},
+            ["max_replication_slots='0' (needs >= 1)", "max_wal_senders='0' (needs >= 1)"],
+        ),
+    ],
+)
+def test_logical_wal_problems(shown: dict[str, str], problems: list[str]) -> None:
+    assert logical_wal_problems(shown) == problems
+
+
+def test_parse_components_keeps_registry_order_and_quotes_unknown_names() -> None:
+    assert parse_components(None) == list(COMPONENTS)
+    assert parse_components("postgres, kafka") == ["kafka", "postgres"]
+    with pytest.raises(ConfigError, match=r"\['kafak'\]"):
+        parse_components("kafak,postgres")
+
+
+def test_pid_record_round_trips() -> None:
+    record = PidRecord(pid=42, marker="/x/server.properties", port=9, start_ticks=77)
+    assert PidRecord.from_json(record.to_json()) == record
+
+
+def test_our_process_is_recognised_and_a_recycled_pid_is_not() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        ticks = process_start_ticks(proc.pid)
+        assert ticks is not None
+        assert is_our_process(PidRecord(proc.pid, "sleep", start_ticks=ticks))
+        assert not is_our_process(PidRecord(proc.pid, "sleep", start_ticks=ticks + 1))
+        assert not is_our_process(PidRecord(proc.pid, "java kafka.Kafka"))  # marker fallback
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_start_ticks(proc.pid) is None
+
+
+def test_stop_pid_escalates_to_sigkill_when_the_signal_is_ignored() -> None:
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(1, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline()  # handler installed
+    assert stop_pid(proc.pid, signal.SIGTERM, timeout=0.5) is True
+    assert process_start_ticks(proc.pid) is None  # gone (and reaped by stop_pid)
+
+
+def test_stop_pid_polite_signal_is_enough_for_a_normal_process() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    assert stop_pid(proc.pid, signal.SIGTERM, timeout=5) is False
+    assert process_start_ticks(proc.pid) is None
+
+
+def test_port_in_use_sees_a_listener() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert port_in_use("127.0.0.1", sock.getsockname()[1])
+
+
+def test_stale_pid_file_is_dropped(tmp_path: Path) -> None:
+    stack = Stack(load_settings(state_dir=tmp_path))
+    kafka = stack.service("kafka")
+    StateDirs(tmp_path).create()
+    kafka.pid_path.write_text(PidRecord(pid=2**22 + 7, marker="x", start_ticks=1).to_json())
+    assert kafka.running() is None and not kafka.pid_path.exists()
+    assert [row["health"] for row in stack.status(["kafka", "postgres"])] == ["stopped"] * 2
+    assert stack.down() == []
+
+
+def test_settings_env_round_trips_through_capa_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(
+        state_dir=tmp_path / "st",
+        postgres=PostgresConfig.model_validate({"port": 6543, "password": "s3cret"}),
+    )
+    env = settings_env(settings)
+    assert env["CAPA__POSTGRES__PORT"] == "6543" and env["CAPA__POSTGRES__PASSWORD"] == "s3cret"
+    assert env["CAPA__STATE_DIR"] == str((tmp_path / "st").resolve())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert settings_env(load_settings()) == env
+
+
+def test_bridge_child_env_carries_settings_and_jvm_opts(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path)
+    env = DebeziumBridge(StateDirs(tmp_path), settings).child_env()
+    assert env["PYDBZ_JVM_OPTS"] == settings.debezium.jvm_opts
+    assert env["CAPA__KAFKA__TOPIC"] == settings.kafka.topic
