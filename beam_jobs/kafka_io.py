@@ -242,7 +242,7 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
     def process(
         self,
         element: KafkaPartition,
-        tracker: Any = beam.DoFn.RestrictionParam(),
+        tracker: Any = beam.DoFn.RestrictionParam(),  # noqa: B008 - Beam's SDF idiom
     ) -> Iterator[KafkaRecord]:
         element = KafkaPartition(*element)
         restriction = tracker.current_restriction()

@@ -81,7 +81,8 @@ class DecodeEventsFn(beam.DoFn):
             event = self._decoder.decode(record.value)
         except DecodeError as exc:
             self.dead_letters.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _dead_letter(record, record.value, exc.reason))
+            letter = _dead_letter(record, record.value, exc.reason)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
             # Marker after the (synchronous) DLQ write, so the sink may commit past it.
             yield Decoded(record.topic, record.partition, record.offset, None, None)
             return
@@ -170,7 +171,9 @@ class ApplyStats:
         self._m_lag_events = Metrics.gauge(METRICS_NAMESPACE, "lag_events")
         self._m_lag_s = Metrics.gauge(METRICS_NAMESPACE, "lag_seconds")
 
-    def record_batch(self, events: Sequence[ChangeEvent], seconds: float, visible_at: float) -> None:
+    def record_batch(
+        self, events: Sequence[ChangeEvent], seconds: float, visible_at: float
+    ) -> None:
         self.applied += len(events)
         self.batches += 1
         self._m_applied.inc(len(events))
@@ -459,4 +462,5 @@ def run(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # type-hint chatter at INFO
     run()

@@ -31,10 +31,19 @@ COLUMNS = (Column("id", "int8"), Column("name", "text"), Column("amount", "numer
 def make_event(op: Op, key: int, lsn: int) -> ChangeEvent:
     row = {"id": key, "name": f"name-{key}-{lsn}", "amount": Decimal(lsn % 100000) / 100}
     return ChangeEvent(
-        source="f2", source_kind=SourceKind.POSTGRES, database="shop", schema="public", table="orders",
-        op=op, position=pg_position(lsn, snapshot=False), commit_ts_us=1_700_000_000_000_000 + lsn,
-        primary_key=("id",), key={"id": key}, before={"id": key} if op is Op.DELETE else None,
-        after=None if op is Op.DELETE else row, columns=COLUMNS,
+        source="f2",
+        source_kind=SourceKind.POSTGRES,
+        database="shop",
+        schema="public",
+        table="orders",
+        op=op,
+        position=pg_position(lsn, snapshot=False),
+        commit_ts_us=1_700_000_000_000_000 + lsn,
+        primary_key=("id",),
+        key={"id": key},
+        before={"id": key} if op is Op.DELETE else None,
+        after=None if op is Op.DELETE else row,
+        columns=COLUMNS,
     )
 
 
@@ -61,7 +70,9 @@ def seed(warehouse: LocalWarehouse, rows: int) -> None:
     write_deltalake(str(path), table, mode="append")
 
 
-def make_batches(rows: int, batch: int, batches: int, rng: random.Random) -> list[list[ChangeEvent]]:
+def make_batches(
+    rows: int, batch: int, batches: int, rng: random.Random
+) -> list[list[ChangeEvent]]:
     lsn, next_key, out = 1000, rows, []
     for _ in range(batches):
         events = []
@@ -72,7 +83,9 @@ def make_batches(rows: int, batch: int, batches: int, rng: random.Random) -> lis
                 events.append(make_event(Op.INSERT, next_key, lsn))
                 next_key += 1
             else:
-                events.append(make_event(Op.UPDATE if dice < 0.9 else Op.DELETE, rng.randrange(rows), lsn))
+                events.append(
+                    make_event(Op.UPDATE if dice < 0.9 else Op.DELETE, rng.randrange(rows), lsn)
+                )
         out.append(events)
     return out
 
@@ -100,8 +113,10 @@ def main() -> None:
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
         total = sum(times)
         print(
-            f"rows={warehouse.row_count('raw.f2_public_orders')} batch={args.batch} batches={len(times)} "
-            f"p50={statistics.median(times):.2f}s p95={p95:.2f}s events/s={args.batch * len(times) / total:,.0f}"
+            f"rows={warehouse.row_count('raw.f2_public_orders')} batch={args.batch} "
+            f"batches={len(times)} "
+            f"p50={statistics.median(times):.2f}s p95={p95:.2f}s "
+            f"events/s={args.batch * len(times) / total:,.0f}"
         )
 
 

@@ -34,8 +34,8 @@ import fastavro
 
 from capa.codec import encode_single_object
 from connectors.datastream.files import read_avro_file
-from connectors.debezium.normalizer import DebeziumNormalizer
 from connectors.datastream.normalizer import DatastreamNormalizer
+from connectors.debezium.normalizer import DebeziumNormalizer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
@@ -60,19 +60,36 @@ def debezium_lines(n: int, seed: int = 7) -> list[str]:
             "before": dict(row, status="new") if op in "ud" else None,
             "after": None if op == "d" else row,
             "source": {
-                "version": "3.6.3.Final", "connector": "postgresql", "name": "f2",
-                "ts_ms": 1795489122983 + i, "snapshot": "false", "db": "shop",
-                "sequence": f'[null,"{lsn}"]', "ts_us": 1795489122983002 + i * 1000,
-                "schema": "public", "table": "orders", "txId": 700 + i, "lsn": lsn, "xmin": None,
+                "version": "3.6.3.Final",
+                "connector": "postgresql",
+                "name": "f2",
+                "ts_ms": 1795489122983 + i,
+                "snapshot": "false",
+                "db": "shop",
+                "sequence": f'[null,"{lsn}"]',
+                "ts_us": 1795489122983002 + i * 1000,
+                "schema": "public",
+                "table": "orders",
+                "txId": 700 + i,
+                "lsn": lsn,
+                "xmin": None,
             },
-            "transaction": None, "op": op, "ts_ms": 1795489123077 + i,
+            "transaction": None,
+            "op": op,
+            "ts_ms": 1795489123077 + i,
         }
-        lines.append(json.dumps({"destination": "f2.public.orders", "key": {"id": row_id}, "value": value}))
+        lines.append(
+            json.dumps({"destination": "f2.public.orders", "key": {"id": row_id}, "value": value})
+        )
     return lines
 
 
 def typezoo_lines(n: int) -> list[str]:
-    record = json.loads((FIXTURES / "debezium_pg15_captured_here" / "pg_typezoo_schemas_enabled_precise.json").read_text())
+    record = json.loads(
+        (
+            FIXTURES / "debezium_pg15_captured_here" / "pg_typezoo_schemas_enabled_precise.json"
+        ).read_text()
+    )
     out = []
     for i in range(n):
         record["value"]["payload"]["source"]["lsn"] = 26_000_000 + i * 64
@@ -82,7 +99,9 @@ def typezoo_lines(n: int) -> list[str]:
 
 
 DATASTREAM_SCHEMA = {
-    "type": "record", "name": "public_orders", "fields": [
+    "type": "record",
+    "name": "public_orders",
+    "fields": [
         {"name": "uuid", "type": "string"},
         {"name": "read_timestamp", "type": {"type": "long", "logicalType": "timestamp-millis"}},
         {"name": "source_timestamp", "type": {"type": "long", "logicalType": "timestamp-millis"}},
@@ -91,20 +110,58 @@ DATASTREAM_SCHEMA = {
         {"name": "stream_name", "type": "string"},
         {"name": "schema_key", "type": "string"},
         {"name": "sort_keys", "type": {"type": "array", "items": ["string", "long"]}},
-        {"name": "source_metadata", "type": {"type": "record", "name": "source_metadata", "fields": [
-            {"name": "schema", "type": "string"}, {"name": "table", "type": "string"},
-            {"name": "is_deleted", "type": ["null", "boolean"]},
-            {"name": "change_type", "type": ["null", "string"]},
-            {"name": "tx_id", "type": ["null", "long"]}, {"name": "lsn", "type": ["null", "string"]},
-            {"name": "primary_keys", "type": ["null", {"type": "array", "items": "string"}]}]}},
-        {"name": "payload", "type": {"type": "record", "name": "payload", "fields": [
-            {"name": "id", "type": ["null", "long"]},
-            {"name": "customer", "type": ["null", "string"]},
-            {"name": "amount", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}]},
-            {"name": "status", "type": ["null", "string"]},
-            {"name": "updated_at", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}]},
-            {"name": "payload", "type": ["null", {"type": "string", "logicalType": "json"}]},
-            {"name": "photo", "type": ["null", "bytes"]}]}},
+        {
+            "name": "source_metadata",
+            "type": {
+                "type": "record",
+                "name": "source_metadata",
+                "fields": [
+                    {"name": "schema", "type": "string"},
+                    {"name": "table", "type": "string"},
+                    {"name": "is_deleted", "type": ["null", "boolean"]},
+                    {"name": "change_type", "type": ["null", "string"]},
+                    {"name": "tx_id", "type": ["null", "long"]},
+                    {"name": "lsn", "type": ["null", "string"]},
+                    {
+                        "name": "primary_keys",
+                        "type": ["null", {"type": "array", "items": "string"}],
+                    },
+                ],
+            },
+        },
+        {
+            "name": "payload",
+            "type": {
+                "type": "record",
+                "name": "payload",
+                "fields": [
+                    {"name": "id", "type": ["null", "long"]},
+                    {"name": "customer", "type": ["null", "string"]},
+                    {
+                        "name": "amount",
+                        "type": [
+                            "null",
+                            {
+                                "type": "bytes",
+                                "logicalType": "decimal",
+                                "precision": 12,
+                                "scale": 2,
+                            },
+                        ],
+                    },
+                    {"name": "status", "type": ["null", "string"]},
+                    {
+                        "name": "updated_at",
+                        "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}],
+                    },
+                    {
+                        "name": "payload",
+                        "type": ["null", {"type": "string", "logicalType": "json"}],
+                    },
+                    {"name": "photo", "type": ["null", "bytes"]},
+                ],
+            },
+        },
     ],
 }
 
@@ -118,17 +175,32 @@ def datastream_avro(n: int, seed: int = 11) -> bytes:
             lsn = 0x16_CB00_0000 + i * 64
             change = rng.choices(["UPDATE", "INSERT", "DELETE"], weights=(7, 2, 1))[0]
             yield {
-                "uuid": f"626eb68e-e6df-4fce-baf5-{i:012d}", "read_timestamp": base, "source_timestamp": base,
-                "object": "public_orders", "read_method": "postgresql-cdc",
-                "stream_name": "projects/p/locations/l/streams/f2", "schema_key": "k",
+                "uuid": f"626eb68e-e6df-4fce-baf5-{i:012d}",
+                "read_timestamp": base,
+                "source_timestamp": base,
+                "object": "public_orders",
+                "read_method": "postgresql-cdc",
+                "stream_name": "projects/p/locations/l/streams/f2",
+                "schema_key": "k",
                 "sort_keys": [1739315197151 + i, f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"],
-                "source_metadata": {"schema": "public", "table": "orders", "is_deleted": change == "DELETE",
-                                    "change_type": change, "tx_id": 363552 + i,
-                                    "lsn": f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}", "primary_keys": ["id"]},
-                "payload": {"id": rng.randrange(1, 50_000), "customer": "dave",
-                            "amount": Decimal(rng.randrange(0, 10**9)).scaleb(-2), "status": "paid",
-                            "updated_at": base + timedelta(seconds=i), "payload": '{"x": [1, 2, 3]}',
-                            "photo": b"\xde\xad\xbe\xef"},
+                "source_metadata": {
+                    "schema": "public",
+                    "table": "orders",
+                    "is_deleted": change == "DELETE",
+                    "change_type": change,
+                    "tx_id": 363552 + i,
+                    "lsn": f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}",
+                    "primary_keys": ["id"],
+                },
+                "payload": {
+                    "id": rng.randrange(1, 50_000),
+                    "customer": "dave",
+                    "amount": Decimal(rng.randrange(0, 10**9)).scaleb(-2),
+                    "status": "paid",
+                    "updated_at": base + timedelta(seconds=i),
+                    "payload": '{"x": [1, 2, 3]}',
+                    "photo": b"\xde\xad\xbe\xef",
+                },
             }
 
     buf = io.BytesIO()
@@ -140,7 +212,9 @@ def timed(label: str, n: int, fn: Callable[[], Any]) -> Any:
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(f"  {label:<34} {cpu:7.3f} s CPU {n / cpu:>10,.0f} events/s per core  (wall {n / wall:,.0f}/s)")
+    print(
+        f"  {label:<34} {cpu:7.3f} s CPU {n / cpu:>10,.0f} events/s per core  (wall {n / wall:,.0f}/s)"
+    )
     return result, cpu
 
 
@@ -150,17 +224,27 @@ def bench_debezium(label: str, lines: list[str]) -> None:
     print(f"{label} ({n:,} records)")
     dicts, t1 = timed("json.loads", n, lambda: [json.loads(line) for line in lines])
     events, t2 = timed("normalise", n, lambda: [normalizer.normalize(d) for d in dicts])
-    _, t3 = timed("encode_single_object (Avro)", n, lambda: [encode_single_object(e) for e in events])
-    print(f"  {'TOTAL parse+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU {n / (t1 + t2 + t3):>10,.0f} events/s")
+    _, t3 = timed(
+        "encode_single_object (Avro)", n, lambda: [encode_single_object(e) for e in events]
+    )
+    print(
+        f"  {'TOTAL parse+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU {n / (t1 + t2 + t3):>10,.0f} events/s"
+    )
 
 
 def bench_datastream(data: bytes, n: int) -> None:
     normalizer = DatastreamNormalizer()
     print(f"datastream-avro ({n:,} records, {len(data) / 1e6:.1f} MB container)")
     raws, t1 = timed("fastavro read", n, lambda: list(read_avro_file(data, "bench.avro")))
-    events, t2 = timed("normalise", n, lambda: [normalizer.normalize(r.value, r.hints) for r in raws])
-    _, t3 = timed("encode_single_object (Avro)", n, lambda: [encode_single_object(e) for e in events])
-    print(f"  {'TOTAL read+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU {n / (t1 + t2 + t3):>10,.0f} events/s")
+    events, t2 = timed(
+        "normalise", n, lambda: [normalizer.normalize(r.value, r.hints) for r in raws]
+    )
+    _, t3 = timed(
+        "encode_single_object (Avro)", n, lambda: [encode_single_object(e) for e in events]
+    )
+    print(
+        f"  {'TOTAL read+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU {n / (t1 + t2 + t3):>10,.0f} events/s"
+    )
 
 
 def main() -> None:
@@ -168,7 +252,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args()
     bench_debezium("debezium-json (orders, schemaless)", debezium_lines(args.events))
-    bench_debezium("debezium-json-typezoo (21 cols, schemas)", typezoo_lines(max(args.events // 5, 1)))
+    bench_debezium(
+        "debezium-json-typezoo (21 cols, schemas)", typezoo_lines(max(args.events // 5, 1))
+    )
     bench_datastream(datastream_avro(args.events), args.events)
 
 

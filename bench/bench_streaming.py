@@ -68,7 +68,7 @@ def job(config: KafkaConfig, warehouse: Path, status: Path, *extra: str) -> list
 def run_bounded(argv: list[str], log: Path) -> float:
     started = time.monotonic()
     with log.open("ab") as out:
-        subprocess.run(argv + ["--stop_at_end"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        subprocess.run([*argv, "--stop_at_end"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                        check=True)
     return time.monotonic() - started
 
@@ -90,7 +90,9 @@ def bare_read_rate(config: KafkaConfig, expected: int) -> float:
     return got / max(elapsed, 1e-6)
 
 
-def steady_producer(config: KafkaConfig, rate: int, seconds: float, first_seq: int, keys: int) -> int:
+def steady_producer(
+    config: KafkaConfig, rate: int, seconds: float, first_seq: int, keys: int
+) -> int:
     producer = KafkaChangeProducer(config, client_settings={"linger.ms": 5})
     rng = random.Random(3)
     sent, started = 0, time.monotonic()

@@ -30,26 +30,32 @@ import pyarrow.compute as pc
 
 def seed_table(rows: int) -> pa.Table:
     ids = np.arange(rows, dtype=np.int64)
-    return pa.table({
-        "id": ids,
-        "name": pa.array([f"n{i}" for i in range(rows)]),
-        "amount": ids.astype(np.float64) / 100,
-        "_pos": pa.array(["%016x" % 1] * rows),
-        "_deleted": pa.array([False] * rows),
-    })
+    return pa.table(
+        {
+            "id": ids,
+            "name": pa.array([f"n{i}" for i in range(rows)]),
+            "amount": ids.astype(np.float64) / 100,
+            "_pos": pa.array([f"{1:016x}"] * rows),
+            "_deleted": pa.array([False] * rows),
+        }
+    )
 
 
-def make_batch(rng: np.random.Generator, rows: int, size: int, start_pos: int, next_id: int) -> pa.Table:
+def make_batch(
+    rng: np.random.Generator, rows: int, size: int, start_pos: int, next_id: int
+) -> pa.Table:
     dice = rng.random(size)
     ids = np.where(dice < 0.3, np.arange(next_id, next_id + size), rng.integers(0, rows, size))
     pos = np.arange(start_pos, start_pos + size)
-    batch = pa.table({
-        "id": ids.astype(np.int64),
-        "name": pa.array([f"u{p}" for p in pos]),
-        "amount": pos.astype(np.float64),
-        "_pos": pa.array(["%016x" % p for p in pos]),
-        "_deleted": pa.array(dice >= 0.9),
-    })
+    batch = pa.table(
+        {
+            "id": ids.astype(np.int64),
+            "name": pa.array([f"u{p}" for p in pos]),
+            "amount": pos.astype(np.float64),
+            "_pos": pa.array([f"{p:016x}" for p in pos]),
+            "_deleted": pa.array(dice >= 0.9),
+        }
+    )
     # dedupe: highest position per id
     order = pc.sort_indices(batch, [("id", "ascending"), ("_pos", "descending")])
     batch = batch.take(order)
@@ -64,7 +70,8 @@ def delta_apply(path: str, batch: pa.Table) -> None:
 
     cols = {c: f"s.{c}" for c in batch.column_names}
     (
-        DeltaTable(path).merge(batch, "t.id = s.id", source_alias="s", target_alias="t")
+        DeltaTable(path)
+        .merge(batch, "t.id = s.id", source_alias="s", target_alias="t")
         .when_matched_update(cols, predicate="s._pos > t._pos AND NOT s._deleted")
         .when_matched_delete(predicate="s._pos > t._pos AND s._deleted")
         .when_not_matched_insert(cols, predicate="NOT s._deleted")
@@ -78,7 +85,12 @@ def iceberg_apply(table, batch: pa.Table) -> None:
     keys = batch["id"].to_pylist()
     current = table.scan(row_filter=In("id", keys), selected_fields=("id", "_pos")).to_arrow()
     known = dict(zip(current["id"].to_pylist(), current["_pos"].to_pylist(), strict=True))
-    fresh = pa.array([known.get(i) is None or p > known[i] for i, p in zip(keys, batch["_pos"].to_pylist(), strict=True)])
+    fresh = pa.array(
+        [
+            known.get(i) is None or p > known[i]
+            for i, p in zip(keys, batch["_pos"].to_pylist(), strict=True)
+        ]
+    )
     batch = batch.filter(fresh)
     changed = batch["id"].to_pylist()
     if changed:
@@ -98,11 +110,17 @@ def run(name: str, apply, rows: int, size: int, batches: int) -> dict:
             times.append(time.monotonic() - t0)
     times.sort()
     result = {
-        "variant": name, "batch": size, "p50": statistics.median(times),
-        "p95": times[round(0.95 * (len(times) - 1))], "events_per_s": size * len(times) / sum(times),
+        "variant": name,
+        "batch": size,
+        "p50": statistics.median(times),
+        "p95": times[round(0.95 * (len(times) - 1))],
+        "events_per_s": size * len(times) / sum(times),
     }
-    print(f"{name:>28} batch={size:>6} p50={result['p50']:.2f}s p95={result['p95']:.2f}s "
-          f"events/s={result['events_per_s']:,.0f}", flush=True)
+    print(
+        f"{name:>28} batch={size:>6} p50={result['p50']:.2f}s p95={result['p95']:.2f}s "
+        f"events/s={result['events_per_s']:,.0f}",
+        flush=True,
+    )
     return result
 
 
@@ -119,12 +137,26 @@ def main() -> None:
         delta_path = str(Path(root) / "delta")
         write_deltalake(delta_path, seed)
         for size in (2_000, 20_000):
-            run("delta-rs merge", lambda b: delta_apply(delta_path, b), args.rows, size, args.batches)
-        catalog = SqlCatalog("bench", uri=f"sqlite:///{root}/catalog.db", warehouse=f"file://{root}/iceberg")
+            run(
+                "delta-rs merge",
+                lambda b: delta_apply(delta_path, b),
+                args.rows,
+                size,
+                args.batches,
+            )
+        catalog = SqlCatalog(
+            "bench", uri=f"sqlite:///{root}/catalog.db", warehouse=f"file://{root}/iceberg"
+        )
         catalog.create_namespace("bench")
         table = catalog.create_table("bench.orders", schema=seed.schema)
         table.append(seed)
-        run("pyiceberg scan+overwrite", lambda b: iceberg_apply(table, b), args.rows, 2_000, args.batches)
+        run(
+            "pyiceberg scan+overwrite",
+            lambda b: iceberg_apply(table, b),
+            args.rows,
+            2_000,
+            args.batches,
+        )
 
 
 if __name__ == "__main__":

@@ -130,7 +130,9 @@ def key_of(row: Mapping[str, Any], primary_key: Sequence[str]) -> KeyTuple:
     return tuple(row.get(name) for name in primary_key)
 
 
-def fold_changes(events: Sequence[ChangeEvent], primary_key: Sequence[str]) -> dict[KeyTuple, RowChange]:
+def fold_changes(
+    events: Sequence[ChangeEvent], primary_key: Sequence[str]
+) -> dict[KeyTuple, RowChange]:
     """Key -> the folded latest change, over events already in position order."""
     state: dict[KeyTuple, RowChange] = {}
     for event in events:
@@ -155,7 +157,7 @@ def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChan
 
 
 def _moved_from(event: ChangeEvent, primary_key: Sequence[str], key: KeyTuple) -> KeyTuple | None:
-    before = event.before or {}
+    before: Mapping[str, Any] = event.before or {}
     if event.op is not Op.UPDATE or not all(name in before for name in primary_key):
         return None
     old = key_of(before, primary_key)
@@ -215,8 +217,12 @@ class ReplicaState:
         """Apply a plan; returns the number of rows written."""
         if plan.truncate_position and _after(plan.truncate_position, self.watermark):
             self.watermark = plan.truncate_position
-            self.rows = {k: r for k, r in self.rows.items() if r["_capa_position"] >= self.watermark}
-        return sum(self._apply_change(c) for c in plan.changes if _after(c.position, self.watermark))
+            self.rows = {
+                k: r for k, r in self.rows.items() if r["_capa_position"] >= self.watermark
+            }
+        return sum(
+            self._apply_change(c) for c in plan.changes if _after(c.position, self.watermark)
+        )
 
     def _apply_change(self, change: RowChange) -> bool:
         current = self.rows.get(change.key)
@@ -224,7 +230,9 @@ class ReplicaState:
             return False
         row = dict(change.values)
         row.update({name: (current or {}).get(name) for name in change.keep})
-        row.update(_capa_position=change.position, _capa_deleted=change.deleted, _capa_op=change.op.value)
+        row.update(
+            _capa_position=change.position, _capa_deleted=change.deleted, _capa_op=change.op.value
+        )
         self.rows[change.key] = row
         return True
 

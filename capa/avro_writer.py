@@ -52,7 +52,9 @@ def _text(buf: bytearray, text: str) -> None:
     try:
         data = text.encode()
     except UnicodeEncodeError as exc:
-        raise DecodeError(f"text {text[:80]!r} is not valid Unicode (lone surrogate?): {exc}") from None
+        raise DecodeError(
+            f"text {text[:80]!r} is not valid Unicode (lone surrogate?): {exc}"
+        ) from None
     buf += _long(len(data))
     buf += data
 
@@ -180,9 +182,18 @@ _WRITERS: dict[type, Callable[[bytearray, Any], None]] = {
 }
 # subclass fallbacks, most specific first (datetime before date, bool before int, Json before str)
 _FALLBACK = (
-    (bool, _v_bool), (int, _v_int), (float, _v_float), (Json, _v_json), (str, _v_str),
-    (bytes | bytearray | memoryview, _v_bytes), (Decimal, _v_decimal), (datetime, _v_datetime),
-    (date, _v_date), (time, _v_time), (uuid.UUID, _v_uuid), (tuple | list, _v_array),
+    (bool, _v_bool),
+    (int, _v_int),
+    (float, _v_float),
+    (Json, _v_json),
+    (str, _v_str),
+    (bytes | bytearray | memoryview, _v_bytes),
+    (Decimal, _v_decimal),
+    (datetime, _v_datetime),
+    (date, _v_date),
+    (time, _v_time),
+    (uuid.UUID, _v_uuid),
+    (tuple | list, _v_array),
 )
 
 

@@ -83,7 +83,9 @@ def to_json_value(value: Any) -> Any:
         return format(value, "f")
     if isinstance(value, datetime):  # isoformat, not strftime: %Y does not pad years < 1000
         if value.tzinfo is not None:
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+            return (
+                value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+            )
         return value.isoformat(timespec="microseconds")
     if isinstance(value, date):
         return value.isoformat()
@@ -105,8 +107,10 @@ def from_json_value(value: Any, kind: str) -> Any:
     if value is None:
         return None
     try:
-        return _FROM_JSON[kind](value) if not kind.startswith("array<") else tuple(
-            from_json_value(v, kind[6:-1]) for v in value
+        return (
+            _FROM_JSON[kind](value)
+            if not kind.startswith("array<")
+            else tuple(from_json_value(v, kind[6:-1]) for v in value)
         )
     except KeyError:
         raise DecodeError(f"unknown canonical kind {kind!r}") from None
@@ -145,7 +149,9 @@ def _row_kinds(*rows: Mapping[str, Any] | None) -> dict[str, str]:
     for row in rows:
         for name, value in (row or {}).items():
             # null and all-null/empty arrays say nothing about the column's kind
-            weak = value is None or (isinstance(value, tuple | list) and all(v is None for v in value))
+            weak = value is None or (
+                isinstance(value, tuple | list) and all(v is None for v in value)
+            )
             if not weak or kinds.get(name, "null") == "null":
                 kinds[name] = kind_of(value)
     return kinds
@@ -264,7 +270,13 @@ def _avro_value(value: Any) -> Any:
         if exponent > 0:
             unscaled *= 10**exponent
         size = max(1, (unscaled.bit_length() + 8) // 8)
-        return ("io.capa.v1.Decimal", {"decimal_unscaled": unscaled.to_bytes(size, "big", signed=True), "decimal_scale": scale})
+        return (
+            "io.capa.v1.Decimal",
+            {
+                "decimal_unscaled": unscaled.to_bytes(size, "big", signed=True),
+                "decimal_scale": scale,
+            },
+        )
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             return ("io.capa.v1.TimestampTz", {"tstz_micros": datetime_to_us(value)})
@@ -272,7 +284,9 @@ def _avro_value(value: Any) -> Any:
     if isinstance(value, date):
         return ("io.capa.v1.Date", {"date_days": (value - _EPOCH_DATE).days})
     if isinstance(value, time):
-        micros = ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+        micros = (
+            (value.hour * 60 + value.minute) * 60 + value.second
+        ) * 1_000_000 + value.microsecond
         return ("io.capa.v1.Time", {"time_micros": micros})
     if isinstance(value, uuid.UUID):
         return ("io.capa.v1.Uuid", {"uuid": str(value)})
@@ -387,13 +401,23 @@ def decode_avro(body: bytes) -> ChangeEvent:
     except DecodeError:
         raise
     except Exception as exc:  # fastavro raises many types on corrupt input
-        raise DecodeError(f"not a canonical Avro change event: {type(exc).__name__}: {exc}") from exc
+        raise DecodeError(
+            f"not a canonical Avro change event: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @lru_cache(maxsize=1)
 def schema_fingerprint() -> bytes:
     """CRC-64-AVRO (Rabin) fingerprint of the canonical schema, little-endian."""
-    return struct.pack("<Q", int(fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(avro_schema()), "CRC-64-AVRO"), 16))
+    return struct.pack(
+        "<Q",
+        int(
+            fastavro.schema.fingerprint(
+                fastavro.schema.to_parsing_canonical_form(avro_schema()), "CRC-64-AVRO"
+            ),
+            16,
+        ),
+    )
 
 
 def encode_single_object(event: ChangeEvent) -> bytes:

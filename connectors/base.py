@@ -47,7 +47,7 @@ class RawRecord:
         from capa.codec import to_json_value
 
         try:
-            return json.dumps(to_json_value(self.value), ensure_ascii=False).encode()
+            return json.dumps(to_json_value(self.value)).encode()
         except (TypeError, ValueError, RecursionError):
             return repr(self.value).encode()
 
@@ -125,7 +125,14 @@ def normalize_one(normalizer: Normalizer, record: RawRecord) -> Outcome | DeadLe
         return normalizer.normalize(record.value, record.hints or None)
     except DecodeError as exc:
         return DeadLetter(record.file, record.index, exc.reason, record.raw_bytes())
-    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        ArithmeticError,
+        RecursionError,
+    ) as exc:
         # A normaliser bug must not lose the record: dead-letter it, naming the error.
         reason = f"unexpected {type(exc).__name__} while normalising: {exc}"
         return DeadLetter(record.file, record.index, reason, record.raw_bytes())

@@ -28,9 +28,15 @@ EXIT_OK, EXIT_USAGE, EXIT_DEAD_LETTERS = 0, 2, 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("apply", help="apply canonical change events (JSON lines) to a warehouse")
-    parser.add_argument("--input", required=True, help="JSON-lines file of canonical events ('-' = stdin)")
-    parser.add_argument("--warehouse", required=True, help="local:DIR or bigquery:PROJECT[@ENDPOINT]")
+    parser = subparsers.add_parser(
+        "apply", help="apply canonical change events (JSON lines) to a warehouse"
+    )
+    parser.add_argument(
+        "--input", required=True, help="JSON-lines file of canonical events ('-' = stdin)"
+    )
+    parser.add_argument(
+        "--warehouse", required=True, help="local:DIR or bigquery:PROJECT[@ENDPOINT]"
+    )
     parser.add_argument("--batch-size", type=int, default=20_000, help="events per apply batch")
     parser.add_argument("--soft-deletes", action="store_true", help="readers see deleted rows too")
     parser.set_defaults(func=run)
@@ -43,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         console.error(f"--batch-size must be at least 1, got {args.batch_size}")
         return EXIT_USAGE
     if args.input != "-" and not Path(args.input).is_file():
-        console.error(f"no such input file {args.input!r}; pass a JSON-lines file of canonical events")
+        console.error(
+            f"no such input file {args.input!r}; pass a JSON-lines file of canonical events"
+        )
         return EXIT_USAGE
     try:
         warehouse = open_warehouse(args.warehouse, soft_deletes=args.soft_deletes)
@@ -61,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _open(path: str) -> TextIO:
     if path == "-":
-        return open(sys.stdin.fileno(), encoding="utf-8", closefd=False)  # noqa: SIM115
-    return open(path, encoding="utf-8")  # noqa: SIM115
+        return open(sys.stdin.fileno(), encoding="utf-8", closefd=False)
+    return open(path, encoding="utf-8")
 
 
 def _events(stream: TextIO, counts: Counter[str]) -> Iterator[tuple[ChangeEvent, str]]:
@@ -79,7 +87,9 @@ def _events(stream: TextIO, counts: Counter[str]) -> Iterator[tuple[ChangeEvent,
             _dead_letter(counts, reason=str(exc), line=number, original=line)
 
 
-def _batches(items: Iterator[tuple[ChangeEvent, str]], size: int) -> Iterator[list[tuple[ChangeEvent, str]]]:
+def _batches(
+    items: Iterator[tuple[ChangeEvent, str]], size: int
+) -> Iterator[list[tuple[ChangeEvent, str]]]:
     batch: list[tuple[ChangeEvent, str]] = []
     for item in items:
         batch.append(item)
@@ -90,13 +100,20 @@ def _batches(items: Iterator[tuple[ChangeEvent, str]], size: int) -> Iterator[li
         yield batch
 
 
-def _apply_batch(warehouse: Any, batch: list[tuple[ChangeEvent, str]], counts: Counter[str]) -> None:
+def _apply_batch(
+    warehouse: Any, batch: list[tuple[ChangeEvent, str]], counts: Counter[str]
+) -> None:
     events = [event for event, _ in batch]
     lines = {event.event_id: line for event, line in batch}
     reports: list[Any] = []
     dead = apply_isolating_failures(lambda part: reports.append(warehouse.apply(part)), events)
     for letter in dead:
-        _dead_letter(counts, reason=letter.reason, event_id=letter.event.event_id, original=lines[letter.event.event_id])
+        _dead_letter(
+            counts,
+            reason=letter.reason,
+            event_id=letter.event.event_id,
+            original=lines[letter.event.event_id],
+        )
     counts["events"] += len(events) - len(dead)
     for report in reports:
         for table in report.tables:

@@ -29,14 +29,16 @@ EXIT_OK, EXIT_USAGE, EXIT_DEAD_LETTERS = 0, 2, 3
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
-        "normalize", help="turn Debezium / Datastream files into canonical change events (JSON lines)"
+        "normalize",
+        help="turn Debezium / Datastream files into canonical change events (JSON lines)",
     )
     parser.add_argument("--format", required=True, choices=sorted(NORMALIZERS), help="input format")
     parser.add_argument("--source", help="source name stamped on events (default: from the input)")
     parser.add_argument(
         "--column-types",
         type=Path,
-        help='Debezium schemaless input: JSON file {"schema.table": {"column": "decimal(2)"|"timestamptz"|...}}',
+        help='Debezium schemaless input: JSON file {"schema.table": {"column": HINT}}, '
+        "HINT decimal(S), timestamptz, uuid, json ... (see connectors/debezium/values.py)",
     )
     parser.add_argument(
         "--primary-key",
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         for path in args.paths:
             for item in _read(read, path):
                 outcome = item if isinstance(item, DeadLetter) else normalize_one(normalizer, item)
-                _emit(outcome, counts)
+                _emit(outcome, counts, item)
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `capa normalize ... | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's final flush
@@ -97,25 +99,35 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for spec in args.primary_key:
         table, sep, cols = spec.partition("=")
         if not sep or not table or not cols:
-            raise ValueError(f"--primary-key {spec!r}: expected TABLE=COL[,COL], e.g. public.orders=id")
+            raise ValueError(
+                f"--primary-key {spec!r}: expected TABLE=COL[,COL], e.g. public.orders=id"
+            )
         keys[table] = [c.strip() for c in cols.split(",") if c.strip()]
     options["primary_keys"] = keys
     return options
 
 
-def _emit(outcome: Any, counts: Counter[str]) -> None:
+def _emit(outcome: Any, counts: Counter[str], item: Any = None) -> None:
     if isinstance(outcome, DeadLetter):
         counts["dead_letter"] += 1
         console.emit_json(outcome.to_json(), stream=sys.stderr)
     elif isinstance(outcome, Skip):
         counts[f"skipped_{outcome.kind}"] += 1
     else:
+        try:
+            console.emit_json(event_to_json(outcome))
+        except UnicodeEncodeError as exc:  # a lone UTF-16 surrogate from a JSON "\\udXXX" escape
+            reason = f"record holds text that is not valid Unicode: {exc}"
+            _emit(DeadLetter(item.file, item.index, reason, item.raw_bytes()), counts)
+            return
         counts["events"] += 1
-        console.emit_json(event_to_json(outcome))
 
 
 def _summary(counts: Counter[str]) -> str:
     skipped = sum(v for k, v in counts.items() if k.startswith("skipped_"))
-    detail = ", ".join(f"{k[8:]} {v}" for k, v in sorted(counts.items()) if k.startswith("skipped_"))
-    text = f"normalize: {counts['events']} events, {counts['dead_letter']} dead letters, {skipped} skipped"
+    detail = ", ".join(
+        f"{k[8:]} {v}" for k, v in sorted(counts.items()) if k.startswith("skipped_")
+    )
+    events, dead = counts["events"], counts["dead_letter"]
+    text = f"normalize: {events} events, {dead} dead letters, {skipped} skipped"
     return f"{text} ({detail})" if detail else text

@@ -68,4 +68,8 @@ def _json_value(value: Any) -> Any:
 
 def _text(value: Any) -> Any:
     converted = _json_value(value)
-    return converted if isinstance(converted, str | int | float) or converted is None else str(converted)
+    return (
+        converted
+        if isinstance(converted, str | int | float) or converted is None
+        else str(converted)
+    )

@@ -41,10 +41,12 @@ def parse_spec(spec: str) -> LocalWarehouseConfig | BigQueryWarehouseConfig:
     if not sep or not rest:
         raise ConfigError(f"warehouse {spec!r} is not 'local:DIR' or 'bigquery:PROJECT'")
     if kind == "local":
-        return LocalWarehouseConfig(path=rest)
+        return LocalWarehouseConfig.model_validate({"path": rest})
     if kind == "bigquery":
         project, _, endpoint = rest.partition("@")
-        return BigQueryWarehouseConfig(project=project, api_endpoint=endpoint or None)
+        return BigQueryWarehouseConfig.model_validate(
+            {"project": project, "api_endpoint": endpoint or None}
+        )
     raise ConfigError(f"unknown warehouse type {kind!r} in {spec!r}; known: {sorted(WAREHOUSES)}")
 
 

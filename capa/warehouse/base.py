@@ -30,7 +30,14 @@ META_COMMIT_TS = "_capa_commit_ts"
 META_INGESTED_AT = "_capa_ingested_at"
 META_EVENT_ID = "_capa_event_id"
 META_DELETED = "_capa_deleted"
-META_COLUMNS = (META_POSITION, META_OP, META_COMMIT_TS, META_INGESTED_AT, META_EVENT_ID, META_DELETED)
+META_COLUMNS = (
+    META_POSITION,
+    META_OP,
+    META_COMMIT_TS,
+    META_INGESTED_AT,
+    META_EVENT_ID,
+    META_DELETED,
+)
 CHANGELOG_SUFFIX = "_changelog"
 RAW_NAMESPACE = "raw"
 
@@ -66,8 +73,19 @@ class Warehouse(Protocol):
         """Qualified names of the tables present (``raw.f2_public_orders`` ...)."""
         ...
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Run SQL over the store; rows as dicts. Values are bound, never interpolated."""
+        ...
+
+    def rows(self, table: str, *, include_deleted: bool | None = None) -> list[dict[str, Any]]:
+        """All rows of ``namespace.name`` (a cheap replica read for checks and tests);
+        tombstones only if asked or soft deletes are configured."""
+        ...
+
+    def row_count(self, table: str, *, include_deleted: bool | None = None) -> int:
+        """Number of rows :meth:`rows` would return."""
         ...
 
     def close(self) -> None: ...

@@ -72,7 +72,8 @@ def merge_replica_sql(spec: MergeSpec, dialect_name: str = "bigquery") -> str:
         [
             f"MERGE {d.table(spec.target)} AS T",
             f"USING (SELECT * FROM {d.table(spec.source)}",
-            f"  WHERE {d.ident(spec.stage_column)} = {d.param('stage')} AND {pos} > {d.param('watermark')}",
+            f"  WHERE {d.ident(spec.stage_column)} = {d.param('stage')}"
+            f" AND {pos} > {d.param('watermark')}",
             f"  QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {pos} DESC) = 1) AS S",
             f"ON {on}",
             f"WHEN MATCHED AND S.{pos} > T.{pos} THEN UPDATE SET {_assignments(spec, d)}",
@@ -99,7 +100,10 @@ def _column_list(columns: Sequence[str], d: Dialect, prefix: str = "") -> str:
 
 
 def merge_changelog_sql(
-    target: Sequence[str], source: Sequence[str], columns: Sequence[str], dialect_name: str = "bigquery"
+    target: Sequence[str],
+    source: Sequence[str],
+    columns: Sequence[str],
+    dialect_name: str = "bigquery",
 ) -> str:
     """Append staged events whose ``_capa_event_id`` the changelog does not hold yet."""
     d = dialect(dialect_name)
@@ -107,10 +111,12 @@ def merge_changelog_sql(
     return "\n".join(
         [
             f"MERGE {d.table(target)} AS T",
-            f"USING (SELECT * FROM {d.table(source)} WHERE {d.ident('_capa_stage')} = {d.param('stage')}",
+            f"USING (SELECT * FROM {d.table(source)}"
+            f" WHERE {d.ident('_capa_stage')} = {d.param('stage')}",
             f"  QUALIFY ROW_NUMBER() OVER (PARTITION BY {event_id} ORDER BY {pos}) = 1) AS S",
             f"ON T.{event_id} = S.{event_id} AND T.{pos} >= {d.param('first_position')}",
-            f"WHEN NOT MATCHED THEN INSERT ({_column_list(columns, d)}) VALUES ({_column_list(columns, d, 'S.')})",
+            f"WHEN NOT MATCHED THEN INSERT ({_column_list(columns, d)})"
+            f" VALUES ({_column_list(columns, d, 'S.')})",
         ]
     )
 
@@ -138,7 +144,9 @@ def select_watermark_sql(state: Sequence[str], dialect_name: str = "bigquery") -
     )
 
 
-def alter_column_type_sql(table: Sequence[str], column: str, type_sql: str, dialect_name: str = "bigquery") -> str:
+def alter_column_type_sql(
+    table: Sequence[str], column: str, type_sql: str, dialect_name: str = "bigquery"
+) -> str:
     """Widen a column's type in place (BigQuery: INT64 -> NUMERIC/FLOAT64, NUMERIC(p,s) growth)."""
     d = dialect(dialect_name)
     return f"ALTER TABLE {d.table(table)} ALTER COLUMN {d.ident(column)} SET DATA TYPE {type_sql}"

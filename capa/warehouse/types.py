@@ -35,7 +35,9 @@ from capa.errors import SchemaDriftError
 
 MAX_DECIMAL_PRECISION = 38
 DEFAULT_DECIMAL_SCALE = 9
-_DECLARED_DECIMAL = re.compile(r"^\s*(?:numeric|decimal|number)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
+_DECLARED_DECIMAL = re.compile(
+    r"^\s*(?:numeric|decimal|number)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I
+)
 _INT_TYPES = {"int": "int", "bool": "bool"}
 
 
@@ -94,7 +96,9 @@ def _decimal_type(values: list[Any], source_type: str) -> ColumnType:
     declared = declared_decimal(source_type)
     if declared:
         return ColumnType("decimal", *declared)
-    scale = max([DEFAULT_DECIMAL_SCALE, *(decimal_scale(v) for v in values if isinstance(v, Decimal))])
+    scale = max(
+        [DEFAULT_DECIMAL_SCALE, *(decimal_scale(v) for v in values if isinstance(v, Decimal))]
+    )
     return ColumnType("decimal", MAX_DECIMAL_PRECISION, min(scale, MAX_DECIMAL_PRECISION))
 
 
@@ -106,7 +110,9 @@ def infer_types(
     for row in rows:
         for name, value in row.items():
             values.setdefault(name, []).append(value)
-    return {name: _merge_all(vals, source_types.get(name, ""), name) for name, vals in values.items()}
+    return {
+        name: _merge_all(vals, source_types.get(name, ""), name) for name, vals in values.items()
+    }
 
 
 def _merge_all(values: list[Any], source_type: str, name: str) -> ColumnType | None:
@@ -150,7 +156,10 @@ def fits(narrow: ColumnType, wide: ColumnType) -> bool:
 
 
 def _decimal_fits(narrow: ColumnType, wide: ColumnType) -> bool:
-    return wide.scale >= narrow.scale and wide.precision - wide.scale >= narrow.precision - narrow.scale
+    return (
+        wide.scale >= narrow.scale
+        and wide.precision - wide.scale >= narrow.precision - narrow.scale
+    )
 
 
 def _array_fits(narrow: ColumnType, wide: ColumnType) -> bool:

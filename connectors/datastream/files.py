@@ -124,7 +124,9 @@ def read_avro_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
     import fastavro
 
     if not data.startswith(_AVRO_MAGIC):
-        yield DeadLetter(name, None, "not an Avro object container file (no 'Obj\\x01' header)", data)
+        yield DeadLetter(
+            name, None, "not an Avro object container file (no 'Obj\\x01' header)", data
+        )
         return
     try:
         reader = fastavro.reader(io.BytesIO(data))
@@ -142,7 +144,9 @@ def read_avro_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
         yield DeadLetter(name, index, reason, data)
         return
     if index == 0:  # valid but empty, or truncated at a block boundary: say so
-        yield DeadLetter(name, None, "Avro file holds no records (empty or truncated after the header)", data)
+        yield DeadLetter(
+            name, None, "Avro file holds no records (empty or truncated after the header)", data
+        )
 
 
 def payload_hints(schema: Any) -> dict[str, str]:
@@ -178,7 +182,9 @@ def _has_json_logical(kind: Any, depth: int = 0) -> bool:
         return False
     if kind.get("logicalType") == "json":
         return True
-    if kind.get("type") == "record" and str(kind.get("name", "")).startswith("multidimensionalArray"):
+    if kind.get("type") == "record" and str(kind.get("name", "")).startswith(
+        "multidimensionalArray"
+    ):
         return any(
             f.get("name") == "elementValue" and _has_json_logical(f.get("type"), depth + 1)
             for f in kind.get("fields") or ()

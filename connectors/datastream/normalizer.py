@@ -62,7 +62,9 @@ class DatastreamNormalizer:
         op, snapshot = _operation(record, meta)
         payload = record.get("payload")
         if payload is not None and not isinstance(payload, dict):
-            raise DecodeError(f"Datastream payload must be an object or null, got {type(payload).__name__}")
+            raise DecodeError(
+                f"Datastream payload must be an object or null, got {type(payload).__name__}"
+            )
         row = None if payload is None else FrozenRow(_row(payload, hints or {}))
         primary_key, key = _key(meta, row, op)
         name = self.source or _source_name(record.get("stream_name"))
@@ -78,7 +80,7 @@ class DatastreamNormalizer:
             position=position,
             commit_ts_us=checked_ts_us(_timestamp_us(record.get("source_timestamp"))),
             primary_key=primary_key,
-            key=key,
+            key=FrozenRow(key),
             before=row if op is Op.DELETE else None,
             after=None if op is Op.DELETE else row,
             transaction_id=None if meta.get("tx_id") is None else str(meta["tx_id"]),
@@ -91,7 +93,9 @@ def unwrap_transport(record: Any) -> Mapping[str, Any]:
     """Find the Datastream record inside a CloudEvent / Pub/Sub push envelope."""
     for _ in range(3):
         if not isinstance(record, dict):
-            raise DecodeError(f"a Datastream record must be a JSON object, got {type(record).__name__}")
+            raise DecodeError(
+                f"a Datastream record must be a JSON object, got {type(record).__name__}"
+            )
         if "source_metadata" in record:
             return record
         inner = record.get("data", record.get("message"))
@@ -119,7 +123,8 @@ def _operation(record: Mapping[str, Any], meta: Mapping[str, Any]) -> tuple[Op, 
         return Op.READ, True
     if method != _CDC:
         raise DecodeError(
-            f"Datastream read_method {method!r} is not supported; capa reads {_BACKFILL!r} and {_CDC!r}"
+            f"Datastream read_method {method!r} is not supported; "
+            f"capa reads {_BACKFILL!r} and {_CDC!r}"
         )
     if meta.get("is_deleted") is True:
         return Op.DELETE, False
@@ -128,7 +133,9 @@ def _operation(record: Mapping[str, Any], meta: Mapping[str, Any]) -> tuple[Op, 
         return _CHANGE_TYPES[str(change).upper()], False
     except KeyError:
         known = ", ".join(_CHANGE_TYPES)
-        raise DecodeError(f"Datastream change_type {change!r} is unknown; expected one of {known}") from None
+        raise DecodeError(
+            f"Datastream change_type {change!r} is unknown; expected one of {known}"
+        ) from None
 
 
 def _lsn(record: Mapping[str, Any], meta: Mapping[str, Any], snapshot: bool) -> str | int:
@@ -140,13 +147,17 @@ def _lsn(record: Mapping[str, Any], meta: Mapping[str, Any], snapshot: bool) -> 
     if lsn is None:
         if snapshot:
             return 0
-        raise DecodeError("Datastream CDC record has no source_metadata.lsn, so it cannot be ordered")
+        raise DecodeError(
+            "Datastream CDC record has no source_metadata.lsn, so it cannot be ordered"
+        )
     if isinstance(lsn, bool) or not isinstance(lsn, str | int):
         raise DecodeError(f"Datastream lsn {lsn!r} is not 'X/Y' text")
     return lsn
 
 
-def _key(meta: Mapping[str, Any], row: FrozenRow | None, op: Op) -> tuple[tuple[str, ...], dict[str, Any]]:
+def _key(
+    meta: Mapping[str, Any], row: FrozenRow | None, op: Op
+) -> tuple[tuple[str, ...], dict[str, Any]]:
     names = meta.get("primary_keys") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DecodeError(f"source_metadata.primary_keys {names!r} is not a list of column names")
@@ -158,7 +169,8 @@ def _key(meta: Mapping[str, Any], row: FrozenRow | None, op: Op) -> tuple[tuple[
             )
         if op is Op.DELETE:
             raise DecodeError(
-                f"Datastream delete with an empty/null payload: the values of key {names} are missing"
+                f"Datastream delete with an empty/null payload: "
+                f"the values of key {names} are missing"
             )
         raise DecodeError(f"Datastream {op.name.lower()} record has an empty/null payload")
     missing = [n for n in names if n not in row]
@@ -192,7 +204,9 @@ def _mapping_value(value: Mapping[str, Any], hint: str | None, depth: int) -> An
         try:
             return bytes.fromhex(str(value["__bytes_hex__"]))
         except ValueError:
-            raise DecodeError(f"__bytes_hex__ value {value['__bytes_hex__']!r:.100} is not hex") from None
+            raise DecodeError(
+                f"__bytes_hex__ value {value['__bytes_hex__']!r:.100} is not hex"
+            ) from None
     if set(value) == {"nestedArray", "elementValue"}:  # Avro multidimensional array
         nested = value["nestedArray"]
         if nested is None:
@@ -230,6 +244,8 @@ def _timestamp_us(value: Any) -> int | None:
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise DecodeError(f"source_timestamp {value!r:.100} is not an ISO-8601 timestamp") from None
+            raise DecodeError(
+                f"source_timestamp {value!r:.100} is not an ISO-8601 timestamp"
+            ) from None
         return datetime_to_us(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     raise DecodeError(f"source_timestamp {value!r:.100} is neither a timestamp nor epoch millis")

@@ -12,7 +12,9 @@ from typing import Any
 
 from capa.errors import DecodeError
 
-_AVRO_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_AVRO_PRIMITIVES = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+)
 _MISSING = object()
 
 
@@ -37,7 +39,11 @@ def unwrap(record: Any) -> Unwrapped:
         value_payload, value_schema = split_envelope(_maybe_json(record.get("value")))
         return Unwrapped(
             topic if isinstance(topic, str) else None,
-            key_payload, key_schema, value_payload, value_schema, "key" in record,
+            key_payload,
+            key_schema,
+            value_payload,
+            value_schema,
+            "key" in record,
         )
     payload, schema = split_envelope(record)
     return Unwrapped(None, None, None, payload, schema, False)
@@ -49,7 +55,9 @@ def _maybe_json(value: Any) -> Any:
         try:
             return json.loads(value)
         except (ValueError, RecursionError):
-            raise DecodeError(f"record key/value is a string but not JSON: {value[:200]!r}") from None
+            raise DecodeError(
+                f"record key/value is a string but not JSON: {value[:200]!r}"
+            ) from None
     return value
 
 
@@ -104,7 +112,9 @@ def skip_kind(unwrapped: Unwrapped) -> str | None:
     if value is None:
         if unwrapped.has_key:
             return "tombstone"
-        raise DecodeError("record is null: a tombstone needs its record key ({destination, key, value})")
+        raise DecodeError(
+            "record is null: a tombstone needs its record key ({destination, key, value})"
+        )
     if not isinstance(value, dict):
         raise DecodeError(f"Debezium value must be a JSON object, got {type(value).__name__}")
     if topic.startswith("__debezium-heartbeat") or (set(value) == {"ts_ms"} and "op" not in value):

@@ -36,7 +36,9 @@ from connectors.debezium.values import (
 logger = logging.getLogger(__name__)
 
 _OPS = {"r": Op.READ, "c": Op.INSERT, "u": Op.UPDATE, "d": Op.DELETE, "t": Op.TRUNCATE}
-_SNAPSHOT_TRUE = frozenset({"true", "first", "last", "first_in_data_collection", "last_in_data_collection", "incremental"})
+_SNAPSHOT_TRUE = frozenset(
+    {"true", "first", "last", "first_in_data_collection", "last_in_data_collection", "incremental"}
+)
 
 
 def _snapshot_flag(source: Mapping[str, Any], op: Op) -> bool:
@@ -48,13 +50,17 @@ def _pg_position(source: Mapping[str, Any], op: Op) -> str:
     lsn = source.get("lsn")
     if lsn is None:
         raise DecodeError("PostgreSQL event has no source.lsn")
-    return pg_position(lsn if isinstance(lsn, int) else str(lsn), snapshot=_snapshot_flag(source, op))
+    return pg_position(
+        lsn if isinstance(lsn, int) else str(lsn), snapshot=_snapshot_flag(source, op)
+    )
 
 
 def _mssql_position(source: Mapping[str, Any], op: Op) -> str:
     serial = source.get("event_serial_no")
     return mssql_position(
-        source.get("commit_lsn"), source.get("change_lsn"), None if serial is None else to_int(serial)
+        source.get("commit_lsn"),
+        source.get("change_lsn"),
+        None if serial is None else to_int(serial),
     )
 
 
@@ -126,7 +132,8 @@ class DebeziumNormalizer:
         connector = str(source.get("connector", ""))
         if connector not in CONNECTORS:
             raise DecodeError(
-                f"Debezium connector {connector!r} is not supported; capa reads: {', '.join(CONNECTORS)}"
+                f"Debezium connector {connector!r} is not supported; "
+                f"capa reads: {', '.join(CONNECTORS)}"
             )
         kind, position_of, transaction_of = CONNECTORS[connector]
         schema, table = _schema_table(source, parts.topic, kind)
@@ -137,7 +144,8 @@ class DebeziumNormalizer:
         if op is Op.DELETE and before is None and not key:
             raise DecodeError(
                 "delete event has no before image and no record key, so the deleted row is "
-                "unknown; keep the Kafka record key ({destination, key, value}) or configure primary_keys"
+                "unknown; keep the Kafka record key ({destination, key, value}) "
+                "or configure primary_keys"
             )
         if op is Op.TRUNCATE:
             primary_key, key, before, after = (), {}, None, None
@@ -153,7 +161,7 @@ class DebeziumNormalizer:
             position=position,
             commit_ts_us=_commit_ts_us(source),
             primary_key=primary_key,
-            key=key,
+            key=FrozenRow(key),
             before=before,
             after=after,
             columns=columns,
@@ -174,7 +182,9 @@ class DebeziumNormalizer:
         if cached is None:
             fields = _fields(struct) if struct else []
             columns = tuple(
-                Column(str(f.get("field")), schema_type_name(f)) for f in fields if isinstance(f, dict)
+                Column(str(f.get("field")), schema_type_name(f))
+                for f in fields
+                if isinstance(f, dict)
             )
             cached = (schema_converters(struct), columns)
             if len(self._schema_cache) < 4096:
@@ -204,12 +214,16 @@ class DebeziumNormalizer:
         if names and image is not None:
             missing = [n for n in names if n not in image]
             if missing:
-                raise DecodeError(f"configured primary-key columns {missing} are not in the row image")
+                raise DecodeError(
+                    f"configured primary-key columns {missing} are not in the row image"
+                )
             return names, {n: image[n] for n in names}
         return (), {}
 
 
-def _key_value(name: str, raw: Any, image: Mapping[str, Any] | None, conv: Mapping[str, Converter]) -> Any:
+def _key_value(
+    name: str, raw: Any, image: Mapping[str, Any] | None, conv: Mapping[str, Converter]
+) -> Any:
     if image is not None and name in image:
         return image[name]
     if raw is None:
@@ -222,11 +236,15 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 _PLACEHOLDERS = (UNAVAILABLE, UNAVAILABLE_B64)
 
 
-def _row(image: Any, converters: Mapping[str, Converter]) -> tuple[FrozenRow | None, tuple[str, ...]]:
+def _row(
+    image: Any, converters: Mapping[str, Converter]
+) -> tuple[FrozenRow | None, tuple[str, ...]]:
     if image is None:
         return None, ()
     if not isinstance(image, dict):
-        raise DecodeError(f"row image must be a JSON object, got {type(image).__name__}: {image!r:.200}")
+        raise DecodeError(
+            f"row image must be a JSON object, got {type(image).__name__}: {image!r:.200}"
+        )
     plain = _PLAIN
     if not converters and all(type(v) in plain for v in image.values()):
         row = dict(image)  # hot path: schemaless JSON-native row
@@ -260,7 +278,13 @@ def _schema_fingerprint(struct: Mapping[str, Any] | None) -> Any:
     if not struct:
         return None
     items = tuple(
-        (str(f.get("field")), str(f.get("type")), str(f.get("name")), str(f.get("parameters")), str(f.get("items")))
+        (
+            str(f.get("field")),
+            str(f.get("type")),
+            str(f.get("name")),
+            str(f.get("parameters")),
+            str(f.get("items")),
+        )
         for f in _fields(struct)
         if isinstance(f, dict)
     )
@@ -272,11 +296,15 @@ def _fields(struct: Mapping[str, Any]) -> list[Any]:
     if fields is None:
         return []
     if not isinstance(fields, list):
-        raise DecodeError(f"Connect schema {str(struct.get('name'))!r:.100} has 'fields' that is not a list")
+        raise DecodeError(
+            f"Connect schema {str(struct.get('name'))!r:.100} has 'fields' that is not a list"
+        )
     return fields
 
 
-def _schema_table(source: Mapping[str, Any], topic: str | None, kind: SourceKind) -> tuple[str, str]:
+def _schema_table(
+    source: Mapping[str, Any], topic: str | None, kind: SourceKind
+) -> tuple[str, str]:
     schema, table = source.get("schema"), source.get("table")
     if isinstance(schema, str) and isinstance(table, str) and schema and table:
         return schema, table
@@ -312,5 +340,7 @@ def _opt_str(value: Any) -> str | None:
 def _no_op_reason(payload: Mapping[str, Any]) -> str:
     if "op" not in payload:
         fields = ", ".join(sorted(map(str, payload))[:8])
-        return f"not a Debezium change event: no 'op' field (fields: {fields}); is this a record key?"
+        return (
+            f"not a Debezium change event: no 'op' field (fields: {fields}); is this a record key?"
+        )
     return f"unknown Debezium op {payload.get('op')!r}; expected one of r, c, u, d, t"

@@ -284,7 +284,9 @@ def field_converter(field: Mapping[str, Any]) -> Converter:
         return array_of(field_converter(field.get("items") or {"type": "string"}))
     if isinstance(kind, str) and kind.lower() in PRIMITIVE:
         return PRIMITIVE[kind.lower()]
-    raise DecodeError(f"unknown Connect type {kind!r} (logical {name!r}) for field {field.get('field')!r}")
+    raise DecodeError(
+        f"unknown Connect type {kind!r} (logical {name!r}) for field {field.get('field')!r}"
+    )
 
 
 def _decimal_scale(field: Mapping[str, Any]) -> int:
@@ -292,7 +294,9 @@ def _decimal_scale(field: Mapping[str, Any]) -> int:
     try:
         return int(params["scale"])
     except (KeyError, TypeError, ValueError):
-        raise DecodeError(f"Decimal field {field.get('field')!r} has no integer scale parameter") from None
+        raise DecodeError(
+            f"Decimal field {field.get('field')!r} has no integer scale parameter"
+        ) from None
 
 
 def array_of(item: Converter) -> Converter:
@@ -321,7 +325,11 @@ def schema_type_name(field: Mapping[str, Any]) -> str:
         params = field.get("parameters")
         params = params if isinstance(params, dict) else {}
         precision = params.get("connect.decimal.precision", "")
-        return f"decimal({precision},{params.get('scale', '')})" if precision else f"decimal(,{params.get('scale', '')})"
+        return (
+            f"decimal({precision},{params.get('scale', '')})"
+            if precision
+            else f"decimal(,{params.get('scale', '')})"
+        )
     return f"{kind}:{name}" if name else kind
 
 
@@ -368,4 +376,6 @@ def hint_converter(hint: str) -> Converter:
         return HINT_CONVERTERS[text]
     except KeyError:
         known = ", ".join(sorted(HINT_CONVERTERS))
-        raise DecodeError(f"unknown column type hint {hint!r}; use decimal(S) or one of: {known}") from None
+        raise DecodeError(
+            f"unknown column type hint {hint!r}; use decimal(S) or one of: {known}"
+        ) from None

@@ -127,7 +127,9 @@ def read_dlq(topic: Topic, expected: int, timeout_s: float = 30) -> list[Any]:
     return [dead_letter_from_message(m.value(), m.headers()) for m in found]
 
 
-def test_bounded_apply_builds_the_replica_and_dead_letters_poison(kafka: Any, tmp_path: Path) -> None:
+def test_bounded_apply_builds_the_replica_and_dead_letters_poison(
+    kafka: Any, tmp_path: Path
+) -> None:
     topic = Topic(kafka)
     events, expected = workload(6000, keys=800, seed=3)
     poison = [b"not avro at all", b"\xc3\x01" + b"\x00" * 8 + b"bad body"]
@@ -176,7 +178,7 @@ def test_kill_9_mid_run_then_restart_gives_the_same_replica(kafka: Any, tmp_path
     assert applied < len(events), "the job finished before it could be killed mid-run"
     status.unlink()
 
-    run_job(argv + ["--stop_at_end"], log)
+    run_job([*argv, "--stop_at_end"], log)
 
     assert replica_rows(tmp_path / "wh") == expected, log.read_text()[-3000:]
     assert_offsets_at_end(topic)

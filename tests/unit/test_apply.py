@@ -58,12 +58,22 @@ def test_replaying_everything_again_changes_nothing(history, seed) -> None:
 
 
 def test_older_event_is_a_noop() -> None:
-    state = replay([[event(Op.INSERT, 1, 20, after=full_row(1, 2))], [event(Op.UPDATE, 1, 10, after=full_row(1, 1))]])
+    state = replay(
+        [
+            [event(Op.INSERT, 1, 20, after=full_row(1, 2))],
+            [event(Op.UPDATE, 1, 10, after=full_row(1, 1))],
+        ]
+    )
     assert state.rows[(1,)]["name"] == "n2"
 
 
 def test_delete_keeps_a_tombstone_so_late_older_events_stay_noops() -> None:
-    state = replay([[event(Op.DELETE, 1, 30, before={"id": 1})], [event(Op.INSERT, 1, 10, after=full_row(1, 1))]])
+    state = replay(
+        [
+            [event(Op.DELETE, 1, 30, before={"id": 1})],
+            [event(Op.INSERT, 1, 10, after=full_row(1, 1))],
+        ]
+    )
     assert state.rows[(1,)]["_capa_deleted"] is True
     assert state.visible() == {}
 
@@ -71,7 +81,10 @@ def test_delete_keeps_a_tombstone_so_late_older_events_stay_noops() -> None:
 def test_truncate_removes_older_rows_and_blocks_late_older_events() -> None:
     state = replay(
         [
-            [event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.INSERT, 2, 50, after=full_row(2, 2))],
+            [
+                event(Op.INSERT, 1, 10, after=full_row(1, 1)),
+                event(Op.INSERT, 2, 50, after=full_row(2, 2)),
+            ],
             [event(Op.TRUNCATE, None, 40)],
             [event(Op.UPDATE, 1, 20, after=full_row(1, 3))],
         ]
@@ -82,7 +95,10 @@ def test_truncate_removes_older_rows_and_blocks_late_older_events() -> None:
 
 def test_primary_key_update_moves_the_row() -> None:
     plan = plan_table(
-        [event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.UPDATE, 9, 11, after=full_row(9, 2), before={"id": 1})]
+        [
+            event(Op.INSERT, 1, 10, after=full_row(1, 1)),
+            event(Op.UPDATE, 9, 11, after=full_row(9, 2), before={"id": 1}),
+        ]
     )
     changes = {c.key: c for c in plan.changes}
     assert changes[(1,)].deleted and not changes[(9,)].deleted
@@ -92,7 +108,13 @@ def test_unchanged_column_folds_from_an_earlier_event_of_the_batch() -> None:
     plan = plan_table(
         [
             event(Op.INSERT, 1, 10, after=full_row(1, 1)),
-            event(Op.UPDATE, 1, 11, after={"id": 1, "name": "x", "amount": Decimal(2)}, unchanged=("doc",)),
+            event(
+                Op.UPDATE,
+                1,
+                11,
+                after={"id": 1, "name": "x", "amount": Decimal(2)},
+                unchanged=("doc",),
+            ),
         ]
     )
     (change,) = plan.changes
@@ -112,7 +134,14 @@ def test_duplicates_are_planned_once() -> None:
 
 def test_table_without_primary_key_is_a_clear_terminal_error() -> None:
     keyless = event(Op.INSERT, 1, 10, after=full_row(1, 1))
-    keyless = type(keyless)(**{**{f: getattr(keyless, f) for f in keyless.__dataclass_fields__}, "primary_key": (), "key": {}, "event_id": ""})
+    keyless = type(keyless)(
+        **{
+            **{f: getattr(keyless, f) for f in keyless.__dataclass_fields__},
+            "primary_key": (),
+            "key": {},
+            "event_id": "",
+        }
+    )
     with pytest.raises(DecodeError, match="no primary key"):
         plan_table([keyless])
 

@@ -17,7 +17,12 @@ from capa.events import ChangeEvent, Column, Op, SourceKind
 from capa.position import pg_position
 
 KEYS = (1, 2, 3, 4)
-COLUMNS = (Column("id", "int4"), Column("name", "text"), Column("amount", "numeric(10,2)"), Column("doc", "text"))
+COLUMNS = (
+    Column("id", "int4"),
+    Column("name", "text"),
+    Column("amount", "numeric(10,2)"),
+    Column("doc", "text"),
+)
 
 
 def event(
@@ -57,7 +62,11 @@ def full_row(key: int, n: int) -> dict[str, Any]:
 def histories(draw: st.DrawFn, *, toast: bool = False, max_steps: int = 24) -> list[ChangeEvent]:
     """A source-valid history in position order: inserts, updates (optionally with TOAST
     ``unchanged``), deletes, primary-key moves and truncates."""
-    steps = draw(st.lists(st.tuples(st.sampled_from(KEYS), st.integers(0, 99)), min_size=1, max_size=max_steps))
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from(KEYS), st.integers(0, 99)), min_size=1, max_size=max_steps
+        )
+    )
     live: set[int] = set()
     events: list[ChangeEvent] = []
     for n, (key, dice) in enumerate(steps):
@@ -97,10 +106,22 @@ def sequential_replica(events: list[ChangeEvent]) -> dict[int, dict[str, Any]]:
             rows.clear()
             continue
         if e.op is Op.DELETE:
-            rows[e.key["id"]] = {**dict.fromkeys(("name", "amount", "doc")), **e.before, "_deleted": True, "_pos": e.position}
+            rows[e.key["id"]] = {
+                **dict.fromkeys(("name", "amount", "doc")),
+                **e.before,
+                "_deleted": True,
+                "_pos": e.position,
+            }
             continue
         if e.before and e.before.get("id") not in (None, e.key["id"]):
-            rows[e.before["id"]] = {"id": e.before["id"], "name": None, "amount": None, "doc": None, "_deleted": True, "_pos": e.position}
+            rows[e.before["id"]] = {
+                "id": e.before["id"],
+                "name": None,
+                "amount": None,
+                "doc": None,
+                "_deleted": True,
+                "_pos": e.position,
+            }
         previous = rows.get(e.key["id"], {})
         row = {**dict.fromkeys(("name", "amount", "doc")), **e.after}
         row.update({c: previous.get(c) for c in e.unchanged})
@@ -108,7 +129,9 @@ def sequential_replica(events: list[ChangeEvent]) -> dict[int, dict[str, Any]]:
     return rows
 
 
-def shuffled_batches(events: list[ChangeEvent], seed: int, *, shuffle: bool = True) -> list[list[ChangeEvent]]:
+def shuffled_batches(
+    events: list[ChangeEvent], seed: int, *, shuffle: bool = True
+) -> list[list[ChangeEvent]]:
     """Duplicate some events, shuffle (optionally), cut into 1-4 batches."""
     rng = random.Random(seed)
     delivered = events + [e for e in events if rng.random() < 0.3]
@@ -138,7 +161,9 @@ def normalise(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 def test_reference_applies_a_simple_history() -> None:
     history = [
         event(Op.INSERT, 1, 10, after=full_row(1, 1)),
-        event(Op.UPDATE, 1, 11, after={"id": 1, "name": "x", "amount": Decimal(1)}, unchanged=("doc",)),
+        event(
+            Op.UPDATE, 1, 11, after={"id": 1, "name": "x", "amount": Decimal(1)}, unchanged=("doc",)
+        ),
         event(Op.INSERT, 2, 12, after=full_row(2, 2)),
         event(Op.DELETE, 2, 13, before={"id": 2}),
     ]

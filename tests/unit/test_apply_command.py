@@ -25,12 +25,41 @@ def test_apply_then_sql_json(tmp_path, capsys) -> None:
     ]
     _write(tmp_path / "in.jsonl", events + events[:2])  # redelivered tail
     lake = f"local:{tmp_path / 'lake'}"
-    assert main(["apply", "--input", str(tmp_path / "in.jsonl"), "--warehouse", lake, "--batch-size", "3"]) == 0
+    assert (
+        main(
+            [
+                "apply",
+                "--input",
+                str(tmp_path / "in.jsonl"),
+                "--warehouse",
+                lake,
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "6 lines" in capsys.readouterr().err
-    assert main(["sql", "--warehouse", lake, "--json", "SELECT id, name, amount FROM raw.f2_public_orders"]) == 0
+    assert (
+        main(
+            [
+                "sql",
+                "--warehouse",
+                lake,
+                "--json",
+                "SELECT id, name, amount FROM raw.f2_public_orders",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows == [{"id": 1, "name": "n3", "amount": "0.75"}]
-    assert main(["sql", "--warehouse", lake, "SELECT count(*) AS n FROM raw.f2_public_orders_changelog"]) == 0
+    assert (
+        main(
+            ["sql", "--warehouse", lake, "SELECT count(*) AS n FROM raw.f2_public_orders_changelog"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.split() == ["n", "-", "4"]
 
 
@@ -38,16 +67,28 @@ def test_bad_lines_and_drift_go_to_dead_letter_with_exit_3(tmp_path, capsys) -> 
     good = event(Op.INSERT, 1, 10, after=full_row(1, 1))
     drift = event(Op.INSERT, 2, 11, after={"id": 2, "name": 42})  # name was text
     _write(tmp_path / "in.jsonl", [good, drift], extra_lines=['{"op": "c"}', "[1, 2"])
-    code = main(["apply", "--input", str(tmp_path / "in.jsonl"), "--warehouse", f"local:{tmp_path / 'lake'}"])
+    code = main(
+        [
+            "apply",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--warehouse",
+            f"local:{tmp_path / 'lake'}",
+        ]
+    )
     assert code == 3
-    letters = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    letters = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
     assert len(letters) == 3 and all(letter["reason"] for letter in letters)
     assert any("changed type from string to int" in letter["reason"] for letter in letters)
     assert {letter["original"].strip() for letter in letters} >= {'{"op": "c"}', "[1, 2"}
 
 
 def test_usage_errors(tmp_path, capsys) -> None:
-    assert main(["apply", "--input", str(tmp_path / "missing.jsonl"), "--warehouse", "local:x"]) == 2
+    assert (
+        main(["apply", "--input", str(tmp_path / "missing.jsonl"), "--warehouse", "local:x"]) == 2
+    )
     assert "no such input file" in capsys.readouterr().err
     (tmp_path / "in.jsonl").write_text("")
     assert main(["apply", "--input", str(tmp_path / "in.jsonl"), "--warehouse", "nowhere"]) == 2

@@ -27,8 +27,8 @@ from beam_jobs.options import build_options
 from beam_jobs.streaming_apply import (
     DEAD_LETTER_TAG,
     ApplyToRaw,
-    DecodeEvents,
     Decoded,
+    DecodeEvents,
 )
 from capa.codec import encode_single_object
 from capa.errors import ConfigError
@@ -104,7 +104,7 @@ def test_decode_events_sends_poison_to_dead_letters_and_keeps_its_offset() -> No
             label="AssertEvents",
         )
         assert_that(
-            out[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.location, d.raw, "beam-apply" == d.origin,
+            out[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.location, d.raw, d.origin == "beam-apply",
                                                        bool(d.reason))),
             equal_to([("t/0@1", b"\x00\x00garbage", True, True), ("t/0@2", None, True, True)]),
             label="AssertDeadLetters",

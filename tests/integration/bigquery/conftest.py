@@ -48,19 +48,37 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float =
 
 @pytest.fixture(scope="session")
 def bqemulator(tmp_path_factory, request) -> BigQueryWarehouseConfig:
-    subprocess.run(["bash", str(ROOT / "scripts" / "setup_bqemulator.sh"), sys.executable], check=True)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "setup_bqemulator.sh"), sys.executable], check=True
+    )
     rest, grpc = _free_port(), _free_port()
     log = tmp_path_factory.mktemp("bqemulator") / "bqemulator.log"
     binary = Path(sys.executable).parent / "bqemulator"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(binary), "start", "--rest-port", str(rest), "--grpc-port", str(grpc), "--project", PROJECT,
-             "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(binary),
+                "start",
+                "--rest-port",
+                str(rest),
+                "--grpc-port",
+                str(grpc),
+                "--project",
+                PROJECT,
+                "--log-level",
+                "warning",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
-        _wait_ready(f"http://127.0.0.1:{rest}/bigquery/v2/projects/{PROJECT}/datasets", process, log)
-        yield BigQueryWarehouseConfig(project=PROJECT, api_endpoint=f"http://127.0.0.1:{rest}", location="US")
+        _wait_ready(
+            f"http://127.0.0.1:{rest}/bigquery/v2/projects/{PROJECT}/datasets", process, log
+        )
+        yield BigQueryWarehouseConfig(
+            project=PROJECT, api_endpoint=f"http://127.0.0.1:{rest}", location="US"
+        )
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

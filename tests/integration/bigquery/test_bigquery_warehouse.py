@@ -24,14 +24,26 @@ from capa.warehouse import open_warehouse
 HISTORY = [
     event(Op.INSERT, 1, 10, after=full_row(1, 1)),
     event(Op.INSERT, 2, 11, after=full_row(2, 2)),
-    event(Op.UPDATE, 1, 12, after={"id": 1, "name": "toast", "amount": Decimal("9.25")}, unchanged=("doc",)),
+    event(
+        Op.UPDATE,
+        1,
+        12,
+        after={"id": 1, "name": "toast", "amount": Decimal("9.25")},
+        unchanged=("doc",),
+    ),
     event(Op.INSERT, 3, 13, after=full_row(3, 3)),
     event(Op.DELETE, 2, 14, before={"id": 2}),
     event(Op.UPDATE, 4, 15, after=full_row(4, 5), before={"id": 3}),  # primary-key move 3 -> 4
     event(Op.TRUNCATE, None, 16),
     event(Op.INSERT, 1, 17, after=full_row(1, 7)),
     event(Op.INSERT, 2, 18, after=full_row(2, 8)),
-    event(Op.UPDATE, 2, 19, after={"id": 2, "name": "late", "amount": Decimal("1.00")}, unchanged=("doc",)),
+    event(
+        Op.UPDATE,
+        2,
+        19,
+        after={"id": 2, "name": "late", "amount": Decimal("1.00")},
+        unchanged=("doc",),
+    ),
     event(Op.DELETE, 1, 20, before={"id": 1}),
 ]
 
@@ -62,7 +74,12 @@ def test_same_events_same_replica(warehouse, seed) -> None:
 
 def test_truncate_watermark_blocks_late_older_events(warehouse) -> None:
     warehouse.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1)), event(Op.TRUNCATE, None, 20)])
-    warehouse.apply([event(Op.INSERT, 2, 15, after=full_row(2, 1)), event(Op.INSERT, 3, 25, after=full_row(3, 1))])
+    warehouse.apply(
+        [
+            event(Op.INSERT, 2, 15, after=full_row(2, 1)),
+            event(Op.INSERT, 3, 25, after=full_row(3, 1)),
+        ]
+    )
     assert [r["id"] for r in warehouse.rows("raw.f2_public_orders")] == [3]
 
 

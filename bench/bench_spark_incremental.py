@@ -1,0 +1,101 @@
+"""Benchmark: incremental model build vs full rebuild after 1% of a 1M-row raw table changed.
+
+Run from the spark environment (one SparkSession, local[2])::
+
+    SPARK_LOCAL_IP=127.0.0.1 .venvs/spark/bin/python -m bench.bench_spark_incremental [--orders 1000000]
+
+Seeds a raw lakehouse (1M orders, 100k customers, ...), builds every model once (warm-up, full),
+changes 1% of the orders (updates incl. customer moves, 10% of them deletes, plus inserts),
+then times an incremental build and a full rebuild of the same input and checks both give the
+same tables. Prints a JSON line; docs/benchmarks.md ("Spark consumption models") records runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from spark_jobs import sample
+from spark_jobs.build import SparkModelBuilder
+from spark_jobs.project import load_project
+
+
+def bulk(lake: sample.RawLakehouse, table: str, rows: list[dict]) -> None:
+    """First load without MERGE (an initial snapshot), in the raw-table contract."""
+    stamped = lake._stamp(rows, "r", deleted=False)
+    write_deltalake(str(lake.path(table)), pa.Table.from_pylist(stamped, schema=sample.schema(table)))
+
+
+def seed(root: Path, orders: int) -> sample.RawLakehouse:
+    rng = random.Random(1)
+    customers = max(10, orders // 10)
+    accounts = customers // 2
+    lake = sample.RawLakehouse(root)
+    bulk(lake, "f2_public_customers", [sample.customer(i) for i in range(1, customers + 1)])
+    bulk(lake, "f2_public_orders", [sample.order(rng, i, customers) for i in range(1, orders + 1)])
+    bulk(lake, "f3_dbo_invoices", [sample.invoice(rng, i, customers) for i in range(1, orders // 10 + 1)])
+    bulk(lake, "crm_crm_accounts", [sample.account(rng, i, customers) for i in range(1, accounts + 1)])
+    bulk(lake, "crm_crm_contacts", [sample.contact(rng, i, accounts) for i in range(1, accounts * 2 + 1)])
+    return lake
+
+
+def change(lake: sample.RawLakehouse, orders: int, fraction: float) -> int:
+    rng = random.Random(2)
+    customers = max(10, orders // 10)
+    ids = rng.sample(range(1, orders + 1), int(orders * fraction))
+    deletes, updates = ids[: len(ids) // 10], ids[len(ids) // 10 :]
+    rows = [sample.order(rng, i, customers) | {"amount": Decimal("1.23")} for i in updates]
+    rows += [sample.order(rng, orders + i, customers) for i in range(1, len(ids) // 10 + 1)]
+    lake.upsert("f2_public_orders", rows)
+    lake.delete("f2_public_orders", deletes)
+    return len(rows) + len(deletes)
+
+
+def timed(builder: SparkModelBuilder, full: bool) -> tuple[float, list]:
+    started = time.monotonic()
+    reports = builder.build(load_project(), full=full)
+    return time.monotonic() - started, reports
+
+
+def identical(spark: object, left: Path, right: Path) -> bool:
+    a = spark.read.format("delta").load(str(left))  # type: ignore[attr-defined]
+    b = spark.read.format("delta").load(str(right))  # type: ignore[attr-defined]
+    return a.exceptAll(b).isEmpty() and b.exceptAll(a).isEmpty()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--fraction", type=float, default=0.01)
+    args = parser.parse_args()
+    from spark_jobs.session import spark_session
+
+    spark = spark_session("capa-bench")
+    with tempfile.TemporaryDirectory(prefix="capa-bench-spark-") as tmp:
+        root = Path(tmp)
+        lake = seed(root / "lh", args.orders)
+        inc = SparkModelBuilder(spark, lake.root, root / "incremental")
+        full = SparkModelBuilder(spark, lake.root, root / "full")
+        warm, _ = timed(inc, full=True)
+        changed = change(lake, args.orders, args.fraction)
+        inc_s, inc_reports = timed(inc, full=False)
+        full_s, _ = timed(full, full=True)
+        same = all(identical(spark, root / "incremental" / m, root / "full" / m) for m in load_project().models)
+        print(json.dumps({
+            "orders": args.orders, "changed_events": changed, "warmup_full_s": round(warm, 1),
+            "incremental_s": round(inc_s, 1), "full_s": round(full_s, 1),
+            "ratio": round(inc_s / full_s, 3), "identical": same,
+            "keys": {r.model: r.keys for r in inc_reports},
+        }))
+
+
+if __name__ == "__main__":
+    main()
