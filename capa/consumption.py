@@ -82,7 +82,7 @@ def _check_filter(item: Filter) -> Filter:
 _ARROW_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "=": lambda f, v: f == v, "!=": lambda f, v: f != v, "<": lambda f, v: f < v,
     "<=": lambda f, v: f <= v, ">": lambda f, v: f > v, ">=": lambda f, v: f >= v,
-    "in": lambda f, v: f.isin(list(v)), "not in": lambda f, v: ~f.isin(list(v)),
+    "in": lambda f, v: f.isin(list(v)), "not in": lambda f, v: ~f.isin(list(v)) & f.is_valid(),
 }
 
 
