@@ -125,6 +125,12 @@ class DatastreamConfig(_Section):
     )
 
 
+class GcsEmulatorConfig(_Section):
+    port: int = Field(14443, description="Port of the local fake-gcs-server (embedded default only).")
+    bucket: str = Field("capa-datastream", description="Bucket the demo's Datastream files land in.")
+    prefix: str = Field("f2", description="Datastream stream path prefix inside the bucket.")
+
+
 class ApplyConfig(_Section):
     commit_interval_s: float = Field(1.0, description="Max seconds between raw-layer commits.")
     max_batch_events: int = Field(50_000, description="Max events per commit.")
@@ -180,6 +186,9 @@ class CapaSettings(BaseSettings):
         default_factory=DatastreamConfig, description="Datastream bucket reader (source F3)."
     )
     apply: ApplyConfig = Field(default_factory=ApplyConfig, description="Streaming apply job.")
+    gcs: GcsEmulatorConfig = Field(
+        default_factory=GcsEmulatorConfig, description="GCS emulator of the embedded default."
+    )
     crm: CrmConfig = Field(default_factory=CrmConfig, description="CRM batch ingestion.")
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."

@@ -1,4 +1,5 @@
-"""The local stack: Kafka (KRaft), PostgreSQL (F2) and the Debezium bridge as plain processes.
+"""The local stack: Kafka (KRaft), PostgreSQL (F2), the Debezium bridge and the streaming
+apply job as plain processes.
 
 No Docker: each component is a :class:`~capa.stack.base.Service` started from the machine's
 own binaries / Maven jars, with one state directory (``settings.state_dir``) holding
@@ -49,10 +50,24 @@ def _debezium(state: StateDirs, settings: CapaSettings) -> Service:
     return DebeziumBridge(state, settings)
 
 
+def _apply(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa.stack.debezium import StreamingApplyJob
+
+    return StreamingApplyJob(state, settings)
+
+
+def _gcs(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa.stack.gcs import FakeGcsServer
+
+    return FakeGcsServer(state, settings.gcs)
+
+
 COMPONENTS: dict[str, ServiceFactory] = {
     "kafka": _kafka,
     "postgres": _postgres,
     "debezium": _debezium,
+    "apply": _apply,
+    "gcs": _gcs,
 }
 
 

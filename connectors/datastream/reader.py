@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from capa.config import CapaSettings
 from capa.errors import ConfigError, DecodeError
 from capa.events import ChangeEvent
 from connectors.base import READERS, FileReader, Normalizer, normalize_one
@@ -305,3 +306,48 @@ def _notification_resource(message: Mapping[str, Any]) -> Mapping[str, Any]:
     except ValueError as exc:
         raise DecodeError(f"GCS notification data is not JSON: {exc}", raw=bytes(data)) from exc
     return parsed if isinstance(parsed, Mapping) else {}
+
+
+# --- wiring ------------------------------------------------------------------------------
+
+
+def storage_client(project: str | None) -> Any:
+    """A GCS client; honours ``STORAGE_EMULATOR_HOST`` (fake-gcs-server) with no credentials."""
+    import os
+
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=project or "capa-local", credentials=AnonymousCredentials())
+    return storage.Client(project=project)
+
+
+def build_reader(
+    settings: CapaSettings,
+    *,
+    storage: Any = None,
+    producer: KafkaChangeProducer | None = None,
+    stop: threading.Event | None = None,
+) -> DatastreamBucketReader:
+    """A reader for ``settings.datastream`` writing to ``settings.kafka``."""
+    from connectors.base import get_normalizer
+
+    ds = settings.datastream
+    if not ds.bucket:
+        raise ConfigError(
+            "no Datastream bucket configured: pass --bucket or set CAPA__DATASTREAM__BUCKET"
+        )
+    default_cp = settings.state_dir / "datastream" / f"{ds.source_name}.checkpoint.json"
+    return DatastreamBucketReader(
+        storage_client=storage or storage_client(ds.project),
+        bucket=ds.bucket,
+        prefix=ds.prefix,
+        normalizer=get_normalizer("datastream-avro", source=ds.source_name),
+        producer=producer or KafkaChangeProducer(settings.kafka),
+        checkpoint=FileCheckpoint(ds.checkpoint_path or default_cp, ds.prefix.strip("/")),
+        source=ds.source_name,
+        grace=timedelta(minutes=ds.late_file_grace_minutes),
+        stop=stop,
+    )

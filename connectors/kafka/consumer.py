@@ -109,8 +109,8 @@ def read_topic(
 ) -> list[Any]:
     """All messages of ``topic`` from the beginning (no consumer group: partitions assigned).
 
-    Reads until every partition is at its end offset and ``until(messages)`` (if given)
-    is true, or ``timeout_s`` passes. Used by tests and diagnostics.
+    Reads until ``until(messages)`` is true, or (without ``until``) until every partition
+    is at its end offset, or ``timeout_s`` passes. Used by tests and diagnostics.
     """
     import time
 
@@ -127,8 +127,9 @@ def read_topic(
         while time.monotonic() < deadline:
             batch = [m for m in consumer.consume(500, 0.5) if m.error() is None]
             messages.extend(batch)
-            done = until is None or until(messages)
-            if not batch and done and _at_end(consumer, topic, partitions, messages):
+            if until is not None and until(messages):
+                break
+            if until is None and not batch and _at_end(consumer, topic, partitions, messages):
                 break
         return messages
     finally:

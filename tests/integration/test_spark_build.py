@@ -26,6 +26,7 @@ from spark_jobs.project import load_project
 ROOT = Path(__file__).resolve().parents[2]
 SPARK_PYTHON = ROOT / ".venvs" / "spark" / "bin" / "python"
 MODELS = ["customer_360", "sales_daily", "customer_features"]
+PAIR = ["customer_360", "customer_features"]
 
 
 class SparkServer:
@@ -51,8 +52,10 @@ class SparkServer:
             pytest.fail(f"spark server gave no answer in {timeout}s:\n{self.tail()}")
         return json.loads(box[0])
 
-    def build(self, lakehouse: Path, consumption: Path, *, full: bool = False) -> dict[str, Any]:
-        request = {"lakehouse": str(lakehouse), "consumption": str(consumption), "full": full}
+    def build(self, lakehouse: Path, consumption: Path, *, full: bool = False,
+              select: list[str] | None = None) -> dict[str, Any]:
+        request = {"lakehouse": str(lakehouse), "consumption": str(consumption), "full": full,
+                   "select": select or []}
         self.proc.stdin.write((json.dumps(request) + "\n").encode())  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
         return self._read(timeout=600)
@@ -139,20 +142,21 @@ def test_incremental_equals_full_after_rounds_of_changes(spark_server: SparkServ
 def test_failing_check_restores_table_and_stops_the_build(spark_server: SparkServer, tmp_path: Path) -> None:
     lake = sample.seed(tmp_path / "lh", customers=20, orders=60, invoices=20)
     out = tmp_path / "consumption"
-    built = ok(spark_server.build(lake.root, out), spark_server)
+    built = ok(spark_server.build(lake.root, out, select=PAIR), spark_server)
     before = read(out, "customer_360")
     lake.upsert("crm_crm_accounts", [{"account_id": "A00001", "name": "Bad", "industry": "aerospace",
                                        "country": "DE", "customer_id": 3, "last_modified": None}])
     lake.upsert("f2_public_orders", [{"id": 999, "customer_id": 3, "status": "new", "amount": Decimal("1.00"),
                                        "currency": "EUR", "ordered_at": None, "notes": None}])
-    failed = spark_server.build(lake.root, out)
+    failed = spark_server.build(lake.root, out, select=PAIR)
     assert not failed["ok"]
     assert ["customer_360", "accepted_values", "industry", 1, "aerospace"] in failed["failures"]
     assert DeltaTable(str(out / "customer_360")).version() > built["customer_360"]["version"]  # restore commit
+    assert DeltaTable(str(out / "customer_features")).version() == built["customer_features"]["version"]
     pd.testing.assert_frame_equal(read(out, "customer_360"), before)
     lake.upsert("crm_crm_accounts", [{"account_id": "A00001", "name": "Good", "industry": "energy",
                                        "country": "DE", "customer_id": 3, "last_modified": None}])
-    fixed = ok(spark_server.build(lake.root, out), spark_server)
+    fixed = ok(spark_server.build(lake.root, out, select=PAIR), spark_server)
     assert fixed["customer_360"]["mode"] == "incremental"
     row = read(out, "customer_360").set_index("customer_id").loc[3]
     assert row["orders"] == before.set_index("customer_id").loc[3, "orders"] + 1
