@@ -41,7 +41,7 @@ from beam_jobs.kafka_io import KafkaOffsetCommitter, KafkaPartition, ReadFromKaf
 from beam_jobs.options import StreamingApplyOptions, build_options
 from capa.config import KafkaConfig
 from capa.errors import DecodeError, TerminalError, TransientError
-from capa.events import ChangeEvent, iter_tables
+from capa.events import ChangeEvent, Op, iter_tables
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ class ApplyStats:
         self._m_batches.inc()
         self._m_batch_ms.update(int(seconds * 1000))
         for event in events:
-            if event.commit_ts_us is not None:
-                latency = visible_at - event.commit_ts_us / 1e6
+            if _is_live(event, self.started):
+                latency = visible_at - event.commit_ts_us / 1e6  # type: ignore[operator]
                 self.latencies.append(latency)
                 self._m_visible_ms.update(int(latency * 1000))
                 self.last_commit_ts_us = max(self.last_commit_ts_us or 0, event.commit_ts_us)
@@ -234,6 +234,21 @@ class ApplyStats:
                 status["events_applied"], status["events_per_s"], status["lag_events"],
                 status["lag_s"], status["latency_p99_s"] or 0.0, status["dead_letters"],
             )
+
+
+HISTORY_HORIZON_S = 3600.0
+
+
+def _is_live(event: ChangeEvent, job_started: float) -> bool:
+    """Whether an event counts for commit -> visible latency.
+
+    Snapshot reads and replays of history (committed more than an hour before the job
+    started, e.g. recorded F3 events or an old Datastream backfill) say nothing about
+    the pipeline's latency, so they are left out of the latency figures.
+    """
+    if event.commit_ts_us is None or event.op is Op.READ:
+        return False
+    return event.commit_ts_us / 1e6 >= job_started - HISTORY_HORIZON_S
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float | None:

@@ -2,7 +2,8 @@
 
 Run from the spark environment (one SparkSession, local[2])::
 
-    SPARK_LOCAL_IP=127.0.0.1 .venvs/spark/bin/python -m bench.bench_spark_incremental [--orders 1000000]
+    SPARK_LOCAL_IP=127.0.0.1 .venvs/spark/bin/python -m bench.bench_spark_incremental \
+        [--orders 1000000]
 
 Seeds a raw lakehouse (1M orders, 100k customers, ...), builds every model once (warm-up, full),
 changes 1% of the orders (updates incl. customer moves, 10% of them deletes, plus inserts),
@@ -31,7 +32,9 @@ from spark_jobs.project import load_project
 def bulk(lake: sample.RawLakehouse, table: str, rows: list[dict]) -> None:
     """First load without MERGE (an initial snapshot), in the raw-table contract."""
     stamped = lake._stamp(rows, "r", deleted=False)
-    write_deltalake(str(lake.path(table)), pa.Table.from_pylist(stamped, schema=sample.schema(table)))
+    write_deltalake(
+        str(lake.path(table)), pa.Table.from_pylist(stamped, schema=sample.schema(table))
+    )
 
 
 def seed(root: Path, orders: int) -> sample.RawLakehouse:
@@ -41,9 +44,21 @@ def seed(root: Path, orders: int) -> sample.RawLakehouse:
     lake = sample.RawLakehouse(root)
     bulk(lake, "f2_public_customers", [sample.customer(i) for i in range(1, customers + 1)])
     bulk(lake, "f2_public_orders", [sample.order(rng, i, customers) for i in range(1, orders + 1)])
-    bulk(lake, "f3_dbo_invoices", [sample.invoice(rng, i, customers) for i in range(1, orders // 10 + 1)])
-    bulk(lake, "crm_crm_accounts", [sample.account(rng, i, customers) for i in range(1, accounts + 1)])
-    bulk(lake, "crm_crm_contacts", [sample.contact(rng, i, accounts) for i in range(1, accounts * 2 + 1)])
+    bulk(
+        lake,
+        "f3_dbo_invoices",
+        [sample.invoice(rng, i, customers) for i in range(1, orders // 10 + 1)],
+    )
+    bulk(
+        lake,
+        "crm_crm_accounts",
+        [sample.account(rng, i, customers) for i in range(1, accounts + 1)],
+    )
+    bulk(
+        lake,
+        "crm_crm_contacts",
+        [sample.contact(rng, i, accounts) for i in range(1, accounts * 2 + 1)],
+    )
     return lake
 
 
@@ -88,13 +103,24 @@ def main() -> None:
         changed = change(lake, args.orders, args.fraction)
         inc_s, inc_reports = timed(inc, full=False)
         full_s, _ = timed(full, full=True)
-        same = all(identical(spark, root / "incremental" / m, root / "full" / m) for m in load_project().models)
-        print(json.dumps({
-            "orders": args.orders, "changed_events": changed, "warmup_full_s": round(warm, 1),
-            "incremental_s": round(inc_s, 1), "full_s": round(full_s, 1),
-            "ratio": round(inc_s / full_s, 3), "identical": same,
-            "keys": {r.model: r.keys for r in inc_reports},
-        }))
+        same = all(
+            identical(spark, root / "incremental" / m, root / "full" / m)
+            for m in load_project().models
+        )
+        print(
+            json.dumps(
+                {
+                    "orders": args.orders,
+                    "changed_events": changed,
+                    "warmup_full_s": round(warm, 1),
+                    "incremental_s": round(inc_s, 1),
+                    "full_s": round(full_s, 1),
+                    "ratio": round(inc_s / full_s, 3),
+                    "identical": same,
+                    "keys": {r.model: r.keys for r in inc_reports},
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

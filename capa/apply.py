@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from capa.errors import DecodeError, TerminalError
@@ -72,7 +73,11 @@ class TablePlan:
 def distinct_events(events: Iterable[ChangeEvent]) -> list[ChangeEvent]:
     """De-duplicated by ``event_id``, sorted by (position, event_id)."""
     unique = {e.event_id: e for e in events}
-    return sorted(unique.values(), key=lambda e: (e.position, e.event_id))
+    return sorted(unique.values(), key=_POSITION_ORDER)
+
+
+_POSITION_ORDER = attrgetter("position", "event_id")
+_NO_COLUMNS: frozenset[str] = frozenset()
 
 
 def plan_table(events: Sequence[ChangeEvent], watermark: str | None = None) -> TablePlan:
@@ -83,13 +88,15 @@ def plan_table(events: Sequence[ChangeEvent], watermark: str | None = None) -> T
     primary_key = _primary_key(distinct)
     truncates = [e.position for e in distinct if e.op is Op.TRUNCATE]
     new_watermark = max([*truncates, *([watermark] if watermark else [])], default=None)
-    live = [e for e in distinct if e.op is not Op.TRUNCATE and _after(e.position, new_watermark)]
+    live = [e for e in distinct if e.op is not Op.TRUNCATE]
+    if new_watermark is not None:
+        live = [e for e in live if e.position > new_watermark]
     stale = len(distinct) - len(truncates) - len(live)
     folded = fold_changes(live, primary_key)
     return TablePlan(
         table=distinct[0].table_id,
         primary_key=primary_key,
-        changes=tuple(sorted(folded.values(), key=lambda c: (c.position, c.event_id))),
+        changes=tuple(sorted(folded.values(), key=_POSITION_ORDER)),
         changelog=tuple(distinct),
         truncate_position=new_watermark if truncates and new_watermark != watermark else None,
         events=len(events),
@@ -121,8 +128,14 @@ def _primary_key(events: Sequence[ChangeEvent]) -> tuple[str, ...]:
 
 def _source_types(events: Iterable[ChangeEvent]) -> dict[str, str]:
     types: dict[str, str] = {}
+    previous: tuple[Any, ...] | None = None
     for event in events:
-        types.update({c.name: c.source_type for c in event.columns if c.source_type})
+        if event.columns is previous:
+            continue
+        previous = event.columns
+        for column in previous:
+            if column.source_type:
+                types[column.name] = column.source_type
     return types
 
 
@@ -136,9 +149,41 @@ def fold_changes(
     """Key -> the folded latest change, over events already in position order."""
     state: dict[KeyTuple, RowChange] = {}
     for event in events:
+        plain = _plain_upsert(event, primary_key)
+        if plain is not None:
+            key, image = plain
+            previous = state.get(key)
+            if previous is None or event.position >= previous.position:
+                state[key] = _change(event, key, image, deleted=False, keep=())
+            continue
         for change in expand_event(event, primary_key):
             state[change.key] = _fold(state.get(change.key), change)
     return state
+
+
+_UPSERTS = frozenset({Op.INSERT, Op.READ, Op.UPDATE})
+
+
+def _plain_upsert(
+    event: ChangeEvent, primary_key: Sequence[str]
+) -> tuple[KeyTuple, Mapping[str, Any]] | None:
+    """(key, image) of an upsert without TOAST columns or key move whose ``after`` already
+    holds its key (the common case, planned without copies); None for everything else."""
+    after = event.after
+    if event.op not in _UPSERTS or event.unchanged or after is None:
+        return None
+    key_row = event.key
+    key = tuple([key_row.get(name) for name in primary_key])
+    for name, value in key_row.items():
+        held = after.get(name, _MISSING)
+        if held is not value and (type(held) is not type(value) or held != value):
+            return None
+    if event.before and _moved_from(event, primary_key, key) is not None:
+        return None
+    return key, after
+
+
+_MISSING = object()
 
 
 def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChange]:
@@ -178,8 +223,8 @@ def _change(
         position=event.position,
         op=op or event.op,
         deleted=deleted,
-        values=FrozenRow(image),
-        keep=frozenset(keep) - image.keys(),
+        values=image if isinstance(image, FrozenRow) else FrozenRow(image),
+        keep=frozenset(keep) - image.keys() if keep else _NO_COLUMNS,
         event_id=event.event_id,
         commit_ts_us=event.commit_ts_us,
     )

@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "down": "capa.commands.stack",
     "demo": "capa.commands.demo",
     "verify": "capa.commands.verify",
+    "ingest": "capa.commands.ingest",
+    "bridge": "capa.commands.ingest",
     "crm": "capa.commands.crm",
 }
 

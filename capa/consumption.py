@@ -55,7 +55,7 @@ def read_table(
     for column in columns or ():
         _check_name(column, "column")
     filters = [_check_filter(f) for f in where or ()]
-    warehouse = (settings or CapaSettings()).warehouse
+    warehouse = (settings or CapaSettings()).warehouse  # type: ignore[call-arg]
     table = READERS[warehouse.type](warehouse, name, columns, filters)
     return table if output == "arrow" else table.to_pandas()
 
@@ -69,7 +69,9 @@ def _check_filter(item: Filter) -> Filter:
     try:
         column, op, value = item
     except (TypeError, ValueError):
-        raise ConfigError(f"bad filter {item!r}: use (column, op, value), e.g. ('country', '=', 'DE')") from None
+        raise ConfigError(
+            f"bad filter {item!r}: use (column, op, value), e.g. ('country', '=', 'DE')"
+        ) from None
     _check_name(column, "column")
     if op not in OPS:
         raise ConfigError(f"bad filter operator {op!r} in {item!r}; use one of {', '.join(OPS)}")
@@ -80,9 +82,14 @@ def _check_filter(item: Filter) -> Filter:
 
 # -- local Delta store --------------------------------------------------------------------
 _ARROW_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": lambda f, v: f == v, "!=": lambda f, v: f != v, "<": lambda f, v: f < v,
-    "<=": lambda f, v: f <= v, ">": lambda f, v: f > v, ">=": lambda f, v: f >= v,
-    "in": lambda f, v: f.isin(list(v)), "not in": lambda f, v: ~f.isin(list(v)) & f.is_valid(),
+    "=": lambda f, v: f == v,
+    "!=": lambda f, v: f != v,
+    "<": lambda f, v: f < v,
+    "<=": lambda f, v: f <= v,
+    ">": lambda f, v: f > v,
+    ">=": lambda f, v: f >= v,
+    "in": lambda f, v: f.isin(list(v)),
+    "not in": lambda f, v: ~f.isin(list(v)) & f.is_valid(),
 }
 
 
@@ -94,7 +101,9 @@ def read_local(
 
     path = Path(warehouse.path) / "consumption" / name
     if not (path / "_delta_log").is_dir():
-        raise ConfigError(f"no consumption table {name!r} at {path}; build it with spark_jobs.build")
+        raise ConfigError(
+            f"no consumption table {name!r} at {path}; build it with spark_jobs.build"
+        )
     expression = None
     for column, op, value in filters:
         term = _ARROW_OPS[op](ds.field(column), value)
@@ -105,8 +114,14 @@ def read_local(
 
 # -- BigQuery -----------------------------------------------------------------------------
 _BQ_TYPES: list[tuple[type, str]] = [
-    (bool, "BOOL"), (int, "INT64"), (float, "FLOAT64"), (Decimal, "NUMERIC"), (str, "STRING"),
-    (bytes, "BYTES"), (dt.datetime, "TIMESTAMP"), (dt.date, "DATE"),
+    (bool, "BOOL"),
+    (int, "INT64"),
+    (float, "FLOAT64"),
+    (Decimal, "NUMERIC"),
+    (str, "STRING"),
+    (bytes, "BYTES"),
+    (dt.datetime, "TIMESTAMP"),
+    (dt.date, "DATE"),
 ]
 
 
@@ -124,7 +139,8 @@ def bigquery_query(
     from google.cloud import bigquery
 
     select = ", ".join(f"`{c}`" for c in columns) if columns else "*"
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     for n, (column, op, value) in enumerate(filters):
         if op in ("in", "not in"):
             values = list(value)
@@ -140,12 +156,17 @@ def bigquery_query(
 
 
 def read_bigquery(
-    warehouse: BigQueryWarehouseConfig, name: str, columns: Sequence[str] | None, filters: list[Filter]
+    warehouse: BigQueryWarehouseConfig,
+    name: str,
+    columns: Sequence[str] | None,
+    filters: list[Filter],
 ) -> pyarrow.Table:
     from google.cloud import bigquery
 
     client = bigquery_client(warehouse)
-    sql, params = bigquery_query(f"{warehouse.project}.{warehouse.consumption_dataset}.{name}", columns, filters)
+    sql, params = bigquery_query(
+        f"{warehouse.project}.{warehouse.consumption_dataset}.{name}", columns, filters
+    )
     job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
     return job.result().to_arrow(create_bqstorage_client=warehouse.api_endpoint is None)
 

@@ -28,9 +28,9 @@ SKIPPED = 99  # exit code that marks a task skipped
 
 
 def setting(name: str, default: str) -> str:
-    """A Jinja expression: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else default."""
+    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else ``default``."""
     fallback = os.environ.get(f"CAPA_{name.upper()}", default).replace("'", "")
-    return "{{ var.value.get('capa_%s', '%s') }}" % (name, fallback)
+    return "{{ var.value.get('capa_" + name + "', '" + fallback + "') }}"
 
 
 LAKEHOUSE = setting("lakehouse", str(REPO / ".state" / "lakehouse"))
@@ -54,20 +54,25 @@ with DAG(
         task_id="raw_freshness",
         bash_command=f"{PYTHON} -m spark_jobs.maintain freshness --lakehouse {LAKEHOUSE} "
         f"--max-age-minutes {FRESHNESS}",
-        env=ENV, append_env=True,
+        env=ENV,
+        append_env=True,
     )
     publish = BashOperator(
         task_id="publish_bigquery",
         bash_command=f"[ -n '{BQ_PROJECT}' ] || exit {SKIPPED}; {PYTHON} -m spark_jobs.publish "
         f"--lakehouse {LAKEHOUSE} --project '{BQ_PROJECT}' --dataset '{BQ_DATASET}'",
-        env=ENV, append_env=True, skip_on_exit_code=SKIPPED,
+        env=ENV,
+        append_env=True,
+        skip_on_exit_code=SKIPPED,
     )
     tasks: dict[str, BashOperator] = {}
     for model in load_project().order():
         tasks[model.name] = BashOperator(
             task_id=f"build_{model.name}",
-            bash_command=f"{PYTHON} -m spark_jobs.build run --lakehouse {LAKEHOUSE} --select {model.name}",
-            env=ENV, append_env=True,
+            bash_command=f"{PYTHON} -m spark_jobs.build run --lakehouse {LAKEHOUSE} "
+            f"--select {model.name}",
+            env=ENV,
+            append_env=True,
         )
         upstream = [tasks[r] for r in model.refs] or [freshness]
         upstream >> tasks[model.name] >> publish

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def setting(name: str, default: str) -> str:
-    """A Jinja expression: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else default."""
+    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else ``default``."""
     fallback = os.environ.get(f"CAPA_{name.upper()}", default).replace("'", "")
-    return "{{ var.value.get('capa_%s', '%s') }}" % (name, fallback)
+    return "{{ var.value.get('capa_" + name + "', '" + fallback + "') }}"
 
 
 LAKEHOUSE = setting("lakehouse", str(REPO / ".state" / "lakehouse"))
@@ -48,16 +48,20 @@ with DAG(
         task_id="changelog_retention",
         bash_command=f"{MAINTAIN} retention --lakehouse {LAKEHOUSE} "
         f"--changelog-days {setting('changelog_retention_days', '30')}",
-        env=ENV, append_env=True,
+        env=ENV,
+        append_env=True,
     )
     compact = BashOperator(
-        task_id="compact_raw", bash_command=f"{MAINTAIN} compact --lakehouse {LAKEHOUSE}",
-        env=ENV, append_env=True,
+        task_id="compact_raw",
+        bash_command=f"{MAINTAIN} compact --lakehouse {LAKEHOUSE}",
+        env=ENV,
+        append_env=True,
     )
     vacuum = BashOperator(
         task_id="vacuum_raw",
         bash_command=f"{MAINTAIN} vacuum --lakehouse {LAKEHOUSE} "
         f"--retention-hours {setting('vacuum_retention_hours', '168')}",
-        env=ENV, append_env=True,
+        env=ENV,
+        append_env=True,
     )
     retention >> compact >> vacuum

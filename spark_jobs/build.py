@@ -2,7 +2,8 @@
 
 Run (from the spark environment)::
 
-    .venvs/spark/bin/python -m spark_jobs.build run --lakehouse .state/lakehouse [--full] [--select customer_360]
+    .venvs/spark/bin/python -m spark_jobs.build run --lakehouse .state/lakehouse [--full] \
+        [--select customer_360]
     .venvs/spark/bin/python -m spark_jobs.build serve   # JSON requests on stdin, one per line
 
 Models (``spark_jobs/models/*.sql``) are built in dependency order into
@@ -139,7 +140,9 @@ class SparkModelBuilder:
         return self.resolve("ref" if name in project.models else "raw", name)
 
     # -- build ----------------------------------------------------------------------------
-    def build(self, project: Project, *, full: bool = False, select: Sequence[str] | None = None) -> list[ModelReport]:
+    def build(
+        self, project: Project, *, full: bool = False, select: Sequence[str] | None = None
+    ) -> list[ModelReport]:
         self._snaps.clear()
         self._views.clear()
         reports = []
@@ -166,7 +169,9 @@ class SparkModelBuilder:
         version = delta_version(target) or 0
         save_state(self.consumption, self._state(model, snaps, version))
         rows = count_rows(target)
-        return ModelReport(model.name, mode, keys, rows, version, round(time.monotonic() - started, 2))
+        return ModelReport(
+            model.name, mode, keys, rows, version, round(time.monotonic() - started, 2)
+        )
 
     def _overwrite(self, model: Model, target: Path) -> None:
         df = self.spark.sql(model.render(self.resolve))
@@ -228,8 +233,11 @@ class SparkModelBuilder:
         if since is None:  # no file statistics for the column: scan it
             from pyspark.sql import functions as F
 
-            since = read_version(self.spark, snap.path, snap.version).agg(
-                F.date_format(F.max(META_INGESTED_AT), _ISO).alias("m")).collect()[0]["m"]
+            since = (
+                read_version(self.spark, snap.path, snap.version)
+                .agg(F.date_format(F.max(META_INGESTED_AT), _ISO).alias("m"))
+                .collect()[0]["m"]
+            )
         return InputMark(kind="raw", version=snap.version, max_ingested_at=since)
 
 
@@ -241,7 +249,9 @@ def max_ingested_from_stats(snap: InputSnapshot) -> str | None:
     try:
         import pyarrow as pa
 
-        actions = pa.table(DeltaTable(snap.path, version=snap.version).get_add_actions(flatten=True))
+        actions = pa.table(
+            DeltaTable(snap.path, version=snap.version).get_add_actions(flatten=True)
+        )
         column = actions.column(f"max.{META_INGESTED_AT}")
     except Exception:  # no stats for that column
         return None
@@ -256,15 +266,27 @@ def max_ingested_from_stats(snap: InputSnapshot) -> str | None:
 
 # -- command line -------------------------------------------------------------------------
 def _builder_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lakehouse", type=Path, default=Path(".state/lakehouse"),
-                        help="lakehouse root holding raw/ (default .state/lakehouse)")
-    parser.add_argument("--consumption", type=Path, default=None,
-                        help="where model tables go (default <lakehouse>/consumption)")
-    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="folder of *.sql models")
+    parser.add_argument(
+        "--lakehouse",
+        type=Path,
+        default=Path(".state/lakehouse"),
+        help="lakehouse root holding raw/ (default .state/lakehouse)",
+    )
+    parser.add_argument(
+        "--consumption",
+        type=Path,
+        default=None,
+        help="where model tables go (default <lakehouse>/consumption)",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=MODELS_DIR, help="folder of *.sql models"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_jobs.build", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="build models once")
@@ -285,8 +307,11 @@ def run_once(args: argparse.Namespace, spark: Any) -> list[ModelReport]:
 
 def report_failure(exc: ChecksFailed) -> None:
     console.error(str(exc))
-    console.table(["model", "check", "columns", "failing rows", "examples"], failure_rows(exc.results),
-                  stream=sys.stderr)
+    console.table(
+        ["model", "check", "columns", "failing rows", "examples"],
+        failure_rows(exc.results),
+        stream=sys.stderr,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -302,8 +327,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except CapaError as exc:
         console.error(str(exc))
         return 1
-    console.table(["model", "mode", "keys", "rows", "version", "seconds"],
-                  [(r.model, r.mode, r.keys, r.rows, r.version, r.seconds) for r in reports])
+    console.table(
+        ["model", "mode", "keys", "rows", "version", "seconds"],
+        [(r.model, r.mode, r.keys, r.rows, r.version, r.seconds) for r in reports],
+    )
     return 0
 
 
@@ -328,7 +355,8 @@ def _serve_one(args: argparse.Namespace, spark: Any, line: str) -> dict[str, Any
             models_dir=Path(request.get("models_dir", args.models_dir)),
             lakehouse=Path(request.get("lakehouse", args.lakehouse)),
             consumption=request.get("consumption", args.consumption),
-            full=bool(request.get("full", False)), select=",".join(request.get("select", [])),
+            full=bool(request.get("full", False)),
+            select=",".join(request.get("select", [])),
         )
         return {"ok": True, "reports": [asdict(r) for r in run_once(ns, spark)]}
     except ChecksFailed as exc:
@@ -342,8 +370,11 @@ COMMANDS = {"run": cmd_run, "serve": cmd_serve}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return COMMANDS[args.command](args)
 
 

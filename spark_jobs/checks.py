@@ -55,7 +55,9 @@ def unique_checks(model: str, table: str, checks: Checks) -> list[Check]:
     if not checks.unique:
         return []
     cols = ", ".join(quote(c) for c in checks.unique)
-    label = "concat_ws('|', " + ", ".join(f"CAST({quote(c)} AS STRING)" for c in checks.unique) + ")"
+    label = (
+        "concat_ws('|', " + ", ".join(f"CAST({quote(c)} AS STRING)" for c in checks.unique) + ")"
+    )
     sql = (
         f"SELECT COUNT(*) AS failures, {_EXAMPLES.format(value='dup')} FROM ("
         f"SELECT {label} AS dup FROM {table} GROUP BY {cols} HAVING COUNT(*) > 1)"

@@ -1,11 +1,13 @@
 """Which model keys did the input changes since the last build touch?
 
 For a raw replica the changed rows are (a) rows of the current version with ``_capa_ingested_at``
-at or after the watermark of the last build (inserts, updates and tombstones: deleted rows stay
-in the replica with ``_capa_deleted``), and (b) the row versions those changes replaced: rows of
-the previously read Delta version whose ``_capa_event_id`` is gone now (their old values may map
-to other keys, e.g. an order that moved to another customer). For a model table (``ref``) the
-changed rows come from its Delta change data feed between the two versions.
+at or after the watermark of the last build whose ``_capa_event_id`` the previously read version
+did not hold (inserts, updates and tombstones: deleted rows stay in the replica with
+``_capa_deleted``), and (b) the row versions those changes replaced: rows of the previously
+read Delta version whose ``_capa_event_id`` is gone now, including rows a TRUNCATE removed
+(their old values may map to other keys, e.g. an order that moved to another customer).
+For a model table (``ref``) the changed rows come from its Delta change data feed between the
+two versions.
 
 Each model header maps every input's changed rows to model keys (``incremental:``); the build
 recomputes just those keys and MERGEs them. ``None`` from :func:`affected_keys` means "cannot
@@ -42,14 +44,21 @@ def read_version(spark: Any, path: str, version: int) -> Any:
 
 
 def changed_raw_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Any:
+    """Rows written since the last build plus the row versions they replaced.
+
+    The watermark prunes (files whose ``_capa_ingested_at`` statistics end before it are
+    skipped); it is inclusive and may be a little early, so candidates whose event already
+    existed in the previously read version are dropped by ``_capa_event_id``.
+    """
     current = read_version(spark, snap.path, snap.version)
-    fresh = current
+    old = read_version(spark, snap.path, mark.version)
+    candidates = current
     if mark.max_ingested_at is not None:
         from pyspark.sql import functions as F
 
         since = datetime.fromisoformat(mark.max_ingested_at)
-        fresh = current.where(F.col(META_INGESTED_AT) >= F.lit(since))
-    old = read_version(spark, snap.path, mark.version)
+        candidates = current.where(F.col(META_INGESTED_AT) >= F.lit(since))
+    fresh = candidates.join(old.select(META_EVENT_ID), on=META_EVENT_ID, how="left_anti")
     gone = old.join(current.select(META_EVENT_ID), on=META_EVENT_ID, how="left_anti")
     return fresh.unionByName(gone, allowMissingColumns=True)
 

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from capa import console
 from capa.errors import CapaError
@@ -33,8 +32,11 @@ def raw_tables(lakehouse: Path, changelogs: bool = True) -> list[Path]:
     raw = lakehouse / "raw"
     if not raw.is_dir():
         return []
-    return sorted(p for p in raw.iterdir() if (p / "_delta_log").is_dir()
-                  and (changelogs or not p.name.endswith(CHANGELOG_SUFFIX)))
+    return sorted(
+        p
+        for p in raw.iterdir()
+        if (p / "_delta_log").is_dir() and (changelogs or not p.name.endswith(CHANGELOG_SUFFIX))
+    )
 
 
 def last_commit(path: Path) -> datetime | None:
@@ -58,8 +60,10 @@ def freshness(args: argparse.Namespace) -> int:
     console.table(["raw table", "last commit (UTC)", "status"], rows)
     bad = [r for r in rows if r[2] != "ok"]
     if bad:
-        console.error(f"{len(bad)} raw table(s) missing or older than {args.max_age_minutes} min: "
-                      f"{', '.join(r[0] for r in bad)}; check the apply job (capa status)")
+        console.error(
+            f"{len(bad)} raw table(s) missing or older than {args.max_age_minutes} min: "
+            f"{', '.join(r[0] for r in bad)}; check the apply job (capa status)"
+        )
     return 1 if bad else 0
 
 
@@ -86,7 +90,8 @@ def vacuum(args: argparse.Namespace) -> int:
     rows = []
     for path in raw_tables(args.lakehouse):
         deleted = DeltaTable(str(path)).vacuum(
-            retention_hours=args.retention_hours, dry_run=False, enforce_retention_duration=False)
+            retention_hours=args.retention_hours, dry_run=False, enforce_retention_duration=False
+        )
         rows.append((path.name, len(deleted)))
     console.table(["table", "files deleted"], rows)
     return 0
@@ -108,18 +113,25 @@ def retention(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "freshness": freshness, "compact": compact, "vacuum": vacuum, "retention": retention,
+    "freshness": freshness,
+    "compact": compact,
+    "vacuum": vacuum,
+    "retention": retention,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.maintain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_jobs.maintain", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         cmd = sub.add_parser(name)
         cmd.add_argument("--lakehouse", type=Path, default=Path(".state/lakehouse"))
     sub.choices["freshness"].add_argument("--max-age-minutes", type=float, default=60.0)
-    sub.choices["freshness"].add_argument("--tables", default="", help="default: tables the models read")
+    sub.choices["freshness"].add_argument(
+        "--tables", default="", help="default: tables the models read"
+    )
     sub.choices["vacuum"].add_argument("--retention-hours", type=int, default=168)
     sub.choices["retention"].add_argument("--changelog-days", type=float, default=30.0)
     return parser
@@ -139,5 +151,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

@@ -102,11 +102,11 @@ class Model:
         return self.raw_inputs + self.refs
 
     def render(self, resolve: Callable[[str, str], str]) -> str:
-        """The SQL with every ``{{ raw|ref|raw_history('x') }}`` replaced by ``resolve(kind, x)``."""
+        """The SQL with each ``{{ raw|ref|raw_history('x') }}`` replaced by ``resolve(kind, x)``."""
         return render(self.sql, resolve)
 
     def mapping_sql(self, table: str, rows_view: str, resolve: Callable[[str, str], str]) -> str:
-        """SQL giving the model keys touched by changed rows of ``table`` (in view ``rows_view``)."""
+        """SQL giving the model keys touched by the changed ``table`` rows in ``rows_view``."""
         expr = self.header.incremental[table]
         if _ROWS.search(expr):
             return render(_ROWS.sub(rows_view, expr), resolve)

@@ -3,7 +3,8 @@
 No Spark needed: the Delta table is read with delta-rs, written to a temporary Parquet file and
 loaded with google-cloud-bigquery, so this runs in the beam or the spark environment::
 
-    python -m spark_jobs.publish --lakehouse .state/lakehouse --project my-proj --dataset consumption
+    python -m spark_jobs.publish --lakehouse .state/lakehouse --project my-proj \
+        --dataset consumption
     python -m spark_jobs.publish ... --endpoint http://127.0.0.1:9050   # bqemulator, anonymous
 
 The target table is created from the Arrow schema when missing; the load replaces its
@@ -74,8 +75,9 @@ class PublishReport:
 
 
 def consumption_tables(consumption: Path) -> list[str]:
-    return sorted(p.name for p in consumption.iterdir()
-                  if p.name != STATE_DIR and (p / "_delta_log").is_dir())
+    return sorted(
+        p.name for p in consumption.iterdir() if p.name != STATE_DIR and (p / "_delta_log").is_dir()
+    )
 
 
 def read_delta(path: Path) -> pa.Table:
@@ -136,7 +138,9 @@ def publish(
     names = consumption_tables(consumption)
     unknown = set(select or ()) - set(names)
     if unknown:
-        raise ConfigError(f"no consumption table(s) {sorted(unknown)} in {consumption}; build them first")
+        raise ConfigError(
+            f"no consumption table(s) {sorted(unknown)} in {consumption}; build them first"
+        )
     ds = bigquery.Dataset(f"{client.project}.{dataset}")
     if location:
         ds.location = location
@@ -146,7 +150,9 @@ def publish(
         if select and name not in select:
             continue
         started = time.monotonic()
-        rows = publish_table(client, read_delta(consumption / name), f"{client.project}.{dataset}.{name}", retry)
+        rows = publish_table(
+            client, read_delta(consumption / name), f"{client.project}.{dataset}.{name}", retry
+        )
         reports.append(PublishReport(name, rows, round(time.monotonic() - started, 2)))
         logger.info("published %s: %d rows", name, rows)
     return reports
@@ -161,14 +167,22 @@ def make_client(project: str, endpoint: str | None = None, location: str | None 
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
 
-    return bigquery.Client(project=project, location=location, credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=endpoint))
+    return bigquery.Client(
+        project=project,
+        location=location,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=endpoint),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.publish", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_jobs.publish", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--lakehouse", type=Path, default=Path(".state/lakehouse"))
-    parser.add_argument("--consumption", type=Path, default=None, help="default <lakehouse>/consumption")
+    parser.add_argument(
+        "--consumption", type=Path, default=None, help="default <lakehouse>/consumption"
+    )
     parser.add_argument("--project", required=True, help="GCP project id")
     parser.add_argument("--dataset", default="consumption", help="target dataset")
     parser.add_argument("--location", default=None, help="dataset location, e.g. EU")
@@ -179,8 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     consumption = args.consumption or args.lakehouse / "consumption"
     try:
         client = make_client(args.project, args.endpoint, args.location)
-        reports = publish(client, consumption, args.dataset,
-                          select=[s for s in args.select.split(",") if s] or None, location=args.location)
+        reports = publish(
+            client,
+            consumption,
+            args.dataset,
+            select=[s for s in args.select.split(",") if s] or None,
+            location=args.location,
+        )
     except CapaError as exc:
         console.error(str(exc))
         return 1

@@ -33,29 +33,70 @@ from capa.warehouse.base import (
 TS = pa.timestamp("us", tz="UTC")
 MONEY = pa.decimal128(12, 2)
 META_FIELDS = [
-    pa.field(META_POSITION, pa.string()), pa.field(META_OP, pa.string()),
-    pa.field(META_COMMIT_TS, TS), pa.field(META_INGESTED_AT, TS),
-    pa.field(META_EVENT_ID, pa.string()), pa.field(META_DELETED, pa.bool_()),
+    pa.field(META_POSITION, pa.string()),
+    pa.field(META_OP, pa.string()),
+    pa.field(META_COMMIT_TS, TS),
+    pa.field(META_INGESTED_AT, TS),
+    pa.field(META_EVENT_ID, pa.string()),
+    pa.field(META_DELETED, pa.bool_()),
 ]
 
 # table -> (primary key, source columns)
 TABLES: dict[str, tuple[str, list[pa.Field]]] = {
-    "f2_public_customers": ("id", [pa.field("id", pa.int64()), pa.field("email", pa.string()),
-                                   pa.field("full_name", pa.string()), pa.field("country", pa.string()),
-                                   pa.field("created_at", TS)]),
-    "f2_public_orders": ("id", [pa.field("id", pa.int64()), pa.field("customer_id", pa.int64()),
-                                pa.field("status", pa.string()), pa.field("amount", MONEY),
-                                pa.field("currency", pa.string()), pa.field("ordered_at", TS),
-                                pa.field("notes", pa.string())]),
-    "f3_dbo_invoices": ("invoice_id", [pa.field("invoice_id", pa.int32()), pa.field("customer_id", pa.int32()),
-                                       pa.field("amount", MONEY), pa.field("issued_at", TS),
-                                       pa.field("status", pa.string())]),
-    "crm_crm_accounts": ("account_id", [pa.field("account_id", pa.string()), pa.field("name", pa.string()),
-                                        pa.field("industry", pa.string()), pa.field("country", pa.string()),
-                                        pa.field("customer_id", pa.int64()), pa.field("last_modified", TS)]),
-    "crm_crm_contacts": ("contact_id", [pa.field("contact_id", pa.string()), pa.field("account_id", pa.string()),
-                                        pa.field("first_name", pa.string()), pa.field("last_name", pa.string()),
-                                        pa.field("email", pa.string()), pa.field("last_modified", TS)]),
+    "f2_public_customers": (
+        "id",
+        [
+            pa.field("id", pa.int64()),
+            pa.field("email", pa.string()),
+            pa.field("full_name", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("created_at", TS),
+        ],
+    ),
+    "f2_public_orders": (
+        "id",
+        [
+            pa.field("id", pa.int64()),
+            pa.field("customer_id", pa.int64()),
+            pa.field("status", pa.string()),
+            pa.field("amount", MONEY),
+            pa.field("currency", pa.string()),
+            pa.field("ordered_at", TS),
+            pa.field("notes", pa.string()),
+        ],
+    ),
+    "f3_dbo_invoices": (
+        "invoice_id",
+        [
+            pa.field("invoice_id", pa.int32()),
+            pa.field("customer_id", pa.int32()),
+            pa.field("amount", MONEY),
+            pa.field("issued_at", TS),
+            pa.field("status", pa.string()),
+        ],
+    ),
+    "crm_crm_accounts": (
+        "account_id",
+        [
+            pa.field("account_id", pa.string()),
+            pa.field("name", pa.string()),
+            pa.field("industry", pa.string()),
+            pa.field("country", pa.string()),
+            pa.field("customer_id", pa.int64()),
+            pa.field("last_modified", TS),
+        ],
+    ),
+    "crm_crm_contacts": (
+        "contact_id",
+        [
+            pa.field("contact_id", pa.string()),
+            pa.field("account_id", pa.string()),
+            pa.field("first_name", pa.string()),
+            pa.field("last_name", pa.string()),
+            pa.field("email", pa.string()),
+            pa.field("last_modified", TS),
+        ],
+    ),
 }
 INDUSTRIES = ["software", "retail", "manufacturing", "finance", "healthcare", "education"]
 STATUSES = ["new", "paid", "shipped", "cancelled"]
@@ -75,15 +116,26 @@ class RawLakehouse:
     def path(self, table: str) -> Path:
         return self.root / "raw" / table
 
-    def _stamp(self, rows: Sequence[Mapping[str, Any]], op: str, deleted: bool) -> list[dict[str, Any]]:
+    def _stamp(
+        self, rows: Sequence[Mapping[str, Any]], op: str, deleted: bool
+    ) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
         out = []
         for row in rows:
             self._position += 1
             pos = f"{self._position:016x}.1"
             digest = hashlib.sha256(f"{pos}|{sorted(row.items())}".encode()).hexdigest()[:32]
-            out.append({**row, META_POSITION: pos, META_OP: op, META_COMMIT_TS: now,
-                        META_INGESTED_AT: now, META_EVENT_ID: digest, META_DELETED: deleted})
+            out.append(
+                {
+                    **row,
+                    META_POSITION: pos,
+                    META_OP: op,
+                    META_COMMIT_TS: now,
+                    META_INGESTED_AT: now,
+                    META_EVENT_ID: digest,
+                    META_DELETED: deleted,
+                }
+            )
         return out
 
     def upsert(self, table: str, rows: Sequence[Mapping[str, Any]], op: str = "u") -> None:
@@ -106,9 +158,13 @@ class RawLakehouse:
             write_deltalake(path, data, mode="append")
             return
         pk = TABLES[table][0]
-        (DeltaTable(path).merge(source=data, predicate=f"t.{pk} = s.{pk}", source_alias="s",
-                                target_alias="t")
-         .when_matched_update_all().when_not_matched_insert_all().execute())
+        (
+            DeltaTable(path)
+            .merge(source=data, predicate=f"t.{pk} = s.{pk}", source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
 
 
 def _ts(rng: random.Random, days: int = 60) -> datetime:
@@ -117,48 +173,86 @@ def _ts(rng: random.Random, days: int = 60) -> datetime:
 
 
 def customer(i: int) -> dict[str, Any]:
-    return {"id": i, "email": f"c{i}@example.com", "full_name": f"Customer {i}", "country": "DE",
-            "created_at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i)}
+    return {
+        "id": i,
+        "email": f"c{i}@example.com",
+        "full_name": f"Customer {i}",
+        "country": "DE",
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i),
+    }
 
 
 def order(rng: random.Random, i: int, customers: int) -> dict[str, Any]:
-    return {"id": i, "customer_id": rng.randint(1, customers), "status": rng.choice(STATUSES),
-            "amount": Decimal(rng.randint(100, 90_000)).scaleb(-2), "currency": "EUR",
-            "ordered_at": _ts(rng), "notes": None}
+    return {
+        "id": i,
+        "customer_id": rng.randint(1, customers),
+        "status": rng.choice(STATUSES),
+        "amount": Decimal(rng.randint(100, 90_000)).scaleb(-2),
+        "currency": "EUR",
+        "ordered_at": _ts(rng),
+        "notes": None,
+    }
 
 
 def invoice(rng: random.Random, i: int, customers: int) -> dict[str, Any]:
-    return {"invoice_id": i, "customer_id": rng.randint(1, customers),
-            "amount": Decimal(rng.randint(100, 500_000)).scaleb(-2), "issued_at": _ts(rng), "status": "open"}
+    return {
+        "invoice_id": i,
+        "customer_id": rng.randint(1, customers),
+        "amount": Decimal(rng.randint(100, 500_000)).scaleb(-2),
+        "issued_at": _ts(rng),
+        "status": "open",
+    }
 
 
 def account(rng: random.Random, i: int, customers: int) -> dict[str, Any]:
-    return {"account_id": f"A{i:05d}", "name": f"Account {i}", "industry": rng.choice(INDUSTRIES),
-            "country": rng.choice(["DE", "FR", "US", "JP"]), "customer_id": rng.randint(1, customers),
-            "last_modified": _ts(rng)}
+    return {
+        "account_id": f"A{i:05d}",
+        "name": f"Account {i}",
+        "industry": rng.choice(INDUSTRIES),
+        "country": rng.choice(["DE", "FR", "US", "JP"]),
+        "customer_id": rng.randint(1, customers),
+        "last_modified": _ts(rng),
+    }
 
 
 def contact(rng: random.Random, i: int, accounts: int) -> dict[str, Any]:
-    return {"contact_id": f"K{i:06d}", "account_id": f"A{rng.randint(1, accounts):05d}",
-            "first_name": "Ada", "last_name": f"Contact {i}", "email": f"k{i}@example.com",
-            "last_modified": _ts(rng)}
+    return {
+        "contact_id": f"K{i:06d}",
+        "account_id": f"A{rng.randint(1, accounts):05d}",
+        "first_name": "Ada",
+        "last_name": f"Contact {i}",
+        "email": f"k{i}@example.com",
+        "last_modified": _ts(rng),
+    }
 
 
-def seed(root: Path, customers: int = 50, orders: int = 300, invoices: int = 150, seed_: int = 7) -> RawLakehouse:
+def seed(
+    root: Path, customers: int = 50, orders: int = 300, invoices: int = 150, seed_: int = 7
+) -> RawLakehouse:
     """A fresh raw lakehouse with every sample table."""
     rng = random.Random(seed_)
     lake = RawLakehouse(root)
     accounts = max(1, customers * 2 // 3)
     lake.upsert("f2_public_customers", [customer(i) for i in range(1, customers + 1)], op="r")
-    lake.upsert("f2_public_orders", [order(rng, i, customers) for i in range(1, orders + 1)], op="r")
-    lake.upsert("f3_dbo_invoices", [invoice(rng, i, customers) for i in range(1, invoices + 1)], op="r")
-    lake.upsert("crm_crm_accounts", [account(rng, i, customers) for i in range(1, accounts + 1)], op="r")
-    lake.upsert("crm_crm_contacts", [contact(rng, i, accounts) for i in range(1, accounts * 2 + 1)], op="r")
+    lake.upsert(
+        "f2_public_orders", [order(rng, i, customers) for i in range(1, orders + 1)], op="r"
+    )
+    lake.upsert(
+        "f3_dbo_invoices", [invoice(rng, i, customers) for i in range(1, invoices + 1)], op="r"
+    )
+    lake.upsert(
+        "crm_crm_accounts", [account(rng, i, customers) for i in range(1, accounts + 1)], op="r"
+    )
+    lake.upsert(
+        "crm_crm_contacts", [contact(rng, i, accounts) for i in range(1, accounts * 2 + 1)], op="r"
+    )
     return lake
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark_jobs.sample", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_jobs.sample", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--lakehouse", type=Path, required=True)
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--orders", type=int, default=300)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +52,7 @@ class TableSummary:
     replica_rows: int | None
     match: str
     note: str = ""
+    streamed: bool = True  # went through the canonical topic and the streaming apply job
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Demo:
             ("wait for the streaming apply job to catch up", self.wait_caught_up),
             ("consumption layer: Spark SQL models", self.build_consumption),
         ]
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
         try:
             for n, (title, step) in enumerate(steps, start=1):
                 console.step(f"[{n}/{len(steps)}] {title}")
@@ -163,15 +166,15 @@ class Demo:
         _run([*capa, "crm", "load", "--extract", str(extract), "--warehouse", f"local:{self.lakehouse}"])
 
     def wait_caught_up(self, timeout: float = 300.0) -> None:
-        deadline, last_applied = time.monotonic() + timeout, -1
+        """Until the apply job's committed offsets reach the topic's end twice in a row."""
+        deadline, settled = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
-            status = self._apply_status() or {}
-            applied = status.get("events_applied", 0)
-            if status.get("lag_events") == 0 and applied == last_applied:
+            lag = kafka_lag(self.settings)
+            settled = settled + 1 if lag == 0 else 0
+            if settled >= 2:
                 console.info(f"    caught up: {self._apply_line()}")
                 return
-            last_applied = applied if status.get("lag_events") == 0 else -1
-            console.info(f"    {self._apply_line()}")
+            console.info(f"    {lag} event(s) not yet applied; {self._apply_line()}")
             time.sleep(3.0)
         raise EnvironmentProblem(
             f"the apply job did not catch up within {timeout:.0f}s; see {self.stack.state.logs}/apply.log"
@@ -194,10 +197,11 @@ class Demo:
         rows = summary_rows(self.settings, self.lakehouse, self.state.expected)
         self.state.summaries = rows
         status = self._apply_status() or {}
+        lag = kafka_lag(self.settings)
         console.table(
-            ["table", "source rows", "replica rows", "checksum match", "lag (events)", "p99 latency (s)"],
-            [(r.table, _dash(r.source_rows), _dash(r.replica_rows), r.match, status.get("lag_events", "-"),
-              _fmt(status.get("latency_p99_s"))) for r in rows],
+            ["table", "source rows", "replica rows", "checksum match", "lag (events)", "p99 latency (s)", "note"],
+            [(r.table, _dash(r.source_rows), _dash(r.replica_rows), r.match, lag if r.streamed else "-",
+              _fmt(status.get("latency_p99_s")) if r.streamed else "-", r.note) for r in rows],
         )
         where = f"local:{self.lakehouse}"
         console.info("\nQuery the tables:")
@@ -221,6 +225,29 @@ class Demo:
             return "starting"
         return (f"{s.get('events_applied', 0)} applied, lag {s.get('lag_events', '?')} events / "
                 f"{_fmt(s.get('lag_s'))}s, p99 {_fmt(s.get('latency_p99_s'))}s")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def kafka_lag(settings: CapaSettings) -> int:
+    """Events on the canonical topic beyond the apply job's committed offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = settings.kafka.topic
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
+                         "group.id": settings.apply.consumer_group, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
 
 
 def _run(argv: list[str]) -> None:

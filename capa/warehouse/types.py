@@ -24,7 +24,7 @@ table). Values are rescaled exactly; a value that would lose digits is drift too
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -110,19 +110,45 @@ def infer_types(
     for row in rows:
         for name, value in row.items():
             values.setdefault(name, []).append(value)
+    return infer_column_types(values, source_types)
+
+
+def infer_column_types(
+    columns: Mapping[str, Sequence[Any]], source_types: Mapping[str, str]
+) -> dict[str, ColumnType | None]:
+    """Column name -> type over column-wise values (as :func:`infer_types`, without rows)."""
     return {
-        name: _merge_all(vals, source_types.get(name, ""), name) for name, vals in values.items()
+        name: _merge_all(vals, source_types.get(name, ""), name) for name, vals in columns.items()
     }
 
 
-def _merge_all(values: list[Any], source_type: str, name: str) -> ColumnType | None:
+# Classes whose canonical kind does not depend on the value (one sample tells the kind).
+_VALUE_DEPENDENT = (tuple, list, datetime)
+_NONE = type(None)
+
+
+def _merge_all(values: Sequence[Any], source_type: str, name: str) -> ColumnType | None:
+    classes = set(map(type, values)) - {_NONE}
+    if not classes:
+        return None
+    if len(classes) == 1:
+        (cls,) = classes
+        if cls is Decimal and declared_decimal(source_type):
+            return ColumnType("decimal", *declared_decimal(source_type))  # type: ignore[misc]
+        if cls is not Decimal and not issubclass(cls, _VALUE_DEPENDENT):
+            sample = next(v for v in values if v is not None)
+            return ColumnType(_kind_family(kind_of(sample)))
+    return _merge_by_kind(values, name, source_type)
+
+
+def _merge_by_kind(values: Sequence[Any], name: str, source_type: str) -> ColumnType | None:
     by_class: dict[type, list[Any]] = {}
     for value in values:
         if value is not None:
             by_class.setdefault(type(value), []).append(value)
     by_kind: dict[str, list[Any]] = {}
     for cls, group in by_class.items():
-        if cls in (tuple, list, datetime):  # kind depends on the value (items, tzinfo)
+        if cls in _VALUE_DEPENDENT:  # kind depends on the value (items, tzinfo)
             for value in group:
                 by_kind.setdefault(_kind_family(kind_of(value)), []).append(value)
         else:
@@ -172,6 +198,10 @@ _FITS: dict[tuple[str, str], Any] = {
     ("decimal", "decimal"): _decimal_fits,
     ("date", "timestamp"): lambda n, w: True,
     ("array", "array"): _array_fits,
+    # Kinds stored as plain strings (see arrow_types): reading a table back yields "string".
+    ("json", "string"): lambda n, w: True,
+    ("uuid", "string"): lambda n, w: True,
+    ("time", "string"): lambda n, w: True,
 }
 
 

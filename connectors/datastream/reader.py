@@ -315,7 +315,7 @@ def storage_client(project: str | None) -> Any:
     """A GCS client; honours ``STORAGE_EMULATOR_HOST`` (fake-gcs-server) with no credentials."""
     import os
 
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials

@@ -28,7 +28,7 @@ def ensure_topics(
             error = exc.args[0]
             if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
-            if error.code() in (KafkaError.INVALID_TOPIC_EXCEPTION, KafkaError.INVALID_PARTITIONS):
+            if error.code() in (KafkaError.TOPIC_EXCEPTION, KafkaError.INVALID_PARTITIONS):
                 raise ConfigError(f"cannot create Kafka topic {topic!r}: {error.str()}") from exc
             raise ServiceUnavailable(
                 f"cannot create Kafka topic {topic!r} on {bootstrap}: {error.str()}"

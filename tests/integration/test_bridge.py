@@ -46,7 +46,10 @@ class BridgeRun:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "connectors.debezium.bridge"],
-                cwd=self.settings.state_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.settings.state_dir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def kill9(self) -> None:
@@ -79,9 +82,12 @@ def bridge(
     )
     debezium = capa_settings.debezium.model_copy(
         update={
-            "source_name": f"it{suffix}", "engine_name": f"capa-it-{suffix}",
-            "slot_name": f"capa_it_{suffix}", "publication": f"capa_it_{suffix}",
-            "table_include_list": f"public.{table}", "heartbeat_interval_ms": 1000,
+            "source_name": f"it{suffix}",
+            "engine_name": f"capa-it-{suffix}",
+            "slot_name": f"capa_it_{suffix}",
+            "publication": f"capa_it_{suffix}",
+            "table_include_list": f"public.{table}",
+            "heartbeat_interval_ms": 1000,
         }
     )
     settings = capa_settings.model_copy(
@@ -141,14 +147,20 @@ def test_bridge_streams_typed_changes_in_order(bridge: BridgeRun, postgres: Any)
     bridge.start()
     bridge.events(until=lambda m: len(m) >= 2)
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(f'INSERT INTO "public"."{bridge.table}" (name, price) VALUES (%s, %s)',
-                     ("new", Decimal("99.5000")))
+        conn.execute(
+            f'INSERT INTO "public"."{bridge.table}" (name, price) VALUES (%s, %s)',
+            ("new", Decimal("99.5000")),
+        )
         conn.execute(f'UPDATE "public"."{bridge.table}" SET name = %s WHERE id = 1', ("renamed",))
         conn.execute(f'DELETE FROM "public"."{bridge.table}" WHERE id = 2')
     events = _row_events(bridge.events(until=lambda m: len(m) >= 5), bridge.table)
     events.sort(key=lambda e: (e.position, e.key["id"]))  # partitions interleave; source order
     assert [(e.op, e.key["id"]) for e in events] == [
-        (Op.READ, 1), (Op.READ, 2), (Op.INSERT, 3), (Op.UPDATE, 1), (Op.DELETE, 2)
+        (Op.READ, 1),
+        (Op.READ, 2),
+        (Op.INSERT, 3),
+        (Op.UPDATE, 1),
+        (Op.DELETE, 2),
     ]
     snap = events[0]
     assert snap.source == bridge.settings.debezium.source_name and snap.origin == "debezium"

@@ -39,36 +39,55 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 def run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
 DAGBAG = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+bag = DagBag(dag_folder=sys.argv[1])
 dags = {d: {t.task_id: sorted(t.upstream_task_ids) for t in bag.dags[d].tasks} for d in bag.dags}
 heavy = [m for m in ("pyspark", "apache_beam", "delta") if m in sys.modules]
-print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags, "heavy": heavy}))
+errors = {k: str(v) for k, v in bag.import_errors.items()}
+print(json.dumps({"errors": errors, "dags": dags, "heavy": heavy}))
 """
 
 
-def test_dags_import_cleanly_and_wire_models_in_dependency_order(airflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_dags_import_cleanly_and_wire_models_in_dependency_order(
+    airflow_env: dict[str, str], tmp_path: Path
+) -> None:
     result = {}
     for name in ("consumption", "maintenance"):
-        proc = run([str(AIRFLOW_BIN / "python"), "-c", DAGBAG, str(ROOT / "dags" / f"{name}.py")], airflow_env, tmp_path)
+        proc = run(
+            [str(AIRFLOW_BIN / "python"), "-c", DAGBAG, str(ROOT / "dags" / f"{name}.py")],
+            airflow_env,
+            tmp_path,
+        )
         result[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result[name]["errors"] == {} and result[name]["heavy"] == []
     consumption = result["consumption"]["dags"]["consumption"]
     assert consumption["build_customer_360"] == ["raw_freshness"]
     assert consumption["build_sales_daily"] == ["raw_freshness"]
     assert consumption["build_customer_features"] == ["build_customer_360"]
-    assert consumption["publish_bigquery"] == ["build_customer_360", "build_customer_features", "build_sales_daily"]
+    assert consumption["publish_bigquery"] == [
+        "build_customer_360",
+        "build_customer_features",
+        "build_sales_daily",
+    ]
     assert result["maintenance"]["dags"]["maintenance"] == {
-        "changelog_retention": [], "compact_raw": ["changelog_retention"], "vacuum_raw": ["compact_raw"]}
+        "changelog_retention": [],
+        "compact_raw": ["changelog_retention"],
+        "vacuum_raw": ["compact_raw"],
+    }
 
 
-def test_dags_test_consumption_builds_every_model(airflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_dags_test_consumption_builds_every_model(
+    airflow_env: dict[str, str], tmp_path: Path
+) -> None:
     lake = sample.seed(tmp_path / "lh", customers=15, orders=40, invoices=20)
     env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root)}
     proc = run([str(AIRFLOW_BIN / "airflow"), "dags", "test", "consumption"], env, tmp_path)
@@ -79,15 +98,20 @@ def test_dags_test_consumption_builds_every_model(airflow_env: dict[str, str], t
     assert len(DeltaTable(str(lake.root / "consumption" / "sales_daily")).to_pyarrow_table()) > 0
 
 
-def test_dags_test_maintenance_enforces_changelog_retention(airflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_dags_test_maintenance_enforces_changelog_retention(
+    airflow_env: dict[str, str], tmp_path: Path
+) -> None:
     lake = sample.seed(tmp_path / "lh", customers=10, orders=20, invoices=5)
     lake.delete("f2_public_orders", [1, 2])
-    lake.upsert("f2_public_orders", [{**sample.order(sample.random.Random(1), 3, 10), "status": "paid"}])
+    lake.upsert(
+        "f2_public_orders", [{**sample.order(sample.random.Random(1), 3, 10), "status": "paid"}]
+    )
     changelog = lake.path("f2_public_orders").with_name("f2_public_orders_changelog")
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 23
+    assert len(DeltaTable(str(lake.path("f2_public_orders"))).file_uris()) > 1
     env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root), "CAPA_CHANGELOG_RETENTION_DAYS": "0"}
     run([str(AIRFLOW_BIN / "airflow"), "dags", "test", "maintenance"], env, tmp_path)
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 0
     replica = DeltaTable(str(lake.path("f2_public_orders")))
     assert len(replica.to_pyarrow_table()) == 20  # replica (with 2 tombstones) untouched
-    assert len(replica.files()) == 1  # compacted
+    assert len(replica.file_uris()) == 1  # compacted

@@ -33,6 +33,7 @@ def test_events_are_keyed_by_row_and_decode_back(kafka: Any) -> None:
     for event in events:
         producer.send(event)
     producer.flush()
+    producer.close()
     messages = read_topic(config.bootstrap, config.topic, until=lambda m: len(m) >= len(events))
     decoder = ChangeEventDecoder()
     assert sorted(decoder.decode(m.value()).event_id for m in messages) == sorted(
@@ -53,6 +54,7 @@ def test_confluent_wire_format_with_a_registry(kafka: Any, registry: Any) -> Non
     producer = KafkaChangeProducer(config)
     producer.send(make_event(7))
     producer.flush()
+    producer.close()
     [msg] = read_topic(config.bootstrap, config.topic, until=lambda m: len(m) >= 1)
     assert msg.value()[0] == 0
     assert handler.subjects == {f"{config.topic}-value": int.from_bytes(msg.value()[1:5], "big")}
@@ -67,6 +69,7 @@ def test_dead_letters_carry_original_bytes_and_reason(kafka: Any) -> None:
     producer.send_dead_letter(small)
     producer.send_dead_letter(big)
     producer.flush()
+    producer.close()
     messages = read_topic(config.bootstrap, config.dlq_topic, until=lambda m: len(m) >= 2)
     first, second = (dead_letter_from_message(m.value(), m.headers()) for m in messages)
     assert first == small

@@ -38,24 +38,40 @@ class SparkServer:
         env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [str(SPARK_PYTHON), "-m", "spark_jobs.build", "serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=ROOT,
+            env=env,
         )
         ready = self._read(timeout=300)
         assert ready == {"ready": True}, self.tail()
 
     def _read(self, timeout: float) -> dict[str, Any]:
         box: list[bytes] = []
-        reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader = threading.Thread(
+            target=lambda: box.append(self.proc.stdout.readline()), daemon=True
+        )  # type: ignore[union-attr]
         reader.start()
         reader.join(timeout)
         if not box or not box[0]:
             pytest.fail(f"spark server gave no answer in {timeout}s:\n{self.tail()}")
         return json.loads(box[0])
 
-    def build(self, lakehouse: Path, consumption: Path, *, full: bool = False,
-              select: list[str] | None = None) -> dict[str, Any]:
-        request = {"lakehouse": str(lakehouse), "consumption": str(consumption), "full": full,
-                   "select": select or []}
+    def build(
+        self,
+        lakehouse: Path,
+        consumption: Path,
+        *,
+        full: bool = False,
+        select: list[str] | None = None,
+    ) -> dict[str, Any]:
+        request = {
+            "lakehouse": str(lakehouse),
+            "consumption": str(consumption),
+            "full": full,
+            "select": select or [],
+        }
         self.proc.stdin.write((json.dumps(request) + "\n").encode())  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
         return self._read(timeout=600)
@@ -91,7 +107,9 @@ def read(consumption: Path, model: str) -> pd.DataFrame:
 
 def assert_same_tables(left: Path, right: Path) -> None:
     for model in MODELS:
-        pd.testing.assert_frame_equal(read(left, model), read(right, model), check_like=True, obj=model)
+        pd.testing.assert_frame_equal(
+            read(left, model), read(right, model), check_like=True, obj=model
+        )
 
 
 def ok(result: dict[str, Any], server: SparkServer) -> dict[str, dict[str, Any]]:
@@ -102,26 +120,72 @@ def ok(result: dict[str, Any], server: SparkServer) -> dict[str, dict[str, Any]]
 def change_round(lake: sample.RawLakehouse, n: int) -> None:
     """Updates, inserts, key moves and deletes across every source."""
     base = 1000 * n
-    lake.upsert("f2_public_orders", [
-        {"id": 1 + n, "customer_id": 2, "status": "paid", "amount": Decimal("11.11"), "currency": "EUR",
-         "ordered_at": sample._ts(sample.random.Random(n)), "notes": None},  # update + customer move
-        {"id": 40 + n, "customer_id": 5, "status": "cancelled", "amount": Decimal("5.00"),
-         "currency": "EUR", "ordered_at": sample._ts(sample.random.Random(n + 1)), "notes": None},
-        {"id": base + 1, "customer_id": 7, "status": "new", "amount": Decimal("99.99"), "currency": "EUR",
-         "ordered_at": sample._ts(sample.random.Random(n + 2)), "notes": None},  # insert
-    ])
+    lake.upsert(
+        "f2_public_orders",
+        [
+            {
+                "id": 1 + n,
+                "customer_id": 2,
+                "status": "paid",
+                "amount": Decimal("11.11"),
+                "currency": "EUR",
+                "ordered_at": sample._ts(sample.random.Random(n)),
+                "notes": None,
+            },  # update + customer move
+            {
+                "id": 40 + n,
+                "customer_id": 5,
+                "status": "cancelled",
+                "amount": Decimal("5.00"),
+                "currency": "EUR",
+                "ordered_at": sample._ts(sample.random.Random(n + 1)),
+                "notes": None,
+            },
+            {
+                "id": base + 1,
+                "customer_id": 7,
+                "status": "new",
+                "amount": Decimal("99.99"),
+                "currency": "EUR",
+                "ordered_at": sample._ts(sample.random.Random(n + 2)),
+                "notes": None,
+            },  # insert
+        ],
+    )
     lake.delete("f2_public_orders", [10 + n, 20 + n])
-    lake.upsert("f3_dbo_invoices", [{"invoice_id": 3 + n, "customer_id": 9, "amount": Decimal("1234.50"),
-                                      "issued_at": sample._ts(sample.random.Random(n + 3)), "status": "paid"}])
+    lake.upsert(
+        "f3_dbo_invoices",
+        [
+            {
+                "invoice_id": 3 + n,
+                "customer_id": 9,
+                "amount": Decimal("1234.50"),
+                "issued_at": sample._ts(sample.random.Random(n + 3)),
+                "status": "paid",
+            }
+        ],
+    )
     lake.delete("f3_dbo_invoices", [30 + n])
-    lake.upsert("crm_crm_accounts", [{"account_id": f"A{n:05d}", "name": "Moved", "industry": "retail",
-                                       "country": "FR", "customer_id": 11 + n, "last_modified": sample._ts(
-                                           sample.random.Random(n + 4))}])
+    lake.upsert(
+        "crm_crm_accounts",
+        [
+            {
+                "account_id": f"A{n:05d}",
+                "name": "Moved",
+                "industry": "retail",
+                "country": "FR",
+                "customer_id": 11 + n,
+                "last_modified": sample._ts(sample.random.Random(n + 4)),
+            }
+        ],
+    )
     lake.delete("crm_crm_contacts", [f"K{n + 1:06d}", f"K{n + 2:06d}"])
     lake.delete("f2_public_customers", [30 + n])
 
 
-def test_incremental_equals_full_after_rounds_of_changes(spark_server: SparkServer, tmp_path: Path) -> None:
+def test_incremental_equals_full_after_rounds_of_changes(
+    spark_server: SparkServer, tmp_path: Path
+) -> None:
     lake = sample.seed(tmp_path / "lh", customers=40, orders=200, invoices=80)
     inc, full = tmp_path / "incremental", tmp_path / "full"
     first = ok(spark_server.build(lake.root, inc), spark_server)
@@ -134,28 +198,71 @@ def test_incremental_equals_full_after_rounds_of_changes(spark_server: SparkServ
         assert 0 < reports["customer_360"]["keys"] < reports["customer_360"]["rows"]
         assert_same_tables(inc, full)
     c360 = read(inc, "customer_360")
-    assert 31 not in set(c360["customer_id"]) and 32 not in set(c360["customer_id"])  # deleted customers
+    assert 31 not in set(c360["customer_id"]) and 32 not in set(
+        c360["customer_id"]
+    )  # deleted customers
     unchanged = ok(spark_server.build(lake.root, inc), spark_server)
     assert {m: r["mode"] for m, r in unchanged.items()} == dict.fromkeys(MODELS, "unchanged")
 
 
-def test_failing_check_restores_table_and_stops_the_build(spark_server: SparkServer, tmp_path: Path) -> None:
+def test_failing_check_restores_table_and_stops_the_build(
+    spark_server: SparkServer, tmp_path: Path
+) -> None:
     lake = sample.seed(tmp_path / "lh", customers=20, orders=60, invoices=20)
     out = tmp_path / "consumption"
     built = ok(spark_server.build(lake.root, out, select=PAIR), spark_server)
     before = read(out, "customer_360")
-    lake.upsert("crm_crm_accounts", [{"account_id": "A00001", "name": "Bad", "industry": "aerospace",
-                                       "country": "DE", "customer_id": 3, "last_modified": None}])
-    lake.upsert("f2_public_orders", [{"id": 999, "customer_id": 3, "status": "new", "amount": Decimal("1.00"),
-                                       "currency": "EUR", "ordered_at": None, "notes": None}])
+    lake.upsert(
+        "crm_crm_accounts",
+        [
+            {
+                "account_id": "A00001",
+                "name": "Bad",
+                "industry": "aerospace",
+                "country": "DE",
+                "customer_id": 3,
+                "last_modified": None,
+            }
+        ],
+    )
+    lake.upsert(
+        "f2_public_orders",
+        [
+            {
+                "id": 999,
+                "customer_id": 3,
+                "status": "new",
+                "amount": Decimal("1.00"),
+                "currency": "EUR",
+                "ordered_at": None,
+                "notes": None,
+            }
+        ],
+    )
     failed = spark_server.build(lake.root, out, select=PAIR)
     assert not failed["ok"]
     assert ["customer_360", "accepted_values", "industry", 1, "aerospace"] in failed["failures"]
-    assert DeltaTable(str(out / "customer_360")).version() > built["customer_360"]["version"]  # restore commit
-    assert DeltaTable(str(out / "customer_features")).version() == built["customer_features"]["version"]
+    assert (
+        DeltaTable(str(out / "customer_360")).version() > built["customer_360"]["version"]
+    )  # restore commit
+    assert (
+        DeltaTable(str(out / "customer_features")).version()
+        == built["customer_features"]["version"]
+    )
     pd.testing.assert_frame_equal(read(out, "customer_360"), before)
-    lake.upsert("crm_crm_accounts", [{"account_id": "A00001", "name": "Good", "industry": "energy",
-                                       "country": "DE", "customer_id": 3, "last_modified": None}])
+    lake.upsert(
+        "crm_crm_accounts",
+        [
+            {
+                "account_id": "A00001",
+                "name": "Good",
+                "industry": "energy",
+                "country": "DE",
+                "customer_id": 3,
+                "last_modified": None,
+            }
+        ],
+    )
     fixed = ok(spark_server.build(lake.root, out, select=PAIR), spark_server)
     assert fixed["customer_360"]["mode"] == "incremental"
     row = read(out, "customer_360").set_index("customer_id").loc[3]

@@ -59,7 +59,10 @@ def test_split_header_keeps_sql_body() -> None:
 
 def test_render_resolves_templates_and_rejects_unknown() -> None:
     model = parse_model_text("SELECT * FROM {{ raw('a_b_c') }} JOIN {{ ref('m2') }}")
-    assert model.render(lambda kind, name: f"`{kind}__{name}`") == "SELECT * FROM `raw__a_b_c` JOIN `ref__m2`"
+    assert (
+        model.render(lambda kind, name: f"`{kind}__{name}`")
+        == "SELECT * FROM `raw__a_b_c` JOIN `ref__m2`"
+    )
     bad = parse_model_text("SELECT * FROM {{ source('x') }}")
     with pytest.raises(ConfigError, match="unknown template"):
         bad.render(lambda kind, name: name)
@@ -67,9 +70,13 @@ def test_render_resolves_templates_and_rejects_unknown() -> None:
 
 def test_mapping_sql_expression_and_rows_query() -> None:
     model = parse_model_text("SELECT 1 FROM {{ raw('t1') }}", incremental="t1: CAST(ts AS DATE)")
-    assert model.mapping_sql("t1", "`chg`", str) == "SELECT CAST(ts AS DATE) AS `customer_id` FROM `chg`"
-    query = parse_model_text("SELECT 1 FROM {{ raw('t1') }}",
-                             incremental="t1: SELECT k AS customer_id FROM {{ rows }}")
+    assert (
+        model.mapping_sql("t1", "`chg`", str)
+        == "SELECT CAST(ts AS DATE) AS `customer_id` FROM `chg`"
+    )
+    query = parse_model_text(
+        "SELECT 1 FROM {{ raw('t1') }}", incremental="t1: SELECT k AS customer_id FROM {{ rows }}"
+    )
     assert query.mapping_sql("t1", "`chg`", str) == "SELECT k AS customer_id FROM `chg`"
 
 
@@ -96,7 +103,8 @@ def test_cycles_unknown_refs_and_unused_mappings_are_rejected(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="unknown model 'zz'"):
         load_project(tmp_path)
     (tmp_path / "b.sql").write_text(
-        "-- capa:\n--   key: [k]\n--   incremental: {t9: k}\nSELECT * FROM {{ raw('t1') }}\n")
+        "-- capa:\n--   key: [k]\n--   incremental: {t9: k}\nSELECT * FROM {{ raw('t1') }}\n"
+    )
     with pytest.raises(ConfigError, match="never reads"):
         load_project(tmp_path)
 

@@ -33,7 +33,9 @@ def test_checks_cover_every_kind_and_never_inline_values() -> None:
     assert kinds == {"not_null", "unique", "accepted_values", "relationships"}
     accepted = next(c for c in checks if c.kind == "accepted_values")
     assert "'software'" not in accepted.sql
-    assert accepted.params == {"capa_accepted__customer_360__industry": model.header.checks.accepted_values["industry"]}
+    assert accepted.params == {
+        "capa_accepted__customer_360__industry": model.header.checks.accepted_values["industry"]
+    }
     rel = next(c for c in checks if c.kind == "relationships")
     assert "LEFT ANTI JOIN `v_f2_public_customers` p ON c.`customer_id` = p.`id`" in rel.sql
     unique = next(c for c in checks if c.kind == "unique")
@@ -41,8 +43,12 @@ def test_checks_cover_every_kind_and_never_inline_values() -> None:
 
 
 def test_state_round_trips(tmp_path: Path) -> None:
-    state = ModelState(model="m", fingerprint="f", target_version=3,
-                       inputs={"t": InputMark(kind="raw", version=2, max_ingested_at="2026-01-01T00:00:00Z")})
+    state = ModelState(
+        model="m",
+        fingerprint="f",
+        target_version=3,
+        inputs={"t": InputMark(kind="raw", version=2, max_ingested_at="2026-01-01T00:00:00Z")},
+    )
     save_state(tmp_path, state)
     assert load_state(tmp_path, "m") == state
     assert load_state(tmp_path, "other") is None

@@ -101,13 +101,46 @@ def _to_decimal(value: Any, target: ColumnType, column: str) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-target.scale))
 
 
+# Kinds whose per-value converter is the identity: Arrow converts (and validates) them as is.
+_IDENTITY_KINDS = frozenset({"bool", "int", "bytes", "timestamptz", "timestamp", "date"})
+# Kinds Arrow converts exactly like the per-value converter when every value has one of these
+# classes (Arrow rescales decimals exactly and rejects any value that would lose digits).
+_FAST_CLASSES: dict[str, frozenset[type]] = {
+    "float": frozenset({float, int}),
+    "decimal": frozenset({Decimal, int}),
+    "string": frozenset({str, Json}),
+    "json": frozenset({str, Json}),
+    "uuid": frozenset({str}),
+    "time": frozenset({str}),
+}
+_NONE = type(None)
+
+
+def _converts_natively(values: Sequence[Any], target: ColumnType) -> bool:
+    if target.kind in _IDENTITY_KINDS:
+        return True
+    if target.kind == "array":
+        return target.item is not None and target.item.kind in _IDENTITY_KINDS
+    allowed = _FAST_CLASSES.get(target.kind)
+    return allowed is not None and set(map(type, values)) - {_NONE} <= allowed
+
+
 def to_arrow(values: Sequence[Any], target: ColumnType, column: str) -> pa.Array:
-    """Python canonical values -> an Arrow array of the column's type (SchemaDriftError if not)."""
+    """Python canonical values -> an Arrow array of the column's type (SchemaDriftError if not).
+
+    Column-wise: when Arrow's own conversion gives exactly what the per-value converter
+    would, the whole list goes to Arrow in one call; any value Arrow rejects (a decimal that
+    does not fit, a float that is not exact) re-runs the per-value path for its error.
+    """
+    data_type = arrow_type(target)
+    if _converts_natively(values, target):
+        try:
+            return pa.array(values, type=data_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            pass  # the per-value path below raises the precise error (or converts)
     convert = _converter(target, column)
     try:
-        return pa.array(
-            [None if v is None else convert(v) for v in values], type=arrow_type(target)
-        )
+        return pa.array([None if v is None else convert(v) for v in values], type=data_type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         raise SchemaDriftError(
             f"column {column!r} holds a value that is not a {target} ({exc}); "

@@ -3,60 +3,62 @@
 Layout: ``DIR/<namespace>/<name>/`` is a Delta table, e.g. ``DIR/raw/f2_public_orders``,
 ``DIR/raw/f2_public_orders_changelog`` and (written by Spark) ``DIR/consumption/<name>``.
 
-Per table and batch: one insert-only MERGE into the changelog (keyed by ``_capa_event_id``,
-so redelivery appends nothing), then ONE merge commit into the replica with the stale
-guard ``s._capa_position > t._capa_position`` in the update predicate; a truncate in the
-batch deletes older rows in the same commit, then raises the watermark table property.
+Per table and batch: one append to the changelog (events already in it are skipped, see
+:mod:`capa.warehouse.local.changelog`, so redelivery appends nothing), then ONE merge commit
+into the replica with the stale guard ``s._capa_position > t._capa_position`` in the update
+predicate; a truncate in the batch deletes older rows in the same commit, then raises the
+watermark table property. A commit conflict (another writer committed first) is retried
+with backoff, then raised as :class:`~capa.errors.WarehouseTransientError`.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from capa.apply import TablePlan, plan_table
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
 from capa.events import ChangeEvent, iter_tables
 from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
-    META_COMMIT_TS,
     META_DELETED,
-    META_EVENT_ID,
-    META_INGESTED_AT,
-    META_OP,
     META_POSITION,
     RAW_NAMESPACE,
     ApplyReport,
     TableReport,
 )
 from capa.warehouse.local import delta_io
-from capa.warehouse.local.arrow_types import to_arrow
+from capa.warehouse.local.changelog import unseen_events
 from capa.warehouse.local.delta_io import ident, sql_string
-from capa.warehouse.types import ColumnType, infer_types
+from capa.warehouse.local.sources import (
+    CHANGELOG_META,
+    KEEP_PREFIX,
+    META_UNCHANGED,
+    REPLICA_META,
+    Columns,
+    batch_types,
+    changelog_images,
+    changelog_source,
+    image_columns,
+    replica_source,
+)
+from capa.warehouse.types import ColumnType
 
 logger = logging.getLogger(__name__)
 
-META_UNCHANGED = "_capa_unchanged"
-KEEP_PREFIX = "_capa_keep__"
-_TS = pa.timestamp("us", tz="UTC")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-REPLICA_META: dict[str, pa.DataType] = {
-    META_POSITION: pa.string(),
-    META_OP: pa.string(),
-    META_COMMIT_TS: _TS,
-    META_INGESTED_AT: _TS,
-    META_EVENT_ID: pa.string(),
-    META_DELETED: pa.bool_(),
-}
-CHANGELOG_META = {**REPLICA_META, META_UNCHANGED: pa.list_(pa.string())}
+__all__ = ["KEEP_PREFIX", "META_UNCHANGED", "LocalWarehouse"]
+COMMIT_ATTEMPTS = 4
+COMMIT_BACKOFF_S = 0.05
 
 
 class LocalWarehouse:
@@ -70,18 +72,36 @@ class LocalWarehouse:
 
     def apply(self, events: Sequence[ChangeEvent]) -> ApplyReport:
         started = time.monotonic()
-        reports = tuple(self._apply_table(batch) for _, batch in iter_tables(events))
+        reports = tuple(self._apply_table(batch) for batch in _by_table(events))
         return ApplyReport(tables=reports, seconds=time.monotonic() - started)
 
     def _apply_table(self, events: Sequence[ChangeEvent]) -> TableReport:
         name = events[0].table_id
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return self._apply_table_once(name, events)
+            except CommitFailedError as exc:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise WarehouseTransientError(
+                        f"commit conflict on {name!r} after {attempt} attempts: {exc}"
+                    ) from exc
+                delay = COMMIT_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random())
+                logger.warning("commit conflict on %s (%s); retrying in %.2fs", name, exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _apply_table_once(self, name: str, events: Sequence[ChangeEvent]) -> TableReport:
         replica_path = self.table_path(RAW_NAMESPACE, name)
         plan = plan_table(events, delta_io.read_watermark(delta_io.open_table(replica_path)))
-        types = infer_types(_images(plan), plan.source_types)
+        replica_columns = image_columns([c.values for c in plan.changes])
+        log_columns = image_columns(changelog_images(plan.changelog))
+        types = batch_types(plan, replica_columns, log_columns)
         ingested = datetime.now(UTC)
         try:
-            appended = self._append_changelog(plan, types, ingested)
-            metrics = self._merge_replica(replica_path, plan, types, ingested)
+            appended = self._append_changelog(plan, log_columns, types, ingested)
+            metrics = self._merge_replica(replica_path, plan, replica_columns, types, ingested)
+        except CommitFailedError:
+            raise
         except OSError as exc:
             raise WarehouseTransientError(f"writing {name!r} under {self.root}: {exc}") from exc
         except Exception as exc:
@@ -98,29 +118,34 @@ class LocalWarehouse:
         )
 
     def _append_changelog(
-        self, plan: TablePlan, types: Mapping[str, ColumnType | None], ingested: datetime
+        self,
+        plan: TablePlan,
+        columns: Columns,
+        types: Mapping[str, ColumnType | None],
+        ingested: datetime,
     ) -> int:
         path = self.table_path(RAW_NAMESPACE, plan.table + CHANGELOG_SUFFIX)
         table = delta_io.ensure_table(path, CHANGELOG_META, types)
-        source = _changelog_source(plan, delta_io.table_types(table), ingested)
-        first = min(e.position for e in plan.changelog)
-        predicate = (
-            f"t.{ident(META_EVENT_ID)} = s.{ident(META_EVENT_ID)} "
-            f"AND t.{ident(META_POSITION)} >= {sql_string(first)}"
-        )
-        merger = table.merge(source, predicate, source_alias="s", target_alias="t")
-        metrics = merger.when_not_matched_insert(_all_from_source(source.column_names)).execute()
-        return int(metrics["num_target_rows_inserted"])
+        new = unseen_events(table, plan.changelog)
+        if not new:
+            return 0
+        if len(new) < len(plan.changelog):
+            columns = image_columns(changelog_images(new))
+        table_types = delta_io.table_types(table)
+        source = changelog_source(new, columns, table_types, ingested)
+        write_deltalake(table, source.select(list(table_types)), mode="append")
+        return len(new)
 
     def _merge_replica(
         self,
         path: Path,
         plan: TablePlan,
+        columns: Columns,
         types: Mapping[str, ColumnType | None],
         ingested: datetime,
     ) -> dict[str, Any]:
         table = delta_io.ensure_table(path, REPLICA_META, types)
-        metrics = _merge_changes(table, plan, ingested) if plan.changes else {}
+        metrics = _merge_changes(table, plan, columns, ingested) if plan.changes else {}
         if plan.truncate_position and not plan.changes:
             deleted = table.delete(f"{ident(META_POSITION)} < {sql_string(plan.truncate_position)}")
             metrics["num_target_rows_deleted"] = deleted.get("num_deleted_rows", 0)
@@ -188,90 +213,32 @@ class LocalWarehouse:
         """Nothing is held open between calls."""
 
 
+def _by_table(events: Sequence[ChangeEvent]) -> list[list[ChangeEvent]]:
+    """Events grouped by raw table (as :func:`capa.events.iter_tables`, naming each source
+    table once instead of once per event)."""
+    by_source: dict[tuple[str, str, str], list[ChangeEvent]] = {}
+    for event in events:
+        by_source.setdefault((event.source, event.schema, event.table), []).append(event)
+    if len(by_source) == 1:
+        return list(by_source.values())
+    return [batch for _, batch in iter_tables(events)]
+
+
 def _split(table: str) -> tuple[str, str]:
     namespace, _, name = table.rpartition(".")
     return namespace or RAW_NAMESPACE, name
-
-
-def _images(plan: TablePlan) -> Iterator[Mapping[str, Any]]:
-    for change in plan.changes:
-        yield change.values
-    for event in plan.changelog:
-        yield event.row or event.key
 
 
 def _all_from_source(columns: Sequence[str]) -> dict[str, str]:
     return {ident(c): f"s.{ident(c)}" for c in columns}
 
 
-def _source_table(
-    rows: Sequence[Mapping[str, Any]],
-    types: Mapping[str, ColumnType],
-    meta: Mapping[str, pa.DataType],
-) -> pa.Table:
-    arrays = {
-        name: to_arrow([r.get(name) for r in rows], t, name)
-        for name, t in types.items()
-        if name not in meta
-    }
-    arrays |= {name: pa.array([r.get(name) for r in rows], type=t) for name, t in meta.items()}
-    return pa.table(arrays)
-
-
-def _meta(
-    position: str,
-    op: str,
-    commit_ts_us: int | None,
-    event_id: str,
-    deleted: bool,
-    ingested: datetime,
+def _merge_changes(
+    table: DeltaTable, plan: TablePlan, columns: Columns, ingested: datetime
 ) -> dict[str, Any]:
-    commit = None if commit_ts_us is None else _EPOCH + timedelta(microseconds=commit_ts_us)
-    return {
-        META_POSITION: position,
-        META_OP: op,
-        META_COMMIT_TS: commit,
-        META_INGESTED_AT: ingested,
-        META_EVENT_ID: event_id,
-        META_DELETED: deleted,
-    }
-
-
-def _changelog_source(
-    plan: TablePlan, types: Mapping[str, ColumnType], ingested: datetime
-) -> pa.Table:
-    rows = []
-    for event in plan.changelog:
-        meta = _meta(
-            event.position,
-            event.op.value,
-            event.commit_ts_us,
-            event.event_id,
-            event.op.is_delete,
-            ingested,
-        )
-        rows.append(
-            {**(event.row or event.key), **meta, META_UNCHANGED: list(event.unchanged) or None}
-        )
-    return _source_table(rows, types, CHANGELOG_META)
-
-
-def _merge_changes(table: DeltaTable, plan: TablePlan, ingested: datetime) -> dict[str, Any]:
     types = delta_io.table_types(table)
     keep = sorted(plan.keep_columns)
-    rows = []
-    for change in plan.changes:
-        meta = _meta(
-            change.position,
-            change.op.value,
-            change.commit_ts_us,
-            change.event_id,
-            change.deleted,
-            ingested,
-        )
-        flags = {KEEP_PREFIX + c: c in change.keep for c in keep}
-        rows.append({**change.values, **meta, **flags})
-    source = _source_table(rows, types, REPLICA_META | {KEEP_PREFIX + c: pa.bool_() for c in keep})
+    source = replica_source(plan.changes, columns, types, keep, ingested)
     merger = table.merge(
         source, _key_predicate(plan.primary_key), source_alias="s", target_alias="t"
     )
