@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,16 @@ def row_hash(row: Mapping[str, Any], columns: Iterable[str]) -> str:
 
 
 def _normal(value: Any) -> Any:
+    """Canonical comparable form. Decimals compare by value (``12.30`` == ``12.300``): the
+    replica's scale is a property of its column type, checked by the fidelity tests."""
     if isinstance(value, memoryview | bytearray):
         value = bytes(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        return format(value.normalize(), "f")
+    if isinstance(value, list | tuple):
+        return [_normal(v) for v in value]
     return to_json_value(value)
 
 
@@ -73,8 +80,12 @@ def _pg_connect(dsn: str) -> Any:
 
     conn = psycopg.connect(dsn, autocommit=True)
     conn.execute("SET TIME ZONE 'UTC'")
-    set_json_loads(lambda text: text, conn)  # keep json/jsonb as their text
+    set_json_loads(_json_text, conn)  # keep json/jsonb as their text
     return conn
+
+
+def _json_text(data: str | bytes | memoryview) -> str:
+    return bytes(data).decode() if isinstance(data, bytes | memoryview) else data
 
 
 def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ...], list[str]]]:

@@ -141,7 +141,7 @@ class Demo:
         stats = reader.poll_once()
         producer.close()
         console.info(f"    {stats.files} new file(s), {stats.events} event(s) produced "
-                     f"({len(files)} in the bucket; files done in an earlier run are skipped)")
+                     f"({len(files)} in the bucket; the checkpoint skips files already done, and a re-sent file is harmless: apply is idempotent)")
 
     def replay_f3(self) -> None:
         from capa.demo.f3_events import InvoiceEvents
@@ -187,7 +187,7 @@ class Demo:
         python = VENVS / "spark" / "bin" / "python"
         if not python.exists():
             raise EnvironmentProblem(f"{python} is missing; run `make setup` (scripts/setup.sh spark)")
-        _run([str(python), "-m", "spark_jobs.build", "--lakehouse", str(self.lakehouse), "run"])
+        _run([str(python), "-m", "spark_jobs.build", "run", "--lakehouse", str(self.lakehouse)])
 
     # --- summary ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import time
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +33,7 @@ from capa.errors import SchemaDriftError
 from capa.events import Json
 from capa.warehouse.types import ColumnType, check_decimal_fits
 
+_WIDE = Context(prec=80)  # rescaling a decimal(38, s) value must not hit the 28-digit default
 _SIMPLE: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "int": pa.int64(),
@@ -98,7 +99,7 @@ def _converter(target: ColumnType, column: str) -> Callable[[Any], Any]:
 def _to_decimal(value: Any, target: ColumnType, column: str) -> Decimal:
     value = Decimal(value) if not isinstance(value, Decimal) else value
     check_decimal_fits(value, target, column=column)
-    return value.quantize(Decimal(1).scaleb(-target.scale))
+    return value.quantize(Decimal(1).scaleb(-target.scale), context=_WIDE)
 
 
 # Kinds whose per-value converter is the identity: Arrow converts (and validates) them as is.

@@ -1,0 +1,352 @@
+"""Fault injection: a live pipeline under ``kill -9``, then the oracle.
+
+The driver starts a throwaway local stack (Kafka, PostgreSQL, the Debezium bridge and the
+streaming apply job, through :class:`capa.stack.Stack`), runs the randomized
+:class:`capa.workload.Workload` in a thread at a steady rate, and meanwhile kills one
+component at a time with SIGKILL (by the PID of its Service record, never by name), keeps
+it down for a moment and restarts it through its Service. After the workload it quiesces
+(the replication slot has confirmed every WAL byte the workload wrote, and the apply job's
+committed offsets reach the end of the topic twice in a row) and compares every source
+table with its replica (:func:`capa.verify.verify_postgres_local`).
+
+    from capa.chaos import ChaosPlan, run_chaos
+    report = run_chaos(ChaosPlan(events=4_000, faults=3))
+    assert report.ok, report.lines()
+
+``python -m bench.chaos`` is the long run; ``tests/integration/test_chaos.py`` the short one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capa.config import CapaSettings, LocalWarehouseConfig
+from capa.errors import CapaError
+from capa.stack import Stack
+from capa.stack.base import Service, process_start_ticks, tail, wait_for
+from capa.stack.throwaway import throwaway_settings
+from capa.verify import TableDiff, verify_postgres_local
+from capa.workload import Workload
+
+logger = logging.getLogger(__name__)
+
+#: Components a fault can hit, in the order a schedule cycles through them.
+FAULT_KINDS: tuple[str, ...] = ("apply", "debezium", "kafka")
+PIPELINE: tuple[str, ...] = ("kafka", "postgres", "debezium", "apply")
+
+
+class ChaosError(CapaError):
+    """The chaos run itself could not proceed (a component did not come back, no quiesce)."""
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    """What one chaos run does."""
+
+    events: int = 4_000  # row changes the workload commits
+    faults: int = 3  # kill -9 faults, cycling over ``kinds`` (each kind at least once if faults >= kinds)
+    rate: float = 150.0  # workload row changes per second
+    seed: int = 0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    truncate_every: int = 0  # 1-in-N changes is a TRUNCATE (0 = none)
+    max_down_s: float = 3.0  # a killed component stays down for 0..max_down_s seconds
+    quiesce_timeout_s: float = 600.0
+
+
+@dataclass
+class ChaosReport:
+    """Numbers of one run; ``ok`` means nothing lost, duplicated or different."""
+
+    plan: ChaosPlan
+    events: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    unexpected_exits: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    workload_seconds: float = 0.0
+    quiesce_seconds: float = 0.0
+    diffs: list[TableDiff] = field(default_factory=list)
+    workload: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> int:
+        return sum(len(d.missing) for d in self.diffs)
+
+    @property
+    def extra(self) -> int:
+        return sum(len(d.extra) for d in self.diffs)
+
+    @property
+    def different(self) -> int:
+        return sum(len(d.different) for d in self.diffs)
+
+    @property
+    def source_rows(self) -> int:
+        return sum(d.source_rows for d in self.diffs)
+
+    @property
+    def replica_rows(self) -> int:
+        return sum(d.replica_rows for d in self.diffs)
+
+    @property
+    def ok(self) -> bool:
+        counts_equal = all(d.source_rows == d.replica_rows for d in self.diffs)
+        return bool(self.diffs) and counts_equal and all(d.ok for d in self.diffs)
+
+    def fault_summary(self) -> str:
+        return ", ".join(f"{kind} {self.faults[kind]}" for kind in self.plan.kinds)
+
+    def lines(self) -> list[str]:
+        """A human-readable report (one fact per line)."""
+        exits = ", ".join(f"{k} {v}" for k, v in sorted(self.unexpected_exits.items())) or "none"
+        out = [
+            f"events (row changes committed): {self.events} {self.workload}",
+            f"faults (kill -9): {sum(self.faults.values())} ({self.fault_summary()})",
+            f"unexpected exits (restarted): {exits}",
+            f"seconds: {self.seconds:.0f} total, {self.workload_seconds:.0f} workload, "
+            f"{self.quiesce_seconds:.0f} quiesce",
+            f"tables: {len(self.diffs)}, source rows {self.source_rows}, replica rows {self.replica_rows}",
+            f"lost rows (missing): {self.missing}",
+            f"duplicated rows (extra): {self.extra}",
+            f"different rows: {self.different}",
+            f"result: {'OK' if self.ok else 'MISMATCH'}",
+        ]
+        out += [f"  {d.table}: {d.source_rows} vs {d.replica_rows}; missing {d.missing[:5]} "
+                f"extra {d.extra[:5]} different {d.different[:5]}" for d in self.diffs if not d.ok]
+        return out
+
+
+def chaos_settings(state_dir: Path) -> CapaSettings:
+    """Throwaway settings: free ports, everything (lakehouse too) under ``state_dir``."""
+    base = throwaway_settings(state_dir)
+    debezium = base.debezium.model_copy(update={"heartbeat_interval_ms": 1000})
+    warehouse = LocalWarehouseConfig(path=(state_dir / "lakehouse").resolve())
+    return base.model_copy(update={"debezium": debezium, "warehouse": warehouse})
+
+
+# --- killing and restarting by PID -------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own child so it does not stay a zombie
+    return process_start_ticks(pid) is None
+
+
+def kill9(service: Service) -> int:
+    """SIGKILL the process of ``service``'s PID record; returns the PID."""
+    record = service.running()
+    if record is None:
+        raise ChaosError(f"{service.name} is not running; cannot inject a fault")
+    os.kill(record.pid, signal.SIGKILL)
+    if not wait_for(lambda: _gone(record.pid), 15.0, interval=0.05):
+        raise ChaosError(f"{service.name} pid {record.pid} survived SIGKILL for 15s")
+    logger.info("kill -9 %s pid=%d", service.name, record.pid)
+    return record.pid
+
+
+class ChaosRun:
+    """One run over a live stack in ``settings.state_dir`` (started and stopped here)."""
+
+    def __init__(self, settings: CapaSettings, plan: ChaosPlan) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.stack = Stack(settings)
+        self.rng = random.Random(plan.seed)
+        self.report = ChaosReport(plan)
+        self.dsn = settings.postgres.dsn()
+        self.lakehouse = Path(settings.warehouse.path)  # type: ignore[union-attr]
+        self._workload: Workload | None = None
+        self._workload_error: BaseException | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> ChaosReport:
+        started = time.monotonic()
+        try:
+            self.start()
+            self.inject_during_workload()
+            self.quiesce()
+            self.report.diffs = verify_postgres_local(
+                self.dsn, self.settings.debezium.source_name, "public", self.lakehouse)
+        except BaseException:
+            self.dump_logs()
+            raise
+        finally:
+            self.report.seconds = time.monotonic() - started
+            self.stack.down()
+        return self.report
+
+    def start(self) -> None:
+        self.stack.up(["kafka", "postgres"], strict=True)
+        workload = Workload(self.dsn, seed=self.plan.seed, truncate_every=self.plan.truncate_every)
+        workload.create_tables()  # before the bridge's snapshot: captured from the start
+        self._workload = workload
+        self.stack.up(["debezium", "apply"], strict=True)
+
+    def dump_logs(self, lines: int = 60) -> None:
+        for name in PIPELINE:
+            service = self.stack.service(name)
+            logger.error("----- %s log tail (%s) -----\n%s", name, service.log_path,
+                         tail(service.log_path, lines))
+
+    # --- workload + faults ---------------------------------------------------------------
+
+    def inject_during_workload(self) -> None:
+        thresholds = self.fault_thresholds()
+        kinds = self.fault_kinds()
+        worker = threading.Thread(target=self._run_workload, name="chaos-workload", daemon=True)
+        began = time.monotonic()
+        worker.start()
+        for threshold, kind in zip(thresholds, kinds, strict=True):
+            while worker.is_alive() and self._changes() < threshold:
+                self.watchdog()
+                time.sleep(0.2)
+            self.inject(kind)
+        while worker.is_alive():
+            self.watchdog()
+            worker.join(0.5)
+        self.report.workload_seconds = time.monotonic() - began
+        if self._workload_error is not None:
+            raise ChaosError(f"the workload failed: {self._workload_error}") from self._workload_error
+        assert self._workload is not None
+        self.report.events = self._workload.stats.changes
+        self.report.workload = dict(vars(self._workload.stats))
+
+    def fault_thresholds(self) -> list[int]:
+        """Random workload progress points (sorted) at which the faults fire."""
+        n = self.plan.events
+        return sorted(self.rng.randint(int(n * 0.05), int(n * 0.9)) for _ in range(self.plan.faults))
+
+    def fault_kinds(self) -> list[str]:
+        """Every kind once per round, in a random order per round."""
+        kinds: list[str] = []
+        while len(kinds) < self.plan.faults:
+            round_ = list(self.plan.kinds)
+            self.rng.shuffle(round_)
+            kinds += round_
+        return kinds[: self.plan.faults]
+
+    def _changes(self) -> int:
+        return self._workload.stats.changes if self._workload else 0
+
+    def _run_workload(self) -> None:
+        assert self._workload is not None
+        chunk = max(1, int(self.plan.rate))  # about one second of changes per connection
+        began = time.monotonic()
+        try:
+            while self._workload.stats.changes < self.plan.events:
+                self._workload.run(min(chunk, self.plan.events - self._workload.stats.changes))
+                ahead = self._workload.stats.changes / self.plan.rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except BaseException as exc:
+            self._workload_error = exc
+
+    def inject(self, kind: str) -> None:
+        service = self.stack.service(kind)
+        kill9(service)
+        self.report.faults[kind] += 1
+        time.sleep(self.rng.uniform(0.0, self.plan.max_down_s))
+        self.restart(kind)
+
+    def restart(self, kind: str) -> None:
+        if kind == "debezium":
+            self.wait_slot_released()
+        started = time.monotonic()
+        self.stack.service(kind).start()
+        logger.info("restarted %s in %.1fs", kind, time.monotonic() - started)
+
+    def watchdog(self) -> None:
+        """Restart (and count) a component that exited without being killed by us."""
+        for name in PIPELINE:
+            if self.stack.service(name).running() is None:
+                logger.warning("%s exited on its own; restarting it", name)
+                self.report.unexpected_exits[name] += 1
+                self.restart(name)
+
+    # --- quiesce -------------------------------------------------------------------------
+
+    def quiesce(self) -> None:
+        began = time.monotonic()
+        deadline = began + self.plan.quiesce_timeout_s
+        target = self._pg_value("SELECT pg_current_wal_lsn()")
+        self._until(deadline, "the replication slot confirms the workload's WAL",
+                    lambda: self.slot_confirmed(target))
+        settled = Counter[str]()
+
+        def caught_up() -> bool:
+            settled["zero"] = settled["zero"] + 1 if self._lag() == 0 else 0
+            return settled["zero"] >= 2
+
+        self._until(deadline, "the apply job's committed offsets reach the topic end", caught_up,
+                    interval=3.0)
+        self.report.quiesce_seconds = time.monotonic() - began
+
+    def _until(self, deadline: float, what: str, check: Any, interval: float = 1.0) -> None:
+        while not check():
+            if time.monotonic() >= deadline:
+                raise ChaosError(f"no quiesce: waited {self.plan.quiesce_timeout_s:.0f}s until {what}")
+            self.watchdog()
+            time.sleep(interval)
+
+    def slot_confirmed(self, target_lsn: str) -> bool:
+        sql = ("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+               "WHERE slot_name = %s")
+        return bool(self._pg_value(sql, target_lsn, self.settings.debezium.slot_name))
+
+    def wait_slot_released(self, timeout_s: float = 60.0) -> None:
+        """After a kill the server may hold the slot a moment; the bridge needs it free."""
+        sql = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active"
+        slot = self.settings.debezium.slot_name
+        if not wait_for(lambda: self._pg_value(sql, slot) == 0, timeout_s, interval=0.2):
+            raise ChaosError(f"replication slot {slot!r} still active {timeout_s:.0f}s after the kill")
+
+    def _pg_value(self, sql: str, *params: Any) -> Any:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
+    def _lag(self) -> int | None:
+        from capa.demo.run import kafka_lag
+
+        try:
+            return kafka_lag(self.settings)
+        except Exception as exc:  # broker briefly unavailable: not settled yet
+            logger.info("lag check failed: %s", exc)
+            return None
+
+
+@contextlib.contextmanager
+def chaos_state_dir(keep: bool = False) -> Iterator[Path]:
+    """A temp state dir the ``postgres`` OS user can traverse; removed unless ``keep``."""
+    import shutil
+
+    from capa.stack.throwaway import throwaway_state_dir
+
+    path = throwaway_state_dir("capa-chaos-")
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_chaos(plan: ChaosPlan, state_dir: Path | None = None) -> ChaosReport:
+    """Run ``plan`` on a throwaway stack (in ``state_dir`` or a temp dir removed afterwards)."""
+    if state_dir is not None:
+        return ChaosRun(chaos_settings(state_dir), plan).run()
+    with chaos_state_dir() as path:
+        return ChaosRun(chaos_settings(path), plan).run()

@@ -1,0 +1,146 @@
+"""The local lakehouse write path: append-only changelog dedupe, commit conflicts, and the
+column-wise Arrow conversion (must equal the per-value conversion it replaces)."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_apply_cases import event, full_row
+
+from capa.errors import SchemaDriftError, WarehouseTransientError
+from capa.events import Op
+from capa.warehouse.local import LocalWarehouse, delta_io
+from capa.warehouse.local import warehouse as warehouse_module
+from capa.warehouse.local.arrow_types import _converter, arrow_type, to_arrow
+from capa.warehouse.local.changelog import high_watermark
+from capa.warehouse.types import ColumnType, check_decimal_fits
+
+REPLICA = "raw.f2_public_orders"
+CHANGELOG = REPLICA + "_changelog"
+
+
+@pytest.fixture
+def warehouse(tmp_path) -> LocalWarehouse:
+    return LocalWarehouse(tmp_path / "lake")
+
+
+def _changelog_ids(warehouse: LocalWarehouse) -> list[str]:
+    return [r["_capa_event_id"] for r in warehouse.rows(CHANGELOG)]
+
+
+def test_partly_redelivered_batch_appends_only_the_new_events(warehouse) -> None:
+    old = [event(Op.INSERT, k, 10 + k, after=full_row(k, 1)) for k in (1, 2, 3)]
+    new = [event(Op.UPDATE, k, 20 + k, after=full_row(k, 2)) for k in (1, 2)]
+    warehouse.apply(old)
+    report = warehouse.apply(list(reversed(old[1:])) + new)  # redelivery overlaps the mark
+    ids = _changelog_ids(warehouse)
+    assert report.tables[0].changelog_rows == 2
+    assert sorted(ids) == sorted(e.event_id for e in old + new) and len(set(ids)) == len(ids)
+
+
+def test_changelog_high_watermark_is_the_largest_position(warehouse) -> None:
+    warehouse.apply([event(Op.INSERT, 1, 30, after=full_row(1, 1))])
+    warehouse.apply([event(Op.INSERT, 2, 12, after=full_row(2, 1))])  # a late, lower position
+    table = delta_io.open_table(warehouse.table_path("raw", "f2_public_orders_changelog"))
+    assert high_watermark(table) == event(Op.INSERT, 1, 30).position
+
+
+def test_redelivery_after_a_failed_replica_commit_appends_nothing(warehouse, monkeypatch) -> None:
+    batch = [event(Op.INSERT, 1, 10, after=full_row(1, 1))]
+
+    def crash(*args, **kwargs):
+        raise OSError("disk went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalWarehouse, "_merge_replica", crash)
+        with pytest.raises(WarehouseTransientError, match="disk went away"):
+            warehouse.apply(batch)
+    assert len(_changelog_ids(warehouse)) == 1 and warehouse.row_count(REPLICA) == 0
+    warehouse.apply(batch)
+    assert len(_changelog_ids(warehouse)) == 1 and warehouse.row_count(REPLICA) == 1
+
+
+def _racing_ensure_table(warehouse: LocalWarehouse, races: int, monkeypatch) -> list[int]:
+    """After the replica snapshot is taken, another writer commits (up to ``races`` times)."""
+    real = delta_io.ensure_table
+    raced: list[int] = []
+    racing: list[bool] = []
+
+    def ensure_then_race(path, fixed, wanted):
+        table = real(path, fixed, wanted)
+        if path.name == "f2_public_orders" and len(raced) < races and not racing:
+            raced.append(len(raced) + 100)
+            racing.append(True)
+            other = LocalWarehouse(warehouse.root)
+            other.apply([event(Op.INSERT, raced[-1], 1000 + len(raced), after=full_row(9, 9))])
+            racing.pop()
+        return table
+
+    monkeypatch.setattr(delta_io, "ensure_table", ensure_then_race)
+    monkeypatch.setattr(warehouse_module, "COMMIT_BACKOFF_S", 0.0)
+    return raced
+
+
+def test_commit_conflict_is_retried(warehouse, monkeypatch, caplog) -> None:
+    warehouse.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1))])
+    raced = _racing_ensure_table(warehouse, 1, monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        warehouse.apply([event(Op.UPDATE, 1, 11, after=full_row(1, 2))])
+    assert raced and "commit conflict" in caplog.text
+    rows = {r["id"]: r["name"] for r in warehouse.rows(REPLICA)}
+    assert rows == {1: "n2", 100: "n9"}
+
+
+def test_persistent_commit_conflict_is_transient(warehouse, monkeypatch) -> None:
+    warehouse.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1))])
+    _racing_ensure_table(warehouse, 99, monkeypatch)
+    with pytest.raises(WarehouseTransientError, match="commit conflict on 'f2_public_orders'"):
+        warehouse.apply([event(Op.UPDATE, 1, 11, after=full_row(1, 2))])
+
+
+def _per_value(values: list, target: ColumnType, column: str) -> pa.Array:
+    convert = _converter(target, column)
+    return pa.array([None if v is None else convert(v) for v in values], type=arrow_type(target))
+
+
+_DECIMALS = st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
+    lambda d: abs(d) < Decimal(10) ** 30 and abs(d.as_tuple().exponent) < 30  # type: ignore[arg-type]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), _DECIMALS, st.integers(-(10**20), 10**20)), max_size=6),
+    st.integers(1, 38),
+    st.integers(0, 12),
+)
+def test_column_wise_decimals_equal_the_per_value_conversion(values, precision, scale) -> None:
+    target = ColumnType("decimal", precision, max(0, min(scale, precision)))
+    try:
+        for value in values:
+            if value is not None:
+                check_decimal_fits(Decimal(value), target, column="amount")
+    except SchemaDriftError:
+        with pytest.raises(SchemaDriftError, match="does not fit"):
+            to_arrow(values, target, "amount")
+        return
+    got = to_arrow(values, target, "amount")
+    assert got.equals(_per_value(values, target, "amount"))
+    assert got.to_pylist() == [None if v is None else Decimal(v) for v in values]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-(2**60), 2**60)),
+        max_size=6,
+    )
+)
+def test_column_wise_floats_equal_the_per_value_conversion(values) -> None:
+    target = ColumnType("float")
+    assert to_arrow(values, target, "f").equals(_per_value(values, target, "f"))
