@@ -190,6 +190,7 @@ def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChan
     """One event -> row changes (two for an update that moves the primary key)."""
     key = key_of(event.key, primary_key)
     if event.op is Op.DELETE:
+        _require_key_values(event, primary_key)
         image = dict(event.key) | dict(event.before or {})
         return [_change(event, key, image, deleted=True, keep=())]
     image = dict(event.after or {}) | dict(event.key)
@@ -199,6 +200,16 @@ def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChan
         return [upsert]
     old_image = dict(zip(primary_key, old_key, strict=True))
     return [_change(event, old_key, old_image, deleted=True, keep=(), op=Op.DELETE), upsert]
+
+
+def _require_key_values(event: ChangeEvent, primary_key: Sequence[str]) -> None:
+    missing = [name for name in primary_key if name not in event.key]
+    if missing:
+        raise DecodeError(
+            f"delete on {event.table_id!r} at position {event.position} lacks the values of key "
+            f"column(s) {missing} (the source sent an empty payload), so the deleted row cannot be "
+            "identified; find the row at the source and replay it, or delete it by hand"
+        )
 
 
 def _moved_from(event: ChangeEvent, primary_key: Sequence[str], key: KeyTuple) -> KeyTuple | None:

@@ -162,16 +162,11 @@ def _key(
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DecodeError(f"source_metadata.primary_keys {names!r} is not a list of column names")
     if not row:
-        if op is Op.DELETE and not names:
-            raise DecodeError(
-                "Datastream delete with an empty/null payload and no primary_keys: the deleted row "
-                "cannot be identified"
-            )
         if op is Op.DELETE:
-            raise DecodeError(
-                f"Datastream delete with an empty/null payload: "
-                f"the values of key {names} are missing"
-            )
+            # Kept, never dropped (Google's template drops these): the event carries what the
+            # source said; applying it needs key values, so the apply step dead-letters it
+            # with that reason if they are missing.
+            return tuple(names), {}
         raise DecodeError(f"Datastream {op.name.lower()} record has an empty/null payload")
     missing = [n for n in names if n not in row]
     if missing:

@@ -468,6 +468,7 @@ def test_postgres_types_arrive_exactly_in_raw(fidelity: Fidelity) -> None:
     with psycopg.connect(fidelity.dsn, autocommit=True) as conn:
         _insert(conn, fidelity.table, 1, MID_ROW)  # before the bridge: a snapshot read
     fidelity.start_bridge()
+    fidelity.events(1)  # the snapshot is done: what follows is streamed
     _write_changes(fidelity.dsn, fidelity.table)
     events = [e for e in fidelity.events(9) if e.table == fidelity.table]
     assert [(e.op, e.key["id"]) for e in events] == [
