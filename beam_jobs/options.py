@@ -79,6 +79,26 @@ class StreamingApplyOptions(PipelineOptions):
                                  "'' to disable.")
         parser.add_argument("--log_interval_s", type=float, default=10.0,
                             help="Seconds between progress log lines.")
+        local = settings.warehouse if settings.warehouse.type == "local" else None
+        parser.add_argument("--merge_on_read", type=_flag, default=True,
+                            help="local warehouse: append each batch to a pending log served as "
+                                 "base + pending (fast commits), compacted on the schedule below "
+                                 "(true/false).")
+        parser.add_argument("--compact_interval_s", type=float,
+                            default=local.compact_interval_s if local else 300.0,
+                            help="local warehouse, merge-on-read: compact at least this often.")
+        parser.add_argument("--compact_pending_rows", type=int,
+                            default=local.compact_pending_rows if local else 1_000_000,
+                            help="local warehouse, merge-on-read: compact at this many "
+                                 "pending rows.")
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true/false")
 
 
 def _default_warehouse(settings: Any) -> str:

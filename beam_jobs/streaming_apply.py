@@ -23,6 +23,7 @@ never loses them.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -270,8 +271,10 @@ class ApplyBatchesFn(beam.DoFn):
         status_file: str | None = None,
         log_interval_s: float = 10.0,
         max_attempts: int = 8,
+        warehouse_options: dict[str, Any] | None = None,
     ) -> None:
         self.warehouse_spec = warehouse
+        self.warehouse_options = warehouse_options or {}
         self.committer_factory = committer
         self.dead_letter_factory = dead_letters
         self.max_batch_events = max_batch_events
@@ -283,7 +286,7 @@ class ApplyBatchesFn(beam.DoFn):
     def setup(self) -> None:
         from capa.warehouse import open_warehouse
 
-        self._warehouse = open_warehouse(self.warehouse_spec)
+        self._warehouse = open_warehouse(self.warehouse_spec, **self.warehouse_options)
         self._committer = self.committer_factory() if self.committer_factory else None
         self._dlq = self.dead_letter_factory() if self.dead_letter_factory else None
         self._stats = ApplyStats(self.status_file, self.log_interval_s)
@@ -453,7 +456,16 @@ def build_pipeline(pipeline: beam.Pipeline, opts: StreamingApplyOptions) -> Any:
         max_batch_events=opts.max_batch_events,
         status_file=opts.status_file or None,
         log_interval_s=opts.log_interval_s,
+        warehouse_options=_warehouse_options(opts),
     )
+
+
+def _warehouse_options(opts: StreamingApplyOptions) -> dict[str, Any]:
+    """Adapter options from the flags: merge-on-read and its compaction (local only)."""
+    if not str(opts.warehouse).startswith("local:"):
+        return {}
+    return {"merge_on_read": opts.merge_on_read, "compact_interval_s": opts.compact_interval_s,
+            "compact_pending_rows": opts.compact_pending_rows}
 
 
 class _DeadLetterSinkFactory:
@@ -465,7 +477,15 @@ class _DeadLetterSinkFactory:
         return DeadLetterSink(self.bootstrap, self.dlq_topic)
 
 
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes: a batch holds ~50k events (millions of small objects) that
+    the default thresholds re-scan over and over (measured: decode + plan 20-35% slower)."""
+    gc.freeze()  # start-up objects (Beam, modules) are never collected: skip them
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(argv: list[str] | None = None) -> None:
+    tune_gc()
     options, runner = build_options(argv)
     opts = options.view_as(StreamingApplyOptions)
     logger.info("streaming apply %s -> %s (stop_at_end=%s)", opts.topic, opts.warehouse,

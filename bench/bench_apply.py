@@ -1,11 +1,14 @@
 """Benchmark: sustained apply into the local lakehouse (not a test).
 
     .venvs/beam/bin/python -m bench.bench_apply [--rows 1000000] [--batch 20000] [--batches 8]
+        [--merge_on_read]
 
 Seeds a 1M-row replica (Delta, written directly in the adapter's layout), then applies
 batches of canonical events (60% updates, 30% inserts, 10% deletes, random keys) through
-``LocalWarehouse.apply`` - planning, changelog merge and the replica merge commit - and
-reports events/s and p50/p95 seconds per batch. Event objects are built before timing.
+``LocalWarehouse.apply`` - planning, changelog append and the replica merge commit (or,
+with ``--merge_on_read``, the pending-log append) - and reports events/s and p50/p95
+seconds per batch. Event objects are built before timing. With ``--merge_on_read`` it then
+times a full read (``row_count``, base + pending) and the compaction into the base.
 """
 
 from __future__ import annotations
@@ -95,9 +98,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--merge_on_read", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        warehouse = LocalWarehouse(root)
+        warehouse = LocalWarehouse(
+            root, merge_on_read=args.merge_on_read, compact_interval_s=1e9,
+            compact_pending_rows=10**9,
+        )
         started = time.monotonic()
         seed(warehouse, args.rows)
         print(f"seeded {args.rows} rows in {time.monotonic() - started:.1f}s")
@@ -118,6 +125,14 @@ def main() -> None:
             f"p50={statistics.median(times):.2f}s p95={p95:.2f}s "
             f"events/s={args.batch * len(times) / total:,.0f}"
         )
+        if args.merge_on_read:
+            t0 = time.monotonic()
+            warehouse.row_count("raw.f2_public_orders")
+            read_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            merged = warehouse.compact()
+            print(f"read base+pending {read_s:.2f}s; compact {merged} rows "
+                  f"{time.monotonic() - t0:.2f}s")
 
 
 if __name__ == "__main__":

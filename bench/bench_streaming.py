@@ -6,7 +6,8 @@
 Starts a throwaway Kafka broker (capa.stack.kafka, free ports, temp state dir), then:
 
 1. backlog: ``--rows`` inserts produced, then the bounded job (subprocess, FnApiRunner)
-   applies them into an empty local lakehouse: wall time to catch up (target <= 90 s at 1M);
+   applies them into an empty local lakehouse: wall time to catch up (target <= 90 s at 1M),
+   then the time to compact the merge-on-read pending log into the base table;
 2. sustained apply: ``--updates`` random updates into that ``--rows``-row table, events/s
    of the job vs. a bare confluent-kafka read of the same topic (target ratio >= 0.5);
 3. latency: the unbounded job while a producer sends ``--rate`` events/s for
@@ -73,6 +74,15 @@ def run_bounded(argv: list[str], log: Path) -> float:
     return time.monotonic() - started
 
 
+def compact(warehouse: Path) -> float:
+    """Seconds to compact the merge-on-read pending logs into the base tables."""
+    from capa.warehouse.local import LocalWarehouse
+
+    started = time.monotonic()
+    LocalWarehouse(warehouse).compact()
+    return time.monotonic() - started
+
+
 def bare_read_rate(config: KafkaConfig, expected: int) -> float:
     from confluent_kafka import Consumer
 
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         now = int(time.time() * 1e6)
         produce(config, (event(k, k + 1, Op.INSERT, now) for k in range(args.rows)))
         results["backlog_catch_up_s"] = round(run_bounded(job(config, wh, status), log), 1)
+        results["backlog_compact_s"] = round(compact(wh), 1)
 
         rng = random.Random(1)
         seq0 = args.rows + 1

@@ -19,6 +19,7 @@ table with its replica (:func:`capa.verify.verify_postgres_local`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -193,6 +194,21 @@ class ChaosRun:
         workload.create_tables()  # before the bridge's snapshot: captured from the start
         self._workload = workload
         self.stack.up(["debezium", "apply"], strict=True)
+        self.wait_snapshot_applied()
+
+    def wait_snapshot_applied(self, timeout_s: float = 300.0) -> None:
+        """Faults start on a flowing pipeline: the apply job has committed the snapshot."""
+        status = self.settings.state_dir / "apply-status.json"
+
+        def applied() -> bool:
+            self.watchdog()
+            try:
+                return int(json.loads(status.read_text()).get("events_applied", 0)) > 0
+            except (OSError, ValueError):
+                return False
+
+        if not wait_for(applied, timeout_s, interval=1.0):
+            raise ChaosError(f"the apply job applied nothing within {timeout_s:.0f}s (see {status})")
 
     def dump_logs(self, lines: int = 60) -> None:
         for name in PIPELINE:
@@ -254,11 +270,19 @@ class ChaosRun:
             self._workload_error = exc
 
     def inject(self, kind: str) -> None:
-        service = self.stack.service(kind)
-        kill9(service)
+        self.watchdog()  # a component that died on its own is back before we kill the next
+        kill9(self.stack.service(kind))
         self.report.faults[kind] += 1
         time.sleep(self.rng.uniform(0.0, self.plan.max_down_s))
         self.restart(kind)
+        self.settle()
+
+    def settle(self, seconds: float = 5.0) -> None:
+        """Watch a few seconds after a restart: dependents may exit while it was down."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.watchdog()
+            time.sleep(0.5)
 
     def restart(self, kind: str) -> None:
         if kind == "debezium":

@@ -152,6 +152,18 @@ class CrmConfig(_Section):
 class LocalWarehouseConfig(_Section):
     type: Literal["local"] = "local"
     path: Path = Field(Path(".state/lakehouse"), description="Root directory of the Delta tables.")
+    merge_on_read: bool = Field(
+        False,
+        description="Append applied batches to a pending log served as base + pending (fast "
+        "commits); compact into the base table on the schedule below or via compact().",
+    )
+    compact_interval_s: float = Field(
+        300.0, description="Merge-on-read: compact a table's pending log at least this often."
+    )
+    compact_pending_rows: int = Field(
+        1_000_000,
+        description="Merge-on-read: compact once a table's pending log holds this many rows.",
+    )
 
 
 class BigQueryWarehouseConfig(_Section):

@@ -39,7 +39,8 @@ from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, lo
 logger = logging.getLogger(__name__)
 
 _ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
-_LITERAL_KEYS_MAX = 100_000  # up to this many single-column keys are pushed down as IN (...)
+_LITERAL_KEYS_MAX = 5_000  # up to this many single-column keys are pushed down as IN (...)
+_FULL_FRACTION = 0.3  # recomputing more than this share of the target's rows: rebuild instead
 _PRESENT = "__capa_present"
 
 
@@ -162,6 +163,7 @@ class SparkModelBuilder:
             keys_df = affected_keys(self.spark, model, snaps, state, self.resolve)
             if keys_df is not None:
                 mode, keys = self._merge(model, target, keys_df)
+                keys = keys if mode != "full" else None
         if mode == "full":
             self._overwrite(model, target)
         if mode != "unchanged":
@@ -185,6 +187,10 @@ class SparkModelBuilder:
         count = keys_df.count()
         if count == 0:
             return "unchanged", 0
+        if count > _FULL_FRACTION * count_rows(target):
+            logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
+            keys_df.unpersist()
+            return "full", count
         df = self.spark.sql(model.render(self.resolve))
         key = list(model.header.key)
         keys_df = keys_df.select([F.col(k).cast(df.schema[k].dataType).alias(k) for k in key])
@@ -194,6 +200,7 @@ class SparkModelBuilder:
         else:
             recomputed = df.join(F.broadcast(keys_df), on=key, how="left_semi")
         source = keys_df.join(recomputed.withColumn(_PRESENT, F.lit(True)), on=key, how="left")
+        source = source.localCheckpoint(eager=True)  # MERGE scans its source twice: compute once
         source.createOrReplaceTempView("capa_merge_source")
         self.spark.sql(merge_sql(delta_ref(target), "capa_merge_source", key, df.columns))
         keys_df.unpersist()

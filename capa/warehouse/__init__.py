@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 def _local(config: Any, **options: Any) -> Warehouse:
     from capa.warehouse.local import LocalWarehouse
 
-    return LocalWarehouse(config.path, **options)  # type: ignore[return-value]
+    settings = {
+        name: getattr(config, name)
+        for name in ("merge_on_read", "compact_interval_s", "compact_pending_rows")
+        if hasattr(config, name)
+    }
+    return LocalWarehouse(config.path, **{**settings, **options})  # type: ignore[return-value]
 
 
 def _bigquery(config: Any, **options: Any) -> Warehouse:

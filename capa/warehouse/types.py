@@ -16,9 +16,9 @@ Widening rules (what happens when a batch brings a wider type than the table has
 
 Decimals: a declared ``numeric(p,s)``/``decimal(p,s)`` with ``p <= 38`` maps to
 decimal(p, s). An unconstrained numeric (no declared precision, or ``p > 38``) maps to
-decimal(38, max(9, largest scale seen)); a later value whose scale does not fit raises
-SchemaDriftError (declare the column ``numeric(p,s)`` at the source, or re-create the
-table). Values are rescaled exactly; a value that would lose digits is drift too.
+decimal(38, max(9, largest scale seen, trailing zeros ignored)); a later value whose scale
+does not fit raises SchemaDriftError (declare the column ``numeric(p,s)`` at the source, or
+re-create the table). Values are rescaled exactly; a value that would lose digits is drift too.
 """
 
 from __future__ import annotations
@@ -74,6 +74,19 @@ def decimal_scale(value: Decimal) -> int:
     return max(-exponent, 0) if isinstance(exponent, int) else 0
 
 
+def significant_scale(value: Decimal) -> int:
+    """Digits after the point once trailing zeros are dropped (exact: no context rounding).
+
+    ``Decimal("12000.000")`` -> 0, ``Decimal("1.50")`` -> 1. PostgreSQL ``numeric(p, -s)``
+    reaches Debezium as scale ``2048 - s`` (its typmod bits), i.e. thousands of zeros.
+    """
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(-(exponent + zeros), 0) if any(digits) else 0
+
+
 def type_of_values(values: Iterable[Any], source_type: str = "") -> ColumnType | None:
     """The column type for a column's values; None if every value is NULL."""
     present = [v for v in values if v is not None]
@@ -97,7 +110,7 @@ def _decimal_type(values: list[Any], source_type: str) -> ColumnType:
     if declared:
         return ColumnType("decimal", *declared)
     scale = max(
-        [DEFAULT_DECIMAL_SCALE, *(decimal_scale(v) for v in values if isinstance(v, Decimal))]
+        [DEFAULT_DECIMAL_SCALE, *(significant_scale(v) for v in values if isinstance(v, Decimal))]
     )
     return ColumnType("decimal", MAX_DECIMAL_PRECISION, min(scale, MAX_DECIMAL_PRECISION))
 
@@ -207,7 +220,7 @@ _FITS: dict[tuple[str, str], Any] = {
 
 def check_decimal_fits(value: Decimal, target: ColumnType, *, column: str) -> None:
     """SchemaDriftError if ``value`` cannot be stored exactly in decimal(p, s)."""
-    scale = decimal_scale(value.normalize())
+    scale = significant_scale(value)
     integer_digits = len(str(abs(int(value)))) if abs(value) >= 1 else 0
     if scale > target.scale or integer_digits > target.precision - target.scale:
         raise SchemaDriftError(

@@ -26,7 +26,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from capa.errors import DecodeError
@@ -100,8 +100,36 @@ def unscaled_to_decimal(raw: bytes, scale: int) -> Decimal:
     return Decimal(f"{unscaled}E{-scale}")  # exact: the constructor ignores context precision
 
 
+# PostgreSQL scales are -1000..1000; Debezium reports numeric(p, -s) with the raw 11-bit
+# typmod field, i.e. scale 2048 - s, and sends the value with that many trailing zeros.
+_PG_SCALE_LIMIT = 1000
+_PG_TYPMOD_SCALE = 2048
+_WIDE = Context(prec=2 * _PG_TYPMOD_SCALE)
+
+
+def true_scale(scale: int) -> int:
+    """Debezium's Decimal ``scale`` parameter -> the column's real scale (negative allowed)."""
+    return scale - _PG_TYPMOD_SCALE if scale > _PG_SCALE_LIMIT else scale
+
+
 def decimal_with_scale(scale: int) -> Converter:
     """Precise (base64 unscaled) with a known scale; also accepts string/double modes."""
+    convert = _decimal_with_scale(scale)
+    if true_scale(scale) == scale:
+        return convert
+    exponent = Decimal(1).scaleb(-true_scale(scale))  # numeric(p,-3): 12000 -> 1.2E+4
+
+    def negative_scale(value: Any) -> Decimal:
+        decoded = convert(value)
+        result = decoded.quantize(exponent, context=_WIDE)
+        if result != decoded:
+            raise _bad(value, f"decimal with scale {true_scale(scale)} (digits would be lost)")
+        return result
+
+    return negative_scale
+
+
+def _decimal_with_scale(scale: int) -> Converter:
 
     def convert(value: Any) -> Decimal:
         if isinstance(value, str):
@@ -202,7 +230,7 @@ def zoned_timestamp(value: Any) -> datetime:
 
 
 def iso_duration(value: Any) -> str:
-    """MicroDuration (µs, months counted as 30 days) -> ISO-8601 duration text."""
+    """MicroDuration (µs; Debezium counts a month as 30.4375 days) -> ISO-8601 duration text."""
     micros = to_int(value)
     sign, micros = ("-", -micros) if micros < 0 else ("", micros)
     days, rest = divmod(micros, 86_400_000_000)
@@ -325,11 +353,9 @@ def schema_type_name(field: Mapping[str, Any]) -> str:
         params = field.get("parameters")
         params = params if isinstance(params, dict) else {}
         precision = params.get("connect.decimal.precision", "")
-        return (
-            f"decimal({precision},{params.get('scale', '')})"
-            if precision
-            else f"decimal(,{params.get('scale', '')})"
-        )
+        scale = params.get("scale", "")
+        scale = true_scale(int(scale)) if str(scale).isdigit() else scale
+        return f"decimal({precision},{scale})" if precision else f"decimal(,{scale})"
     return f"{kind}:{name}" if name else kind
 
 

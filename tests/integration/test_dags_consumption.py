@@ -106,12 +106,14 @@ def test_dags_test_maintenance_enforces_changelog_retention(
     lake.upsert(
         "f2_public_orders", [{**sample.order(sample.random.Random(1), 3, 10), "status": "paid"}]
     )
+    for new_id in (21, 22):  # insert-only merges add files
+        lake.upsert("f2_public_orders", [sample.order(sample.random.Random(new_id), new_id, 10)])
     changelog = lake.path("f2_public_orders").with_name("f2_public_orders_changelog")
-    assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 23
+    assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 25
     assert len(DeltaTable(str(lake.path("f2_public_orders"))).file_uris()) > 1
     env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root), "CAPA_CHANGELOG_RETENTION_DAYS": "0"}
     run([str(AIRFLOW_BIN / "airflow"), "dags", "test", "maintenance"], env, tmp_path)
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 0
     replica = DeltaTable(str(lake.path("f2_public_orders")))
-    assert len(replica.to_pyarrow_table()) == 20  # replica (with 2 tombstones) untouched
+    assert len(replica.to_pyarrow_table()) == 22  # replica (with 2 tombstones) untouched
     assert len(replica.file_uris()) == 1  # compacted

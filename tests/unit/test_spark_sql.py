@@ -52,3 +52,16 @@ def test_state_round_trips(tmp_path: Path) -> None:
     save_state(tmp_path, state)
     assert load_state(tmp_path, "m") == state
     assert load_state(tmp_path, "other") is None
+
+
+def test_failed_checks_are_reported_as_a_table(capsys) -> None:  # type: ignore[no-untyped-def]
+    from spark_jobs.build import ChecksFailed, report_failure
+    from spark_jobs.checks import Check, CheckResult
+
+    bad = CheckResult(Check("m", "accepted_values", "band", "SELECT 1"), 2, ("x", "y"))
+    good = CheckResult(Check("m", "unique", "id", "SELECT 1"), 0, ())
+    report_failure(ChecksFailed("m", [bad, good]))
+    err = capsys.readouterr().err
+    assert "model 'm': 1 data-quality check(s) failed" in err
+    assert err.splitlines()[-1].split() == ["m", "accepted_values", "band", "2", "x,", "y"]
+    assert "unique" not in err

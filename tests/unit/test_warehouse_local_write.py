@@ -4,17 +4,25 @@ column-wise Arrow conversion (must equal the per-value conversion it replaces)."
 from __future__ import annotations
 
 import logging
+import random
 from decimal import Decimal
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_apply_cases import event, full_row
+from test_apply_cases import (
+    event,
+    full_row,
+    histories,
+    normalise,
+    sequential_replica,
+    shuffled_batches,
+)
 
 from capa.errors import SchemaDriftError, WarehouseTransientError
 from capa.events import Op
-from capa.warehouse.local import LocalWarehouse, delta_io
+from capa.warehouse.local import LocalWarehouse, delta_io, pending
 from capa.warehouse.local import warehouse as warehouse_module
 from capa.warehouse.local.arrow_types import _converter, arrow_type, to_arrow
 from capa.warehouse.local.changelog import high_watermark
@@ -144,3 +152,72 @@ def test_column_wise_decimals_equal_the_per_value_conversion(values, precision, 
 def test_column_wise_floats_equal_the_per_value_conversion(values) -> None:
     target = ColumnType("float")
     assert to_arrow(values, target, "f").equals(_per_value(values, target, "f"))
+
+
+# --- merge-on-read ----------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(histories(max_steps=14), st.integers(0, 2**32), st.booleans())
+def test_merge_on_read_equals_sequential_reference(tmp_path_factory, history, seed, toast) -> None:
+    root = tmp_path_factory.mktemp("lake")
+    warehouse = LocalWarehouse(root, merge_on_read=True)
+    rng = random.Random(seed)
+    for batch in shuffled_batches(history, seed):
+        warehouse.apply(batch)
+        if rng.random() < 0.3:
+            warehouse.compact()
+    expected = sequential_replica(history)
+    assert normalise(warehouse.rows(REPLICA, include_deleted=True)) == expected
+    via_sql = list(warehouse.query("SELECT * FROM raw.f2_public_orders_all"))
+    assert normalise(via_sql) == expected
+    warehouse.compact()
+    assert normalise(LocalWarehouse(root).rows(REPLICA, include_deleted=True)) == expected
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(histories(toast=True, max_steps=12), st.integers(0, 2**32))
+def test_merge_on_read_keeps_toast_columns_across_batches(tmp_path_factory, history, seed) -> None:
+    reference = LocalWarehouse(tmp_path_factory.mktemp("lake"))
+    deferred = LocalWarehouse(tmp_path_factory.mktemp("lake"), merge_on_read=True)
+    for batch in shuffled_batches(history, seed, shuffle=False):
+        reference.apply(batch)
+        deferred.apply(batch)
+    expected = normalise(reference.rows(REPLICA, include_deleted=True))
+    assert normalise(deferred.rows(REPLICA, include_deleted=True)) == expected
+    deferred.compact()
+    assert normalise(deferred.rows(REPLICA, include_deleted=True)) == expected
+
+
+def test_merge_on_read_defers_the_merge_until_compaction(warehouse, tmp_path) -> None:
+    deferred = LocalWarehouse(tmp_path / "lake", merge_on_read=True)
+    deferred.apply([event(Op.INSERT, k, 10 + k, after=full_row(k, 1)) for k in (1, 2)])
+    deferred.apply([event(Op.DELETE, 2, 20, before={"id": 2})])
+    base = delta_io.open_table(deferred.table_path("raw", "f2_public_orders"))
+    assert base is not None and base.to_pyarrow_table().num_rows == 0
+    assert (
+        deferred.row_count(REPLICA) == 1 and deferred.row_count(REPLICA, include_deleted=True) == 2
+    )
+    assert [r["id"] for r in deferred.query("SELECT id FROM raw.f2_public_orders")] == [1]
+    assert "_pending" not in {t.split(".")[0] for t in deferred.tables()}
+    assert deferred.compact() == 2
+    assert (
+        delta_io.open_table(deferred.table_path("raw", "f2_public_orders"))
+        .to_pyarrow_table()
+        .num_rows
+        == 2
+    )
+    assert deferred.compact() == 0 and deferred.row_count(REPLICA) == 1
+
+
+def test_merge_on_read_compacts_when_the_pending_log_is_big(tmp_path) -> None:
+    deferred = LocalWarehouse(tmp_path / "lake", merge_on_read=True, compact_pending_rows=3)
+    deferred.apply([event(Op.INSERT, k, 10 + k, after=full_row(k, 1)) for k in (1, 2)])
+    assert pending.open_pending(deferred.root, "f2_public_orders") is not None
+    deferred.apply([event(Op.INSERT, 3, 20, after=full_row(3, 1))])
+    assert pending.open_pending(deferred.root, "f2_public_orders") is None
+    assert deferred.row_count(REPLICA) == 3

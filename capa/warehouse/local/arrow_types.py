@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from capa.errors import SchemaDriftError
 from capa.events import Json
-from capa.warehouse.types import ColumnType, check_decimal_fits
+from capa.warehouse.types import MAX_DECIMAL_PRECISION, ColumnType, check_decimal_fits
 
 _WIDE = Context(prec=80)  # rescaling a decimal(38, s) value must not hit the 28-digit default
 _SIMPLE: dict[str, pa.DataType] = {
@@ -123,7 +123,18 @@ def _converts_natively(values: Sequence[Any], target: ColumnType) -> bool:
     if target.kind == "array":
         return target.item is not None and target.item.kind in _IDENTITY_KINDS
     allowed = _FAST_CLASSES.get(target.kind)
-    return allowed is not None and set(map(type, values)) - {_NONE} <= allowed
+    if allowed is None or not set(map(type, values)) - {_NONE} <= allowed:
+        return False
+    return target.kind != "decimal" or _short_decimals(values)
+
+
+def _short_decimals(values: Sequence[Any]) -> bool:
+    """pyarrow turns a Decimal of about 150+ coefficient digits into 0 without an error
+    (PostgreSQL ``numeric(p,-s)`` arrives from Debezium with ~2000 trailing zeros): such
+    values take the checked per-value path."""
+    return all(
+        len(v.as_tuple().digits) <= MAX_DECIMAL_PRECISION for v in values if type(v) is Decimal
+    )
 
 
 def to_arrow(values: Sequence[Any], target: ColumnType, column: str) -> pa.Array:

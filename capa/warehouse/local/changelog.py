@@ -37,7 +37,7 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
-def high_watermark(table: DeltaTable) -> str | None | _Unknown:
+def high_watermark(table: DeltaTable) -> str | _Unknown | None:
     """The largest position in the changelog (None when empty) from file statistics."""
     actions = pa.table(table.get_add_actions(flatten=True))
     if actions.num_rows == 0:

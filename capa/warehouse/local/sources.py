@@ -75,9 +75,7 @@ def changelog_source(
 ) -> pa.Table:
     """The changelog rows of ``events`` (``columns`` are their images, same order)."""
     arrays = _source_arrays(columns, types, len(events), CHANGELOG_META)
-    arrays |= _meta_arrays(
-        events, [e.op.is_delete for e in events], len(events), ingested
-    )
+    arrays |= _meta_arrays(events, [e.op.is_delete for e in events], len(events), ingested)
     unchanged = [list(e.unchanged) if e.unchanged else None for e in events]
     arrays[META_UNCHANGED] = pa.array(unchanged, type=CHANGELOG_META[META_UNCHANGED])
     return pa.table(arrays)

@@ -37,7 +37,7 @@ from capa.warehouse.base import (
     ApplyReport,
     TableReport,
 )
-from capa.warehouse.local import delta_io
+from capa.warehouse.local import delta_io, pending
 from capa.warehouse.local.changelog import unseen_events
 from capa.warehouse.local.delta_io import ident, sql_string
 from capa.warehouse.local.sources import (
@@ -57,6 +57,7 @@ from capa.warehouse.types import ColumnType
 logger = logging.getLogger(__name__)
 
 __all__ = ["KEEP_PREFIX", "META_UNCHANGED", "LocalWarehouse"]
+_GUARD = f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
 COMMIT_ATTEMPTS = 4
 COMMIT_BACKOFF_S = 0.05
 
@@ -64,9 +65,22 @@ COMMIT_BACKOFF_S = 0.05
 class LocalWarehouse:
     """Delta tables in a directory (the ``local:DIR`` warehouse)."""
 
-    def __init__(self, root: Path | str, *, soft_deletes: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        soft_deletes: bool = False,
+        merge_on_read: bool = False,
+        compact_interval_s: float = 300.0,
+        compact_pending_rows: int = 1_000_000,
+    ) -> None:
         self.root = Path(root)
         self.soft_deletes = soft_deletes
+        self.merge_on_read = merge_on_read
+        self.compact_interval_s = compact_interval_s
+        self.compact_pending_rows = compact_pending_rows
+        self._pending_since: dict[str, float] = {}  # table -> when its pending log started
+        self._pending_rows: dict[str, int] = {}
 
     # --- writing ---------------------------------------------------------------------
 
@@ -99,6 +113,9 @@ class LocalWarehouse:
         ingested = datetime.now(UTC)
         try:
             appended = self._append_changelog(plan, log_columns, types, ingested)
+            if self.merge_on_read and not plan.truncate_position:
+                return self._append_pending(plan, replica_columns, types, ingested, appended)
+            self._compact_table(name)  # a merge (or truncate) applies on top of a compact base
             metrics = self._merge_replica(replica_path, plan, replica_columns, types, ingested)
         except CommitFailedError:
             raise
@@ -136,6 +153,73 @@ class LocalWarehouse:
         write_deltalake(table, source.select(list(table_types)), mode="append")
         return len(new)
 
+    def _append_pending(
+        self,
+        plan: TablePlan,
+        columns: Columns,
+        types: Mapping[str, ColumnType | None],
+        ingested: datetime,
+        appended: int,
+    ) -> TableReport:
+        """Merge-on-read: the planned changes go to the pending log (see ``pending``)."""
+        if plan.changes:
+            replica = delta_io.ensure_table(
+                self.table_path(RAW_NAMESPACE, plan.table), REPLICA_META, types
+            )
+            keep = sorted(plan.keep_columns)
+            source = replica_source(
+                plan.changes, columns, delta_io.table_types(replica), keep, ingested
+            )
+            pending.append_pending(self.root, plan.table, source, plan.primary_key, types)
+            self._pending_since.setdefault(plan.table, time.monotonic())
+            self._pending_rows[plan.table] = self._pending_rows.get(plan.table, 0) + len(source)
+        self._maybe_compact(plan.table)
+        return TableReport(plan.table, plan.events, len(plan.changes), plan.stale, appended)
+
+    def _maybe_compact(self, name: str) -> None:
+        since = self._pending_since.get(name)
+        due = since is not None and time.monotonic() - since >= self.compact_interval_s
+        if due or self._pending_rows.get(name, 0) >= self.compact_pending_rows:
+            self._compact_table(name)
+
+    def compact(self, table: str | None = None) -> int:
+        """Merge pending (merge-on-read) rows into the base replicas; returns rows merged.
+
+        ``table`` is ``raw.<name>`` (or ``<name>``); default: every replica. Call it before
+        anything that reads the Delta files directly (Spark builds, backups).
+        """
+        if table is not None:
+            return self._compact_table(_split(table)[1])
+        logs = (self.root / pending.PENDING_NAMESPACE).glob("*/_delta_log")
+        return sum(self._compact_table(name) for name in sorted(p.parent.name for p in logs))
+
+    def _compact_table(self, name: str) -> int:
+        self._pending_since.pop(name, None)
+        self._pending_rows.pop(name, None)
+        log = pending.open_pending(self.root, name)
+        base = delta_io.open_table(self.table_path(RAW_NAMESPACE, name))
+        if log is None or base is None:
+            return 0
+        started = time.monotonic()
+        resolved, top = pending.resolved_rows(base, log)
+        key, _ = pending.resolve_args(resolved.column_names, log)
+        if resolved.num_rows:
+            columns = _all_from_source(resolved.column_names)
+            base.merge(
+                resolved, _key_predicate(key), source_alias="s", target_alias="t"
+            ).when_matched_update(columns, predicate=_GUARD).when_not_matched_insert(
+                columns
+            ).execute()
+        if top is not None:
+            log.delete(f"{ident(pending.PENDING_SEQ)} <= {int(top)}")
+        logger.info(
+            "compacted %d pending rows into %s in %.2fs",
+            resolved.num_rows,
+            name,
+            time.monotonic() - started,
+        )
+        return resolved.num_rows
+
     def _merge_replica(
         self,
         path: Path,
@@ -163,6 +247,8 @@ class LocalWarehouse:
         found = []
         for log_dir in sorted(self.root.glob("*/*/_delta_log")):
             table_dir = log_dir.parent
+            if table_dir.parent.name.startswith("_"):
+                continue  # internal (the merge-on-read pending logs)
             found.append(f"{table_dir.parent.name}.{table_dir.name}")
         return found
 
@@ -195,7 +281,10 @@ class LocalWarehouse:
     def _read(self, table: str) -> pa.Table | None:
         namespace, name = _split(table)
         delta = delta_io.open_table(self.table_path(namespace, name))
-        return None if delta is None else delta.to_pyarrow_table()
+        if delta is None:
+            return None
+        log = pending.open_pending(self.root, name) if namespace == RAW_NAMESPACE else None
+        return delta.to_pyarrow_table() if log is None else pending.read_replica(delta, log)
 
     def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
@@ -243,7 +332,7 @@ def _merge_changes(
         source, _key_predicate(plan.primary_key), source_alias="s", target_alias="t"
     )
     merger = merger.when_matched_update(
-        _updates(types, keep), predicate=f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
+        _updates(types, keep), predicate=_GUARD
     ).when_not_matched_insert(_all_from_source(list(types)))
     if plan.truncate_position:
         merger = merger.when_not_matched_by_source_delete(
