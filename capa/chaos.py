@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 #: Components a fault can hit, in the order a schedule cycles through them.
 FAULT_KINDS: tuple[str, ...] = ("apply", "debezium", "kafka")
 PIPELINE: tuple[str, ...] = ("kafka", "postgres", "debezium", "apply")
+MARKER_TABLE = "chaos_marker"  # one row written after the workload: the quiesce marker
 
 
 class ChaosError(CapaError):
@@ -192,6 +193,8 @@ class ChaosRun:
         self.stack.up(["kafka", "postgres"], strict=True)
         workload = Workload(self.dsn, seed=self.plan.seed, truncate_every=self.plan.truncate_every)
         workload.create_tables()  # before the bridge's snapshot: captured from the start
+        self._pg_value(f'CREATE TABLE IF NOT EXISTS "public"."{MARKER_TABLE}" '
+                       "(id bigint PRIMARY KEY, n bigint NOT NULL)")
         self._workload = workload
         self.stack.up(["debezium", "apply"], strict=True)
         self.wait_snapshot_applied()
@@ -304,7 +307,7 @@ class ChaosRun:
     def quiesce(self) -> None:
         began = time.monotonic()
         deadline = began + self.plan.quiesce_timeout_s
-        target = self._pg_value("SELECT pg_current_wal_lsn()")
+        target = self.write_marker()
         self._until(deadline, "the replication slot confirms the workload's WAL",
                     lambda: self.slot_confirmed(target))
         settled = Counter[str]()
@@ -324,6 +327,22 @@ class ChaosRun:
             self.watchdog()
             time.sleep(interval)
 
+    def write_marker(self) -> str:
+        """The WAL position after the workload, then one captured change beyond it.
+
+        Debezium confirms the commit LSN of the last transaction it shipped, which stays
+        below ``pg_current_wal_lsn()`` when the workload's last commit is the last change;
+        the marker row is a change past the workload, so confirming it confirms all of it.
+        """
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            conn.execute(f'INSERT INTO "public"."{MARKER_TABLE}" (id, n) VALUES (1, 1) '
+                         "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n + 1")
+        assert row is not None
+        return str(row[0])
+
     def slot_confirmed(self, target_lsn: str) -> bool:
         sql = ("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
                "WHERE slot_name = %s")
@@ -340,7 +359,8 @@ class ChaosRun:
         import psycopg
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            row = cur.fetchone() if cur.description else None
         return None if row is None else row[0]
 
     def _lag(self) -> int | None:

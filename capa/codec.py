@@ -246,7 +246,7 @@ def datetime_to_us(value: datetime) -> int:
 def avro_schema() -> dict[str, Any]:
     """The parsed canonical Avro schema (``change_event.v1.avsc``)."""
     text = resources.files("capa.schemas").joinpath("change_event.v1.avsc").read_text()
-    return fastavro.parse_schema(json.loads(text))
+    return fastavro.parse_schema(json.loads(text))  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=1)

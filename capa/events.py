@@ -120,9 +120,9 @@ class ChangeEvent:
     position: str
     commit_ts_us: int | None  # source commit time, µs since epoch UTC
     primary_key: tuple[str, ...]  # primary-key column names, in key order
-    key: FrozenRow  # primary-key column -> value
-    before: FrozenRow | None
-    after: FrozenRow | None
+    key: Mapping[str, Any]  # primary-key column -> value (stored as a FrozenRow)
+    before: Mapping[str, Any] | None  # stored as a FrozenRow
+    after: Mapping[str, Any] | None  # stored as a FrozenRow
     columns: tuple[Column, ...] = ()
     unchanged: tuple[str, ...] = ()  # columns absent from ``after`` because unchanged (TOAST)
     transaction_id: str | None = None
@@ -147,7 +147,7 @@ class ChangeEvent:
         return raw_table_name(self.source, self.schema, self.table)
 
     @property
-    def row(self) -> FrozenRow | None:
+    def row(self) -> Mapping[str, Any] | None:
         """The row image to apply: ``after``, or ``before``/``key`` for deletes."""
         return self.before if self.op is Op.DELETE else self.after
 

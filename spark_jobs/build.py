@@ -166,8 +166,16 @@ class SparkModelBuilder:
                 keys = keys if mode != "full" else None
         if mode == "full":
             self._overwrite(model, target)
+        written = time.monotonic()
         if mode != "unchanged":
             self._check(project, model, target, before)
+        logger.info(
+            "%s: %s write %.1fs, checks %.1fs",
+            model.name,
+            mode,
+            written - started,
+            time.monotonic() - written,
+        )
         version = delta_version(target) or 0
         save_state(self.consumption, self._state(model, snaps, version))
         rows = count_rows(target)
@@ -183,8 +191,12 @@ class SparkModelBuilder:
     def _merge(self, model: Model, target: Path, keys_df: Any) -> tuple[str, int]:
         from pyspark.sql import functions as F
 
+        started = time.monotonic()
         keys_df = keys_df.cache()
         count = keys_df.count()
+        logger.info(
+            "%s: %d changed keys found in %.1fs", model.name, count, time.monotonic() - started
+        )
         if count == 0:
             return "unchanged", 0
         if count > _FULL_FRACTION * count_rows(target):

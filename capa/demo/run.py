@@ -58,7 +58,7 @@ class TableSummary:
 @dataclass
 class DemoState:
     summaries: list[TableSummary] = field(default_factory=list)
-    expected: dict[str, dict[Any, Mapping[str, Any]]] = field(default_factory=dict)
+    expected: dict[str, Mapping[Any, Mapping[str, Any]]] = field(default_factory=dict)
     apply_status: dict[str, Any] = field(default_factory=dict)
 
 

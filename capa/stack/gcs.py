@@ -70,7 +70,7 @@ class FakeGcsServer(Service):
     def client(self, project: str = "capa") -> Any:
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from google.cloud import storage  # type: ignore[attr-defined]
 
         return storage.Client(project=project, credentials=AnonymousCredentials(),
                               client_options=ClientOptions(api_endpoint=self.url))
