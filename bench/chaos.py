@@ -24,6 +24,16 @@ from capa.chaos import ChaosPlan, ChaosReport, ChaosRun, chaos_settings, chaos_s
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Chaos"
+SETUP = (
+    "A throwaway stack (Kafka, PostgreSQL, Debezium bridge, streaming apply job) on free "
+    "ports; the randomized workload (`capa/workload.py`, seed {seed}, {rate:.0f} changes/s, "
+    "inserts / updates / deletes / primary-key updates, {truncates} truncates) runs "
+    "while `capa/chaos.py` kills the apply job, the bridge and the broker with SIGKILL (by "
+    "PID record) at random points, keeps each down 0-{down:.0f} s and restarts it through "
+    "its Service. After quiesce (a marker row past the workload confirmed by the replication "
+    "slot, apply lag 0 twice) the oracle (`capa/verify.py`) compares every table: row count "
+    "and per-row hash."
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,12 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--faults", type=int, default=24, help="kill -9 faults (cycling kinds)")
     parser.add_argument("--rate", type=float, default=400.0, help="row changes per second")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--truncate_every", type=int, default=40_000,
-                        help="1-in-N changes is a TRUNCATE (0 = none)")
+    parser.add_argument(
+        "--truncate_every", type=int, default=40_000, help="1-in-N changes is a TRUNCATE (0 = none)"
+    )
     parser.add_argument("--quiesce_timeout_s", type=float, default=1800.0)
     parser.add_argument("--keep_state", action="store_true", help="keep the temp state dir")
-    parser.add_argument("--no-docs", dest="docs", action="store_false",
-                        help="do not update docs/benchmarks.md")
+    parser.add_argument(
+        "--no-docs", dest="docs", action="store_false", help="do not update docs/benchmarks.md"
+    )
     return parser.parse_args(argv)
 
 
@@ -52,30 +64,34 @@ def section_text(report: ChaosReport, command: str) -> str:
     rows = [
         ("events (row changes committed)", f"{report.events:,}"),
         ("faults (kill -9)", f"{sum(report.faults.values())} ({report.fault_summary()})"),
-        ("unexpected exits (restarted by the driver)",
-         ", ".join(f"{k} {v}" for k, v in sorted(report.unexpected_exits.items())) or "none"),
-        ("seconds (total / workload / quiesce)",
-         f"{report.seconds:.0f} / {report.workload_seconds:.0f} / {report.quiesce_seconds:.0f}"),
-        ("tables / source rows / replica rows",
-         f"{len(report.diffs)} / {report.source_rows:,} / {report.replica_rows:,}"),
+        (
+            "unexpected exits (restarted by the driver)",
+            ", ".join(f"{k} {v}" for k, v in sorted(report.unexpected_exits.items())) or "none",
+        ),
+        (
+            "seconds (total / workload / quiesce)",
+            f"{report.seconds:.0f} / {report.workload_seconds:.0f} / {report.quiesce_seconds:.0f}",
+        ),
+        (
+            "tables / source rows / replica rows",
+            f"{len(report.diffs)} / {report.source_rows:,} / {report.replica_rows:,}",
+        ),
         ("lost rows (missing)", str(report.missing)),
         ("duplicated rows (extra)", str(report.extra)),
         ("different rows (hash)", str(report.different)),
         ("result", "**OK**" if report.ok else "**MISMATCH**"),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    prose = SETUP.format(
+        seed=plan.seed,
+        rate=plan.rate,
+        truncates=f"1-in-{plan.truncate_every}" if plan.truncate_every else "no",
+        down=plan.max_down_s,
+    )
+    measured = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load} (2 cores, shared)"
     return (
-        f"{SECTION}\n\n"
-        f"Command: `{command}` (`make chaos` runs the defaults: 200k events, 24 faults).\n\n"
-        "A throwaway stack (Kafka, PostgreSQL, Debezium bridge, streaming apply job) on free ports; the "
-        f"randomized workload (`capa/workload.py`, seed {plan.seed}, {plan.rate:.0f} changes/s, inserts / "
-        "updates / deletes / primary-key updates, 1-in-"
-        f"{plan.truncate_every or 'never'} truncates) runs while `capa/chaos.py` kills the apply job, "
-        "the bridge and the broker with SIGKILL (by PID record) at random points, keeps each down "
-        f"0-{plan.max_down_s:.0f} s and restarts it through its Service. After quiesce (slot confirmed "
-        "past the workload's WAL, apply lag 0 twice) the oracle (`capa/verify.py`) compares every "
-        "table: row count and per-row hash.\n\n"
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load} (2 cores, shared).\n\n"
+        f"{SECTION}\n\nCommand: `{command}` (`make chaos` runs the defaults: 200k events, "
+        f"24 faults).\n\n{prose}\n\nMeasured {measured}.\n\n"
         f"| measure | result |\n|---|---|\n{table}\n"
     )
 
@@ -91,10 +107,18 @@ def replace_section(doc: str, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = parse_args(argv)
-    plan = ChaosPlan(events=args.events, faults=args.faults, rate=args.rate, seed=args.seed,
-                     truncate_every=args.truncate_every, quiesce_timeout_s=args.quiesce_timeout_s)
+    plan = ChaosPlan(
+        events=args.events,
+        faults=args.faults,
+        rate=args.rate,
+        seed=args.seed,
+        truncate_every=args.truncate_every,
+        quiesce_timeout_s=args.quiesce_timeout_s,
+    )
     with chaos_state_dir(keep=args.keep_state) as state_dir:
         report = ChaosRun(chaos_settings(state_dir), plan).run()
     print("\n".join(report.lines()))

@@ -57,7 +57,7 @@ class ChaosPlan:
     """What one chaos run does."""
 
     events: int = 4_000  # row changes the workload commits
-    faults: int = 3  # kill -9 faults, cycling over ``kinds`` (each kind at least once if faults >= kinds)
+    faults: int = 3  # kill -9 faults, every kind once per round (in random order)
     rate: float = 150.0  # workload row changes per second
     seed: int = 0
     kinds: tuple[str, ...] = FAULT_KINDS
@@ -117,14 +117,19 @@ class ChaosReport:
             f"unexpected exits (restarted): {exits}",
             f"seconds: {self.seconds:.0f} total, {self.workload_seconds:.0f} workload, "
             f"{self.quiesce_seconds:.0f} quiesce",
-            f"tables: {len(self.diffs)}, source rows {self.source_rows}, replica rows {self.replica_rows}",
+            f"tables: {len(self.diffs)}, source rows {self.source_rows}, "
+            f"replica rows {self.replica_rows}",
             f"lost rows (missing): {self.missing}",
             f"duplicated rows (extra): {self.extra}",
             f"different rows: {self.different}",
             f"result: {'OK' if self.ok else 'MISMATCH'}",
         ]
-        out += [f"  {d.table}: {d.source_rows} vs {d.replica_rows}; missing {d.missing[:5]} "
-                f"extra {d.extra[:5]} different {d.different[:5]}" for d in self.diffs if not d.ok]
+        out += [
+            f"  {d.table}: {d.source_rows} vs {d.replica_rows}; missing {d.missing[:5]} "
+            f"extra {d.extra[:5]} different {d.different[:5]}"
+            for d in self.diffs
+            if not d.ok
+        ]
         return out
 
 
@@ -180,7 +185,8 @@ class ChaosRun:
             self.inject_during_workload()
             self.quiesce()
             self.report.diffs = verify_postgres_local(
-                self.dsn, self.settings.debezium.source_name, "public", self.lakehouse)
+                self.dsn, self.settings.debezium.source_name, "public", self.lakehouse
+            )
         except BaseException:
             self.dump_logs()
             raise
@@ -193,8 +199,10 @@ class ChaosRun:
         self.stack.up(["kafka", "postgres"], strict=True)
         workload = Workload(self.dsn, seed=self.plan.seed, truncate_every=self.plan.truncate_every)
         workload.create_tables()  # before the bridge's snapshot: captured from the start
-        self._pg_value(f'CREATE TABLE IF NOT EXISTS "public"."{MARKER_TABLE}" '
-                       "(id bigint PRIMARY KEY, n bigint NOT NULL)")
+        self._pg_value(
+            f'CREATE TABLE IF NOT EXISTS "public"."{MARKER_TABLE}" '
+            "(id bigint PRIMARY KEY, n bigint NOT NULL)"
+        )
         self._workload = workload
         self.stack.up(["debezium", "apply"], strict=True)
         self.wait_snapshot_applied()
@@ -211,13 +219,19 @@ class ChaosRun:
                 return False
 
         if not wait_for(applied, timeout_s, interval=1.0):
-            raise ChaosError(f"the apply job applied nothing within {timeout_s:.0f}s (see {status})")
+            raise ChaosError(
+                f"the apply job applied nothing within {timeout_s:.0f}s (see {status})"
+            )
 
     def dump_logs(self, lines: int = 60) -> None:
         for name in PIPELINE:
             service = self.stack.service(name)
-            logger.error("----- %s log tail (%s) -----\n%s", name, service.log_path,
-                         tail(service.log_path, lines))
+            logger.error(
+                "----- %s log tail (%s) -----\n%s",
+                name,
+                service.log_path,
+                tail(service.log_path, lines),
+            )
 
     # --- workload + faults ---------------------------------------------------------------
 
@@ -237,7 +251,9 @@ class ChaosRun:
             worker.join(0.5)
         self.report.workload_seconds = time.monotonic() - began
         if self._workload_error is not None:
-            raise ChaosError(f"the workload failed: {self._workload_error}") from self._workload_error
+            raise ChaosError(
+                f"the workload failed: {self._workload_error}"
+            ) from self._workload_error
         assert self._workload is not None
         self.report.events = self._workload.stats.changes
         self.report.workload = dict(vars(self._workload.stats))
@@ -245,7 +261,9 @@ class ChaosRun:
     def fault_thresholds(self) -> list[int]:
         """Random workload progress points (sorted) at which the faults fire."""
         n = self.plan.events
-        return sorted(self.rng.randint(int(n * 0.05), int(n * 0.9)) for _ in range(self.plan.faults))
+        return sorted(
+            self.rng.randint(int(n * 0.05), int(n * 0.9)) for _ in range(self.plan.faults)
+        )
 
     def fault_kinds(self) -> list[str]:
         """Every kind once per round, in a random order per round."""
@@ -308,22 +326,31 @@ class ChaosRun:
         began = time.monotonic()
         deadline = began + self.plan.quiesce_timeout_s
         target = self.write_marker()
-        self._until(deadline, "the replication slot confirms the workload's WAL",
-                    lambda: self.slot_confirmed(target))
+        self._until(
+            deadline,
+            "the replication slot confirms the workload's WAL",
+            lambda: self.slot_confirmed(target),
+        )
         settled = Counter[str]()
 
         def caught_up() -> bool:
             settled["zero"] = settled["zero"] + 1 if self._lag() == 0 else 0
             return settled["zero"] >= 2
 
-        self._until(deadline, "the apply job's committed offsets reach the topic end", caught_up,
-                    interval=3.0)
+        self._until(
+            deadline,
+            "the apply job's committed offsets reach the topic end",
+            caught_up,
+            interval=3.0,
+        )
         self.report.quiesce_seconds = time.monotonic() - began
 
     def _until(self, deadline: float, what: str, check: Any, interval: float = 1.0) -> None:
         while not check():
             if time.monotonic() >= deadline:
-                raise ChaosError(f"no quiesce: waited {self.plan.quiesce_timeout_s:.0f}s until {what}")
+                raise ChaosError(
+                    f"no quiesce: waited {self.plan.quiesce_timeout_s:.0f}s until {what}"
+                )
             self.watchdog()
             time.sleep(interval)
 
@@ -338,14 +365,18 @@ class ChaosRun:
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-            conn.execute(f'INSERT INTO "public"."{MARKER_TABLE}" (id, n) VALUES (1, 1) '
-                         "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n + 1")
+            conn.execute(
+                f'INSERT INTO "public"."{MARKER_TABLE}" (id, n) VALUES (1, 1) '
+                "ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n + 1"
+            )
         assert row is not None
         return str(row[0])
 
     def slot_confirmed(self, target_lsn: str) -> bool:
-        sql = ("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-               "WHERE slot_name = %s")
+        sql = (
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+            "WHERE slot_name = %s"
+        )
         return bool(self._pg_value(sql, target_lsn, self.settings.debezium.slot_name))
 
     def wait_slot_released(self, timeout_s: float = 60.0) -> None:
@@ -353,7 +384,9 @@ class ChaosRun:
         sql = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active"
         slot = self.settings.debezium.slot_name
         if not wait_for(lambda: self._pg_value(sql, slot) == 0, timeout_s, interval=0.2):
-            raise ChaosError(f"replication slot {slot!r} still active {timeout_s:.0f}s after the kill")
+            raise ChaosError(
+                f"replication slot {slot!r} still active {timeout_s:.0f}s after the kill"
+            )
 
     def _pg_value(self, sql: str, *params: Any) -> Any:
         import psycopg

@@ -130,17 +130,18 @@ def _dict_row() -> Any:
 def local_replica_row_hashes(
     lakehouse: Path, name: str, pk: tuple[str, ...], columns: list[str]
 ) -> dict[Any, str] | None:
-    """Row hashes of ``raw.<name>`` in a local lakehouse, tombstones excluded; None if absent."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    """Row hashes of ``raw.<name>`` in a local lakehouse, tombstones excluded; None if absent.
 
-    path = lakehouse / RAW_NAMESPACE / name
-    try:
-        table = DeltaTable(str(path))
-    except TableNotFoundError:
+    Read as every reader sees the replica: the base table plus its merge-on-read pending
+    log (``LocalWarehouse.rows``), not the base Delta table alone.
+    """
+    from capa.warehouse.local import delta_io
+    from capa.warehouse.local.warehouse import LocalWarehouse
+
+    if delta_io.open_table(lakehouse / RAW_NAMESPACE / name) is None:
         return None
-    arrow = table.to_pyarrow_table()
-    rows = [r for r in arrow.to_pylist() if not r.get(META_DELETED)]
+    replica = LocalWarehouse(lakehouse).rows(f"{RAW_NAMESPACE}.{name}", include_deleted=True)
+    rows = [r for r in replica if not r.get(META_DELETED)]
     for row in rows:
         for meta in META_COLUMNS:
             row.pop(meta, None)

@@ -109,6 +109,7 @@ class SparkModelBuilder:
         self.consumption = Path(consumption or self.lakehouse / "consumption").resolve()
         self._snaps: dict[tuple[str, str], InputSnapshot] = {}
         self._views: set[str] = set()
+        self._changed: dict[tuple[str, int, int], Any] = {}
 
     # -- inputs ---------------------------------------------------------------------------
     def _path(self, kind: str, name: str) -> Path:
@@ -146,6 +147,7 @@ class SparkModelBuilder:
     ) -> list[ModelReport]:
         self._snaps.clear()
         self._views.clear()
+        self._changed.clear()
         reports = []
         for model in project.order(select):
             reports.append(self.build_model(project, model, full=full))
@@ -160,7 +162,7 @@ class SparkModelBuilder:
         state = load_state(self.consumption, model.name)
         mode, keys = "full", None
         if not full and before is not None and state and state.fingerprint == fingerprint(model):
-            keys_df = affected_keys(self.spark, model, snaps, state, self.resolve)
+            keys_df = affected_keys(self.spark, model, snaps, state, self.resolve, self._changed)
             if keys_df is not None:
                 mode, keys = self._merge(model, target, keys_df)
                 keys = keys if mode != "full" else None

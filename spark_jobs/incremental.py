@@ -99,8 +99,14 @@ def affected_keys(
     snaps: dict[str, InputSnapshot],
     state: ModelState,
     resolve: Callable[[str, str], str],
+    changed: dict[tuple[str, int, int], Any] | None = None,
 ) -> Any | None:
-    """A DataFrame of distinct model keys to recompute, or None when a full build is needed."""
+    """A DataFrame of distinct model keys to recompute, or None when a full build is needed.
+
+    ``changed`` caches the (materialised) changed rows per input and version pair, so models
+    of one build that read the same input diff it once.
+    """
+    changed = {} if changed is None else changed
     parts = []
     for name, snap in snaps.items():
         mark = state.inputs.get(name)
@@ -112,8 +118,12 @@ def affected_keys(
         if name not in model.header.incremental:
             logger.info("%s: %s changed and has no incremental mapping: full", model.name, name)
             return None
+        cache_key = (name, mark.version, snap.version)
         try:
-            rows = _CHANGED_ROWS[snap.kind](spark, snap, mark)
+            if cache_key not in changed:
+                rows = _CHANGED_ROWS[snap.kind](spark, snap, mark)
+                changed[cache_key] = rows.localCheckpoint(eager=True)
+            rows = changed[cache_key]
         except Exception as exc:  # vacuumed version, CDF not enabled ...: rebuild instead
             logger.warning("%s: cannot diff %s (%s): full rebuild", model.name, name, exc)
             return None

@@ -7,6 +7,7 @@ with ``spark.jars``: ``spark.jars.packages`` would resolve over the network at e
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ def delta_jars(jars_dir: Path | None = None) -> list[Path]:
 def spark_session(app: str = "capa-consumption", master: str | None = None) -> Any:
     """Start (or reuse) the local[2] session with Delta configured."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers must run in this (spark) environment, not whatever python3 is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master or os.environ.get("CAPA_SPARK_MASTER", "local[2]"))
