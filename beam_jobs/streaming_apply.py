@@ -313,10 +313,21 @@ class ApplyBatchesFn(beam.DoFn):
             yield WindowedValue(report, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
     def teardown(self) -> None:
+        self._compact_pending()
         for closable in (getattr(self, "_committer", None), getattr(self, "_dlq", None),
                          getattr(self, "_warehouse", None)):
             if closable is not None:
                 closable.close()
+
+    def _compact_pending(self) -> None:
+        """Merge-on-read: leave compact base tables behind (a bounded run, a clean stop)."""
+        compact = getattr(getattr(self, "_warehouse", None), "compact", None)
+        if compact is None or not self.warehouse_options.get("merge_on_read"):
+            return
+        try:
+            compact()
+        except Exception as exc:  # the next run or compaction catches up
+            logger.warning("compaction at shutdown failed (%s); pending rows stay served", exc)
 
     def _flush(self) -> dict[str, Any]:
         """Apply the buffered events, THEN commit the offsets covering them."""

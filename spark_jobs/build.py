@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 _ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
 _LITERAL_KEYS_MAX = 5_000  # up to this many single-column keys are pushed down as IN (...)
-_FULL_FRACTION = 0.3  # recomputing more than this share of the target's rows: rebuild instead
+REBUILD_ABOVE = 0.1  # recomputing more than this share of the target's rows: rebuild instead
 _PRESENT = "__capa_present"
 
 
@@ -103,8 +103,15 @@ def delta_ref(path: Path | str) -> str:
 class SparkModelBuilder:
     """Builds models of one project from ``lakehouse/raw`` into ``consumption``."""
 
-    def __init__(self, spark: Any, lakehouse: Path, consumption: Path | None = None) -> None:
+    def __init__(
+        self,
+        spark: Any,
+        lakehouse: Path,
+        consumption: Path | None = None,
+        rebuild_above: float = REBUILD_ABOVE,
+    ) -> None:
         self.spark = spark
+        self.rebuild_above = rebuild_above
         self.lakehouse = Path(lakehouse).resolve()
         self.consumption = Path(consumption or self.lakehouse / "consumption").resolve()
         self._snaps: dict[tuple[str, str], InputSnapshot] = {}
@@ -201,7 +208,7 @@ class SparkModelBuilder:
         )
         if count == 0:
             return "unchanged", 0
-        if count > _FULL_FRACTION * count_rows(target):
+        if count > self.rebuild_above * count_rows(target):
             logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
             keys_df.unpersist()
             return "full", count
@@ -302,6 +309,12 @@ def _builder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir", type=Path, default=MODELS_DIR, help="folder of *.sql models"
     )
+    parser.add_argument(
+        "--rebuild-above",
+        type=float,
+        default=REBUILD_ABOVE,
+        help="rebuild a model fully when more than this share of its rows changed (default 0.1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_once(args: argparse.Namespace, spark: Any) -> list[ModelReport]:
     project = load_project(args.models_dir)
-    builder = SparkModelBuilder(spark, args.lakehouse, args.consumption)
+    builder = SparkModelBuilder(spark, args.lakehouse, args.consumption, args.rebuild_above)
     select = [s for s in args.select.split(",") if s] or None
     return builder.build(project, full=args.full, select=select)
 
@@ -377,6 +390,7 @@ def _serve_one(args: argparse.Namespace, spark: Any, line: str) -> dict[str, Any
             lakehouse=Path(request.get("lakehouse", args.lakehouse)),
             consumption=request.get("consumption", args.consumption),
             full=bool(request.get("full", False)),
+            rebuild_above=float(request.get("rebuild_above", args.rebuild_above)),
             select=",".join(request.get("select", [])),
         )
         return {"ok": True, "reports": [asdict(r) for r in run_once(ns, spark)]}

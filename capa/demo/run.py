@@ -80,6 +80,7 @@ class Demo:
             ("F3 SQL Server: replay Debezium events", self.replay_f3),
             ("CRM: generate an extract and load it with the batch Beam pipeline", self.load_crm),
             ("wait for the streaming apply job to catch up", self.wait_caught_up),
+            ("compact the raw tables (merge-on-read pending rows -> base)", self.compact_raw),
             ("consumption layer: Spark SQL models", self.build_consumption),
         ]
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
@@ -179,6 +180,25 @@ class Demo:
         raise EnvironmentProblem(
             f"the apply job did not catch up within {timeout:.0f}s; see {self.stack.state.logs}/apply.log"
         )
+
+    def compact_raw(self) -> None:
+        """Stop the apply job (the one writer), compact its pending rows, start it again.
+
+        With merge-on-read the job commits each batch to a pending log that ``capa sql`` and
+        ``capa verify`` already serve; Spark reads the Delta base tables, so they are
+        compacted first. Compaction runs only while the job is stopped: one writer per table.
+        """
+        from capa.warehouse import open_warehouse
+
+        apply_job = self.stack.service("apply")
+        apply_job.stop()
+        warehouse = open_warehouse(f"local:{self.lakehouse}")
+        try:
+            rows = warehouse.compact()  # type: ignore[attr-defined]
+        finally:
+            warehouse.close()
+        console.info(f"    {rows} pending row(s) compacted")
+        apply_job.start()
 
     def build_consumption(self) -> None:
         if self.options.skip_spark:

@@ -67,6 +67,7 @@ class SparkServer:
         select: list[str] | None = None,
     ) -> dict[str, Any]:
         request = {
+            "rebuild_above": 1.0,  # exercise the MERGE path even when many keys changed
             "lakehouse": str(lakehouse),
             "consumption": str(consumption),
             "full": full,
