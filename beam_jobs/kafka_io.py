@@ -69,6 +69,26 @@ def make_consumer(bootstrap: str, group: str, extra: Mapping[str, Any] | None = 
     return Consumer(_client_settings(bootstrap, group, extra))
 
 
+def wait_for_partitions(
+    bootstrap: str, topic: str, patience_s: float = 300.0, backoff_s: float = 2.0
+) -> list[KafkaPartition]:
+    """:func:`list_partitions`, retried with backoff while Kafka is (re)starting.
+
+    A streaming job started next to a broker that is still coming up (or restarting after a
+    crash) waits for it instead of exiting; it gives up after ``patience_s``.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return list_partitions(bootstrap, topic)
+        except ServiceUnavailable as exc:
+            if time.monotonic() + backoff_s > deadline:
+                raise
+            logger.warning("%s; retrying in %.0fs", exc, backoff_s)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 30.0)
+
+
 def list_partitions(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[KafkaPartition]:
     """The topic's partitions; :class:`ServiceUnavailable` if the broker or topic is missing."""
     consumer = make_consumer(bootstrap, "capa-metadata")
@@ -322,7 +342,7 @@ class ReadFromKafkaPartitions(beam.PTransform):
         self.poll_timeout_s = poll_timeout_s
 
     def expand(self, pbegin: Any) -> Any:
-        partitions = list_partitions(self.bootstrap, self.topic)
+        partitions = wait_for_partitions(self.bootstrap, self.topic)
         reader = ReadKafkaPartitionFn(
             self.restrictions,
             max_records=self.max_records,

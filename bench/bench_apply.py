@@ -24,6 +24,7 @@ from decimal import Decimal
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from bench.common import add_json_out, make_result, write_result
 from capa.events import ChangeEvent, Column, Op, SourceKind
 from capa.position import pg_position
 from capa.warehouse.local import LocalWarehouse
@@ -93,12 +94,90 @@ def make_batches(
     return out
 
 
+def bare_source(schema: pa.Schema, events: list[ChangeEvent]) -> pa.Table:
+    """The batch as the replica rows delta-rs gets: last event per key, deletes as tombstones."""
+    last = {e.key["id"]: e for e in events}
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": k,
+            "name": None if e.after is None else e.after["name"],
+            "amount": None if e.after is None else e.after["amount"],
+            "_capa_position": e.position,
+            "_capa_op": e.op.value,
+            "_capa_commit_ts": now,
+            "_capa_ingested_at": now,
+            "_capa_event_id": f"bare{e.position}",
+            "_capa_deleted": e.op is Op.DELETE,
+        }
+        for k, e in last.items()
+    ]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def bare_baseline(root: str, rows: int, batch: int, batches: int, append: bool) -> list[float]:
+    """In-run baseline: seconds per batch of a bare delta-rs MERGE (or, for merge-on-read, an
+    append) of the same kind of batch into a replica of the same size, with no capa work."""
+    from deltalake import DeltaTable
+
+    path = LocalWarehouse(root).table_path("raw", "f2_public_orders")
+    schema = DeltaTable(str(path)).schema().to_arrow()
+    columns = {f'"{f.name}"': f's."{f.name}"' for f in schema}
+    later = make_batches(rows, batch, batches, random.Random(8))
+    times = []
+    for events in later:
+        source = bare_source(pa.schema(schema), [shift(e) for e in events])  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        if append:
+            write_deltalake(str(path) + "_bare_append", source, mode="append")
+        else:
+            DeltaTable(str(path)).merge(
+                source, "t.id = s.id", source_alias="s", target_alias="t"
+            ).when_matched_update(
+                columns, predicate="s._capa_position > t._capa_position"
+            ).when_not_matched_insert(columns).execute()
+        times.append(time.monotonic() - t0)
+    return times
+
+
+def shift(event: ChangeEvent) -> ChangeEvent:
+    """The same event at a later position (so the stale guard lets it through)."""
+    import dataclasses
+
+    lsn = int(event.position.split(".")[0], 16) + 10**9
+    return dataclasses.replace(event, position=pg_position(lsn, snapshot=False))
+
+
+def summary(times: list[float], batch: int) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "events_per_s": batch * len(ordered) / sum(ordered),
+    }
+
+
+def json_result(args: argparse.Namespace, ours: dict, bare: dict) -> dict:
+    what = "append" if args.merge_on_read else "MERGE"
+    label = f"bare delta-rs {what} of the same batch size (no capa planning/changelog)"
+    figures = {"apply": ours["events_per_s"], "batch_p50": ours["p50"], "batch_p95": ours["p95"]}
+    baselines = {"apply": bare["events_per_s"], "batch_p50": bare["p50"],
+                 "batch_p95": bare["p95"]}
+    return make_result(
+        "apply", {k: v for k, v in vars(args).items() if k != "json_out"}, figures,
+        baselines=baselines,
+        baseline_labels=dict.fromkeys(figures, label),
+        units={"apply": "events/s", "batch_p50": "s", "batch_p95": "s"},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--merge_on_read", action="store_true")
+    add_json_out(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         warehouse = LocalWarehouse(
@@ -133,6 +212,12 @@ def main() -> None:
             merged = warehouse.compact()
             print(f"read base+pending {read_s:.2f}s; compact {merged} rows "
                   f"{time.monotonic() - t0:.2f}s")
+        bare = summary(bare_baseline(root, args.rows, args.batch, args.batches,
+                                     args.merge_on_read), args.batch)
+        print(f"baseline: bare delta-rs p50={bare['p50']:.2f}s p95={bare['p95']:.2f}s "
+              f"events/s={bare['events_per_s']:,.0f}")
+        if args.json_out:
+            write_result(args.json_out, json_result(args, summary(times, args.batch), bare))
 
 
 if __name__ == "__main__":

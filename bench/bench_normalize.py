@@ -32,7 +32,7 @@ from typing import Any
 
 import fastavro
 
-from capa.codec import encode_single_object
+from capa.codec import encode_avro_generic, encode_single_object
 from connectors.datastream.files import read_avro_file
 from connectors.datastream.normalizer import DatastreamNormalizer
 from connectors.debezium.normalizer import DebeziumNormalizer
@@ -213,12 +213,13 @@ def timed(label: str, n: int, fn: Callable[[], Any]) -> Any:
     result = fn()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(
-        f"  {label:<34} {cpu:7.3f} s CPU {n / cpu:>10,.0f} events/s per core  (wall {n / wall:,.0f}/s)"
+        f"  {label:<34} {cpu:7.3f} s CPU {n / cpu:>10,.0f} events/s per core"
+        f"  (wall {n / wall:,.0f}/s)"
     )
     return result, cpu
 
 
-def bench_debezium(label: str, lines: list[str]) -> None:
+def bench_debezium(label: str, lines: list[str]) -> dict[str, float]:
     n = len(lines)
     normalizer = DebeziumNormalizer()
     print(f"{label} ({n:,} records)")
@@ -228,11 +229,16 @@ def bench_debezium(label: str, lines: list[str]) -> None:
         "encode_single_object (Avro)", n, lambda: [encode_single_object(e) for e in events]
     )
     print(
-        f"  {'TOTAL parse+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU {n / (t1 + t2 + t3):>10,.0f} events/s"
+        f"  {'TOTAL parse+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU"
+        f" {n / (t1 + t2 + t3):>10,.0f} events/s"
     )
+    _, t4 = timed(
+        "baseline: fastavro generic encode", n, lambda: [encode_avro_generic(e) for e in events]
+    )
+    return rates(n, read=t1, normalise=t2, encode=t3, generic_encode=t4)
 
 
-def bench_datastream(data: bytes, n: int) -> None:
+def bench_datastream(data: bytes, n: int) -> dict[str, float]:
     normalizer = DatastreamNormalizer()
     print(f"datastream-avro ({n:,} records, {len(data) / 1e6:.1f} MB container)")
     raws, t1 = timed("fastavro read", n, lambda: list(read_avro_file(data, "bench.avro")))
@@ -243,19 +249,67 @@ def bench_datastream(data: bytes, n: int) -> None:
         "encode_single_object (Avro)", n, lambda: [encode_single_object(e) for e in events]
     )
     print(
-        f"  {'TOTAL read+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU {n / (t1 + t2 + t3):>10,.0f} events/s"
+        f"  {'TOTAL read+normalise+encode':<34} {t1 + t2 + t3:7.3f} s CPU"
+        f" {n / (t1 + t2 + t3):>10,.0f} events/s"
     )
+    _, t4 = timed(
+        "baseline: fastavro generic encode", n, lambda: [encode_avro_generic(e) for e in events]
+    )
+    return rates(n, read=t1, normalise=t2, encode=t3, generic_encode=t4)
+
+
+def rates(n: int, read: float, normalise: float, encode: float, generic_encode: float) -> dict:
+    """Events/s per core of each stage (CPU seconds in, rates out)."""
+    return {
+        "read": n / read,
+        "normalise": n / normalise,
+        "encode": n / encode,
+        "normalise_encode": n / (normalise + encode),
+        "whole_path": n / (read + normalise + encode),
+        "generic_encode": n / generic_encode,
+    }
+
+
+def json_result(events: int, cases: dict[str, dict[str, float]]) -> dict:
+    """The run_all result: normalise+encode and the whole path against parsing alone
+    (``json.loads`` / fastavro read), the Avro encoder against fastavro's generic writer."""
+    from bench.common import make_result
+
+    figures, baselines, labels = {}, {}, {}
+    for case, r in cases.items():
+        reader = "fastavro read" if case.startswith("datastream") else "json.loads"
+        for stage, base, label in (
+            ("normalise_encode", "read", f"{reader} alone"),
+            ("whole_path", "read", f"{reader} alone"),
+            ("encode", "generic_encode", "fastavro generic encode of the same events"),
+        ):
+            figures[f"{case}.{stage}"] = r[stage]
+            baselines[f"{case}.{stage}"] = r[base]
+            labels[f"{case}.{stage}"] = label
+    units = dict.fromkeys(figures, "events/s per core")
+    return make_result("normalize", {"events": events}, figures, baselines=baselines,
+                       baseline_labels=labels, units=units)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--json-out", dest="json_out", default=None,
+                        help="also write the result as JSON to this path (bench.run_all)")
     args = parser.parse_args()
-    bench_debezium("debezium-json (orders, schemaless)", debezium_lines(args.events))
-    bench_debezium(
-        "debezium-json-typezoo (21 cols, schemas)", typezoo_lines(max(args.events // 5, 1))
-    )
-    bench_datastream(datastream_avro(args.events), args.events)
+    cases = {
+        "debezium_orders": bench_debezium(
+            "debezium-json (orders, schemaless)", debezium_lines(args.events)
+        ),
+        "debezium_typezoo": bench_debezium(
+            "debezium-json-typezoo (21 cols, schemas)", typezoo_lines(max(args.events // 5, 1))
+        ),
+        "datastream_avro": bench_datastream(datastream_avro(args.events), args.events),
+    }
+    if args.json_out:
+        from bench.common import write_result
+
+        write_result(args.json_out, json_result(args.events, cases))
 
 
 if __name__ == "__main__":

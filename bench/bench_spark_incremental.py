@@ -91,6 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--fraction", type=float, default=0.01)
+    parser.add_argument("--json-out", dest="json_out", default=None,
+                        help="also write the result as JSON to this path (bench.run_all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -124,6 +126,18 @@ def main() -> None:
                 }
             )
         )
+        if args.json_out:  # machine-readable result for bench.run_all
+            from bench.common import make_result, write_result
+
+            write_result(args.json_out, make_result(
+                "spark_incremental",
+                {"orders": args.orders, "fraction": args.fraction},
+                {"incremental_build": inc_s, "warmup_full_build": warm},
+                baselines={"incremental_build": full_s},
+                baseline_labels={"incremental_build": "full rebuild of the same input"},
+                units={"incremental_build": "s", "warmup_full_build": "s"},
+                checks={"incremental_equals_full": same},
+            ))
 
 
 if __name__ == "__main__":
