@@ -81,39 +81,57 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "normalize": Benchmark(
-        "Normalise + encode (events/s per core, CPU time)", "bench.bench_normalize", BEAM_PY,
-        ("--events", "100000"), ("--events", "20000"),
-        (Target("debezium_orders.normalise_encode", "value", ">=", 30_000),
-         Target("datastream_avro.normalise_encode", "value", ">=", 30_000)),
+        "Normalise + encode (events/s per core, CPU time)",
+        "bench.bench_normalize",
+        BEAM_PY,
+        ("--events", "100000"),
+        ("--events", "20000"),
+        (
+            Target("debezium_orders.normalise_encode", "value", ">=", 30_000),
+            Target("datastream_avro.normalise_encode", "value", ">=", 30_000),
+        ),
     ),
     "apply": Benchmark(
-        "Apply into the local lakehouse, merge-on-write", "bench.bench_apply", BEAM_PY,
+        "Apply into the local lakehouse, merge-on-write",
+        "bench.bench_apply",
+        BEAM_PY,
         ("--rows", "1000000", "--batch", "20000", "--batches", "8"),
         ("--rows", "100000", "--batch", "5000", "--batches", "3"),
     ),
     "apply_mor": Benchmark(
-        "Apply into the local lakehouse, merge-on-read", "bench.bench_apply", BEAM_PY,
+        "Apply into the local lakehouse, merge-on-read",
+        "bench.bench_apply",
+        BEAM_PY,
         ("--rows", "1000000", "--batch", "20000", "--batches", "8", "--merge_on_read"),
         ("--rows", "100000", "--batch", "5000", "--batches", "3", "--merge_on_read"),
     ),
     "streaming": Benchmark(
-        "Streaming apply job (Kafka -> Beam -> local lakehouse)", "bench.bench_streaming",
+        "Streaming apply job (Kafka -> Beam -> local lakehouse)",
+        "bench.bench_streaming",
         BEAM_PY,
         ("--rows", "1000000", "--updates", "200000", "--rate", "2000", "--latency_s", "60"),
         ("--rows", "20000", "--updates", "20000", "--rate", "2000", "--latency_s", "15"),
-        (Target("sustained_apply", "ratio", ">=", 0.5),
-         Target("latency_p99", "value", "<=", 3.0, {"rate": 2000}),
-         Target("backlog_catch_up", "value", "<=", 90.0, {"rows": 1_000_000})),
+        (
+            Target("sustained_apply", "ratio", ">=", 0.5),
+            Target("latency_p99", "value", "<=", 3.0, {"rate": 2000}),
+            Target("backlog_catch_up", "value", "<=", 90.0, {"rows": 1_000_000}),
+        ),
     ),
     "spark": Benchmark(
-        "Spark models: incremental build vs full rebuild", "bench.bench_spark_incremental",
-        SPARK_PY, ("--orders", "1000000"), ("--orders", "20000"),
+        "Spark models: incremental build vs full rebuild",
+        "bench.bench_spark_incremental",
+        SPARK_PY,
+        ("--orders", "1000000"),
+        ("--orders", "20000"),
         (Target("incremental_build", "ratio", "<=", 0.2),),
         env={"SPARK_LOCAL_IP": "127.0.0.1"},
     ),
     "table_formats": Benchmark(
-        "Delta (delta-rs) vs Iceberg (pyiceberg) micro-batch MERGE", "bench.bench_table_formats",
-        FORMATS_PY, ("--rows", "1000000"), ("--rows", "100000", "--batches", "3"),
+        "Delta (delta-rs) vs Iceberg (pyiceberg) micro-batch MERGE",
+        "bench.bench_table_formats",
+        FORMATS_PY,
+        ("--rows", "1000000"),
+        ("--rows", "100000", "--batches", "3"),
         default=False,  # needs the throwaway venv described in bench_table_formats.py
     ),
 }
@@ -142,9 +160,13 @@ def run_once(bench: Benchmark, argv: list[str], log: Path, timeout_s: float) -> 
     with log.open("wb") as sink:
         try:
             proc = subprocess.run(
-                [str(ROOT / argv[0]), *argv[1:], "--json-out", str(out)], cwd=ROOT,
-                env=os.environ | dict(bench.env), stdout=sink, stderr=subprocess.STDOUT,
-                timeout=timeout_s, check=False,
+                [str(ROOT / argv[0]), *argv[1:], "--json-out", str(out)],
+                cwd=ROOT,
+                env=os.environ | dict(bench.env),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"timed out after {timeout_s:.0f} s (log {log})") from None
@@ -163,8 +185,9 @@ def run_benchmark(name: str, runs: int, quick: bool, logs: Path, timeout_s: floa
     for i in range(1, runs + 1):
         started = time.monotonic()
         try:
-            collected.results.append(run_once(bench, collected.argv, logs / f"{name}-{i}.log",
-                                              timeout_s))
+            collected.results.append(
+                run_once(bench, collected.argv, logs / f"{name}-{i}.log", timeout_s)
+            )
             logger.info("%s run %d/%d: %.0f s", name, i, runs, time.monotonic() - started)
         except RuntimeError as exc:
             logger.warning("%s run %d/%d failed: %s", name, i, runs, exc)
@@ -205,10 +228,19 @@ def summarise(runs: BenchRuns, targets: Sequence[Target]) -> list[FigureRow]:
         judged = None
         if target is not None:
             judged = target.judge(ratio if target.on == "ratio" else median, params)
-        rows.append(FigureRow(
-            figure, runs.results[0].get("units", {}).get(figure, ""), median, min(values),
-            max(values), baseline, ratio, target.text() if target else "", judged,
-        ))
+        rows.append(
+            FigureRow(
+                figure,
+                runs.results[0].get("units", {}).get(figure, ""),
+                median,
+                min(values),
+                max(values),
+                baseline,
+                ratio,
+                target.text() if target else "",
+                judged,
+            )
+        )
     return rows
 
 
@@ -293,8 +325,10 @@ def _met(value: bool | None, target: str) -> str:
 
 
 def figure_table(rows: Sequence[FigureRow]) -> list[str]:
-    out = ["| figure | unit | median | min | max | baseline (median) | ratio | target | met? |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| figure | unit | median | min | max | baseline (median) | ratio | target | met? |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = "—" if r.ratio is None else f"{r.ratio:.3f}"
         out.append(
@@ -306,8 +340,11 @@ def figure_table(rows: Sequence[FigureRow]) -> list[str]:
 
 def bench_section(runs: BenchRuns, expected: int) -> list[str]:
     bench = BENCHMARKS[runs.name]
-    lines = [f"### {runs.name}: {bench.title}", "",
-             f"`{shlex.join(runs.argv)}` — {len(runs.results)} of {expected} runs succeeded."]
+    lines = [
+        f"### {runs.name}: {bench.title}",
+        "",
+        f"`{shlex.join(runs.argv)}` — {len(runs.results)} of {expected} runs succeeded.",
+    ]
     if runs.results:
         lines += ["", *figure_table(summarise(runs, bench.targets))]
         lines += baseline_notes(runs.results) + check_notes(runs.results)
@@ -343,7 +380,8 @@ def machine_table(machine: Mapping[str, Any], load_before: str, load_after: str)
         for env_name, env in (("beam", beam), ("spark", spark))
     )
     return [
-        "| machine | |", "|---|---|",
+        "| machine | |",
+        "|---|---|",
         f"| cores (nproc) | {machine['nproc']} |",
         f"| CPU | {machine['cpu']} |",
         f"| memory | {machine['memory_gib']} GiB |",
@@ -356,8 +394,13 @@ def machine_table(machine: Mapping[str, Any], load_before: str, load_after: str)
 
 
 def render(
-    all_runs: Sequence[BenchRuns], runs: int, command: str, machine: Mapping[str, Any],
-    loads: tuple[str, str], started: datetime, duration_s: float,
+    all_runs: Sequence[BenchRuns],
+    runs: int,
+    command: str,
+    machine: Mapping[str, Any],
+    loads: tuple[str, str],
+    started: datetime,
+    duration_s: float,
 ) -> str:
     lines = [
         START,
@@ -366,7 +409,7 @@ def render(
         f"{started:%Y-%m-%d %H:%M} UTC, `{command}`, {duration_s / 60:.1f} min in total. "
         f"Each benchmark ran {runs} time(s) as a subprocess; the table gives min / median / max "
         "over the runs, the median of the in-run baseline and median / baseline median. "
-        "\"n/a\": the target is stated for other parameters (e.g. full size) than this run's.",
+        '"n/a": the target is stated for other parameters (e.g. full size) than this run\'s.',
         "",
         *machine_table(machine, *loads),
         "",
@@ -407,11 +450,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per benchmark (medians)")
     parser.add_argument("--quick", action="store_true", help="small sizes (~10-15 min in all)")
-    parser.add_argument("--only", default=None,
-                        help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update")
-    parser.add_argument("--timeout_s", type=float, default=None,
-                        help="per run (default 20 min with --quick, 2 h otherwise)")
+    parser.add_argument(
+        "--timeout_s",
+        type=float,
+        default=None,
+        help="per run (default 20 min with --quick, 2 h otherwise)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
@@ -424,15 +472,23 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
     names = select(args.only)
-    command = shlex.join([".venvs/beam/bin/python", "-m", "bench.run_all",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(
+        [".venvs/beam/bin/python", "-m", "bench.run_all", *(sys.argv[1:] if argv is None else argv)]
+    )
     started, t0, before = datetime.now(UTC), time.monotonic(), load_average()
     timeout_s = args.timeout_s or (1200.0 if args.quick else 7200.0)
     logs = Path(tempfile.mkdtemp(prefix="capa-bench-logs-"))
     logger.info("benchmarks %s, %d run(s) each; logs in %s", names, args.runs, logs)
     all_runs = [runner(n, args.runs, args.quick, logs, timeout_s) for n in names]
-    section = render(all_runs, args.runs, command, machine_details(), (before, load_average()),
-                     started, time.monotonic() - t0)
+    section = render(
+        all_runs,
+        args.runs,
+        command,
+        machine_details(),
+        (before, load_average()),
+        started,
+        time.monotonic() - t0,
+    )
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     out.write_text(splice(out.read_text() if out.exists() else "# Benchmarks\n", section))
     logger.info("wrote %s in %.1f min", out, (time.monotonic() - t0) / 60)

@@ -82,7 +82,10 @@ def test_benchmark_with_no_successful_run_has_no_table() -> None:
 
 
 MACHINE = {
-    "nproc": 2, "cpu": "Test CPU @ 2.0GHz", "memory_gib": 24.0, "kernel": "6.1",
+    "nproc": 2,
+    "cpu": "Test CPU @ 2.0GHz",
+    "memory_gib": 24.0,
+    "kernel": "6.1",
     "java": 'openjdk version "17.0.9"',
     "beam_env": {"python": "3.11.7", "apache-beam": "2.70.0", "deltalake": "1.6.6"},
     "spark_env": {"python": "3.11.7", "pyspark": "4.1.0"},
@@ -92,9 +95,15 @@ MACHINE = {
 def rendered() -> str:
     from datetime import UTC, datetime
 
-    return render([streaming_runs()], 3, "python -m bench.run_all --quick", MACHINE,
-                  ("9.00 8.00 7.00", "10.00 9.00 8.00"), datetime(2026, 11, 24, 5, 0, tzinfo=UTC),
-                  600.0)
+    return render(
+        [streaming_runs()],
+        3,
+        "python -m bench.run_all --quick",
+        MACHINE,
+        ("9.00 8.00 7.00", "10.00 9.00 8.00"),
+        datetime(2026, 11, 24, 5, 0, tzinfo=UTC),
+        600.0,
+    )
 
 
 def test_render_has_machine_details_command_and_tables() -> None:
@@ -131,8 +140,9 @@ def test_main_writes_the_section_into_the_file(tmp_path: Path) -> None:
         assert (name, runs, quick) == ("streaming", 2, True)
         return streaming_runs()
 
-    code = run_all.main(["--quick", "--runs", "2", "--only", "streaming", "--out", str(doc)],
-                        runner=fake_runner)
+    code = run_all.main(
+        ["--quick", "--runs", "2", "--only", "streaming", "--out", str(doc)], runner=fake_runner
+    )
     text = doc.read_text()
     assert code == 0
     assert text.count(START) == 1 and "## Streaming\n\nkept\n" in text
@@ -172,3 +182,41 @@ def test_run_once_reports_a_missing_interpreter(tmp_path: Path) -> None:
     bench = run_all.Benchmark("t", "bench.nothing", ".venvs/none/bin/python", (), ())
     with pytest.raises(RuntimeError, match=r"\.venvs/none/bin/python is missing"):
         run_all.run_once(bench, run_all.bench_argv(bench, True), tmp_path / "x.log", 10)
+
+
+def spark_result(incremental: float, full: float, identical: bool) -> dict:
+    return make_result(
+        "spark_incremental",
+        {"orders": 20_000},
+        {"incremental_build": incremental},
+        baselines={"incremental_build": full},
+        baseline_labels={"incremental_build": "full rebuild of the same input"},
+        units={"incremental_build": "s"},
+        checks={"incremental_equals_full": identical},
+    )
+
+
+def test_spark_ratio_target_and_a_failed_check_are_shown() -> None:
+    runs = BenchRuns("spark", ["x"])
+    runs.results = [
+        spark_result(10, 60, True),
+        spark_result(12, 40, False),
+        spark_result(30, 50, True),
+    ]
+    row = summarise(runs, run_all.BENCHMARKS["spark"].targets)[0]
+    assert (row.median, row.baseline) == (12, 50)
+    assert row.ratio == pytest.approx(0.24) and row.met is False  # target: ratio <= 0.2
+    text = "\n".join(run_all.bench_section(runs, expected=3))
+    assert "incremental_equals_full: **FAILED in 1 run(s)**" in text
+    assert "- full rebuild of the same input: incremental_build" in text
+
+
+def test_one_baseline_serving_several_figures_is_listed_once() -> None:
+    result = make_result(
+        "n",
+        {},
+        {"a.x": 1.0, "b.x": 2.0},
+        baselines={"a.x": 3.0, "b.x": 4.0},
+        baseline_labels={"a.x": "json.loads alone", "b.x": "json.loads alone"},
+    )
+    assert run_all.baseline_notes([result]) == ["", "Baselines:", "- json.loads alone: a.x, b.x"]
