@@ -6,7 +6,8 @@
 ``make bench`` runs the defaults: the issue's sizes (1M-row tables, 2k events/s latency, 1M
 backlog), 3 runs each, about 45-60 minutes on the shared 2-core machine (one run: normalise
 ~1 min, apply ~2 x 2 min, streaming ~5 min, Spark ~6 min). ``--quick`` uses small sizes
-(about 10-15 minutes for 3 runs); its targets that only hold at full size are shown as "n/a".
+(about 15 minutes for 3 runs at load ~10, half of it Spark); targets stated for the full size
+are shown as "n/a".
 
 Each run is a subprocess in the benchmark's own environment (the Spark one with
 ``.venvs/spark/bin/python``) writing one JSON result (``--json-out``, see ``bench.common``).
@@ -19,11 +20,13 @@ sections below it are kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,17 +161,18 @@ def run_once(bench: Benchmark, argv: list[str], log: Path, timeout_s: float) -> 
         raise RuntimeError(f"interpreter {bench.python} is missing (see {bench.module} docstring)")
     out = log.with_suffix(".json")
     with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [str(ROOT / argv[0]), *argv[1:], "--json-out", str(out)],
+            cwd=ROOT,
+            env=os.environ | dict(bench.env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout stops brokers/jobs too
+        )
         try:
-            proc = subprocess.run(
-                [str(ROOT / argv[0]), *argv[1:], "--json-out", str(out)],
-                cwd=ROOT,
-                env=os.environ | dict(bench.env),
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                check=False,
-            )
+            proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            stop_group(proc)
             raise RuntimeError(f"timed out after {timeout_s:.0f} s (log {log})") from None
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -177,6 +181,17 @@ def run_once(bench: Benchmark, argv: list[str], log: Path, timeout_s: float) -> 
         return read_result(out)
     except (OSError, BenchResultError) as exc:
         raise RuntimeError(f"no valid JSON result: {exc} (log {log})") from exc
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT the run's process group (the benchmark's ``finally`` stops its services), then
+    SIGKILL it if it is still there after a minute."""
+    for sig, grace in ((signal.SIGINT, 60.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+            return
 
 
 def run_benchmark(name: str, runs: int, quick: bool, logs: Path, timeout_s: float) -> BenchRuns:
@@ -449,7 +464,7 @@ def load_average() -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per benchmark (medians)")
-    parser.add_argument("--quick", action="store_true", help="small sizes (~10-15 min in all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (~15 min in all)")
     parser.add_argument(
         "--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
     )

@@ -220,3 +220,48 @@ def test_one_baseline_serving_several_figures_is_listed_once() -> None:
         baseline_labels={"a.x": "json.loads alone", "b.x": "json.loads alone"},
     )
     assert run_all.baseline_notes([result]) == ["", "Baselines:", "- json.loads alone: a.x, b.x"]
+
+
+FAKE_BENCH = """
+import argparse, json, sys, time
+parser = argparse.ArgumentParser()
+parser.add_argument("--mode")
+parser.add_argument("--json-out", dest="json_out")
+args = parser.parse_args()
+if args.mode == "sleep":
+    time.sleep(120)
+if args.mode == "fail":
+    sys.exit("boom: the broker did not start")
+result = {"name": "fake", "params": {}, "figures": {"x": 2.0}, "baselines": {"x": 4.0}}
+open(args.json_out, "w").write(json.dumps(result))
+"""
+
+
+def fake_benchmark(tmp_path: Path, mode: str) -> run_all.Benchmark:
+    (tmp_path / "fake_bench.py").write_text(FAKE_BENCH)
+    return run_all.Benchmark(
+        "fake",
+        "fake_bench",
+        run_all.BEAM_PY,
+        (),
+        ("--mode", mode),
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+
+
+def test_run_once_reads_the_json_of_a_real_subprocess(tmp_path: Path) -> None:
+    bench = fake_benchmark(tmp_path, "ok")
+    result = run_all.run_once(bench, run_all.bench_argv(bench, True), tmp_path / "r.log", 60)
+    assert result["figures"] == {"x": 2.0} and result["baselines"] == {"x": 4.0}
+
+
+def test_run_once_reports_exit_code_and_last_log_line(tmp_path: Path) -> None:
+    bench = fake_benchmark(tmp_path, "fail")
+    with pytest.raises(RuntimeError, match="exit 1: 'boom: the broker did not start'"):
+        run_all.run_once(bench, run_all.bench_argv(bench, True), tmp_path / "r.log", 60)
+
+
+def test_run_once_stops_a_run_past_its_timeout(tmp_path: Path) -> None:
+    bench = fake_benchmark(tmp_path, "sleep")
+    with pytest.raises(RuntimeError, match="timed out after 2 s"):
+        run_all.run_once(bench, run_all.bench_argv(bench, True), tmp_path / "r.log", 2)

@@ -26,8 +26,8 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
 
 def test_type_mapping_covers_at_least_40_source_types() -> None:
     text = (DOCS / "type-mapping.md").read_text()
-    pg = table_rows(text, "## PostgreSQL")
-    mssql = table_rows(text, "## SQL Server")
+    pg = table_rows(text, "## Reference: PostgreSQL")
+    mssql = table_rows(text, "## Reference: SQL Server")
     assert len(pg) + len(mssql) >= 40
     names = " ".join(r[0] for r in pg + mssql)
     for required in [
@@ -97,7 +97,7 @@ def test_source_rows_use_known_canonical_kinds() -> None:
         "date",
         "time",
     }
-    for row in table_rows(text, "## PostgreSQL") + table_rows(text, "## SQL Server"):
+    for row in table_rows(text, "## Reference: PostgreSQL") + table_rows(text, "## Reference: SQL Server"):
         for kind in re.findall(r"`([a-z<>]+)`", row[2]):
             base = kind[6:-1] if kind.startswith("array<") else kind
             assert base in known, f"{row[0]}: unknown canonical kind {kind!r}"
