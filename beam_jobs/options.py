@@ -53,44 +53,87 @@ class StreamingApplyOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         settings = load_settings()
         kafka, apply = settings.kafka, settings.apply
-        parser.add_argument("--bootstrap", default=kafka.bootstrap,
-                            help="Kafka bootstrap servers HOST:PORT of the canonical topic.")
+        parser.add_argument(
+            "--bootstrap",
+            default=kafka.bootstrap,
+            help="Kafka bootstrap servers HOST:PORT of the canonical topic.",
+        )
         parser.add_argument("--topic", default=kafka.topic, help="Canonical change-event topic.")
-        parser.add_argument("--dlq_topic", default=kafka.dlq_topic,
-                            help="Dead-letter topic: original bytes + reason headers.")
-        parser.add_argument("--schema_registry_url", default=kafka.schema_registry_url,
-                            help="Confluent schema registry (only for Confluent-framed values).")
-        parser.add_argument("--warehouse", default=_default_warehouse(settings),
-                            help="Warehouse spec: local:DIR or bigquery:PROJECT[...].")
-        parser.add_argument("--consumer_group", default=apply.consumer_group,
-                            help="Kafka group whose committed offsets mark what is applied.")
-        parser.add_argument("--commit_interval_s", type=float, default=apply.commit_interval_s,
-                            help="Max seconds one bundle reads before it is applied and committed.")
-        parser.add_argument("--max_batch_events", type=int, default=apply.max_batch_events,
-                            help="Max events per warehouse commit (a bundle may hold several).")
-        parser.add_argument("--poll_timeout_ms", type=int, default=200,
-                            help="How long an idle partition waits for new records per bundle.")
-        parser.add_argument("--stop_at_end", "--bounded", dest="stop_at_end",
-                            action="store_true", default=False,
-                            help="Stop once caught up to the end offsets seen at start "
-                                 "(tests, backfills).")
-        parser.add_argument("--status_file", default=str(settings.state_dir / "apply-status.json"),
-                            help="JSON status (lag, rates, latency) rewritten after each commit; "
-                                 "'' to disable.")
-        parser.add_argument("--log_interval_s", type=float, default=10.0,
-                            help="Seconds between progress log lines.")
+        parser.add_argument(
+            "--dlq_topic",
+            default=kafka.dlq_topic,
+            help="Dead-letter topic: original bytes + reason headers.",
+        )
+        parser.add_argument(
+            "--schema_registry_url",
+            default=kafka.schema_registry_url,
+            help="Confluent schema registry (only for Confluent-framed values).",
+        )
+        parser.add_argument(
+            "--warehouse",
+            default=_default_warehouse(settings),
+            help="Warehouse spec: local:DIR or bigquery:PROJECT[...].",
+        )
+        parser.add_argument(
+            "--consumer_group",
+            default=apply.consumer_group,
+            help="Kafka group whose committed offsets mark what is applied.",
+        )
+        parser.add_argument(
+            "--commit_interval_s",
+            type=float,
+            default=apply.commit_interval_s,
+            help="Max seconds one bundle reads before it is applied and committed.",
+        )
+        parser.add_argument(
+            "--max_batch_events",
+            type=int,
+            default=apply.max_batch_events,
+            help="Max events per warehouse commit (a bundle may hold several).",
+        )
+        parser.add_argument(
+            "--poll_timeout_ms",
+            type=int,
+            default=200,
+            help="How long an idle partition waits for new records per bundle.",
+        )
+        parser.add_argument(
+            "--stop_at_end",
+            "--bounded",
+            dest="stop_at_end",
+            action="store_true",
+            default=False,
+            help="Stop once caught up to the end offsets seen at start (tests, backfills).",
+        )
+        parser.add_argument(
+            "--status_file",
+            default=str(settings.state_dir / "apply-status.json"),
+            help="JSON status (lag, rates, latency) rewritten after each commit; '' to disable.",
+        )
+        parser.add_argument(
+            "--log_interval_s", type=float, default=10.0, help="Seconds between progress log lines."
+        )
         local = settings.warehouse if settings.warehouse.type == "local" else None
-        parser.add_argument("--merge_on_read", type=_flag, default=True,
-                            help="local warehouse: append each batch to a pending log served as "
-                                 "base + pending (fast commits), compacted on the schedule below "
-                                 "(true/false).")
-        parser.add_argument("--compact_interval_s", type=float,
-                            default=local.compact_interval_s if local else 300.0,
-                            help="local warehouse, merge-on-read: compact at least this often.")
-        parser.add_argument("--compact_pending_rows", type=int,
-                            default=local.compact_pending_rows if local else 1_000_000,
-                            help="local warehouse, merge-on-read: compact at this many "
-                                 "pending rows.")
+        parser.add_argument(
+            "--merge_on_read",
+            type=_flag,
+            default=True,
+            help="local warehouse: append each batch to a pending log served as "
+            "base + pending (fast commits), compacted on the schedule below "
+            "(true/false).",
+        )
+        parser.add_argument(
+            "--compact_interval_s",
+            type=float,
+            default=local.compact_interval_s if local else 300.0,
+            help="local warehouse, merge-on-read: compact at least this often.",
+        )
+        parser.add_argument(
+            "--compact_pending_rows",
+            type=int,
+            default=local.compact_pending_rows if local else 1_000_000,
+            help="local warehouse, merge-on-read: compact at this many pending rows.",
+        )
 
 
 def _flag(value: str) -> bool:

@@ -232,8 +232,12 @@ class ApplyStats:
             self._last_log = time.monotonic()
             logger.info(
                 "applied %d events (%.0f/s), lag %s events / %.1fs, p99 %.3fs, dead letters %d",
-                status["events_applied"], status["events_per_s"], status["lag_events"],
-                status["lag_s"], status["latency_p99_s"] or 0.0, status["dead_letters"],
+                status["events_applied"],
+                status["events_per_s"],
+                status["lag_events"],
+                status["lag_s"],
+                status["latency_p99_s"] or 0.0,
+                status["dead_letters"],
             )
 
 
@@ -314,8 +318,11 @@ class ApplyBatchesFn(beam.DoFn):
 
     def teardown(self) -> None:
         self._compact_pending()
-        for closable in (getattr(self, "_committer", None), getattr(self, "_dlq", None),
-                         getattr(self, "_warehouse", None)):
+        for closable in (
+            getattr(self, "_committer", None),
+            getattr(self, "_dlq", None),
+            getattr(self, "_warehouse", None),
+        ):
             if closable is not None:
                 closable.close()
 
@@ -343,8 +350,11 @@ class ApplyBatchesFn(beam.DoFn):
             self._committer.commit(offsets)
             self._maybe_record_lag(offsets)
         self._stats.publish()
-        return {"events": len(events), "seconds": seconds,
-                "offsets": {f"{p.topic}/{p.partition}": o for p, o in offsets.items()}}
+        return {
+            "events": len(events),
+            "seconds": seconds,
+            "offsets": {f"{p.topic}/{p.partition}": o for p, o in offsets.items()},
+        }
 
     def _apply_with_retry(self, items: Sequence[Decoded]) -> None:
         events = [item.event for item in items]
@@ -360,8 +370,9 @@ class ApplyBatchesFn(beam.DoFn):
             except TransientError as exc:
                 if attempt == self.max_attempts:
                     raise
-                logger.warning("apply attempt %d failed (%s); retrying in %.1fs",
-                               attempt, exc, backoff)
+                logger.warning(
+                    "apply attempt %d failed (%s); retrying in %.1fs", attempt, exc, backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
@@ -405,8 +416,12 @@ class ReadCanonicalEvents(beam.PTransform):
     def expand(self, pbegin: Any) -> Any:
         o = self.opts
         return pbegin | "ReadPartitions" >> ReadFromKafkaPartitions(
-            o.bootstrap, o.topic, o.consumer_group, stop_at_end=o.stop_at_end,
-            max_records=o.max_batch_events, budget_s=o.commit_interval_s,
+            o.bootstrap,
+            o.topic,
+            o.consumer_group,
+            stop_at_end=o.stop_at_end,
+            max_records=o.max_batch_events,
+            budget_s=o.commit_interval_s,
             poll_timeout_s=o.poll_timeout_ms / 1000,
         )
 
@@ -475,8 +490,11 @@ def _warehouse_options(opts: StreamingApplyOptions) -> dict[str, Any]:
     """Adapter options from the flags: merge-on-read and its compaction (local only)."""
     if not str(opts.warehouse).startswith("local:"):
         return {}
-    return {"merge_on_read": opts.merge_on_read, "compact_interval_s": opts.compact_interval_s,
-            "compact_pending_rows": opts.compact_pending_rows}
+    return {
+        "merge_on_read": opts.merge_on_read,
+        "compact_interval_s": opts.compact_interval_s,
+        "compact_pending_rows": opts.compact_pending_rows,
+    }
 
 
 class _DeadLetterSinkFactory:
@@ -499,14 +517,16 @@ def run(argv: list[str] | None = None) -> None:
     tune_gc()
     options, runner = build_options(argv)
     opts = options.view_as(StreamingApplyOptions)
-    logger.info("streaming apply %s -> %s (stop_at_end=%s)", opts.topic, opts.warehouse,
-                opts.stop_at_end)
+    logger.info(
+        "streaming apply %s -> %s (stop_at_end=%s)", opts.topic, opts.warehouse, opts.stop_at_end
+    )
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         build_pipeline(pipeline, opts)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # type-hint chatter at INFO
     run()

@@ -41,7 +41,9 @@ COMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capa", description="capa: streaming-first CDC replication")
+    parser = argparse.ArgumentParser(
+        prog="capa", description="capa: streaming-first CDC replication"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()

@@ -28,8 +28,12 @@ class KafkaConfig(_Section):
     controller_port: int = Field(19093, description="KRaft controller port of the local node.")
     version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
     topic: str = Field("capa.changes", description="The shared canonical change-event topic.")
-    dlq_topic: str = Field("capa.changes.dlq", description="Dead-letter topic: original bytes + reason.")
-    partitions: int = Field(3, description="Partitions of the canonical topic (key = source+table+pk).")
+    dlq_topic: str = Field(
+        "capa.changes.dlq", description="Dead-letter topic: original bytes + reason."
+    )
+    partitions: int = Field(
+        3, description="Partitions of the canonical topic (key = source+table+pk)."
+    )
     schema_registry_url: str | None = Field(
         None, description="Confluent schema registry URL; unset = Avro single-object encoding."
     )
@@ -76,7 +80,9 @@ class PostgresConfig(_Section):
 
 
 class DebeziumConfig(_Section):
-    source_name: str = Field("f2", description="Source name stamped on canonical events (topic prefix).")
+    source_name: str = Field(
+        "f2", description="Source name stamped on canonical events (topic prefix)."
+    )
     engine_name: str = Field(
         "capa-f2", description="Engine name; part of the offset key - renaming it re-snapshots."
     )
@@ -108,15 +114,25 @@ class DebeziumConfig(_Section):
 
 
 class DatastreamConfig(_Section):
-    source_name: str = Field("f3", description="Source name stamped on events read from the bucket.")
-    bucket: str | None = Field(None, description="GCS bucket Datastream writes to (required to read).")
-    prefix: str = Field(
-        "", description="Stream path prefix; objects are <prefix>/<schema>_<table>/yyyy/mm/dd/hh/mm/<file>."
+    source_name: str = Field(
+        "f3", description="Source name stamped on events read from the bucket."
     )
-    project: str | None = Field(None, description="GCP project of the bucket (default: from the env).")
-    poll_interval_s: float = Field(10.0, description="Seconds between bucket listings in poll mode.")
+    bucket: str | None = Field(
+        None, description="GCS bucket Datastream writes to (required to read)."
+    )
+    prefix: str = Field(
+        "",
+        description="Stream path prefix; objects are <prefix>/<schema>_<table>/yyyy/mm/dd/hh/mm/<file>.",
+    )
+    project: str | None = Field(
+        None, description="GCP project of the bucket (default: from the env)."
+    )
+    poll_interval_s: float = Field(
+        10.0, description="Seconds between bucket listings in poll mode."
+    )
     checkpoint_path: Path | None = Field(
-        None, description="Checkpoint JSON (default <state_dir>/datastream/<source_name>.checkpoint.json)."
+        None,
+        description="Checkpoint JSON (default <state_dir>/datastream/<source_name>.checkpoint.json).",
     )
     late_file_grace_minutes: int = Field(
         120,
@@ -126,8 +142,12 @@ class DatastreamConfig(_Section):
 
 
 class GcsEmulatorConfig(_Section):
-    port: int = Field(14443, description="Port of the local fake-gcs-server (embedded default only).")
-    bucket: str = Field("capa-datastream", description="Bucket the demo's Datastream files land in.")
+    port: int = Field(
+        14443, description="Port of the local fake-gcs-server (embedded default only)."
+    )
+    bucket: str = Field(
+        "capa-datastream", description="Bucket the demo's Datastream files land in."
+    )
     prefix: str = Field("f2", description="Datastream stream path prefix inside the bucket.")
 
 
@@ -136,7 +156,8 @@ class ApplyConfig(_Section):
     max_batch_events: int = Field(50_000, description="Max events per commit.")
     consumer_group: str = Field("capa-apply", description="Kafka consumer group of the apply job.")
     soft_deletes: bool = Field(
-        False, description="Keep deleted rows visible with _capa_deleted=true instead of hiding them."
+        False,
+        description="Keep deleted rows visible with _capa_deleted=true instead of hiding them.",
     )
 
 
@@ -205,7 +226,6 @@ class CapaSettings(BaseSettings):
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."
     )
-
 
     @classmethod
     def settings_customise_sources(

@@ -31,7 +31,9 @@ def error(message: str) -> None:
     print(f"capa: error: {message}", file=sys.stderr, flush=True)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], stream: TextIO | None = None) -> None:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], stream: TextIO | None = None
+) -> None:
     """A plain aligned text table."""
     out = stream or sys.stdout
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]

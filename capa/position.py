@@ -69,7 +69,9 @@ def parse_mssql_lsn(value: str | None) -> int:
     return (vlf << 48) | (block << 16) | slot
 
 
-def mssql_position(commit_lsn: str | None, change_lsn: str | None, event_serial_no: int | None) -> str:
+def mssql_position(
+    commit_lsn: str | None, change_lsn: str | None, event_serial_no: int | None
+) -> str:
     if commit_lsn is None and change_lsn is None:
         raise DecodeError("SQL Server event has neither commit_lsn nor change_lsn")
     serial = int(event_serial_no or 0)

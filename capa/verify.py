@@ -59,15 +59,21 @@ def _normal(value: Any) -> Any:
     return to_json_value(value)
 
 
-def hash_rows(rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], columns: list[str]) -> dict[Any, str]:
+def hash_rows(
+    rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], columns: list[str]
+) -> dict[Any, str]:
     return {tuple(_normal(r[k]) for k in pk): row_hash(r, columns) for r in rows}
 
 
-def compare(table: str, source: dict[Any, str], replica: dict[Any, str], limit: int = 20) -> TableDiff:
+def compare(
+    table: str, source: dict[Any, str], replica: dict[Any, str], limit: int = 20
+) -> TableDiff:
     diff = TableDiff(table, len(source), len(replica))
     diff.missing = sorted(source.keys() - replica.keys())[:limit]
     diff.extra = sorted(replica.keys() - source.keys())[:limit]
-    diff.different = sorted(k for k in source.keys() & replica.keys() if source[k] != replica[k])[:limit]
+    diff.different = sorted(k for k in source.keys() & replica.keys() if source[k] != replica[k])[
+        :limit
+    ]
     return diff
 
 
@@ -109,7 +115,9 @@ def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ..
     return [(name, tuple(pk), list(cols)) for name, cols, pk in rows if pk]
 
 
-def pg_row_hashes(dsn: str, schema: str, table: str, pk: tuple[str, ...], columns: list[str]) -> dict[Any, str]:
+def pg_row_hashes(
+    dsn: str, schema: str, table: str, pk: tuple[str, ...], columns: list[str]
+) -> dict[Any, str]:
     from psycopg import sql
 
     query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))

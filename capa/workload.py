@@ -92,18 +92,32 @@ TYPEZOO = TableSpec(
         ColumnSpec("c_char", "char(4)", lambda r: _text(r, 4).ljust(4)),
         ColumnSpec("c_bytea", "bytea", lambda r: r.randbytes(r.randint(0, 24))),
         ColumnSpec("c_boolean", "boolean", lambda r: r.random() < 0.5),
-        ColumnSpec("c_date", "date", lambda r: date(1990, 1, 1) + timedelta(days=r.randint(0, 20000))),
+        ColumnSpec(
+            "c_date", "date", lambda r: date(1990, 1, 1) + timedelta(days=r.randint(0, 20000))
+        ),
         ColumnSpec(
             "c_time",
             "time",
-            lambda r: time(r.randint(0, 23), r.randint(0, 59), r.randint(0, 59), r.randint(0, 999999)),
+            lambda r: time(
+                r.randint(0, 23), r.randint(0, 59), r.randint(0, 59), r.randint(0, 999999)
+            ),
         ),
         ColumnSpec("c_timestamp", "timestamp", _ts),
         ColumnSpec("c_timestamptz", "timestamptz", lambda r: _ts(r).replace(tzinfo=UTC)),
         ColumnSpec("c_uuid", "uuid", lambda r: uuid.UUID(int=r.getrandbits(128), version=4)),
-        ColumnSpec("c_jsonb", "jsonb", lambda r: f'{{"k": {r.randint(0, 99)}, "s": "v{r.randint(0, 9)}"}}'),
-        ColumnSpec("c_int_array", "integer[]", lambda r: [r.randint(-100, 100) for _ in range(r.randint(0, 4))]),
-        ColumnSpec("c_text_array", "text[]", lambda r: [f"t{r.randint(0, 99)}" for _ in range(r.randint(0, 3))]),
+        ColumnSpec(
+            "c_jsonb", "jsonb", lambda r: f'{{"k": {r.randint(0, 99)}, "s": "v{r.randint(0, 9)}"}}'
+        ),
+        ColumnSpec(
+            "c_int_array",
+            "integer[]",
+            lambda r: [r.randint(-100, 100) for _ in range(r.randint(0, 4))],
+        ),
+        ColumnSpec(
+            "c_text_array",
+            "text[]",
+            lambda r: [f"t{r.randint(0, 99)}" for _ in range(r.randint(0, 3))],
+        ),
         ColumnSpec("c_enum", "wl_mood", lambda r: r.choice(["sad", "ok", "happy"])),
     ),
 )
@@ -122,7 +136,9 @@ EVENTS = TableSpec(
     columns=(
         ColumnSpec("kind", "varchar(16)", lambda r: r.choice(["click", "view", "buy"])),
         ColumnSpec("payload", "text", lambda r: _text(r, 200)),
-        ColumnSpec("seen_on", "date", lambda r: date(2024, 1, 1) + timedelta(days=r.randint(0, 700))),
+        ColumnSpec(
+            "seen_on", "date", lambda r: date(2024, 1, 1) + timedelta(days=r.randint(0, 700))
+        ),
     ),
 )
 
@@ -214,14 +230,19 @@ class Workload:
             self._pk_update(conn, spec)
 
     def _row(self, spec: TableSpec) -> list[Any]:
-        return [None if c.nullable and self.rng.random() < 0.05 else c.gen(self.rng) for c in spec.columns]
+        return [
+            None if c.nullable and self.rng.random() < 0.05 else c.gen(self.rng)
+            for c in spec.columns
+        ]
 
     def _insert(self, conn: Any, spec: TableSpec) -> None:
         new_id = self._next_id[spec.name]
         self._next_id[spec.name] += 1
         names = ", ".join([f'"{spec.pk}"'] + [f'"{c.name}"' for c in spec.columns])
         marks = ", ".join(["%s"] * (len(spec.columns) + 1))
-        conn.execute(f"INSERT INTO {self._qual(spec)} ({names}) VALUES ({marks})", [new_id, *self._row(spec)])
+        conn.execute(
+            f"INSERT INTO {self._qual(spec)} ({names}) VALUES ({marks})", [new_id, *self._row(spec)]
+        )
         self._live[spec.name].append(new_id)
         self.stats.inserts += 1
 
@@ -230,7 +251,9 @@ class Workload:
         cols = self.rng.sample(spec.columns, k=self.rng.randint(1, len(spec.columns)))
         sets = ", ".join(f'"{c.name}" = %s' for c in cols)
         values = [c.gen(self.rng) for c in cols]
-        conn.execute(f'UPDATE {self._qual(spec)} SET {sets} WHERE "{spec.pk}" = %s', [*values, row_id])
+        conn.execute(
+            f'UPDATE {self._qual(spec)} SET {sets} WHERE "{spec.pk}" = %s', [*values, row_id]
+        )
         self.stats.updates += 1
 
     def _delete(self, conn: Any, spec: TableSpec) -> None:
@@ -245,7 +268,8 @@ class Workload:
         new_id = self._next_id[spec.name]
         self._next_id[spec.name] += 1
         conn.execute(
-            f'UPDATE {self._qual(spec)} SET "{spec.pk}" = %s WHERE "{spec.pk}" = %s', [new_id, live[index]]
+            f'UPDATE {self._qual(spec)} SET "{spec.pk}" = %s WHERE "{spec.pk}" = %s',
+            [new_id, live[index]],
         )
         live[index] = new_id
         self.stats.pk_updates += 1

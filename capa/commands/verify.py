@@ -12,10 +12,18 @@ EXIT_MISMATCH = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("verify", help="compare replicas with their source (count + per-row hash)")
-    parser.add_argument("--dsn", help="PostgreSQL DSN of the source (default: the local F2 from config)")
-    parser.add_argument("--source", help="source name used in raw table names (default: debezium.source_name)")
-    parser.add_argument("--schema", default="public", help="PostgreSQL schema to compare (default public)")
+    parser = sub.add_parser(
+        "verify", help="compare replicas with their source (count + per-row hash)"
+    )
+    parser.add_argument(
+        "--dsn", help="PostgreSQL DSN of the source (default: the local F2 from config)"
+    )
+    parser.add_argument(
+        "--source", help="source name used in raw table names (default: debezium.source_name)"
+    )
+    parser.add_argument(
+        "--schema", default="public", help="PostgreSQL schema to compare (default public)"
+    )
     parser.add_argument("--warehouse", help="local:DIR (default: warehouse.path from config)")
     parser.set_defaults(func=run)
 
@@ -31,8 +39,15 @@ def run(args: argparse.Namespace) -> int:
     console.table(
         ["table", "source rows", "replica rows", "missing", "extra", "different", "match"],
         [
-            (d.table, d.source_rows, d.replica_rows, len(d.missing), len(d.extra), len(d.different),
-             "yes" if d.ok else "NO")
+            (
+                d.table,
+                d.source_rows,
+                d.replica_rows,
+                len(d.missing),
+                len(d.extra),
+                len(d.different),
+                "yes" if d.ok else "NO",
+            )
             for d in diffs
         ],
     )
@@ -48,6 +63,8 @@ def _lakehouse(spec: str | None, settings: object) -> Path:
         if kind != "local" or not path:
             from capa.errors import ConfigError
 
-            raise ConfigError(f"--warehouse {spec!r}: capa verify compares local replicas; use local:DIR")
+            raise ConfigError(
+                f"--warehouse {spec!r}: capa verify compares local replicas; use local:DIR"
+            )
         return Path(path)
     return Path(settings.warehouse.path)  # type: ignore[attr-defined]

@@ -26,7 +26,9 @@ class ShopWorkload:
         self.error: BaseException | None = None
 
     def start(self, rate: float, seconds: float) -> None:
-        self._thread = threading.Thread(target=self._run, args=(rate, seconds), name="f2-workload", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(rate, seconds), name="f2-workload", daemon=True
+        )
         self._thread.start()
 
     def join(self) -> None:
@@ -62,15 +64,21 @@ class ShopWorkload:
                 customers.append(self._new_customer(conn, max(customers, default=0) + 1))
                 changes += 1
             elif roll < 0.45 or not orders:
-                changes += self._new_order(conn, max(orders, default=0) + 1, self.rng.choice(customers))
+                changes += self._new_order(
+                    conn, max(orders, default=0) + 1, self.rng.choice(customers)
+                )
                 orders.append(max(orders, default=0) + 1)
             elif roll < 0.9:
-                conn.execute('UPDATE "public"."orders" SET "status" = %s WHERE "id" = %s',
-                             [self.rng.choice(STATUSES), self.rng.choice(orders)])
+                conn.execute(
+                    'UPDATE "public"."orders" SET "status" = %s WHERE "id" = %s',
+                    [self.rng.choice(STATUSES), self.rng.choice(orders)],
+                )
                 changes += 1
             else:
                 victim = orders.pop(self.rng.randrange(len(orders)))
-                items = conn.execute('DELETE FROM "public"."order_items" WHERE "order_id" = %s', [victim]).rowcount
+                items = conn.execute(
+                    'DELETE FROM "public"."order_items" WHERE "order_id" = %s', [victim]
+                ).rowcount
                 conn.execute('DELETE FROM "public"."orders" WHERE "id" = %s', [victim])
                 changes += 1 + items
         return changes

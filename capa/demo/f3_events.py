@@ -19,28 +19,58 @@ from decimal import Decimal
 from typing import Any
 
 _SOURCE_FIELDS = [
-    ("version", "string", False, None), ("connector", "string", False, None), ("name", "string", False, None),
-    ("ts_ms", "int64", False, None), ("snapshot", "string", True, "io.debezium.data.Enum"),
-    ("db", "string", False, None), ("sequence", "string", True, None), ("ts_us", "int64", True, None),
-    ("ts_ns", "int64", True, None), ("schema", "string", False, None), ("table", "string", False, None),
-    ("change_lsn", "string", True, None), ("commit_lsn", "string", True, None),
+    ("version", "string", False, None),
+    ("connector", "string", False, None),
+    ("name", "string", False, None),
+    ("ts_ms", "int64", False, None),
+    ("snapshot", "string", True, "io.debezium.data.Enum"),
+    ("db", "string", False, None),
+    ("sequence", "string", True, None),
+    ("ts_us", "int64", True, None),
+    ("ts_ns", "int64", True, None),
+    ("schema", "string", False, None),
+    ("table", "string", False, None),
+    ("change_lsn", "string", True, None),
+    ("commit_lsn", "string", True, None),
     ("event_serial_no", "int64", True, None),
 ]
 _ROW_FIELDS: list[dict[str, Any]] = [
     {"type": "int32", "optional": False, "field": "invoice_id"},
     {"type": "int32", "optional": True, "field": "customer_id"},
-    {"type": "bytes", "optional": True, "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
-     "parameters": {"scale": "2", "connect.decimal.precision": "12"}, "field": "amount"},
+    {
+        "type": "bytes",
+        "optional": True,
+        "name": "org.apache.kafka.connect.data.Decimal",
+        "version": 1,
+        "parameters": {"scale": "2", "connect.decimal.precision": "12"},
+        "field": "amount",
+    },
     {"type": "string", "optional": True, "field": "status"},
-    {"type": "int64", "optional": True, "name": "io.debezium.time.NanoTimestamp", "version": 1, "field": "issued_at"},
-    {"type": "string", "optional": True, "name": "io.debezium.time.ZonedTimestamp", "version": 1,
-     "field": "updated_at"},
+    {
+        "type": "int64",
+        "optional": True,
+        "name": "io.debezium.time.NanoTimestamp",
+        "version": 1,
+        "field": "issued_at",
+    },
+    {
+        "type": "string",
+        "optional": True,
+        "name": "io.debezium.time.ZonedTimestamp",
+        "version": 1,
+        "field": "updated_at",
+    },
 ]
 STATUSES = ("open", "paid", "void")
 
 
 def _schema(server: str, db: str) -> dict[str, Any]:
-    row = {"type": "struct", "fields": _ROW_FIELDS, "optional": True, "name": f"{server}.{db}.dbo.invoices.Value"}
+    row = {
+        "type": "struct",
+        "fields": _ROW_FIELDS,
+        "optional": True,
+        "name": f"{server}.{db}.dbo.invoices.Value",
+    }
     source_fields = []
     for name, typ, optional, logical in _SOURCE_FIELDS:
         spec: dict[str, Any] = {"type": typ, "optional": optional, "field": name}
@@ -50,13 +80,28 @@ def _schema(server: str, db: str) -> dict[str, Any]:
     return {
         "type": "struct",
         "fields": [
-            dict(row, field="before"), dict(row, field="after"),
-            {"type": "struct", "fields": source_fields, "optional": False,
-             "name": "io.debezium.connector.sqlserver.Source", "version": 1, "field": "source"},
-            {"type": "struct", "optional": True, "name": "event.block", "version": 1, "field": "transaction",
-             "fields": [{"type": "string", "optional": False, "field": "id"},
-                        {"type": "int64", "optional": False, "field": "total_order"},
-                        {"type": "int64", "optional": False, "field": "data_collection_order"}]},
+            dict(row, field="before"),
+            dict(row, field="after"),
+            {
+                "type": "struct",
+                "fields": source_fields,
+                "optional": False,
+                "name": "io.debezium.connector.sqlserver.Source",
+                "version": 1,
+                "field": "source",
+            },
+            {
+                "type": "struct",
+                "optional": True,
+                "name": "event.block",
+                "version": 1,
+                "field": "transaction",
+                "fields": [
+                    {"type": "string", "optional": False, "field": "id"},
+                    {"type": "int64", "optional": False, "field": "total_order"},
+                    {"type": "int64", "optional": False, "field": "data_collection_order"},
+                ],
+            },
             {"type": "string", "optional": False, "field": "op"},
             {"type": "int64", "optional": True, "field": "ts_ms"},
             {"type": "int64", "optional": True, "field": "ts_us"},
@@ -75,13 +120,15 @@ def _decimal_bytes(value: Decimal) -> str:
 
 
 def _lsn(n: int) -> str:
-    return f"{0x2d:08x}:{n >> 4:08x}:{n & 0xF:04x}"
+    return f"{0x2D:08x}:{n >> 4:08x}:{n & 0xF:04x}"
 
 
 class InvoiceEvents:
     """Generates snapshot reads, then inserts/updates/deletes, in commit order."""
 
-    def __init__(self, seed: int = 3, server: str = "f3", db: str = "billing", customers: int = 200) -> None:
+    def __init__(
+        self, seed: int = 3, server: str = "f3", db: str = "billing", customers: int = 200
+    ) -> None:
         self.rng = random.Random(seed)
         self.server, self.db, self.customers = server, db, customers
         self.rows: dict[int, dict[str, Any]] = {}
@@ -90,7 +137,9 @@ class InvoiceEvents:
         self.schema = _schema(server, db)
 
     def _row(self, invoice_id: int) -> dict[str, Any]:
-        issued = self.now - timedelta(days=self.rng.randint(0, 90), seconds=self.rng.randint(0, 86399))
+        issued = self.now - timedelta(
+            days=self.rng.randint(0, 90), seconds=self.rng.randint(0, 86399)
+        )
         return {
             "invoice_id": invoice_id,
             "customer_id": self.rng.randint(1, self.customers),
@@ -113,24 +162,58 @@ class InvoiceEvents:
             "updated_at": row["updated_at"].isoformat().replace("+00:00", "Z"),
         }
 
-    def _record(self, op: str, before: Any, after: Any, snapshot: str, change: str | None,
-                commit: str, serial: int) -> dict[str, Any]:
+    def _record(
+        self,
+        op: str,
+        before: Any,
+        after: Any,
+        snapshot: str,
+        change: str | None,
+        commit: str,
+        serial: int,
+    ) -> dict[str, Any]:
         ts_ms = int(self.now.timestamp() * 1000)
         source = {
-            "version": "3.6.3.Final", "connector": "sqlserver", "name": self.server, "ts_ms": ts_ms,
-            "snapshot": snapshot, "db": self.db, "sequence": None, "ts_us": ts_ms * 1000,
-            "ts_ns": ts_ms * 1_000_000, "schema": "dbo", "table": "invoices", "change_lsn": change,
-            "commit_lsn": commit, "event_serial_no": serial,
+            "version": "3.6.3.Final",
+            "connector": "sqlserver",
+            "name": self.server,
+            "ts_ms": ts_ms,
+            "snapshot": snapshot,
+            "db": self.db,
+            "sequence": None,
+            "ts_us": ts_ms * 1000,
+            "ts_ns": ts_ms * 1_000_000,
+            "schema": "dbo",
+            "table": "invoices",
+            "change_lsn": change,
+            "commit_lsn": commit,
+            "event_serial_no": serial,
         }
-        payload = {"before": self._encode(before), "after": self._encode(after), "source": source,
-                   "transaction": None, "op": op, "ts_ms": ts_ms + 5, "ts_us": (ts_ms + 5) * 1000,
-                   "ts_ns": (ts_ms + 5) * 1_000_000}
+        payload = {
+            "before": self._encode(before),
+            "after": self._encode(after),
+            "source": source,
+            "transaction": None,
+            "op": op,
+            "ts_ms": ts_ms + 5,
+            "ts_us": (ts_ms + 5) * 1000,
+            "ts_ns": (ts_ms + 5) * 1_000_000,
+        }
         key_id = (after or before)["invoice_id"]
-        key = {"schema": {"type": "struct", "fields": [_ROW_FIELDS[0]], "optional": False,
-                          "name": f"{self.server}.{self.db}.dbo.invoices.Key"},
-               "payload": {"invoice_id": key_id}}
-        return {"destination": f"{self.server}.{self.db}.dbo.invoices", "key": key,
-                "value": {"schema": self.schema, "payload": payload}}
+        key = {
+            "schema": {
+                "type": "struct",
+                "fields": [_ROW_FIELDS[0]],
+                "optional": False,
+                "name": f"{self.server}.{self.db}.dbo.invoices.Key",
+            },
+            "payload": {"invoice_id": key_id},
+        }
+        return {
+            "destination": f"{self.server}.{self.db}.dbo.invoices",
+            "key": key,
+            "value": {"schema": self.schema, "payload": payload},
+        }
 
     def snapshot(self, rows: int) -> Iterator[dict[str, Any]]:
         commit = _lsn(self.lsn)

