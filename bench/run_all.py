@@ -6,7 +6,7 @@
 ``make bench`` runs the defaults: the issue's sizes (1M-row tables, 2k events/s latency, 1M
 backlog), 3 runs each, about 45-60 minutes on the shared 2-core machine (one run: normalise
 ~1 min, apply ~2 x 2 min, streaming ~5 min, Spark ~6 min). ``--quick`` uses small sizes
-(about 15 minutes for 3 runs at load ~10, half of it Spark); targets stated for the full size
+(3 runs took 9.6 minutes at load 5-8, 6 of them Spark); targets stated for the full size
 are shown as "n/a".
 
 Each run is a subprocess in the benchmark's own environment (the Spark one with
@@ -330,7 +330,7 @@ def fmt(value: float | None) -> str:
         return "—"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
-    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
 def _met(value: bool | None, target: str) -> str:
@@ -464,7 +464,7 @@ def load_average() -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per benchmark (medians)")
-    parser.add_argument("--quick", action="store_true", help="small sizes (~15 min in all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (~10 min in all)")
     parser.add_argument(
         "--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
     )
