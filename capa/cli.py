@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,5 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console-script entry: run, flush, and leave without interpreter teardown.
+
+    Native thread pools (DuckDB, Arrow datasets, delta-rs) sometimes abort with
+    ``terminate called without an active exception`` while the interpreter finalises,
+    turning a finished command's exit code into SIGABRT. The command's work is done and
+    its output flushed at this point, so exit directly with its code.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
