@@ -346,3 +346,19 @@ class Service:
             "port": self.port,
             "health": self.health(),
         }
+
+
+class ConfiguredService(Service):
+    """A service configured by one config section that has a ``port`` (and maybe a ``host``)."""
+
+    def __init__(self, state: StateDirs, config: Any) -> None:
+        super().__init__(state)
+        self.config = config
+
+    @property
+    def port(self) -> int:
+        return int(self.config.port)
+
+    @property
+    def host(self) -> str:
+        return str(getattr(self.config, "host", "127.0.0.1"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from capa.config import GcsEmulatorConfig
-from capa.stack.base import ComponentUnavailable, Service, StateDirs, spawn
+from capa.stack.base import ComponentUnavailable, ConfiguredService, spawn
 
 
 def emulator_binary() -> Path:
@@ -37,17 +37,10 @@ def emulator_binary() -> Path:
     return path
 
 
-class FakeGcsServer(Service):
+class FakeGcsServer(ConfiguredService):
     name = "gcs"
     start_timeout = 30.0
-
-    def __init__(self, state: StateDirs, config: GcsEmulatorConfig) -> None:
-        super().__init__(state)
-        self.config = config
-
-    @property
-    def port(self) -> int:
-        return self.config.port
+    config: GcsEmulatorConfig
 
     @property
     def url(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import capa
 from capa.config import KafkaConfig
 from capa.errors import EnvironmentProblem
-from capa.stack.base import Service, StateDirs, port_in_use, port_open, spawn
+from capa.stack.base import ConfiguredService, StateDirs, port_in_use, port_open, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +65,15 @@ def render_properties(props: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
-class KafkaBroker(Service):
+class KafkaBroker(ConfiguredService):
     """The local broker. ``bootstrap`` is what clients connect to."""
 
     name = "kafka"
     stop_timeout = 30.0
+    config: KafkaConfig
 
     def __init__(self, state: StateDirs, config: KafkaConfig) -> None:
-        super().__init__(state)
-        self.config = config
-
-    @property
-    def port(self) -> int:
-        return self.config.port
-
-    @property
-    def host(self) -> str:
-        return self.config.host
+        super().__init__(state, config)
 
     @property
     def bootstrap(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from capa.config import PostgresConfig
 from capa.errors import EnvironmentProblem
-from capa.stack.base import EXTERNAL, STOPPED, Service, StateDirs, port_open, spawn
+from capa.stack.base import EXTERNAL, STOPPED, ConfiguredService, StateDirs, port_open, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -108,26 +108,18 @@ def _ancestors(path: Path) -> Iterator[Path]:
             yield parent
 
 
-class PostgresCluster(Service):
+class PostgresCluster(ConfiguredService):
     """A throwaway PostgreSQL cluster. ``dsn``/``host``/``port``/``database``/``user``."""
 
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for clients to leave
+    config: PostgresConfig
 
     def __init__(
         self, state: StateDirs, config: PostgresConfig, overrides: dict[str, str] | None = None
     ) -> None:
-        super().__init__(state)
-        self.config = config
+        super().__init__(state, config)
         self.overrides = overrides or {}
-
-    @property
-    def port(self) -> int:
-        return self.config.port
-
-    @property
-    def host(self) -> str:
-        return self.config.host
 
     @property
     def database(self) -> str:
@@ -247,22 +239,11 @@ def create_sample_database(config: PostgresConfig) -> None:
         conn.execute(SAMPLE_SQL.read_text())
 
 
-class ExternalPostgres(Service):
+class ExternalPostgres(ConfiguredService):
     """An existing server (``postgres.managed=false``): checked, never started or stopped."""
 
     name = "postgres"
-
-    def __init__(self, state: StateDirs, config: PostgresConfig) -> None:
-        super().__init__(state)
-        self.config = config
-
-    @property
-    def port(self) -> int:
-        return self.config.port
-
-    @property
-    def host(self) -> str:
-        return self.config.host
+    config: PostgresConfig
 
     @property
     def dsn(self) -> str:
