@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from service_support import drop_capture
 
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Json, Op
@@ -105,26 +106,7 @@ def bridge(
         run.proc.kill()
         run.proc.wait(30)
     sys.stderr.write(f"\n----- bridge log tail ({run.log}) -----\n{tail(run.log, 60)}\n")
-    _drop_slot(postgres.dsn, debezium.slot_name, debezium.publication, table)
-
-
-def _drop_slot(dsn: str, slot: str, publication: str, table: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        wait_for(lambda: _slot_inactive(conn, slot), timeout=30)
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (slot,),
-        )
-        conn.execute(f'DROP PUBLICATION IF EXISTS "{publication}"')
-        conn.execute(f'DROP TABLE IF EXISTS "public"."{table}"')
-
-
-def _slot_inactive(conn: psycopg.Connection[Any], slot: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
-    ).fetchone()
-    return row is not None and row[0] == 0
+    drop_capture(postgres.dsn, debezium.slot_name, debezium.publication, table)
 
 
 def _insert(dsn: str, table: str, names: list[str]) -> None:

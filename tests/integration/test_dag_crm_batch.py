@@ -7,45 +7,21 @@ temporary AIRFLOW_HOME (SQLite), as a scheduler host would.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from service_support import AIRFLOW_BIN, ROOT, airflow_environment, run_checked
 
 from capa.warehouse import open_warehouse
 from connectors.crm.filestore import LocalFileStore
 from connectors.crm.generator import GeneratorConfig, generate_extract
 
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_BIN = ROOT / ".venvs" / "airflow" / "bin"
-
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("airflow_home")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "CAPA_STATE_DIR": str(home / "state"),
-    }
-    env.pop("VIRTUAL_ENV", None)
-    _run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home)
-    yield env
-
-
-def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} exited {proc.returncode}\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc
+    yield airflow_environment(home, CAPA_STATE_DIR=str(home / "state"))
 
 
 def test_dag_imports_cleanly(airflow_env: dict[str, str], tmp_path: Path) -> None:
@@ -56,10 +32,10 @@ def test_dag_imports_cleanly(airflow_env: dict[str, str], tmp_path: Path) -> Non
         "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()}, "
         "'tasks': sorted(t.task_id for t in d.tasks) if d else None}))"
     )
-    proc = _run([str(AIRFLOW_BIN / "python"), "-c", script], airflow_env, tmp_path)
+    proc = run_checked([str(AIRFLOW_BIN / "python"), "-c", script], airflow_env, tmp_path)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"errors": {}, "tasks": ["load_extract", "record_load", "wait_for_extract"]}
-    modules = _run(
+    modules = run_checked(
         [
             str(AIRFLOW_BIN / "python"),
             "-c",
@@ -78,7 +54,7 @@ def test_dags_test_loads_a_generated_extract(airflow_env: dict[str, str], tmp_pa
         LocalFileStore(extract), GeneratorConfig(accounts=200, seed=5, load_id="dag-test-1")
     )
     env = {**airflow_env, "CAPA_CRM_EXTRACT": str(extract), "CAPA_CRM_WAREHOUSE": f"local:{lake}"}
-    proc = _run([str(AIRFLOW_BIN / "airflow"), "dags", "test", "crm_batch"], env, tmp_path)
+    proc = run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "crm_batch"], env, tmp_path)
     assert "state=success" in proc.stdout + proc.stderr
     record = json.loads(
         (Path(env["CAPA_STATE_DIR"]) / "crm" / "loads" / "dag-test-1.json").read_text()

@@ -7,43 +7,19 @@ Airflow lives in .venvs/airflow and is driven by subprocess with a temporary AIR
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from service_support import AIRFLOW_BIN, ROOT, airflow_environment, run_checked
 
 from spark_jobs import sample
-
-ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_BIN = ROOT / ".venvs" / "airflow" / "bin"
 
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    }
-    env.pop("VIRTUAL_ENV", None)
-    run([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home)
-    yield env
-
-
-def run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} exited {proc.returncode}\n"
-            f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
+    yield airflow_environment(tmp_path_factory.mktemp("airflow_home"))
 
 
 DAGBAG = """
@@ -62,7 +38,7 @@ def test_dags_import_cleanly_and_wire_models_in_dependency_order(
 ) -> None:
     result = {}
     for name in ("consumption", "maintenance"):
-        proc = run(
+        proc = run_checked(
             [str(AIRFLOW_BIN / "python"), "-c", DAGBAG, str(ROOT / "dags" / f"{name}.py")],
             airflow_env,
             tmp_path,
@@ -90,7 +66,7 @@ def test_dags_test_consumption_builds_every_model(
 ) -> None:
     lake = sample.seed(tmp_path / "lh", customers=15, orders=40, invoices=20)
     env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root)}
-    proc = run([str(AIRFLOW_BIN / "airflow"), "dags", "test", "consumption"], env, tmp_path)
+    proc = run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "consumption"], env, tmp_path)
     output = proc.stdout + proc.stderr
     assert "state=success" in output or "DagRunState.SUCCESS" in output, output[-3000:]
     for model, rows in {"customer_360": 15, "customer_features": 15}.items():
@@ -112,7 +88,7 @@ def test_dags_test_maintenance_enforces_changelog_retention(
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 25
     assert len(DeltaTable(str(lake.path("f2_public_orders"))).file_uris()) > 1
     env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root), "CAPA_CHANGELOG_RETENTION_DAYS": "0"}
-    run([str(AIRFLOW_BIN / "airflow"), "dags", "test", "maintenance"], env, tmp_path)
+    run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "maintenance"], env, tmp_path)
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 0
     replica = DeltaTable(str(lake.path("f2_public_orders")))
     assert len(replica.to_pyarrow_table()) == 22  # replica (with 2 tombstones) untouched

@@ -32,11 +32,12 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
+from service_support import drop_capture
 
 from capa.codec import event_to_json
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Op
-from capa.stack.base import tail, wait_for
+from capa.stack.base import tail
 from capa.stack.debezium import settings_env
 from capa.stack.kafka import ensure_topics
 from capa.warehouse import open_warehouse
@@ -392,7 +393,7 @@ def fidelity(
         run.proc.terminate()
         run.proc.wait(60)
     sys.stderr.write(f"\n----- bridge log tail ({run.log}) -----\n{tail(run.log, 40)}\n")
-    _drop(postgres.dsn, debezium.slot_name, debezium.publication, table)
+    drop_capture(postgres.dsn, debezium.slot_name, debezium.publication, table)
 
 
 def _create_table(dsn: str, table: str) -> None:
@@ -403,25 +404,6 @@ def _create_table(dsn: str, table: str) -> None:
             "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
         )
         conn.execute(f'CREATE TABLE "public"."{table}" (id integer PRIMARY KEY, {columns})')
-
-
-def _drop(dsn: str, slot: str, publication: str, table: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        wait_for(lambda: _slot_inactive(conn, slot), timeout=30)
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (slot,),
-        )
-        conn.execute(f'DROP PUBLICATION IF EXISTS "{publication}"')
-        conn.execute(f'DROP TABLE IF EXISTS "public"."{table}"')
-
-
-def _slot_inactive(conn: psycopg.Connection[Any], slot: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
-    ).fetchone()
-    return row is not None and row[0] == 0
 
 
 def _pg_type(col: str) -> str:

@@ -44,33 +44,70 @@ def e2e(capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path) 
     state = tmp_path / "state"
     state.mkdir()
     kafka_config = kafka.config.model_copy(
-        update={"topic": f"it.e2e.{suffix}", "dlq_topic": f"it.e2e.dlq.{suffix}"})
-    debezium = capa_settings.debezium.model_copy(update={
-        "source_name": source, "engine_name": f"capa-e2e-{suffix}",
-        "slot_name": f"capa_e2e_{suffix}", "publication": f"capa_e2e_{suffix}",
-        "table_include_list": f"public.{table}", "heartbeat_interval_ms": 1000,
-    })
+        update={"topic": f"it.e2e.{suffix}", "dlq_topic": f"it.e2e.dlq.{suffix}"}
+    )
+    debezium = capa_settings.debezium.model_copy(
+        update={
+            "source_name": source,
+            "engine_name": f"capa-e2e-{suffix}",
+            "slot_name": f"capa_e2e_{suffix}",
+            "publication": f"capa_e2e_{suffix}",
+            "table_include_list": f"public.{table}",
+            "heartbeat_interval_ms": 1000,
+        }
+    )
     settings = capa_settings.model_copy(
-        update={"state_dir": state, "kafka": kafka_config, "debezium": debezium})
+        update={"state_dir": state, "kafka": kafka_config, "debezium": debezium}
+    )
     ensure_topics(kafka.admin(), {kafka_config.topic: 3, kafka_config.dlq_topic: 1})
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE TABLE "public"."{table}" (id bigint PRIMARY KEY, name text NOT NULL, '
-                     "qty integer, price numeric(12,2))")
+        conn.execute(
+            f'CREATE TABLE "public"."{table}" (id bigint PRIMARY KEY, name text NOT NULL, '
+            "qty integer, price numeric(12,2))"
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
     env.update(settings_env(settings))
     env["PYTHONPATH"] = str(ROOT)
     warehouse = tmp_path / "wh"
     procs = [
-        spawn([sys.executable, "-m", "connectors.debezium.bridge"], env, tmp_path / "bridge.log",
-              state),
-        spawn([sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap,
-               "--topic", kafka_config.topic, "--dlq_topic", kafka_config.dlq_topic,
-               "--warehouse", f"local:{warehouse}", "--consumer_group", f"e2e-{suffix}",
-               "--status_file", str(tmp_path / "status.json"), "--log_interval_s", "5"],
-              env, tmp_path / "apply.log", ROOT),
+        spawn(
+            [sys.executable, "-m", "connectors.debezium.bridge"],
+            env,
+            tmp_path / "bridge.log",
+            state,
+        ),
+        spawn(
+            [
+                sys.executable,
+                "-m",
+                "beam_jobs.streaming_apply",
+                "--bootstrap",
+                kafka.bootstrap,
+                "--topic",
+                kafka_config.topic,
+                "--dlq_topic",
+                kafka_config.dlq_topic,
+                "--warehouse",
+                f"local:{warehouse}",
+                "--consumer_group",
+                f"e2e-{suffix}",
+                "--status_file",
+                str(tmp_path / "status.json"),
+                "--log_interval_s",
+                "5",
+            ],
+            env,
+            tmp_path / "apply.log",
+            ROOT,
+        ),
     ]
-    yield {"dsn": postgres.dsn, "table": table, "replica": f"raw.{source}_public_{table}",
-           "warehouse": warehouse, "procs": procs}
+    yield {
+        "dsn": postgres.dsn,
+        "table": table,
+        "replica": f"raw.{source}_public_{table}",
+        "warehouse": warehouse,
+        "procs": procs,
+    }
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
@@ -80,15 +117,19 @@ def e2e(capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path) 
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         slot = debezium.slot_name
         wait_for(lambda: _slot_inactive(conn, slot), timeout=30)
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE slot_name = %s AND NOT active", (slot,))
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND NOT active",
+            (slot,),
+        )
         conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
         conn.execute(f'DROP TABLE IF EXISTS "public"."{table}"')
 
 
 def _slot_inactive(conn: Any, slot: str) -> bool:
-    row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active",
-                       (slot,)).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
+    ).fetchone()
     return row is not None and row[0] == 0
 
 
@@ -105,15 +146,27 @@ def run_workload(dsn: str, table: str, changes: int, seed: int) -> None:
                 for _ in range(rng.randint(1, 50)):
                     roll = rng.random()
                     if not alive or roll < 0.4:
-                        cur.execute(f"INSERT INTO {q} VALUES (%s, %s, %s, %s)",
-                                    (next_id, f"n{next_id}", rng.randint(0, 99),
-                                     Decimal(rng.randint(0, 99_999)) / 100))
+                        cur.execute(
+                            f"INSERT INTO {q} VALUES (%s, %s, %s, %s)",
+                            (
+                                next_id,
+                                f"n{next_id}",
+                                rng.randint(0, 99),
+                                Decimal(rng.randint(0, 99_999)) / 100,
+                            ),
+                        )
                         alive.append(next_id)
                         next_id += 1
                     elif roll < 0.85:
-                        cur.execute(f"UPDATE {q} SET qty = %s, price = %s, name = %s WHERE id = %s",
-                                    (rng.randint(0, 99), Decimal(rng.randint(0, 99_999)) / 100,
-                                     f"u{done}", rng.choice(alive)))
+                        cur.execute(
+                            f"UPDATE {q} SET qty = %s, price = %s, name = %s WHERE id = %s",
+                            (
+                                rng.randint(0, 99),
+                                Decimal(rng.randint(0, 99_999)) / 100,
+                                f"u{done}",
+                                rng.choice(alive),
+                            ),
+                        )
                     else:
                         victim = alive.pop(rng.randrange(len(alive)))
                         cur.execute(f"DELETE FROM {q} WHERE id = %s", (victim,))

@@ -36,10 +36,18 @@ TABLE = "raw.f2_public_items"
 def make_event(key: int, seq: int, op: Op) -> ChangeEvent:
     after = None if op is Op.DELETE else {"id": key, "qty": seq, "note": f"k{key}/{seq}"}
     return ChangeEvent(
-        source="f2", source_kind=SourceKind.POSTGRES, database="shop", schema="public",
-        table="items", op=op, position=f"{seq:016x}.1",
-        commit_ts_us=int(time.time() * 1e6), primary_key=("id",), key={"id": key},
-        before={"id": key} if op is Op.DELETE else None, after=after,
+        source="f2",
+        source_kind=SourceKind.POSTGRES,
+        database="shop",
+        schema="public",
+        table="items",
+        op=op,
+        position=f"{seq:016x}.1",
+        commit_ts_us=int(time.time() * 1e6),
+        primary_key=("id",),
+        key={"id": key},
+        before={"id": key} if op is Op.DELETE else None,
+        after=after,
     )
 
 
@@ -68,8 +76,9 @@ class Topic:
         self.dlq = self.name + ".dlq"
         self.bootstrap = kafka.bootstrap
         ensure_topics(kafka.admin(), {self.name: partitions, self.dlq: 1})
-        self.config = KafkaConfig(bootstrap_servers=self.bootstrap, topic=self.name,
-                                  dlq_topic=self.dlq)
+        self.config = KafkaConfig(
+            bootstrap_servers=self.bootstrap, topic=self.name, dlq_topic=self.dlq
+        )
 
     def produce(self, events: list[ChangeEvent], poison: list[bytes] = ()) -> None:  # type: ignore[assignment]
         producer = KafkaChangeProducer(self.config)
@@ -84,17 +93,32 @@ class Topic:
 
 def job_argv(topic: Topic, warehouse: Path, status: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "beam_jobs.streaming_apply",
-        "--bootstrap", topic.bootstrap, "--topic", topic.name, "--dlq_topic", topic.dlq,
-        "--warehouse", f"local:{warehouse}", "--consumer_group", f"g-{topic.name}",
-        "--status_file", str(status), "--log_interval_s", "2", *extra,
+        sys.executable,
+        "-m",
+        "beam_jobs.streaming_apply",
+        "--bootstrap",
+        topic.bootstrap,
+        "--topic",
+        topic.name,
+        "--dlq_topic",
+        topic.dlq,
+        "--warehouse",
+        f"local:{warehouse}",
+        "--consumer_group",
+        f"g-{topic.name}",
+        "--status_file",
+        str(status),
+        "--log_interval_s",
+        "2",
+        *extra,
     ]
 
 
 def run_job(argv: list[str], log: Path, timeout: float = 240) -> None:
     with log.open("ab") as out:
-        done = subprocess.run(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+        )
     if done.returncode != 0:
         pytest.fail(f"apply job exited {done.returncode}:\n{log.read_text()[-4000:]}")
 
@@ -116,8 +140,13 @@ def assert_offsets_at_end(topic: Topic) -> None:
 def read_dlq(topic: Topic, expected: int, timeout_s: float = 30) -> list[Any]:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": topic.bootstrap, "group.id": f"dlq-{topic.name}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": topic.bootstrap,
+            "group.id": f"dlq-{topic.name}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([topic.dlq])
     found: list[Any] = []
     deadline = time.monotonic() + timeout_s
@@ -136,8 +165,17 @@ def test_bounded_apply_builds_the_replica_and_dead_letters_poison(
     topic.produce(events, poison)
     log = tmp_path / "apply.log"
 
-    run_job(job_argv(topic, tmp_path / "wh", tmp_path / "status.json", "--stop_at_end",
-                     "--max_batch_events", "2500"), log)
+    run_job(
+        job_argv(
+            topic,
+            tmp_path / "wh",
+            tmp_path / "status.json",
+            "--stop_at_end",
+            "--max_batch_events",
+            "2500",
+        ),
+        log,
+    )
 
     assert replica_rows(tmp_path / "wh") == expected
     assert_offsets_at_end(topic)
@@ -165,8 +203,9 @@ def test_kill_9_mid_run_then_restart_gives_the_same_replica(kafka: Any, tmp_path
     events, expected = workload(40_000, keys=3000, seed=5)
     topic.produce(events)
     status, log = tmp_path / "status.json", tmp_path / "apply.log"
-    argv = job_argv(topic, tmp_path / "wh", status, "--max_batch_events", "2000",
-                    "--commit_interval_s", "0.5")
+    argv = job_argv(
+        topic, tmp_path / "wh", status, "--max_batch_events", "2000", "--commit_interval_s", "0.5"
+    )
 
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

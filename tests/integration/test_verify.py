@@ -42,48 +42,98 @@ def snapshot_events(dsn: str, schema: str) -> list[ChangeEvent]:
         lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
         for table, pk, _columns in pg_tables(dsn, schema):
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-            for row in cur.execute(psycopg.sql.SQL("SELECT * FROM {}.{}").format(
-                    psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table))):
-                events.append(ChangeEvent(
-                    source="f2", source_kind="postgres", database="shop", schema=schema, table=table,
-                    op="r", position=pg_position(lsn, snapshot=True), commit_ts_us=None,
-                    primary_key=pk, key={k: row[k] for k in pk}, before=None, after=_typed(row),
-                ))
+            for row in cur.execute(
+                psycopg.sql.SQL("SELECT * FROM {}.{}").format(
+                    psycopg.sql.Identifier(schema), psycopg.sql.Identifier(table)
+                )
+            ):
+                events.append(
+                    ChangeEvent(
+                        source="f2",
+                        source_kind="postgres",
+                        database="shop",
+                        schema=schema,
+                        table=table,
+                        op="r",
+                        position=pg_position(lsn, snapshot=True),
+                        commit_ts_us=None,
+                        primary_key=pk,
+                        key={k: row[k] for k in pk},
+                        before=None,
+                        after=_typed(row),
+                    )
+                )
     return events
 
 
 def _typed(row: dict[str, Any]) -> dict[str, Any]:
     from capa.events import Json
 
-    return {k: Json(v) if k == "c_jsonb" and v is not None else (tuple(v) if isinstance(v, list) else v)
-            for k, v in row.items()}
+    return {
+        k: Json(v) if k == "c_jsonb" and v is not None else (tuple(v) if isinstance(v, list) else v)
+        for k, v in row.items()
+    }
 
 
 def capa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "capa.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "capa.cli", *args], capture_output=True, text=True, check=False
+    )
 
 
-def test_verify_passes_on_equal_replica_and_names_every_mismatch(postgres: Any, schema: str, tmp_path: Path) -> None:
+def test_verify_passes_on_equal_replica_and_names_every_mismatch(
+    postgres: Any, schema: str, tmp_path: Path
+) -> None:
     events = tmp_path / "events.jsonl"
-    events.write_text("".join(json.dumps(event_to_json(e)) + "\n" for e in snapshot_events(postgres.dsn, schema)))
+    events.write_text(
+        "".join(json.dumps(event_to_json(e)) + "\n" for e in snapshot_events(postgres.dsn, schema))
+    )
     lakehouse = tmp_path / "lake"
     applied = capa("apply", "--input", str(events), "--warehouse", f"local:{lakehouse}")
     assert applied.returncode == 0, applied.stderr
 
-    ok = capa("verify", "--dsn", postgres.dsn, "--source", "f2", "--schema", schema,
-              "--warehouse", f"local:{lakehouse}")
+    ok = capa(
+        "verify",
+        "--dsn",
+        postgres.dsn,
+        "--source",
+        "f2",
+        "--schema",
+        schema,
+        "--warehouse",
+        f"local:{lakehouse}",
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert all(d.ok and d.source_rows > 0 for d in verify_postgres_local(postgres.dsn, "f2", schema, lakehouse))
+    assert all(
+        d.ok and d.source_rows > 0
+        for d in verify_postgres_local(postgres.dsn, "f2", schema, lakehouse)
+    )
 
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        ids = [r[0] for r in conn.execute(f'SELECT id FROM "{schema}".wl_typezoo ORDER BY id LIMIT 2')]
-        conn.execute(f'UPDATE "{schema}".wl_typezoo SET c_numeric_38_9 = c_numeric_38_9 + 0.000000001 WHERE id = %s',
-                     [ids[0]])
+        ids = [
+            r[0] for r in conn.execute(f'SELECT id FROM "{schema}".wl_typezoo ORDER BY id LIMIT 2')
+        ]
+        conn.execute(
+            f'UPDATE "{schema}".wl_typezoo SET c_numeric_38_9 = c_numeric_38_9 + 0.000000001 WHERE id = %s',
+            [ids[0]],
+        )
         conn.execute(f'DELETE FROM "{schema}".wl_typezoo WHERE id = %s', [ids[1]])
-        conn.execute(f'INSERT INTO "{schema}".wl_accounts (id, owner, balance) VALUES (999999, %s, 1.00)', ["x"])
+        conn.execute(
+            f'INSERT INTO "{schema}".wl_accounts (id, owner, balance) VALUES (999999, %s, 1.00)',
+            ["x"],
+        )
 
-    bad = capa("verify", "--dsn", postgres.dsn, "--source", "f2", "--schema", schema,
-               "--warehouse", f"local:{lakehouse}")
+    bad = capa(
+        "verify",
+        "--dsn",
+        postgres.dsn,
+        "--source",
+        "f2",
+        "--schema",
+        schema,
+        "--warehouse",
+        f"local:{lakehouse}",
+    )
     assert bad.returncode == 4, bad.stdout + bad.stderr
     diffs = {d.table: d for d in verify_postgres_local(postgres.dsn, "f2", schema, lakehouse)}
     zoo = diffs[f"raw.f2_{schema}_wl_typezoo"]

@@ -1,0 +1,70 @@
+"""Helpers shared by integration tests that drive real services as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from capa.stack.base import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW_BIN = ROOT / ".venvs" / "airflow" / "bin"
+
+
+# --- PostgreSQL logical replication ------------------------------------------------------
+
+
+def slot_inactive(conn: psycopg.Connection[Any], slot: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
+    ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def drop_capture(dsn: str, slot: str, publication: str, table: str) -> None:
+    """Drop a test's replication slot (once the bridge has let go), publication and table."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        wait_for(lambda: slot_inactive(conn, slot), timeout=30)
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND NOT active",
+            (slot,),
+        )
+        conn.execute(f'DROP PUBLICATION IF EXISTS "{publication}"')
+        conn.execute(f'DROP TABLE IF EXISTS "public"."{table}"')
+
+
+# --- Airflow (its own environment, as a subprocess) ------------------------------------------
+
+
+def airflow_environment(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for ``.venvs/airflow/bin/airflow`` with a fresh SQLite home and capa's DAGs."""
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        **extra,
+    }
+    env.pop("VIRTUAL_ENV", None)
+    run_checked([str(AIRFLOW_BIN / "airflow"), "db", "migrate"], env, home)
+    return env
+
+
+def run_checked(
+    cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``; fail the test with its output tail if it exits non-zero."""
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
