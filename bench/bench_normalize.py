@@ -20,6 +20,7 @@ each stage and for the whole path, plus wall-clock rates.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import random
@@ -33,6 +34,7 @@ from typing import Any
 import fastavro
 
 from capa.codec import encode_avro_generic, encode_single_object
+from capa.runtime import tune_gc
 from connectors.datastream.files import read_avro_file
 from connectors.datastream.normalizer import DatastreamNormalizer
 from connectors.debezium.normalizer import DebeziumNormalizer
@@ -296,7 +298,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--json-out", dest="json_out", default=None,
                         help="also write the result as JSON to this path (bench.run_all)")
+    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                        help="tuned: the GC settings capa's processes run with "
+                        "(capa.runtime.tune_gc); default: CPython's thresholds")
     args = parser.parse_args()
+    if args.gc == "tuned":
+        tune_gc()
+    print(f"GC: {args.gc} {gc.get_threshold()}")
     cases = {
         "debezium_orders": bench_debezium(
             "debezium-json (orders, schemaless)", debezium_lines(args.events)

@@ -209,14 +209,31 @@ def _value(buf: bytearray, v: Any) -> None:
 def _row(buf: bytearray, row: Mapping[str, Any]) -> None:
     if row:
         buf += _long(len(row))
-        writers = _WRITERS
+        writers, names, small = _WRITERS, _NAMES, _SMALL
         for name, v in row.items():
-            _name(buf, name)
-            writer = writers.get(type(v))
-            if writer is None:
-                _value(buf, v)
+            encoded = names.get(name)
+            if encoded is None:
+                _name(buf, name)
             else:
-                writer(buf, v)
+                buf += encoded
+            kind = type(v)
+            if kind is str:  # inlined fast paths of the commonest values
+                data = v.encode()  # UnicodeEncodeError: see write_event
+                size = len(data)
+                buf += b"\x08"
+                buf += small[size << 1] if size < 64 else _long(size)
+                buf += data
+            elif kind is int and -64 <= v < 64:
+                buf += b"\x04"
+                buf += small[(v << 1) ^ (v >> 63)]
+            elif v is None:
+                buf += b"\x00"
+            else:
+                writer = writers.get(kind)
+                if writer is None:
+                    _value(buf, v)
+                else:
+                    writer(buf, v)
     buf += b"\x00"
 
 
@@ -244,17 +261,75 @@ def _texts(buf: bytearray, items: tuple[str, ...] | list[str]) -> None:
     buf += b"\x00"
 
 
+_HEADERS: dict[tuple[Any, ...], bytes] = {}  # source .. op, per table and operation
+_SHAPES: dict[int, tuple[tuple[str, ...], tuple[Any, ...], bytes]] = {}  # primary_key + columns
+_CACHE_MAX = 20_000
+
+
+def _header(event: ChangeEvent) -> bytes:
+    """The bytes of ``source`` .. ``op``: the same for every event of a table and operation."""
+    ident = (
+        event.source,
+        event.source_kind,
+        event.origin,
+        event.database,
+        event.schema,
+        event.table,
+        event.op,
+    )
+    encoded = _HEADERS.get(ident)
+    if encoded is None:
+        buf = bytearray()
+        _name(buf, event.source)
+        buf += _SMALL[2 * _SOURCE_KINDS[event.source_kind.value]]  # enum index, zig-zag
+        _name(buf, event.origin)
+        _opt_text(buf, event.database)
+        _name(buf, event.schema)
+        _name(buf, event.table)
+        buf += _SMALL[2 * _OPS[event.op.value]]
+        encoded = bytes(buf)
+        if len(_HEADERS) < _CACHE_MAX:
+            _HEADERS[ident] = encoded
+    return encoded
+
+
+def _shape(event: ChangeEvent) -> bytes:
+    """The bytes of ``primary_key`` and ``columns``.
+
+    Normalisers share one ``columns`` tuple per source schema, so the cache is keyed by its
+    identity; the entry keeps both tuples alive (an id is never reused while cached) and is
+    used only when both are the very objects it was built from.
+    """
+    primary_key, columns = event.primary_key, event.columns
+    cached = _SHAPES.get(id(columns))
+    if cached is not None and cached[0] == primary_key and cached[1] is columns:
+        return cached[2]
+    buf = bytearray()
+    _texts(buf, primary_key)
+    if columns:
+        buf += _long(len(columns))
+        for column in columns:
+            _name(buf, column.name)
+            _name(buf, column.source_type)
+    buf += b"\x00"
+    encoded = bytes(buf)
+    if len(_SHAPES) < _CACHE_MAX:
+        _SHAPES[id(columns)] = (primary_key, columns, encoded)
+    return encoded
+
+
 def write_event(event: ChangeEvent) -> bytes:
     """The Avro binary body of one event (schemaless, no framing)."""
+    try:
+        return _write_event(event)
+    except UnicodeEncodeError as exc:
+        raise DecodeError(f"a text value is not valid Unicode (lone surrogate?): {exc}") from None
+
+
+def _write_event(event: ChangeEvent) -> bytes:
     buf = bytearray(b"\x02")  # schema_version = 1
     _text(buf, event.event_id)
-    _name(buf, event.source)
-    buf += _SMALL[2 * _SOURCE_KINDS[event.source_kind.value]]  # enum index, zig-zag
-    _name(buf, event.origin)
-    _opt_text(buf, event.database)
-    _name(buf, event.schema)
-    _name(buf, event.table)
-    buf += _SMALL[2 * _OPS[event.op.value]]
+    buf += _header(event)
     _text(buf, event.position)
     if event.commit_ts_us is None:
         buf += b"\x00"
@@ -262,14 +337,7 @@ def write_event(event: ChangeEvent) -> bytes:
         buf += b"\x02"
         buf += _long(event.commit_ts_us)
     _opt_text(buf, event.transaction_id)
-    _texts(buf, event.primary_key)
-    columns = event.columns
-    if columns:
-        buf += _long(len(columns))
-        for column in columns:
-            _name(buf, column.name)
-            _name(buf, column.source_type)
-    buf += b"\x00"
+    buf += _shape(event)
     _row(buf, event.key)
     _opt_row(buf, event.before)
     _opt_row(buf, event.after)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from capa import console
 from capa.errors import CapaError
+from capa.runtime import tune_gc
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    tune_gc()
     try:
         return int(args.func(args) or 0)
     except CapaError as exc:

@@ -130,13 +130,17 @@ class ChangeEvent:
     event_id: str = field(default="")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, FrozenRow):
+        # ``type(x) is`` checks: this runs once per event on every hot path
+        if type(self.key) is not FrozenRow:
             object.__setattr__(self, "key", FrozenRow(self.key))
-        object.__setattr__(self, "before", freeze(self.before))
-        object.__setattr__(self, "after", freeze(self.after))
-        if not isinstance(self.op, Op):
+        before, after = self.before, self.after
+        if before is not None and type(before) is not FrozenRow:
+            object.__setattr__(self, "before", FrozenRow(before))
+        if after is not None and type(after) is not FrozenRow:
+            object.__setattr__(self, "after", FrozenRow(after))
+        if type(self.op) is not Op:
             object.__setattr__(self, "op", Op(self.op))
-        if not isinstance(self.source_kind, SourceKind):
+        if type(self.source_kind) is not SourceKind:
             object.__setattr__(self, "source_kind", SourceKind(self.source_kind))
         if not self.event_id:
             object.__setattr__(self, "event_id", compute_event_id(self))
@@ -182,7 +186,23 @@ def compute_event_id(event: ChangeEvent) -> str:
 
 
 def stable_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    """Sorted-key, compact JSON: what ``json.dumps(sort_keys=True, separators=(",", ":"))``
+    gives, through one C encoder built once (``json.dumps`` builds a new one per call)."""
+    if _STABLE_ENCODER is None:  # pragma: no cover - CPython always has the C encoder
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    return "".join(_STABLE_ENCODER(obj, 0))
+
+
+def _make_stable_encoder() -> Any:
+    from json.encoder import c_make_encoder, encode_basestring_ascii
+
+    if c_make_encoder is None:  # pragma: no cover
+        return None
+    # (markers, default, encoder, indent, key_separator, item_separator, sort_keys,
+    #  skipkeys, allow_nan) - markers=None: no cycle check, so the encoder is reusable
+    return c_make_encoder(
+        None, _jsonable, encode_basestring_ascii, None, ":", ",", True, False, True
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,6 +210,9 @@ def _jsonable(value: Any) -> Any:
     from capa.codec import to_json_value
 
     return to_json_value(value)
+
+
+_STABLE_ENCODER = _make_stable_encoder()
 
 
 def iter_tables(events: Iterable[ChangeEvent]) -> Iterator[tuple[str, list[ChangeEvent]]]:

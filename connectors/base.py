@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from capa.errors import DecodeError
-from capa.events import ChangeEvent
+from capa.events import ChangeEvent, stable_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,6 @@ def checked_ts_us(value: int | None, what: str = "commit timestamp") -> int | No
     return value
 
 
-_ID_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
@@ -100,10 +99,10 @@ def event_id_for(
     Returns None for keys holding other types (the model then computes the id itself); the
     tests check this equals ``compute_event_id`` on every fixture.
     """
-    if not all(type(v) in _PLAIN_KEY_TYPES for v in key.values()):
+    if not _PLAIN_KEY_TYPES.issuperset(map(type, key.values())):
         return None
     ident = [source, schema, table, position, op, [[k, v] for k, v in key.items()]]
-    return hashlib.blake2b(_ID_ENCODER.encode(ident).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(stable_json(ident).encode(), digest_size=16).hexdigest()
 
 
 class Normalizer(Protocol):

@@ -25,6 +25,7 @@ from typing import Any
 from capa.config import CapaSettings, load_settings
 from capa.errors import CapaError
 from capa.events import ChangeEvent
+from capa.runtime import tune_gc
 from connectors.base import DeadLetter as BaseDeadLetter
 from connectors.base import Normalizer, RawRecord, Skip, normalize_one
 from connectors.debezium.engine import (
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    tune_gc()
     try:
         process = BridgeProcess(load_settings())
         signal.signal(signal.SIGTERM, process.request_stop)

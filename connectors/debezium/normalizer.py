@@ -246,7 +246,7 @@ def _row(
             f"row image must be a JSON object, got {type(image).__name__}: {image!r:.200}"
         )
     plain = _PLAIN
-    if not converters and all(type(v) in plain for v in image.values()):
+    if not converters and plain.issuperset(map(type, image.values())):
         row = dict(image)  # hot path: schemaless JSON-native row
     else:
         row = {name: _convert(name, value, converters) for name, value in image.items()}

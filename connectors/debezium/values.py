@@ -114,6 +114,8 @@ def true_scale(scale: int) -> int:
 
 def decimal_with_scale(scale: int) -> Converter:
     """Precise (base64 unscaled) with a known scale; also accepts string/double modes."""
+    if not -_PG_TYPMOD_SCALE <= scale <= 2 * _PG_TYPMOD_SCALE:
+        raise DecodeError(f"decimal scale {scale} is outside any source's range")
     convert = _decimal_with_scale(scale)
     if true_scale(scale) == scale:
         return convert

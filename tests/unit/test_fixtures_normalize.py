@@ -17,7 +17,7 @@ import pytest
 from capa.codec import decode_avro, encode_avro, encode_avro_generic, event_from_json, event_to_json
 from capa.events import ChangeEvent, Json, Op, SourceKind, compute_event_id
 from capa.position import pg_position
-from connectors.base import READERS, DeadLetter, Skip, get_normalizer, normalize_one
+from connectors.base import READERS, DeadLetter, RawRecord, Skip, get_normalizer, normalize_one
 from connectors.debezium.values import PRECISE_WITHOUT_SCALE
 
 # file -> (events, skipped, dead letters)
@@ -172,6 +172,50 @@ def test_pg_precise_decimal_without_scale_is_dead_lettered(shared_fixtures: Path
     assert isinstance(letter, DeadLetter)
     assert PRECISE_WITHOUT_SCALE in letter.reason and "amount" in letter.reason
     assert b'"EJo="' in letter.raw
+
+
+def test_decimal_with_an_impossible_scale_is_dead_lettered() -> None:
+    """Found by the fuzz test: a Connect Decimal schema whose scale no database allows used to
+    escape as decimal.InvalidOperation instead of a dead letter with a reason."""
+    decimal_field = {
+        "type": "bytes",
+        "optional": True,
+        "field": "amount",
+        "name": "org.apache.kafka.connect.data.Decimal",
+        "parameters": {"scale": "99999999"},
+    }
+    value = {
+        "schema": {
+            "type": "struct",
+            "name": "f2.public.t.Envelope",
+            "fields": [
+                {
+                    "type": "struct",
+                    "optional": True,
+                    "field": "after",
+                    "name": "f2.public.t.Value",
+                    "fields": [{"type": "int32", "optional": False, "field": "id"}, decimal_field],
+                },
+            ],
+        },
+        "payload": {
+            "op": "c",
+            "after": {"id": 1, "amount": "EJo="},
+            "source": {
+                "connector": "postgresql",
+                "db": "db",
+                "schema": "public",
+                "table": "t",
+                "lsn": 1,
+                "ts_ms": 1,
+                "txId": 1,
+            },
+        },
+    }
+    record = {"destination": "f2.public.t", "key": {"id": 1}, "value": value}
+    letter = normalize_one(get_normalizer("debezium-json"), RawRecord("test", 0, record, None))
+    assert isinstance(letter, DeadLetter)
+    assert "decimal scale 99999999" in letter.reason
 
 
 def test_pg_snapshot_reads_use_snapshot_phase(shared_fixtures: Path) -> None:
