@@ -9,8 +9,10 @@ docs/adr/0003-beam-runner-and-kafka-source.md.
   committed offset (the apply job commits only after the warehouse committed), ending at
   "infinity" (streaming) or at the end offset seen at start (``stop_at_end``).
 * Each call polls up to ``max_records`` records or ``budget_s`` seconds, yields them as
-  :class:`KafkaRecord` and defers the remainder (self-checkpoint), so every poll round is
-  one bundle and downstream bundle-level work (apply + commit) runs once per round.
+  :class:`KafkaBatch` elements (one per ``consume`` call, up to 5,000 records: Beam's
+  per-element cost is paid per batch, not per record) and defers the remainder
+  (self-checkpoint), so every poll round is one bundle and downstream bundle-level work
+  (apply + commit) runs once per round.
 
 The reader never commits offsets itself: :class:`KafkaOffsetCommitter` does, driven by
 the sink after a successful apply.
@@ -40,13 +42,19 @@ class KafkaPartition(NamedTuple):
     partition: int
 
 
-class KafkaRecord(NamedTuple):
+class KafkaBatch(NamedTuple):
+    """Consecutive records of one partition, in offset order (offsets may have gaps:
+    transaction markers); ``values[i]`` is the value at ``offsets[i]``."""
+
     topic: str
     partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
+    offsets: tuple[int, ...]
+    values: tuple[bytes | None, ...]
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once every record of the batch is safe."""
+        return self.offsets[-1] + 1
 
 
 def _client_settings(bootstrap: str, group: str, extra: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -263,7 +271,7 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
         self,
         element: KafkaPartition,
         tracker: Any = beam.DoFn.RestrictionParam(),  # noqa: B008 - Beam's SDF idiom
-    ) -> Iterator[KafkaRecord]:
+    ) -> Iterator[KafkaBatch]:
         element = KafkaPartition(*element)
         restriction = tracker.current_restriction()
         if restriction.start >= restriction.stop:
@@ -280,20 +288,22 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
             tracker.defer_remainder()
 
     def _poll_round(self, consumer: Any, element: KafkaPartition, tracker: Any) -> Iterator[Any]:
-        """Yield records until the budget is spent; return True when the range is finished."""
+        """Yield batches until the budget is spent; return True when the range is finished."""
+        assert self._consumers is not None
         deadline = time.monotonic() + self.budget_s
-        stop = tracker.current_restriction().stop
         claimed = 0
         while claimed < self.max_records:
             wait = min(self.poll_timeout_s, max(deadline - time.monotonic(), 0.0))
             messages = consumer.consume(min(self.max_records - claimed, 5000), wait)
-            for msg in messages:
-                _raise_on_error(msg)
-                if not tracker.try_claim(msg.offset()):
-                    return True
-                self._consumers.advanced(element, msg.offset() + 1)  # type: ignore[union-attr]
-                claimed += 1
-                yield _to_record(msg)
+            kept, finished = _claim(tracker, messages)
+            if kept:
+                batch = _to_batch(element, kept)
+                self._consumers.advanced(element, batch.next_offset)
+                claimed += len(kept)
+                yield batch
+            if finished:
+                return True
+            stop = tracker.current_restriction().stop
             if stop != UNBOUNDED_END and self._caught_up(consumer, element, stop):
                 return not tracker.try_claim(stop)
             if not messages or time.monotonic() >= deadline:
@@ -314,13 +324,38 @@ def _raise_on_error(msg: Any) -> None:
         raise ServiceUnavailable(f"Kafka read failed on {msg.topic()}/{msg.partition()}: {error}")
 
 
-def _to_record(msg: Any) -> KafkaRecord:
-    _, ts = msg.timestamp()
-    return KafkaRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), ts)
+def _claim(tracker: Any, messages: list[Any]) -> tuple[list[Any], bool]:
+    """Claim one poll's messages with ONE ``try_claim`` (of the last offset kept).
+
+    Returns the messages this restriction owns and whether the restriction is finished.
+    Messages at or past the restriction's stop are left to its owner (``stop_at_end``, or
+    a split). Should a split land between reading the stop and claiming, the claim fails;
+    the messages below the new stop still belong to this (primary) restriction and nobody
+    else will read them, so they are kept: nothing is lost, nothing is read twice.
+    """
+    for msg in messages:
+        _raise_on_error(msg)
+    stop = tracker.current_restriction().stop
+    kept = [msg for msg in messages if msg.offset() < stop]
+    finished = len(kept) < len(messages)
+    if kept and not tracker.try_claim(kept[-1].offset()):
+        stop = tracker.current_restriction().stop
+        kept = [msg for msg in kept if msg.offset() < stop]
+        finished = True
+    return kept, finished
+
+
+def _to_batch(element: KafkaPartition, messages: list[Any]) -> KafkaBatch:
+    return KafkaBatch(
+        element.topic,
+        element.partition,
+        tuple(msg.offset() for msg in messages),
+        tuple(msg.value() for msg in messages),
+    )
 
 
 class ReadFromKafkaPartitions(beam.PTransform):
-    """Read every partition of ``topic`` as :class:`KafkaRecord` (order kept per partition)."""
+    """Read every partition of ``topic`` as :class:`KafkaBatch` elements (in offset order)."""
 
     def __init__(
         self,

@@ -10,15 +10,18 @@ for Flink (on-prem) and Dataflow flags, and deploy/dataflow/ for the Flex Templa
 
 Pipeline::
 
-    ReadCanonicalEvents -> DecodeEvents -+-> ApplyToRaw          (warehouse.apply, then commit)
-                                         +-> WriteDeadLetters    (DLQ topic, reason + bytes)
+    ReadCanonicalEvents -> ApplyToRaw
+      (KafkaBatch elements)  (decode the batch; poison -> DLQ topic, synchronously;
+                              warehouse.apply; then commit the offsets)
+
+Elements are batches of records (one per Kafka poll), so Beam's per-element cost is paid per
+batch, and decoding runs inside the apply step (no Beam hop per record).
 
 Delivery contract: Kafka offsets advance only after the warehouse committed the events
 below them (ApplyToRaw commits the group offsets of a batch after ``apply`` returned), so
 a crash never skips a batch; a redelivered batch is harmless because the warehouse apply
-is idempotent. Poison records are written to the DLQ synchronously *before* their offset
-reaches ApplyToRaw (depth-first processing in the fused stage), so committing past them
-never loses them.
+is idempotent. Poison records are written to the DLQ synchronously, and acknowledged,
+before the offsets covering them are committed, so committing past them never loses them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs.kafka_io import KafkaOffsetCommitter, KafkaPartition, ReadFromKafkaPartitions
+from beam_jobs.kafka_io import (
+    KafkaBatch,
+    KafkaOffsetCommitter,
+    KafkaPartition,
+    ReadFromKafkaPartitions,
+)
 from beam_jobs.options import StreamingApplyOptions, build_options
 from capa.config import KafkaConfig
 from capa.errors import DecodeError, TerminalError, TransientError
@@ -47,55 +55,26 @@ from capa.runtime import tune_gc
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "capa.apply"
-DEAD_LETTER_TAG = "dead_letter"
 
 
 class Decoded(NamedTuple):
-    """A read record after decoding; ``event`` is None for a dead-lettered record."""
+    """A decoded record, with what a dead letter needs should the warehouse reject it."""
 
     topic: str
     partition: int
     offset: int
-    event: ChangeEvent | None
+    event: ChangeEvent
     raw: bytes | None
 
 
 # --- DoFns -------------------------------------------------------------------------------
 
 
-class DecodeEventsFn(beam.DoFn):
-    """Kafka value bytes -> :class:`Decoded`; poison -> tagged dead letter + offset marker."""
-
-    def __init__(self, schema_registry_url: str | None = None) -> None:
-        self.schema_registry_url = schema_registry_url
-        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-        self.decoded = Metrics.counter(METRICS_NAMESPACE, "events_decoded")
-
-    def setup(self) -> None:
-        from connectors.kafka.wire import ChangeEventDecoder
-
-        config = KafkaConfig(schema_registry_url=self.schema_registry_url)
-        self._decoder = ChangeEventDecoder.from_config(config)
-
-    def process(self, record: Any) -> Iterator[Any]:
-        try:
-            event = self._decoder.decode(record.value)
-        except DecodeError as exc:
-            self.dead_letters.inc()
-            letter = _dead_letter(record, record.value, exc.reason)
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
-            # Marker after the (synchronous) DLQ write, so the sink may commit past it.
-            yield Decoded(record.topic, record.partition, record.offset, None, None)
-            return
-        self.decoded.inc()
-        yield Decoded(record.topic, record.partition, record.offset, event, record.value)
-
-
-def _dead_letter(where: Any, raw: bytes | None, reason: str) -> Any:
-    """A DeadLetter for the record at ``where`` (anything with topic/partition/offset)."""
+def _dead_letter(topic: str, partition: int, offset: int, raw: bytes | None, reason: str) -> Any:
+    """A DeadLetter for the record at ``topic/partition@offset``."""
     from connectors.kafka.dlq import DeadLetter
 
-    location = f"{where.topic}/{where.partition}@{where.offset}"
+    location = f"{topic}/{partition}@{offset}"
     return DeadLetter(reason=reason, raw=raw, origin="beam-apply", location=location)
 
 
@@ -120,23 +99,6 @@ class DeadLetterSink:
 
     def close(self) -> None:
         self._producer.close()
-
-
-class WriteDeadLettersFn(beam.DoFn):
-    """Writes each dead letter to the DLQ topic synchronously (poison records are rare)."""
-
-    def __init__(self, bootstrap: str, dlq_topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.dlq_topic = dlq_topic
-
-    def setup(self) -> None:
-        self._sink = DeadLetterSink(self.bootstrap, self.dlq_topic)
-
-    def process(self, letter: Any) -> None:
-        self._sink.write([letter])
-
-    def teardown(self) -> None:
-        self._sink.close()
 
 
 class KafkaCommitterFactory:
@@ -263,19 +225,20 @@ def _quantile(ordered: Sequence[float], q: float) -> float | None:
 
 
 class ApplyBatchesFn(beam.DoFn):
-    """Buffers a bundle's events, applies them in one warehouse call, then commits offsets."""
+    """Decodes Kafka batches, applies a bundle's events in one warehouse call, then commits."""
 
     def __init__(
         self,
         warehouse: str,
         *,
         committer: Callable[[], Any] | None,
-        dead_letters: Callable[[], DeadLetterSink] | None,
+        dead_letters: Callable[[], Any] | None,
         max_batch_events: int,
         status_file: str | None = None,
         log_interval_s: float = 10.0,
         max_attempts: int = 8,
         warehouse_options: dict[str, Any] | None = None,
+        schema_registry_url: str | None = None,
     ) -> None:
         self.warehouse_spec = warehouse
         self.warehouse_options = warehouse_options or {}
@@ -285,14 +248,20 @@ class ApplyBatchesFn(beam.DoFn):
         self.status_file = status_file
         self.log_interval_s = log_interval_s
         self.max_attempts = max_attempts
-        self.terminal_dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.schema_registry_url = schema_registry_url
+        self.m_dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.m_decoded = Metrics.counter(METRICS_NAMESPACE, "events_decoded")
 
     def setup(self) -> None:
         from capa.warehouse import open_warehouse
+        from connectors.kafka.wire import ChangeEventDecoder
 
         self._warehouse = open_warehouse(self.warehouse_spec, **self.warehouse_options)
         self._committer = self.committer_factory() if self.committer_factory else None
         self._dlq = self.dead_letter_factory() if self.dead_letter_factory else None
+        self._decoder = ChangeEventDecoder.from_config(
+            KafkaConfig(schema_registry_url=self.schema_registry_url)
+        )
         self._stats = ApplyStats(self.status_file, self.log_interval_s)
         self._last_lag_check = 0.0
 
@@ -300,16 +269,40 @@ class ApplyBatchesFn(beam.DoFn):
         self._events: list[Decoded] = []
         self._offsets: dict[KafkaPartition, int] = {}
 
-    def process(self, item: Decoded) -> Iterator[dict[str, Any]]:
-        item = Decoded(*item)
-        key = KafkaPartition(item.topic, item.partition)
-        self._offsets[key] = max(self._offsets.get(key, -1), item.offset + 1)
-        if item.event is None:
-            self._stats.dead_letters += 1
-        else:
-            self._events.append(item)
+    def process(self, batch: KafkaBatch) -> Iterator[dict[str, Any]]:
+        batch = KafkaBatch(*batch)
+        decoded, letters = self._decode(batch)
+        if letters:  # acknowledged by the DLQ before any commit covers their offsets
+            self._write_dead_letters(letters)
+        self._events.extend(decoded)
+        key = KafkaPartition(batch.topic, batch.partition)
+        self._offsets[key] = max(self._offsets.get(key, -1), batch.next_offset)
         if len(self._events) >= self.max_batch_events:
             yield self._flush()
+
+    def _decode(self, batch: KafkaBatch) -> tuple[list[Decoded], list[Any]]:
+        """The batch's events, and a dead letter (with its reason) for each poison record."""
+        decode = self._decoder.decode
+        topic, partition = batch.topic, batch.partition
+        decoded: list[Decoded] = []
+        letters: list[Any] = []
+        for offset, raw in zip(batch.offsets, batch.values, strict=True):
+            try:
+                decoded.append(Decoded(topic, partition, offset, decode(raw), raw))
+            except DecodeError as exc:
+                letters.append(_dead_letter(topic, partition, offset, raw, exc.reason))
+        self.m_decoded.inc(len(decoded))
+        return decoded, letters
+
+    def _write_dead_letters(self, letters: Sequence[Any]) -> None:
+        if self._dlq is None:
+            raise TerminalError(
+                f"{len(letters)} record(s) are not change events ({letters[0].reason}); "
+                "no dead-letter topic is configured"
+            )
+        self._dlq.write(letters)
+        self.m_dead_letters.inc(len(letters))
+        self._stats.dead_letters += len(letters)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._events or self._offsets:
@@ -340,7 +333,7 @@ class ApplyBatchesFn(beam.DoFn):
         """Apply the buffered events, THEN commit the offsets covering them."""
         items, offsets = self._events, self._offsets
         self._events, self._offsets = [], {}
-        events = [item.event for item in items if item.event is not None]
+        events = [item.event for item in items]
         started = time.monotonic()
         if events:
             self._apply_with_retry(items)
@@ -386,11 +379,9 @@ class ApplyBatchesFn(beam.DoFn):
                 self._dead_letter_rejected(rejected, f"warehouse rejected {table}: {exc}")
 
     def _dead_letter_rejected(self, items: Sequence[Decoded], reason: str) -> None:
-        if self._dlq is None:
-            raise TerminalError(f"{reason}; no dead-letter topic configured")
-        self._dlq.write([_dead_letter(item, item.raw, reason) for item in items])
-        self.terminal_dead_letters.inc(len(items))
-        self._stats.dead_letters += len(items)
+        self._write_dead_letters(
+            [_dead_letter(i.topic, i.partition, i.offset, i.raw, reason) for i in items]
+        )
 
     def _maybe_record_lag(self, offsets: dict[KafkaPartition, int]) -> None:
         now = time.monotonic()
@@ -407,7 +398,7 @@ class ApplyBatchesFn(beam.DoFn):
 
 
 class ReadCanonicalEvents(beam.PTransform):
-    """The canonical topic as KafkaRecords, from the group's committed offsets."""
+    """The canonical topic as KafkaBatch elements, from the group's committed offsets."""
 
     def __init__(self, opts: StreamingApplyOptions) -> None:
         super().__init__()
@@ -426,56 +417,22 @@ class ReadCanonicalEvents(beam.PTransform):
         )
 
 
-class DecodeEvents(beam.PTransform):
-    """KafkaRecords -> Decoded (main) and DeadLetters (tag ``dead_letter``)."""
-
-    def __init__(self, schema_registry_url: str | None = None) -> None:
-        super().__init__()
-        self.schema_registry_url = schema_registry_url
-
-    def expand(self, records: Any) -> Any:
-        return records | "Decode" >> beam.ParDo(
-            DecodeEventsFn(self.schema_registry_url)
-        ).with_outputs(DEAD_LETTER_TAG, main="events")
-
-
-class WriteDeadLetters(beam.PTransform):
-    """Dead letters -> the DLQ topic (original bytes + reason headers)."""
-
-    def __init__(self, bootstrap: str, dlq_topic: str) -> None:
-        super().__init__()
-        self.bootstrap = bootstrap
-        self.dlq_topic = dlq_topic
-
-    def expand(self, letters: Any) -> Any:
-        return letters | "ProduceToDlq" >> beam.ParDo(
-            WriteDeadLettersFn(self.bootstrap, self.dlq_topic)
-        )
-
-
 class ApplyToRaw(beam.PTransform):
-    """Decoded events -> warehouse.apply per bundle, then Kafka offset commit; emits reports."""
+    """KafkaBatches -> decode, warehouse.apply per bundle, then offset commit; emits reports."""
 
     def __init__(self, warehouse: str, **kwargs: Any) -> None:
         super().__init__()
         self.warehouse = warehouse
         self.kwargs = kwargs
 
-    def expand(self, decoded: Any) -> Any:
-        return decoded | "ApplyBatches" >> beam.ParDo(ApplyBatchesFn(self.warehouse, **self.kwargs))
+    def expand(self, batches: Any) -> Any:
+        return batches | "ApplyBatches" >> beam.ParDo(ApplyBatchesFn(self.warehouse, **self.kwargs))
 
 
 def build_pipeline(pipeline: beam.Pipeline, opts: StreamingApplyOptions) -> Any:
     """Wire the job; returns the PCollection of batch reports."""
-    decoded = (
-        pipeline
-        | "ReadCanonicalEvents" >> ReadCanonicalEvents(opts)
-        | "DecodeEvents" >> DecodeEvents(opts.schema_registry_url)
-    )
-    _ = decoded[DEAD_LETTER_TAG] | "WriteDeadLetters" >> WriteDeadLetters(
-        opts.bootstrap, opts.dlq_topic
-    )
-    return decoded["events"] | "ApplyToRaw" >> ApplyToRaw(
+    batches = pipeline | "ReadCanonicalEvents" >> ReadCanonicalEvents(opts)
+    return batches | "ApplyToRaw" >> ApplyToRaw(
         opts.warehouse,
         committer=KafkaCommitterFactory(opts.bootstrap, opts.consumer_group),
         dead_letters=_DeadLetterSinkFactory(opts.bootstrap, opts.dlq_topic),
@@ -483,6 +440,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: StreamingApplyOptions) -> Any:
         status_file=opts.status_file or None,
         log_interval_s=opts.log_interval_s,
         warehouse_options=_warehouse_options(opts),
+        schema_registry_url=opts.schema_registry_url,
     )
 
 

@@ -194,7 +194,10 @@ def stable_json(obj: Any) -> str:
 
 
 def _make_stable_encoder() -> Any:
-    from json.encoder import c_make_encoder, encode_basestring_ascii
+    from json.encoder import (  # type: ignore[attr-defined]
+        c_make_encoder,
+        encode_basestring_ascii,
+    )
 
     if c_make_encoder is None:  # pragma: no cover
         return None
