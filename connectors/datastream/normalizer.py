@@ -21,8 +21,10 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from capa.codec import datetime_to_us, to_json_value
 from capa.errors import DecodeError
@@ -174,8 +176,19 @@ def _key(
     return tuple(names), {n: row[n] for n in names}
 
 
+# Values that are canonical as read (fastavro / json.loads give them): no conversion needed.
+_AS_IS = frozenset({str, int, float, bool, type(None), Decimal, bytes, date, time, UUID})
+
+
 def _row(payload: Mapping[str, Any], hints: Mapping[str, str]) -> dict[str, Any]:
-    return {str(name): _value(value, hints.get(name), 0) for name, value in payload.items()}
+    as_is = _AS_IS
+    row: dict[str, Any] = {}
+    for name, value in payload.items():
+        if type(value) in as_is and type(name) is str and not (hints and name in hints):
+            row[name] = value  # the common case, without a call per value
+        else:
+            row[str(name)] = _value(value, hints.get(name), 0)
+    return row
 
 
 def _value(value: Any, hint: str | None, depth: int) -> Any:
