@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -85,15 +86,24 @@ def _block_count(data: bytes, pos: int) -> tuple[int, int]:
     return count, pos
 
 
-def _texts(data: bytes, pos: int) -> tuple[tuple[str, ...], int]:
-    out: list[str] = []
+def _array(
+    data: bytes, pos: int, read_item: Callable[[bytes, int], tuple[Any, int]]
+) -> tuple[tuple[Any, ...], int]:
+    """An Avro array (blocks of items until a zero count) as a tuple."""
+    out: list[Any] = []
     count, pos = _block_count(data, pos)
     while count:
         for _ in range(count):
-            item, pos = _text(data, pos)
+            item, pos = read_item(data, pos)
             out.append(item)
         count, pos = _block_count(data, pos)
     return tuple(out), pos
+
+
+def _texts(data: bytes, pos: int) -> tuple[tuple[str, ...], int]:
+    if data[pos] == 0:  # empty array: no unchanged columns, the common case
+        return (), pos + 1
+    return _array(data, pos, _text)
 
 
 def _columns(data: bytes, pos: int) -> tuple[tuple[Column, ...], int]:
@@ -168,14 +178,7 @@ def _rare_value(branch: int, data: bytes, pos: int) -> tuple[Any, int]:
         text, pos = _text(data, pos)
         return Json(text), pos
     if branch == 26:  # Array
-        items: list[Any] = []
-        count, pos = _block_count(data, pos)
-        while count:
-            for _ in range(count):
-                item, pos = _value(data, pos)
-                items.append(item)
-            count, pos = _block_count(data, pos)
-        return tuple(items), pos
+        return _array(data, pos, _value)
     raise _Corrupt(f"row value union branch byte {branch} is not in change_event.v1")
 
 
