@@ -8,6 +8,7 @@ offset committer is a port: these tests plug in one that audits the warehouse).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.kafka_io import KafkaBatch, KafkaPartition
 from beam_jobs.options import build_options
-from beam_jobs.streaming_apply import ApplyToRaw
+from beam_jobs.streaming_apply import ApplyStats, ApplyToRaw, _spread
 from capa.codec import encode_single_object
 from capa.errors import ConfigError
 from capa.events import ChangeEvent, Op, SourceKind
@@ -215,3 +216,26 @@ def test_runner_registry_builds_the_in_process_runner_and_rejects_unknown_names(
     assert type(runner).__name__ == "FnApiRunner"
     with pytest.raises(ConfigError, match="'NoSuchRunner'"):
         build_options(["--runner", "NoSuchRunner"])
+
+
+def test_latency_figures_count_live_changes_only() -> None:
+    stats = ApplyStats(status_file=None, log_interval_s=3600)
+    now_us = int(stats.started * 1e6)
+    live = [make_event(k, k + 1) for k in range(200)]
+    live = [dataclasses.replace(e, commit_ts_us=now_us - 500_000) for e in live]
+    snapshot = dataclasses.replace(make_event(1, 1, Op.READ), commit_ts_us=now_us)
+    history = dataclasses.replace(make_event(2, 2), commit_ts_us=now_us - 7200 * 10**6)
+    stats.record_batch([*live, snapshot, history], seconds=0.1, visible_at=stats.started + 0.5)
+    status = stats.snapshot()
+    assert status["events_applied"] == 202
+    assert status["latency_samples"] == 200  # the snapshot read and the replayed history: out
+    assert status["latency_p99_s"] == 1.0  # visible 0.5 s after start, committed 0.5 s before
+    assert stats.last_commit_ts_us == now_us - 500_000
+
+
+def test_spread_keeps_the_extremes_and_bounds_the_sample() -> None:
+    values = [float(v) for v in range(1000)]
+    sample = _spread(values, 64)
+    assert len(sample) == 64
+    assert (sample[0], sample[-1]) == (0.0, 999.0)
+    assert _spread(values[:10], 64) == values[:10]
