@@ -8,7 +8,9 @@ Run from the spark environment (one SparkSession, local[2])::
 Seeds a raw lakehouse (1M orders, 100k customers, ...), builds every model once (warm-up, full),
 changes 1% of the orders (updates incl. customer moves, 10% of them deletes, plus inserts),
 then times an incremental build and a full rebuild of the same input and checks both give the
-same tables. Prints a JSON line; docs/benchmarks.md ("Spark consumption models") records runs.
+same tables. Prints a JSON line (totals, per-model mode and seconds, load average before and
+after the two timed builds); the builder logs per-phase timings (diff, keys, recompute, write,
+checks) at INFO. docs/benchmarks.md ("Spark consumption models") records runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import tempfile
 import time
@@ -81,6 +84,10 @@ def timed(builder: SparkModelBuilder, full: bool) -> tuple[float, list]:
     return time.monotonic() - started, reports
 
 
+def per_model(reports: list) -> dict[str, str]:
+    return {r.model: f"{r.mode} {r.seconds}s" for r in reports}
+
+
 def identical(spark: object, left: Path, right: Path) -> bool:
     a = spark.read.format("delta").load(str(left))  # type: ignore[attr-defined]
     b = spark.read.format("delta").load(str(right))  # type: ignore[attr-defined]
@@ -91,8 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--fraction", type=float, default=0.01)
-    parser.add_argument("--json-out", dest="json_out", default=None,
-                        help="also write the result as JSON to this path (bench.run_all)")
+    parser.add_argument(
+        "--json-out",
+        dest="json_out",
+        default=None,
+        help="also write the result as JSON to this path (bench.run_all)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -106,8 +117,10 @@ def main() -> None:
         full = SparkModelBuilder(spark, lake.root, root / "full")
         warm, _ = timed(inc, full=True)
         changed = change(lake, args.orders, args.fraction)
+        load_before = os.getloadavg()
         inc_s, inc_reports = timed(inc, full=False)
-        full_s, _ = timed(full, full=True)
+        full_s, full_reports = timed(full, full=True)
+        load_after = os.getloadavg()
         same = all(
             identical(spark, root / "incremental" / m, root / "full" / m)
             for m in load_project().models
@@ -123,21 +136,27 @@ def main() -> None:
                     "ratio": round(inc_s / full_s, 3),
                     "identical": same,
                     "keys": {r.model: r.keys for r in inc_reports},
+                    "incremental_models": per_model(inc_reports),
+                    "full_models": per_model(full_reports),
+                    "load_avg": [round(v, 2) for v in (*load_before, *load_after)],
                 }
             )
         )
         if args.json_out:  # machine-readable result for bench.run_all
             from bench.common import make_result, write_result
 
-            write_result(args.json_out, make_result(
-                "spark_incremental",
-                {"orders": args.orders, "fraction": args.fraction},
-                {"incremental_build": inc_s, "warmup_full_build": warm},
-                baselines={"incremental_build": full_s},
-                baseline_labels={"incremental_build": "full rebuild of the same input"},
-                units={"incremental_build": "s", "warmup_full_build": "s"},
-                checks={"incremental_equals_full": same},
-            ))
+            write_result(
+                args.json_out,
+                make_result(
+                    "spark_incremental",
+                    {"orders": args.orders, "fraction": args.fraction},
+                    {"incremental_build": inc_s, "warmup_full_build": warm},
+                    baselines={"incremental_build": full_s},
+                    baseline_labels={"incremental_build": "full rebuild of the same input"},
+                    units={"incremental_build": "s", "warmup_full_build": "s"},
+                    checks={"incremental_equals_full": same},
+                ),
+            )
 
 
 if __name__ == "__main__":

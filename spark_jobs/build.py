@@ -8,10 +8,15 @@ Run (from the spark environment)::
 
 Models (``spark_jobs/models/*.sql``) are built in dependency order into
 ``<lakehouse>/consumption/<model>/``. Incremental by default: only the keys touched by raw rows
-changed since the last successful build are recomputed and MERGEd (see
-:mod:`spark_jobs.incremental`); ``--full`` recomputes everything. After each model its checks run;
-a failing check restores the table to its previous version, stops the build and exits 1 with a
-table of the failing checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
+changed since the last successful build are recomputed (see :mod:`spark_jobs.incremental`;
+inputs mapped by a plain key expression are read only inside the key set) and replaced in the
+target, by one overwrite of "current rows of other keys + recomputed rows" for targets up to
+``OVERWRITE_BELOW`` rows and by MERGE above; ``--full`` recomputes everything, and so does a
+build that would recompute more than ``--rebuild-above`` of the target's rows. After each
+model its checks run (one Spark query; after an incremental build the row-wise ones read the
+recomputed rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check
+restores the table to its previous version, stops the build and exits 1 with a table of the
+failing checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -31,17 +36,26 @@ from typing import Any
 from capa import console
 from capa.errors import CapaError, ConfigError, TerminalError
 from capa.warehouse.base import META_DELETED, META_INGESTED_AT
-from spark_jobs.checks import CheckResult, failure_rows, model_checks, run_checks
+from spark_jobs.checks import (
+    CheckResult,
+    failure_rows,
+    incremental_checks,
+    model_checks,
+    run_checks,
+)
 from spark_jobs.incremental import InputSnapshot, affected_keys, read_version
+from spark_jobs.io_bigquery import BigQueryModelBuilder, add_arguments, target_from_args
 from spark_jobs.project import MODELS_DIR, Model, Project, load_project, quote
+from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
 
 logger = logging.getLogger(__name__)
 
 _ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
-_LITERAL_KEYS_MAX = 5_000  # up to this many single-column keys are pushed down as IN (...)
-REBUILD_ABOVE = 0.1  # recomputing more than this share of the target's rows: rebuild instead
+REBUILD_ABOVE = 0.5  # recomputing more than this share of the target's rows: rebuild instead
+OVERWRITE_BELOW = 5_000_000  # targets up to this many rows: replace keys by one overwrite
 _PRESENT = "__capa_present"
+_KEY = "__capa_key"
 
 
 class ChecksFailed(TerminalError):
@@ -109,9 +123,11 @@ class SparkModelBuilder:
         lakehouse: Path,
         consumption: Path | None = None,
         rebuild_above: float = REBUILD_ABOVE,
+        overwrite_below: int = OVERWRITE_BELOW,
     ) -> None:
         self.spark = spark
         self.rebuild_above = rebuild_above
+        self.overwrite_below = overwrite_below
         self.lakehouse = Path(lakehouse).resolve()
         self.consumption = Path(consumption or self.lakehouse / "consumption").resolve()
         self._snaps: dict[tuple[str, str], InputSnapshot] = {}
@@ -167,17 +183,18 @@ class SparkModelBuilder:
         before = delta_version(target)
         snaps = {n: self.snapshot("ref" if n in model.refs else "raw", n) for n in model.inputs}
         state = load_state(self.consumption, model.name)
-        mode, keys = "full", None
+        mode, keys, recomputed = "full", None, None
         if not full and before is not None and state and state.fingerprint == fingerprint(model):
             keys_df = affected_keys(self.spark, model, snaps, state, self.resolve, self._changed)
             if keys_df is not None:
-                mode, keys = self._merge(model, target, keys_df)
+                mode, keys, recomputed = self._merge(model, target, keys_df)
                 keys = keys if mode != "full" else None
         if mode == "full":
             self._overwrite(model, target)
         written = time.monotonic()
         if mode != "unchanged":
-            self._check(project, model, target, before)
+            unchanged = _unchanged_inputs(snaps, state) if recomputed is not None else set()
+            self._check(project, model, target, before, recomputed, unchanged)
         logger.info(
             "%s: %s write %.1fs, checks %.1fs",
             model.name,
@@ -197,43 +214,101 @@ class SparkModelBuilder:
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         writer.save(str(target))
 
-    def _merge(self, model: Model, target: Path, keys_df: Any) -> tuple[str, int]:
+    def _merge(self, model: Model, target: Path, keys_df: Any) -> tuple[str, int, Any]:
+        """Recompute the rows of the changed keys and replace them in the target; returns
+        (mode, keys, the recomputed rows). Inputs whose mapping is a plain key expression are
+        read only for rows inside the key set (see :meth:`Model.key_expression`)."""
         from pyspark.sql import functions as F
 
         started = time.monotonic()
-        keys_df = keys_df.cache()
-        count = keys_df.count()
+        df = self.spark.sql(model.render(self.resolve))  # analysed only: the output types
+        key = list(model.header.key)
+        keys_df = keys_df.select([F.col(k).cast(df.schema[k].dataType).alias(k) for k in key])
+        found = keys_df.toArrow()  # one job; the keys are few and stay in memory from here on
+        count = found.num_rows
         logger.info(
             "%s: %d changed keys found in %.1fs", model.name, count, time.monotonic() - started
         )
         if count == 0:
-            return "unchanged", 0
-        if count > self.rebuild_above * count_rows(target):
+            return "unchanged", 0, None
+        rows = count_rows(target)
+        if count > self.rebuild_above * rows:
             logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
-            keys_df.unpersist()
-            return "full", count
-        df = self.spark.sql(model.render(self.resolve))
-        key = list(model.header.key)
-        keys_df = keys_df.select([F.col(k).cast(df.schema[k].dataType).alias(k) for k in key])
-        if len(key) == 1 and count <= _LITERAL_KEYS_MAX:
-            values = [r[0] for r in keys_df.collect()]
-            recomputed = df.where(F.col(key[0]).isin(values))  # pushed below joins/aggregates
+            return "full", count, None
+        keys = self.spark.createDataFrame(found)
+        keys.createOrReplaceTempView(_keys_view(model))
+        recomputed = self.spark.sql(model.render(self._keyed_resolver(model)))
+        recomputed = recomputed.join(F.broadcast(keys), on=key, how="left_semi")
+        recomputed = recomputed.localCheckpoint(eager=True)  # written, then checked: once
+        logger.info("%s: keys recomputed in %.1fs", model.name, time.monotonic() - started)
+        started = time.monotonic()
+        if rows <= self.overwrite_below:
+            self._replace_keys(target, key, keys, recomputed)
         else:
-            recomputed = df.join(F.broadcast(keys_df), on=key, how="left_semi")
-        source = keys_df.join(recomputed.withColumn(_PRESENT, F.lit(True)), on=key, how="left")
-        source = source.localCheckpoint(eager=True)  # MERGE scans its source twice: compute once
-        source.createOrReplaceTempView("capa_merge_source")
-        self.spark.sql(merge_sql(delta_ref(target), "capa_merge_source", key, df.columns))
-        keys_df.unpersist()
-        return "incremental", count
+            self._merge_keys(target, key, keys, recomputed)
+        logger.info("%s: %d keys written in %.1fs", model.name, count, time.monotonic() - started)
+        return "incremental", count, recomputed
 
-    def _check(self, project: Project, model: Model, target: Path, before: int | None) -> None:
+    def _keyed_resolver(self, model: Model) -> Callable[[str, str], str]:
+        """Template resolver reading mapped inputs only inside the changed key set."""
+        keys_view = quote(_keys_view(model))
+        key = quote(model.header.key[0])
+
+        def resolve(kind: str, name: str) -> str:
+            view = self.resolve(kind, name)
+            expr = model.key_expression(name) if kind != "raw_history" else None
+            if expr is None:
+                return view
+            keyed = f"capa_keyed__{model.name}__{name}"
+            self.spark.sql(
+                f"SELECT /*+ BROADCAST(k) */ v.* FROM {view} v LEFT SEMI JOIN "
+                f"(SELECT {key} AS {_KEY} FROM {keys_view}) k ON ({expr}) = k.{_KEY}"
+            ).createOrReplaceTempView(keyed)
+            return quote(keyed)
+
+        return resolve
+
+    def _replace_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
+        """One overwrite: the current rows outside the key set plus the recomputed rows (a
+        small target is cheaper to rewrite once than to MERGE, which rewrites every file
+        holding a key anyway when keys are spread over all files)."""
+        from pyspark.sql import functions as F
+
+        current = self.spark.read.format("delta").load(str(target))
+        kept = current.join(F.broadcast(keys), on=key, how="left_anti")
+        files = int(self.spark.conf.get("spark.default.parallelism", "2"))
+        table = kept.unionByName(recomputed).coalesce(max(1, files))
+        table.write.format("delta").mode("overwrite").save(str(target))
+
+    def _merge_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
+        """MERGE for large targets: recomputed rows upserted, keys without a row deleted."""
+        from pyspark.sql import functions as F
+
+        source = keys.join(recomputed.withColumn(_PRESENT, F.lit(True)), on=key, how="left")
+        source.createOrReplaceTempView("capa_merge_source")
+        self.spark.sql(merge_sql(delta_ref(target), "capa_merge_source", key, recomputed.columns))
+
+    def _check(
+        self,
+        project: Project,
+        model: Model,
+        target: Path,
+        before: int | None,
+        recomputed: Any = None,
+        unchanged: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
+        """Run the model's checks (all rows after a full build, see :func:`incremental_checks`
+        after an incremental one); on failure restore the previous version and raise."""
         view = f"capa_check__{model.name}"
-        built = self.spark.read.format("delta").load(str(target)).cache()
-        built.createOrReplaceTempView(view)
-        checks = model_checks(model, quote(view), lambda n: self.resolve_table(n, project))
+        self.spark.read.format("delta").load(str(target)).createOrReplaceTempView(view)
+        parents = lambda n: self.resolve_table(n, project)  # noqa: E731
+        if recomputed is None:
+            checks = model_checks(model, quote(view), parents)
+        else:
+            changed = f"capa_changed_rows__{model.name}"
+            recomputed.createOrReplaceTempView(changed)
+            checks = incremental_checks(model, quote(view), quote(changed), parents, unchanged)
         results = run_checks(self.spark, checks)
-        built.unpersist()
         if all(r.ok for r in results):
             return
         self._restore(model, target, before)
@@ -267,6 +342,16 @@ class SparkModelBuilder:
                 .collect()[0]["m"]
             )
         return InputMark(kind="raw", version=snap.version, max_ingested_at=since)
+
+
+def _keys_view(model: Model) -> str:
+    return f"capa_keys__{model.name}"
+
+
+def _unchanged_inputs(snaps: dict[str, InputSnapshot], state: ModelState | None) -> set[str]:
+    """Inputs still at the version the last build read."""
+    marks = state.inputs if state else {}
+    return {n for n, s in snaps.items() if n in marks and marks[n].version == s.version}
 
 
 def max_ingested_from_stats(snap: InputSnapshot) -> str | None:
@@ -313,8 +398,11 @@ def _builder_args(parser: argparse.ArgumentParser) -> None:
         "--rebuild-above",
         type=float,
         default=REBUILD_ABOVE,
-        help="rebuild a model fully when more than this share of its rows changed (default 0.1)",
+        help="rebuild a model fully when more than this share of its rows changed "
+        f"(default {REBUILD_ABOVE})",
     )
+    add_session_arguments(parser)
+    add_arguments(parser)  # --warehouse bigquery:PROJECT and its options (io_bigquery)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_once(args: argparse.Namespace, spark: Any) -> list[ModelReport]:
     project = load_project(args.models_dir)
-    builder = SparkModelBuilder(spark, args.lakehouse, args.consumption, args.rebuild_above)
+    target = target_from_args(args)
+    builder: SparkModelBuilder | BigQueryModelBuilder = (
+        BigQueryModelBuilder(spark, target)
+        if target
+        else SparkModelBuilder(
+            spark,
+            args.lakehouse,
+            args.consumption,
+            args.rebuild_above,
+            getattr(args, "overwrite_below", OVERWRITE_BELOW),
+        )
+    )
     select = [s for s in args.select.split(",") if s] or None
     return builder.build(project, full=args.full, select=select)
 
@@ -349,12 +448,13 @@ def report_failure(exc: ChecksFailed) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spark_jobs.session import spark_session
+    from spark_jobs.session import session_options, spark_session
 
     try:
         project = load_project(args.models_dir)
         project.order([s for s in args.select.split(",") if s] or None)  # fail fast on bad names
-        reports = run_once(args, spark_session())
+        options = session_options(args, delta=target_from_args(args) is None)
+        reports = run_once(args, spark_session(**options))
     except ChecksFailed as exc:
         report_failure(exc)
         return 1
@@ -370,9 +470,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Answer one JSON line per request: {"full", "select", "lakehouse", "consumption"}."""
-    from spark_jobs.session import spark_session
+    from spark_jobs.session import session_options, spark_session
 
-    spark = spark_session()
+    spark = spark_session(**session_options(args, delta=target_from_args(args) is None))
     console.emit_json({"ready": True})
     for line in sys.stdin:
         if not line.strip():
@@ -391,8 +491,11 @@ def _serve_one(args: argparse.Namespace, spark: Any, line: str) -> dict[str, Any
             consumption=request.get("consumption", args.consumption),
             full=bool(request.get("full", False)),
             rebuild_above=float(request.get("rebuild_above", args.rebuild_above)),
+            overwrite_below=int(request.get("overwrite_below", OVERWRITE_BELOW)),
             select=",".join(request.get("select", [])),
         )
+        # the session's other flags (--warehouse bigquery:... and its options) apply to each build
+        vars(ns).update({k: v for k, v in vars(args).items() if k not in vars(ns)})
         return {"ok": True, "reports": [asdict(r) for r in run_once(ns, spark)]}
     except ChecksFailed as exc:
         return {"ok": False, "error": str(exc), "failures": failure_rows(exc.results)}

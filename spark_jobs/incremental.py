@@ -1,28 +1,34 @@
 """Which model keys did the input changes since the last build touch?
 
-For a raw replica the changed rows are (a) rows of the current version with ``_capa_ingested_at``
-at or after the watermark of the last build whose ``_capa_event_id`` the previously read version
-did not hold (inserts, updates and tombstones: deleted rows stay in the replica with
-``_capa_deleted``), and (b) the row versions those changes replaced: rows of the previously
-read Delta version whose ``_capa_event_id`` is gone now, including rows a TRUNCATE removed
-(their old values may map to other keys, e.g. an order that moved to another customer).
-For a model table (``ref``) the changed rows come from its Delta change data feed between the
-two versions.
+For a raw replica the changed rows are the rows of the data files that differ between the
+version the last build read and the current one, compared by ``_capa_event_id``: rows whose
+event the old files lack (inserts, updates and tombstones: deleted rows stay in the replica with
+``_capa_deleted``) and the row versions they replaced or that a TRUNCATE removed (their old
+values may map to other keys, e.g. an order that moved to another customer). This runs in the
+driver with delta-rs and Arrow (:mod:`spark_jobs.diff`); tables delta-rs cannot read that way
+(deletion vectors, column mapping) fall back to a Spark diff with the ``_capa_ingested_at``
+watermark. Merge-on-read rows still in ``_pending/<table>`` are not part of any Delta version
+of the replica: the build sees them once compacted, as a later version, like any other change.
+For a model table (``ref``) the changed rows are the rows that differ between its two versions
+(whole-row comparison of the differing files; the change data feed as a fallback).
 
 Each model header maps every input's changed rows to model keys (``incremental:``); the build
-recomputes just those keys and MERGEs them. ``None`` from :func:`affected_keys` means "cannot
-tell, rebuild fully" (an input without a mapping, a vacuumed old version, a new input).
+recomputes just those keys and replaces them in the target. ``None`` from :func:`affected_keys`
+means "cannot tell, rebuild fully" (an input without a mapping, a vacuumed old version, a new
+input).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from capa.warehouse.base import META_EVENT_ID, META_INGESTED_AT
+from spark_jobs.diff import changed_rows
 from spark_jobs.project import Model, quote
 from spark_jobs.state import InputMark, ModelState
 
@@ -45,7 +51,24 @@ def read_version(spark: Any, path: str, version: int) -> Any:
 
 
 def changed_raw_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Any:
-    """Rows written since the last build plus the row versions they replaced.
+    """Rows written since the last build plus the row versions they replaced, materialised.
+
+    From the data files that differ between the two versions, by ``_capa_event_id``
+    (:mod:`spark_jobs.diff`, in the driver); with Spark when delta-rs cannot read the table.
+    """
+    rows = changed_rows(snap.path, mark.version, snap.version, [META_EVENT_ID])
+    if rows is not None:
+        return arrow_frame(spark, rows)
+    return changed_raw_rows_spark(spark, snap, mark).localCheckpoint(eager=True)
+
+
+def arrow_frame(spark: Any, rows: Any) -> Any:
+    """A Spark DataFrame of an Arrow table (a local relation: no Spark job to build it)."""
+    return spark.createDataFrame(rows)
+
+
+def changed_raw_rows_spark(spark: Any, snap: InputSnapshot, mark: InputMark) -> Any:
+    """Rows written since the last build plus the row versions they replaced, with Spark.
 
     The watermark prunes (files whose ``_capa_ingested_at`` statistics end before it are
     skipped); it is inclusive and may be a little early, so candidates whose event already
@@ -78,12 +101,21 @@ def _not_in(candidates: Any, old: Any) -> Any:
 
 
 def changed_ref_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Any:
+    """Rows of a model table that differ between the versions (old and new values).
+
+    By whole-row comparison of the files that differ (an overwrite that kept most rows as
+    they were yields just the changed ones); from the change data feed otherwise.
+    """
+    rows = changed_rows(snap.path, mark.version, snap.version, None)
+    if rows is not None:
+        return arrow_frame(spark, rows)
     return (
         spark.read.format("delta")
         .option("readChangeFeed", "true")
         .option("startingVersion", mark.version + 1)
         .option("endingVersion", snap.version)
         .load(snap.path)
+        .localCheckpoint(eager=True)
     )
 
 
@@ -121,8 +153,9 @@ def affected_keys(
         cache_key = (name, mark.version, snap.version)
         try:
             if cache_key not in changed:
-                rows = _CHANGED_ROWS[snap.kind](spark, snap, mark)
-                changed[cache_key] = rows.localCheckpoint(eager=True)
+                started = time.monotonic()
+                changed[cache_key] = _CHANGED_ROWS[snap.kind](spark, snap, mark)
+                logger.info("%s: changes diffed in %.1fs", name, time.monotonic() - started)
             rows = changed[cache_key]
         except Exception as exc:  # vacuumed version, CDF not enabled ...: rebuild instead
             logger.warning("%s: cannot diff %s (%s): full rebuild", model.name, name, exc)

@@ -105,6 +105,16 @@ class Model:
         """The SQL with each ``{{ raw|ref|raw_history('x') }}`` replaced by ``resolve(kind, x)``."""
         return render(self.sql, resolve)
 
+    def key_expression(self, table: str) -> str | None:
+        """The mapping of ``table`` when it is a plain expression giving the (one-column) key,
+        else None. Rows of ``table`` whose expression lies outside a key set cannot change
+        those keys' rows (else the mapping would be incomplete), so a rebuild of the set reads
+        only rows inside it."""
+        expr = self.header.incremental.get(table)
+        if expr is None or _ROWS.search(expr) or len(self.header.key) != 1:
+            return None
+        return expr
+
     def mapping_sql(self, table: str, rows_view: str, resolve: Callable[[str, str], str]) -> str:
         """SQL giving the model keys touched by the changed ``table`` rows in ``rows_view``."""
         expr = self.header.incremental[table]

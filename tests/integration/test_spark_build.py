@@ -2,7 +2,8 @@
 
 Raw replicas are written with delta-rs in the raw-table contract (spark_jobs.sample); rounds of
 inserts, updates, key moves and deletes (tombstones) are applied; after every round the
-incremental build (MERGE of recomputed keys) must equal a full rebuild, table by table.
+incremental build (recomputed keys replaced by one overwrite, or by MERGE) must equal a full
+rebuild, table by table.
 """
 
 from __future__ import annotations
@@ -65,14 +66,17 @@ class SparkServer:
         *,
         full: bool = False,
         select: list[str] | None = None,
+        overwrite_below: int | None = None,
     ) -> dict[str, Any]:
-        request = {
-            "rebuild_above": 1.0,  # exercise the MERGE path even when many keys changed
+        request: dict[str, Any] = {
+            "rebuild_above": 1.0,  # exercise the incremental path even when many keys changed
             "lakehouse": str(lakehouse),
             "consumption": str(consumption),
             "full": full,
             "select": select or [],
         }
+        if overwrite_below is not None:  # 0: replace keys by MERGE instead of one overwrite
+            request["overwrite_below"] = overwrite_below
         self.proc.stdin.write((json.dumps(request) + "\n").encode())  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
         return self._read(timeout=600)
@@ -191,9 +195,11 @@ def test_incremental_equals_full_after_rounds_of_changes(
     inc, full = tmp_path / "incremental", tmp_path / "full"
     first = ok(spark_server.build(lake.root, inc), spark_server)
     assert {m: r["mode"] for m, r in first.items()} == dict.fromkeys(MODELS, "full")
-    for n in (1, 2):
+    for n, overwrite_below in ((1, None), (2, 0)):  # round 2 writes by MERGE
         change_round(lake, n)
-        reports = ok(spark_server.build(lake.root, inc), spark_server)
+        reports = ok(
+            spark_server.build(lake.root, inc, overwrite_below=overwrite_below), spark_server
+        )
         ok(spark_server.build(lake.root, full, full=True), spark_server)
         assert {m: r["mode"] for m, r in reports.items()} == dict.fromkeys(MODELS, "incremental")
         assert 0 < reports["customer_360"]["keys"] < reports["customer_360"]["rows"]

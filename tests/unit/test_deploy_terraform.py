@@ -446,6 +446,39 @@ def test_dataproc_specs_render_to_valid_batch_json() -> None:
         assert rendered["environment_config"]["execution_config"]["service_account"]
 
 
+def test_dataproc_batch_args_are_builder_flags_for_the_bigquery_mode() -> None:
+    """The batch hands its args to `spark_jobs.build` (run_models.py): they must parse there,
+    select the BigQuery mode on the Terraform datasets and keep the runtime's session."""
+    from spark_jobs.build import build_parser
+    from spark_jobs.io_bigquery import target_from_args
+
+    text = (ROOT / "deploy" / "dataproc" / "consumption_models.json.tftpl").read_text()
+    rendered = json.loads(re.sub(r"\$\{(\w+)\}", lambda m: f"X-{m.group(1)}", text))
+    args = build_parser().parse_args(rendered["pyspark_batch"]["args"])
+    target = target_from_args(args)
+    assert target is not None, "the batch must run the BigQuery mode (--warehouse bigquery:...)"
+    assert (target.project, target.raw_dataset, target.consumption_dataset) == (
+        "X-project_id",
+        "X-raw_dataset",
+        "X-consumption_dataset",
+    )
+    assert target.location == "X-bq_location"
+    assert args.session == "managed", "a local[2] session would ignore the Dataproc executors"
+    assert not (target.http_endpoint or target.grpc_endpoint), "no emulator endpoints in GCP"
+    options = target.connector_options()
+    assert "gcpAccessToken" not in options, "GCP uses the batch service account's credentials"
+    assert options["writeMethod"] == "direct" and options["readDataFormat"] == "ARROW"
+    spec_vars = (TF_DIR / "dataproc.tf").read_text()
+    for name, resource in [
+        ("raw_dataset", "google_bigquery_dataset.raw"),
+        ("consumption_dataset", "google_bigquery_dataset.consumption"),
+    ]:
+        assert re.search(rf"{name}\s*=\s*{re.escape(resource)}\.dataset_id", spec_vars)
+    properties = rendered["runtime_config"]["properties"]
+    assert not any("temporaryGcsBucket" in k for k in properties), "direct writes need no bucket"
+    assert "jar_file_uris" not in rendered["pyspark_batch"], "the runtime bundles the connector"
+
+
 # --- files the configuration ships -------------------------------------------------------------
 
 _FILE_REF = re.compile(r"\$\{local\.repo_root\}/([A-Za-z0-9_./*-]+)")

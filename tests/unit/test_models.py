@@ -120,3 +120,16 @@ def parse_model_text(sql: str, incremental: str | None = None):  # type: ignore[
     folder = Path(tempfile.mkdtemp())
     inc = f"--   incremental:\n--     {incremental}\n" if incremental else ""
     return parse_model(write(folder, "m", f"-- capa:\n--   key: [customer_id]\n{inc}{sql}\n"))
+
+
+def test_key_expression_only_for_plain_single_key_mappings() -> None:
+    plain = parse_model_text("SELECT 1 FROM {{ raw('t1') }}", incremental="t1: CAST(ts AS DATE)")
+    assert plain.key_expression("t1") == "CAST(ts AS DATE)"
+    assert plain.key_expression("unmapped") is None
+    query = parse_model_text(
+        "SELECT 1 FROM {{ raw('t1') }}", incremental="t1: SELECT k AS customer_id FROM {{ rows }}"
+    )
+    assert query.key_expression("t1") is None
+    contacts = load_project().models["customer_360"]
+    assert contacts.key_expression("f2_public_orders") == "customer_id"
+    assert contacts.key_expression("crm_crm_contacts") is None  # a join: read in full
