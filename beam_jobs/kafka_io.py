@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -77,24 +77,37 @@ def make_consumer(bootstrap: str, group: str, extra: Mapping[str, Any] | None = 
     return Consumer(_client_settings(bootstrap, group, extra))
 
 
-def wait_for_partitions(
-    bootstrap: str, topic: str, patience_s: float = 300.0, backoff_s: float = 2.0
-) -> list[KafkaPartition]:
-    """:func:`list_partitions`, retried with backoff while Kafka is (re)starting.
+T = TypeVar("T")
+
+
+def retry_while_unavailable(
+    call: Callable[[], T], what: str, patience_s: float = 300.0, backoff_s: float = 1.0
+) -> T:
+    """``call()``, retried with backoff while it raises :class:`ServiceUnavailable`.
 
     A streaming job started next to a broker that is still coming up (or restarting after a
-    crash) waits for it instead of exiting; it gives up after ``patience_s``.
+    crash: "coordinator load in progress", NOT_COORDINATOR) waits for it instead of
+    exiting; it gives up after ``patience_s``.
     """
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            return list_partitions(bootstrap, topic)
+            return call()
         except ServiceUnavailable as exc:
             if time.monotonic() + backoff_s > deadline:
                 raise
-            logger.warning("%s; retrying in %.0fs", exc, backoff_s)
+            logger.warning("%s (%s); retrying in %.0fs", what, exc, backoff_s)
             time.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 30.0)
+
+
+def wait_for_partitions(
+    bootstrap: str, topic: str, patience_s: float = 300.0, backoff_s: float = 2.0
+) -> list[KafkaPartition]:
+    """:func:`list_partitions`, retried with backoff while Kafka is (re)starting."""
+    return retry_while_unavailable(
+        lambda: list_partitions(bootstrap, topic), f"partitions of {topic}", patience_s, backoff_s
+    )
 
 
 def list_partitions(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[KafkaPartition]:
@@ -123,17 +136,23 @@ class KafkaOffsetCommitter:
         self._consumer = make_consumer(bootstrap, group, extra)
 
     def committed(self, partition: KafkaPartition, timeout_s: float = 15.0) -> int | None:
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         tp = TopicPartition(partition.topic, partition.partition)
-        (result,) = self._consumer.committed([tp], timeout=timeout_s)
+        try:
+            (result,) = self._consumer.committed([tp], timeout=timeout_s)
+        except KafkaException as exc:  # e.g. NOT_COORDINATOR while the broker starts
+            raise ServiceUnavailable(f"reading offsets of group {self.group!r}: {exc}") from exc
         return None if result.offset == _INVALID_OFFSET or result.offset < 0 else result.offset
 
     def watermarks(self, partition: KafkaPartition, timeout_s: float = 15.0) -> tuple[int, int]:
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         tp = TopicPartition(partition.topic, partition.partition)
-        low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        except KafkaException as exc:
+            raise ServiceUnavailable(f"reading the end offsets of {partition}: {exc}") from exc
         return int(low), int(high)
 
     def start_offset(self, partition: KafkaPartition) -> int:
@@ -174,14 +193,20 @@ class KafkaOffsetRestrictions(RestrictionProvider):
         self.stop_at_end = stop_at_end
 
     def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
+        start, end = retry_while_unavailable(
+            lambda: self._offsets(element), f"offsets of {element.topic}/{element.partition}"
+        )
+        logger.info("reading %s/%d from offset %d to %s", *element, start, end)
+        return OffsetRange(start, max(start, end))
+
+    def _offsets(self, element: KafkaPartition) -> tuple[int, int]:
         committer = KafkaOffsetCommitter(self.bootstrap, self.group)
         try:
             start = committer.start_offset(element)
             end = committer.watermarks(element)[1] if self.stop_at_end else UNBOUNDED_END
         finally:
             committer.close()
-        logger.info("reading %s/%d from offset %d to %s", *element, start, end)
-        return OffsetRange(start, max(start, end))
+        return start, end
 
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
         return OffsetRestrictionTracker(restriction)

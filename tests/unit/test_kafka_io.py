@@ -1,4 +1,4 @@
-"""The Kafka SDF claims a poll's records with one try_claim: what it keeps, in every case.
+"""The Kafka SDF's pieces: one try_claim per poll (what it keeps, in every case) and start-up retries.
 
 Beam's real OffsetRestrictionTracker is used; the records are stand-ins for confluent-kafka's
 ``Message`` (which Python code cannot construct): only ``offset()`` and ``error()`` are read.
@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
-from beam_jobs.kafka_io import KafkaPartition, _claim, _to_batch
+from beam_jobs.kafka_io import (
+    KafkaOffsetCommitter,
+    KafkaPartition,
+    _claim,
+    _to_batch,
+    retry_while_unavailable,
+)
 from capa.errors import ServiceUnavailable
 
 
@@ -102,3 +108,37 @@ def test_batches_keep_offsets_and_values_in_order() -> None:
     batch = _to_batch(KafkaPartition("t", 2), [Record(o) for o in (4, 5, 7)])
     assert (batch.topic, batch.partition, batch.offsets) == ("t", 2, (4, 5, 7))
     assert batch.values == (b"v4", b"v5", b"v7") and batch.next_offset == 8
+
+
+def test_start_up_waits_while_the_broker_is_unavailable() -> None:
+    """Found by the demo: a job started right after the broker got NOT_COORDINATOR while
+    reading its group's offsets and died; it now waits and retries."""
+    answers: list[Any] = [ServiceUnavailable("Not coordinator"), ServiceUnavailable("load"), 42]
+
+    def call() -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return int(answer)
+
+    assert retry_while_unavailable(call, "offsets", patience_s=5, backoff_s=0.01) == 42
+    assert answers == []
+
+
+def test_start_up_gives_up_after_its_patience() -> None:
+    def call() -> int:
+        raise ServiceUnavailable("broker down")
+
+    with pytest.raises(ServiceUnavailable, match="broker down"):
+        retry_while_unavailable(call, "offsets", patience_s=0.05, backoff_s=0.01)
+
+
+def test_offset_reads_of_a_broker_that_is_not_there_are_transient() -> None:
+    committer = KafkaOffsetCommitter("127.0.0.1:1", "capa-test")  # nothing listens on port 1
+    try:
+        with pytest.raises(ServiceUnavailable):
+            committer.committed(KafkaPartition("t", 0), timeout_s=0.5)
+        with pytest.raises(ServiceUnavailable):
+            committer.watermarks(KafkaPartition("t", 0), timeout_s=0.5)
+    finally:
+        committer.close()
