@@ -72,5 +72,9 @@ class WarehouseTransientError(WarehouseError, TransientError):
     """A warehouse write may succeed on retry (e.g. commit conflict)."""
 
 
+class ServiceFailed(TerminalError):
+    """A process capa started (the apply job, the bridge...) exited while it was needed."""
+
+
 class ServiceUnavailable(TransientError):
     """A service (Kafka, PostgreSQL, an emulator) is not reachable right now."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from capa import console
 from capa.config import CapaSettings
-from capa.errors import CapaError, EnvironmentProblem
+from capa.errors import CapaError, EnvironmentProblem, ServiceFailed
 from capa.stack import Stack
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,13 @@ class Demo:
     def wait_caught_up(self, timeout: float = 300.0) -> None:
         """Until the apply job's committed offsets reach the topic's end twice in a row."""
         deadline, settled = time.monotonic() + timeout, 0
+        apply_job = self.stack.service("apply")
         while time.monotonic() < deadline:
+            if apply_job.running() is None:  # fail now, not after the timeout
+                raise ServiceFailed(
+                    f"the streaming apply job exited; the end of {apply_job.log_path}:\n"
+                    + _tail(apply_job.log_path)
+                )
             lag = kafka_lag(self.settings)
             settled = settled + 1 if lag == 0 else 0
             if settled >= 2:
@@ -379,3 +385,12 @@ def _fmt(value: Any) -> str:
 
 def _dash(value: Any) -> Any:
     return "-" if value is None else value
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    """The last lines of a log file (for an error message), or why there are none."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])

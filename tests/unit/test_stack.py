@@ -145,3 +145,18 @@ def test_bridge_child_env_carries_settings_and_jvm_opts(tmp_path: Path) -> None:
     env = DebeziumBridge(StateDirs(tmp_path), settings).child_env()
     assert env["PYDBZ_JVM_OPTS"] == settings.debezium.jvm_opts
     assert env["CAPA__KAFKA__TOPIC"] == settings.kafka.topic
+
+
+def test_demo_fails_at_once_when_the_apply_job_is_gone(tmp_path: Path) -> None:
+    """Found running the demo: a dead apply job left the demo printing "N event(s) not yet
+    applied" until a 300 s timeout; it now stops with the end of the job's log."""
+    from capa.demo.run import Demo, DemoOptions
+    from capa.errors import ServiceFailed
+
+    settings = load_settings(state_dir=tmp_path)
+    demo = Demo(settings, DemoOptions())
+    log = demo.stack.service("apply").log_path
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("starting\nRuntimeError: Broker: Not coordinator\n")
+    with pytest.raises(ServiceFailed, match="Not coordinator"):
+        demo.wait_caught_up(timeout=60)
