@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,31 @@ from capa.stack.base import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_BIN = ROOT / ".venvs" / "airflow" / "bin"
+
+
+# --- the Debezium bridge ------------------------------------------------------------------
+
+
+def bridge_environment(settings: Any) -> dict[str, str]:
+    """The environment of a bridge process configured by ``settings`` (no stray CAPA_ vars)."""
+    from capa.stack.debezium import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
+    env.update(settings_env(settings))
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def start_bridge(settings: Any, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m connectors.debezium.bridge`` for ``settings``, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "connectors.debezium.bridge"],
+            cwd=settings.state_dir,
+            env=bridge_environment(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 # --- PostgreSQL logical replication ------------------------------------------------------

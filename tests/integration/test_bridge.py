@@ -6,7 +6,6 @@ shares the session's PostgreSQL and Kafka with other tests without interference.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,16 +20,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import drop_capture
+from service_support import drop_capture, start_bridge
 
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Json, Op
 from capa.stack.base import tail, wait_for
-from capa.stack.debezium import settings_env
 from capa.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -41,17 +37,7 @@ class BridgeRun:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
-        env.update(settings_env(self.settings))
-        env["PYTHONPATH"] = str(ROOT)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "connectors.debezium.bridge"],
-                cwd=self.settings.state_dir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = start_bridge(self.settings, self.log)
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -32,13 +32,12 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
-from service_support import drop_capture
+from service_support import drop_capture, start_bridge
 
 from capa.codec import event_to_json
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Op
 from capa.stack.base import tail
-from capa.stack.debezium import settings_env
 from capa.stack.kafka import ensure_topics
 from capa.warehouse import open_warehouse
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
@@ -335,17 +334,7 @@ class Fidelity:
     proc: subprocess.Popen[bytes] | None = None
 
     def start_bridge(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
-        env.update(settings_env(self.settings))
-        env["PYTHONPATH"] = str(ROOT)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "connectors.debezium.bridge"],
-                cwd=self.settings.state_dir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = start_bridge(self.settings, self.log)
 
     def events(self, count: int) -> list[ChangeEvent]:
         kafka = self.settings.kafka

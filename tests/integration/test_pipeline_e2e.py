@@ -8,7 +8,6 @@ count and the same md5 per row over a canonical text computed on both sides.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from service_support import bridge_environment, start_bridge
 
 from capa.config import CapaSettings
 from capa.stack.base import tail, wait_for
-from capa.stack.debezium import settings_env
 from capa.stack.kafka import ensure_topics
 from capa.warehouse import open_warehouse
 
@@ -65,17 +64,10 @@ def e2e(capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path) 
             f'CREATE TABLE "public"."{table}" (id bigint PRIMARY KEY, name text NOT NULL, '
             "qty integer, price numeric(12,2))"
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
-    env.update(settings_env(settings))
-    env["PYTHONPATH"] = str(ROOT)
+    env = bridge_environment(settings)
     warehouse = tmp_path / "wh"
     procs = [
-        spawn(
-            [sys.executable, "-m", "connectors.debezium.bridge"],
-            env,
-            tmp_path / "bridge.log",
-            state,
-        ),
+        start_bridge(settings, tmp_path / "bridge.log"),
         spawn(
             [
                 sys.executable,
