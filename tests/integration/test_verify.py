@@ -92,7 +92,7 @@ def test_verify_passes_on_equal_replica_and_names_every_mismatch(
     applied = capa("apply", "--input", str(events), "--warehouse", f"local:{lakehouse}")
     assert applied.returncode == 0, applied.stderr
 
-    ok = capa(
+    verify = (
         "verify",
         "--dsn",
         postgres.dsn,
@@ -103,6 +103,7 @@ def test_verify_passes_on_equal_replica_and_names_every_mismatch(
         "--warehouse",
         f"local:{lakehouse}",
     )
+    ok = capa(*verify)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert all(
         d.ok and d.source_rows > 0
@@ -123,17 +124,7 @@ def test_verify_passes_on_equal_replica_and_names_every_mismatch(
             ["x"],
         )
 
-    bad = capa(
-        "verify",
-        "--dsn",
-        postgres.dsn,
-        "--source",
-        "f2",
-        "--schema",
-        schema,
-        "--warehouse",
-        f"local:{lakehouse}",
-    )
+    bad = capa(*verify)
     assert bad.returncode == 4, bad.stdout + bad.stderr
     diffs = {d.table: d for d in verify_postgres_local(postgres.dsn, "f2", schema, lakehouse)}
     zoo = diffs[f"raw.f2_{schema}_wl_typezoo"]
