@@ -28,6 +28,7 @@ from capa import console
 from capa.config import CapaSettings
 from capa.errors import CapaError, EnvironmentProblem, ServiceFailed
 from capa.stack import Stack
+from capa.stack.base import tail
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,7 +232,7 @@ class Demo:
             if apply_job.running() is None:  # fail now, not after the timeout
                 raise ServiceFailed(
                     f"the streaming apply job exited; the end of {apply_job.log_path}:\n"
-                    + _tail(apply_job.log_path)
+                    + tail(apply_job.log_path, 8)
                 )
             lag = kafka_lag(self.settings)
             settled = settled + 1 if lag == 0 else 0
@@ -385,12 +386,3 @@ def _fmt(value: Any) -> str:
 
 def _dash(value: Any) -> Any:
     return "-" if value is None else value
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    """The last lines of a log file (for an error message), or why there are none."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    return "\n".join("    " + line for line in text.splitlines()[-lines:])
