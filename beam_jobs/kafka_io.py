@@ -361,7 +361,10 @@ def _claim(tracker: Any, messages: list[Any]) -> tuple[list[Any], bool]:
     for msg in messages:
         _raise_on_error(msg)
     stop = tracker.current_restriction().stop
-    kept = [msg for msg in messages if msg.offset() < stop]
+    if messages and messages[-1].offset() < stop:  # offsets rise within a partition
+        kept = messages
+    else:
+        kept = [msg for msg in messages if msg.offset() < stop]
     finished = len(kept) < len(messages)
     if kept and not tracker.try_claim(kept[-1].offset()):
         stop = tracker.current_restriction().stop

@@ -92,6 +92,13 @@ class StreamingApplyOptions(PipelineOptions):
             help="Max events per warehouse commit (a bundle may hold several).",
         )
         parser.add_argument(
+            "--pipelined_apply",
+            type=_flag,
+            default=apply.pipelined,
+            help="Apply and commit a batch while the next one is read and decoded (true/false; "
+            "default: true on the in-process runner only, see capa.config.ApplyConfig).",
+        )
+        parser.add_argument(
             "--poll_timeout_ms",
             type=int,
             default=200,
@@ -147,6 +154,13 @@ def _flag(value: str) -> bool:
 def _default_warehouse(settings: Any) -> str:
     wh = settings.warehouse
     return f"local:{wh.path}" if wh.type == "local" else f"bigquery:{wh.project}"
+
+
+def pipelined_apply(opts: StreamingApplyOptions, runner: Any) -> bool:
+    """The flag, or by default: only on the in-process runner (see ApplyConfig.pipelined)."""
+    if opts.pipelined_apply is not None:
+        return bool(opts.pipelined_apply)
+    return not isinstance(runner, str)
 
 
 def build_options(argv: list[str] | None) -> tuple[PipelineOptions, Any]:

@@ -30,8 +30,12 @@ import json
 import logging
 import os
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,11 +50,13 @@ from beam_jobs.kafka_io import (
     KafkaPartition,
     ReadFromKafkaPartitions,
 )
-from beam_jobs.options import StreamingApplyOptions, build_options
+from beam_jobs.options import StreamingApplyOptions, build_options, pipelined_apply
+from capa.columnar import TableColumns
 from capa.config import KafkaConfig
-from capa.errors import DecodeError, TerminalError, TransientError
+from capa.errors import TerminalError, TransientError
 from capa.events import ChangeEvent, Op, iter_tables
 from capa.runtime import tune_gc
+from connectors.kafka.batch_decode import BatchDecoder, DecodedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,63 @@ class Decoded(NamedTuple):
     offset: int
     event: ChangeEvent
     raw: bytes | None
+
+
+class _Records:
+    """The buffered Kafka batches of one flush, as one list of values."""
+
+    def __init__(self, batches: Sequence[KafkaBatch]) -> None:
+        self.batches = batches
+        self.values: list[bytes | None] = [v for b in batches for v in b.values]
+        self._starts = list(accumulate((len(b.values) for b in batches), initial=0))
+
+    def locate(self, index: int) -> tuple[str, int, int]:
+        """(topic, partition, offset) of the record at ``index``."""
+        n = bisect_right(self._starts, index) - 1
+        batch = self.batches[n]
+        return batch.topic, batch.partition, batch.offsets[index - self._starts[n]]
+
+    def item(self, index: int, event: ChangeEvent) -> Decoded:
+        return Decoded(*self.locate(index), event, self.values[index])
+
+    def dead_letter(self, index: int, reason: str) -> Any:
+        return _dead_letter(*self.locate(index), self.values[index], reason)
+
+
+@dataclass(slots=True)
+class _Work:
+    """One flush: what to apply, the offsets it covers, and (once applied) how it went."""
+
+    decoded: DecodedBatch
+    records: _Records
+    items: list[Decoded]  # the records applied as events
+    offsets: dict[KafkaPartition, int]
+    applied: bool = False
+    seconds: float = 0.0
+    visible_at: float = 0.0
+
+    def column_items(self, decoder: Any) -> list[Decoded]:
+        """The column-wise records as events (for the per-table event path)."""
+        indices = sorted(i for t in self.decoded.tables for i in t.indices)
+        return [self.records.item(i, decoder.decode(self.records.values[i])) for i in indices]
+
+
+def _event_stamps(items: Sequence[Decoded]) -> list[int]:
+    return [
+        ts
+        for item in items
+        if (ts := item.event.commit_ts_us) is not None and item.event.op is not Op.READ
+    ]
+
+
+def _column_stamps(tables: Sequence[TableColumns]) -> list[int]:
+    read = Op.READ.value
+    return [
+        ts
+        for t in tables
+        for ts, op in zip(t.commit_ts_us, t.ops, strict=True)
+        if ts is not None and op != read
+    ]
 
 
 # --- DoFns -------------------------------------------------------------------------------
@@ -122,6 +185,7 @@ class ApplyStats:
         self.applied = 0
         self.dead_letters = 0
         self.batches = 0
+        self.last_batch_at: float | None = None
         self.lag_events: int | None = None
         self.last_commit_ts_us: int | None = None
         self.latencies: deque[float] = deque(maxlen=100_000)
@@ -135,19 +199,18 @@ class ApplyStats:
         self._m_lag_s = Metrics.gauge(METRICS_NAMESPACE, "lag_seconds")
 
     def record_batch(
-        self, events: Sequence[ChangeEvent], seconds: float, visible_at: float
+        self, applied: int, commit_stamps: Sequence[int], seconds: float, visible_at: float
     ) -> None:
-        self.applied += len(events)
+        """``commit_stamps``: the source commit times (µs) of the batch's changes (snapshot
+        reads excluded)."""
+        self.applied += applied
         self.batches += 1
-        self._m_applied.inc(len(events))
+        self.last_batch_at = visible_at
+        self._m_applied.inc(applied)
         self._m_batches.inc()
         self._m_batch_ms.update(int(seconds * 1000))
         horizon_us = (self.started - HISTORY_HORIZON_S) * 1e6
-        stamps = [
-            ts
-            for e in events
-            if (ts := e.commit_ts_us) is not None and ts >= horizon_us and e.op is not Op.READ
-        ]  # live changes only: see HISTORY_HORIZON_S
+        stamps = [ts for ts in commit_stamps if ts >= horizon_us]  # see HISTORY_HORIZON_S
         if not stamps:
             return
         latencies = [visible_at - ts / 1e6 for ts in stamps]
@@ -177,6 +240,7 @@ class ApplyStats:
             "updated_at": time.time(),
             "pid": os.getpid(),
             "events_applied": self.applied,
+            "last_batch_at": self.last_batch_at,  # when the last batch became visible (epoch s)
             "dead_letters": self.dead_letters,
             "batches": self.batches,
             "events_per_s": round(rate, 1),
@@ -249,8 +313,10 @@ class ApplyBatchesFn(beam.DoFn):
         max_attempts: int = 8,
         warehouse_options: dict[str, Any] | None = None,
         schema_registry_url: str | None = None,
+        pipelined: bool = False,
     ) -> None:
         self.warehouse_spec = warehouse
+        self.pipelined = pipelined
         self.warehouse_options = warehouse_options or {}
         self.committer_factory = committer
         self.dead_letter_factory = dead_letters
@@ -263,6 +329,7 @@ class ApplyBatchesFn(beam.DoFn):
         self.m_decoded = Metrics.counter(METRICS_NAMESPACE, "events_decoded")
 
     def setup(self) -> None:
+        from capa.native import decode_batch
         from capa.warehouse import open_warehouse
         from connectors.kafka.wire import ChangeEventDecoder
 
@@ -272,37 +339,30 @@ class ApplyBatchesFn(beam.DoFn):
         self._decoder = ChangeEventDecoder.from_config(
             KafkaConfig(schema_registry_url=self.schema_registry_url)
         )
+        self._columns = hasattr(self._warehouse, "apply_columns")
+        self._batch_decoder = BatchDecoder(self._decoder, decode_batch, columns=self._columns)
+        if self._columns and decode_batch is None:
+            logger.warning("capa_native is not installed: decoding in Python (slower)")
         self._stats = ApplyStats(self.status_file, self.log_interval_s)
         self._last_lag_check = 0.0
+        self._inflight: Future[_Work] | None = None
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="capa-apply")
 
     def start_bundle(self) -> None:
-        self._events: list[Decoded] = []
+        self._batches: list[KafkaBatch] = []
+        self._buffered = 0
         self._offsets: dict[KafkaPartition, int] = {}
 
     def process(self, batch: KafkaBatch) -> Iterator[dict[str, Any]]:
         batch = KafkaBatch(*batch)
-        decoded, letters = self._decode(batch)
-        if letters:  # acknowledged by the DLQ before any commit covers their offsets
-            self._write_dead_letters(letters)
-        self._events.extend(decoded)
+        self._batches.append(batch)
+        self._buffered += len(batch.values)
         key = KafkaPartition(batch.topic, batch.partition)
         self._offsets[key] = max(self._offsets.get(key, -1), batch.next_offset)
-        if len(self._events) >= self.max_batch_events:
-            yield self._flush()
-
-    def _decode(self, batch: KafkaBatch) -> tuple[list[Decoded], list[Any]]:
-        """The batch's events, and a dead letter (with its reason) for each poison record."""
-        decode = self._decoder.decode
-        topic, partition = batch.topic, batch.partition
-        decoded: list[Decoded] = []
-        letters: list[Any] = []
-        for offset, raw in zip(batch.offsets, batch.values, strict=True):
-            try:
-                decoded.append(Decoded(topic, partition, offset, decode(raw), raw))
-            except DecodeError as exc:
-                letters.append(_dead_letter(topic, partition, offset, raw, exc.reason))
-        self.m_decoded.inc(len(decoded))
-        return decoded, letters
+        if self._buffered >= self.max_batch_events:
+            report = self._flush()
+            if report is not None:
+                yield report
 
     def _write_dead_letters(self, letters: Sequence[Any]) -> None:
         if self._dlq is None:
@@ -315,11 +375,17 @@ class ApplyBatchesFn(beam.DoFn):
         self._stats.dead_letters += len(letters)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._events or self._offsets:
-            report = self._flush()
+        # an idle bundle records the batch in flight (if any) now, not at the next busy one
+        report = self._flush() if self._batches else self._collect()
+        if report is not None:
             yield WindowedValue(report, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
     def teardown(self) -> None:
+        if getattr(self, "_inflight", None) is not None:
+            report = self._collect()
+            logger.info("last batch applied at shutdown: %s events", report and report["events"])
+        if getattr(self, "_background", None) is not None:
+            self._background.shutdown()
         self._compact_pending()
         for closable in (
             getattr(self, "_committer", None),
@@ -339,36 +405,88 @@ class ApplyBatchesFn(beam.DoFn):
         except Exception as exc:  # the next run or compaction catches up
             logger.warning("compaction at shutdown failed (%s); pending rows stay served", exc)
 
-    def _flush(self) -> dict[str, Any]:
-        """Apply the buffered events, THEN commit the offsets covering them."""
-        items, offsets = self._events, self._offsets
-        self._events, self._offsets = [], {}
-        events = [item.event for item in items]
+    def _flush(self) -> dict[str, Any] | None:
+        """Decode the buffered records (poison -> DLQ, acknowledged), then apply them and
+        commit the offsets covering them: here, or (pipelined) in the background while the
+        next batch is read, after the previous one is done. Returns the report of the batch
+        finished now (pipelined: the previous one, None if there is none)."""
+        work = self._prepare()
+        if not self.pipelined:
+            self._apply_commit(work, isolate=True)
+            return self._record(work)
+        report = self._collect()
+        self._inflight = self._background.submit(self._apply_commit, work, isolate=False)
+        return report
+
+    def _prepare(self) -> _Work:
+        batches, offsets = self._batches, self._offsets
+        self._batches, self._buffered, self._offsets = [], 0, {}
+        records = _Records(batches)
+        decoded = self._batch_decoder.decode(records.values)
+        self.m_decoded.inc(decoded.decoded)
+        if decoded.errors:  # acknowledged by the DLQ before any commit covers their offsets
+            self._write_dead_letters(
+                [records.dead_letter(index, reason) for index, reason in decoded.errors]
+            )
+        items = [records.item(index, event) for index, event in decoded.events]
+        return _Work(decoded, records, items, offsets)
+
+    def _apply_commit(self, work: _Work, *, isolate: bool) -> _Work:
+        """Apply, then commit. Without ``isolate`` (a background thread, where dead letters
+        cannot count in the Beam metrics) a terminal error leaves the batch uncommitted, for
+        :meth:`_collect` to isolate."""
         started = time.monotonic()
-        if events:
-            self._apply_with_retry(items)
-        seconds = time.monotonic() - started
-        self._stats.record_batch(events, seconds, time.time())
+        work.applied = self._apply(work, isolate=isolate)
+        if work.applied and self._committer is not None:
+            self._committer.commit(work.offsets)
+        work.seconds, work.visible_at = time.monotonic() - started, time.time()
+        return work
+
+    def _collect(self) -> dict[str, Any] | None:
+        """Wait for the batch in flight (its errors raise here) and record it."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return None
+        work = inflight.result()
+        if not work.applied:
+            self._apply_commit(work, isolate=True)
+        return self._record(work)
+
+    def _record(self, work: _Work) -> dict[str, Any]:
+        tables = work.decoded.tables
+        stamps = _column_stamps(tables) + _event_stamps(work.items)
+        self._stats.record_batch(work.decoded.decoded, stamps, work.seconds, work.visible_at)
         if self._committer is not None:
-            self._committer.commit(offsets)
-            self._maybe_record_lag(offsets)
+            self._maybe_record_lag(work.offsets)
         self._stats.publish()
         return {
-            "events": len(events),
-            "seconds": seconds,
-            "offsets": {f"{p.topic}/{p.partition}": o for p, o in offsets.items()},
+            "events": work.decoded.decoded,
+            "seconds": work.seconds,
+            "offsets": {f"{p.topic}/{p.partition}": o for p, o in work.offsets.items()},
         }
 
-    def _apply_with_retry(self, items: Sequence[Decoded]) -> None:
-        events = [item.event for item in items]
+    def _apply(self, work: _Work, *, isolate: bool) -> bool:
+        """Plain tables column-wise, other events as events; transient errors are retried.
+        On a terminal error (``isolate``) every table's events are applied table by table,
+        dead-lettering the tables the warehouse still rejects; else returns False."""
+        tables, events = work.decoded.tables, [item.event for item in work.items]
+        try:
+            if tables:
+                self._retrying(lambda: self._warehouse.apply_columns(tables))
+            if events:
+                self._retrying(lambda: self._warehouse.apply(events))
+        except TerminalError as exc:
+            if not isolate:
+                return False
+            logger.warning("warehouse rejected a batch (%s); applying per table", exc)
+            self._apply_per_table([*work.column_items(self._decoder), *work.items])
+        return True
+
+    def _retrying(self, apply: Callable[[], Any]) -> None:
         backoff = 0.5
         for attempt in range(1, self.max_attempts + 1):
             try:
-                self._warehouse.apply(events)
-                return
-            except TerminalError as exc:
-                logger.warning("warehouse rejected a batch (%s); applying per table", exc)
-                self._apply_per_table(items)
+                apply()
                 return
             except TransientError as exc:
                 if attempt == self.max_attempts:
@@ -439,7 +557,9 @@ class ApplyToRaw(beam.PTransform):
         return batches | "ApplyBatches" >> beam.ParDo(ApplyBatchesFn(self.warehouse, **self.kwargs))
 
 
-def build_pipeline(pipeline: beam.Pipeline, opts: StreamingApplyOptions) -> Any:
+def build_pipeline(
+    pipeline: beam.Pipeline, opts: StreamingApplyOptions, *, pipelined: bool = False
+) -> Any:
     """Wire the job; returns the PCollection of batch reports."""
     batches = pipeline | "ReadCanonicalEvents" >> ReadCanonicalEvents(opts)
     return batches | "ApplyToRaw" >> ApplyToRaw(
@@ -451,6 +571,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: StreamingApplyOptions) -> Any:
         log_interval_s=opts.log_interval_s,
         warehouse_options=_warehouse_options(opts),
         schema_registry_url=opts.schema_registry_url,
+        pipelined=pipelined,
     )
 
 
@@ -482,7 +603,7 @@ def run(argv: list[str] | None = None) -> None:
         "streaming apply %s -> %s (stop_at_end=%s)", opts.topic, opts.warehouse, opts.stop_at_end
     )
     with beam.Pipeline(runner=runner, options=options) as pipeline:
-        build_pipeline(pipeline, opts)
+        build_pipeline(pipeline, opts, pipelined=pipelined_apply(opts, runner))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Benchmark: sustained apply into the local lakehouse (not a test).
 
     .venvs/beam/bin/python -m bench.bench_apply [--rows 1000000] [--batch 20000] [--batches 8]
-        [--merge_on_read]
+        [--merge_on_read] [--columns]
 
 Seeds a 1M-row replica (Delta, written directly in the adapter's layout), then applies
 batches of canonical events (60% updates, 30% inserts, 10% deletes, random keys) through
 ``LocalWarehouse.apply`` - planning, changelog append and the replica merge commit (or,
 with ``--merge_on_read``, the pending-log append) - and reports events/s and p50/p95
 seconds per batch. Event objects are built before timing. With ``--merge_on_read`` it then
-times a full read (``row_count``, base + pending) and the compaction into the base.
+times a full read (``row_count``, base + pending) and the compaction into the base. With
+``--columns`` the batches go column-wise through ``LocalWarehouse.apply_columns`` (the
+streaming job's path for plain changes; the columns are built before timing, as the native
+decoder hands them over).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pyarrow as pa
 from deltalake import write_deltalake
 
 from bench.common import add_json_out, make_result, write_result
+from capa.columnar import split_plain
 from capa.events import ChangeEvent, Column, Op, SourceKind
 from capa.position import pg_position
 from capa.warehouse.local import LocalWarehouse
@@ -171,12 +176,17 @@ def json_result(args: argparse.Namespace, ours: dict, bare: dict) -> dict:
     )
 
 
+def _column_apply(warehouse: LocalWarehouse) -> Any:
+    return warehouse.apply_columns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--merge_on_read", action="store_true")
+    parser.add_argument("--columns", action="store_true")
     add_json_out(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
@@ -188,11 +198,13 @@ def main() -> None:
         seed(warehouse, args.rows)
         print(f"seeded {args.rows} rows in {time.monotonic() - started:.1f}s")
         batches = make_batches(args.rows, args.batch, args.batches + 1, random.Random(7))
-        warehouse.apply(batches[0])  # warm-up
+        apply = _column_apply(warehouse) if args.columns else warehouse.apply
+        ready = [split_plain(b)[0] for b in batches] if args.columns else batches
+        apply(ready[0])  # warm-up
         times = []
-        for events in batches[1:]:
+        for events in ready[1:]:
             t0 = time.monotonic()
-            warehouse.apply(events)
+            apply(events)
             times.append(time.monotonic() - t0)
             print(f"batch {len(times)}: {times[-1]:.2f}s")
         times.sort()

@@ -102,11 +102,12 @@ class StatusSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             try:
-                applied = int(json.loads(self.status.read_text())["events_applied"])
-            except (OSError, ValueError, KeyError):
+                status = json.loads(self.status.read_text())
+                applied, at = int(status["events_applied"]), float(status["last_batch_at"])
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
             if not self.samples or self.samples[-1][1] != applied:
-                self.samples.append((time.monotonic(), applied))
+                self.samples.append((at, applied))  # the job's clock: when the batch was visible
 
     def steady_rate(self, total: int) -> float | None:
         """Events/s from the first applied batch to the batch that completed ``total``; None

@@ -282,7 +282,7 @@ def read_event(body: bytes) -> ChangeEvent:
     """Schemaless Avro body of ``change_event.v1`` -> event; :class:`DecodeError` if malformed."""
     try:
         return _read(body)
-    except (_Corrupt, IndexError, UnicodeDecodeError, ValueError, OverflowError) as exc:
+    except (_Corrupt, IndexError, UnicodeDecodeError, ValueError, ArithmeticError) as exc:
         raise DecodeError(
             f"not a canonical Avro change event: {type(exc).__name__}: {exc}"
         ) from None

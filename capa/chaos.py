@@ -315,8 +315,14 @@ class ChaosRun:
     def watchdog(self) -> None:
         """Restart (and count) a component that exited without being killed by us."""
         for name in PIPELINE:
-            if self.stack.service(name).running() is None:
-                logger.warning("%s exited on its own; restarting it", name)
+            service = self.stack.service(name)
+            if service.running() is None:
+                logger.warning(
+                    "%s exited on its own; restarting it. End of %s:\n%s",
+                    name,
+                    service.log_path,
+                    tail(service.log_path, 30),
+                )
                 self.report.unexpected_exits[name] += 1
                 self.restart(name)
 

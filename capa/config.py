@@ -154,6 +154,14 @@ class GcsEmulatorConfig(_Section):
 class ApplyConfig(_Section):
     commit_interval_s: float = Field(1.0, description="Max seconds between raw-layer commits.")
     max_batch_events: int = Field(50_000, description="Max events per commit.")
+    pipelined: bool | None = Field(
+        None,
+        description="Apply and commit a batch in the background while the next one is read and "
+        "decoded (one batch in flight; offsets are still committed only after the warehouse). "
+        "Default (unset): on for the in-process runner only, whose restarts resume from the "
+        "group's committed offsets; runners that checkpoint bundles durably (Flink, Dataflow) "
+        "would not replay a batch still in flight when a worker dies.",
+    )
     consumer_group: str = Field("capa-apply", description="Kafka consumer group of the apply job.")
     soft_deletes: bool = Field(
         False,

@@ -30,7 +30,23 @@ make_env() {  # make_env NAME (serialised with flock: parallel callers wait, the
   mkdir -p .venvs
   exec 9>".venvs/.$1.lock"; flock 9
   _make_env "$@"
+  if [ "$1" = beam ]; then _make_native "$1"; fi
   flock -u 9
+}
+
+_make_native() {  # the Rust extension capa_native (native/) into .venvs/NAME; rebuilt when native/ changes
+  local env=".venvs/$1" stamp=".venvs/$1/.capa-native.sha" want
+  want=$(cd native && find . -path ./target -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum \
+    | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
+  command -v cargo >/dev/null 2>&1 \
+    || die "cargo not found: the native decoder (native/, Rust + PyO3) needs a Rust toolchain (rustup)"
+  step "building the native decoder (native/, Rust) into $env"
+  # maturin comes from PyPI through build isolation; the crates from crates.io (native/Cargo.lock)
+  uv pip install --quiet --python "$env/bin/python" --reinstall-package capa-native ./native \
+    || die "building native/ (capa_native) failed; see the cargo output above"
+  echo "$want" > "$stamp"
 }
 
 _make_env() {

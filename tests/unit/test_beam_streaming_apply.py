@@ -9,7 +9,9 @@ offset committer is a port: these tests plug in one that audits the warehouse).
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import time
 from typing import Any, ClassVar
 
 import apache_beam as beam
@@ -24,9 +26,18 @@ from apache_beam.transforms.trigger import AccumulationMode, AfterWatermark
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.kafka_io import KafkaBatch, KafkaPartition
-from beam_jobs.options import build_options
-from beam_jobs.streaming_apply import ApplyStats, ApplyToRaw, _spread
+from beam_jobs.options import StreamingApplyOptions, build_options, pipelined_apply
+from beam_jobs.streaming_apply import (
+    ApplyBatchesFn,
+    ApplyStats,
+    ApplyToRaw,
+    Decoded,
+    _column_stamps,
+    _event_stamps,
+    _spread,
+)
 from capa.codec import encode_single_object
+from capa.columnar import split_plain
 from capa.errors import ConfigError
 from capa.events import ChangeEvent, Op, SourceKind
 from capa.warehouse import open_warehouse
@@ -144,11 +155,15 @@ def _stream(batches: list[list[KafkaBatch]]) -> TestStream:
 
 
 def _apply(root: str, batches: list[list[KafkaBatch]], **kwargs: Any) -> None:
+    pipelined = kwargs.pop("pipelined", False)
     with streaming_test_pipeline() as p:
         reports = p | _stream(batches) | ApplyToRaw(
             f"local:{root}", committer=kwargs.pop("committer", None), dead_letters=None,
             max_batch_events=kwargs.pop("max_batch_events", 10_000), status_file=None,
+            pipelined=pipelined,
         )
+        if pipelined:  # reports trail by one batch; the last one is only logged at teardown
+            return
         total = (
             reports
             | beam.Map(lambda r: r["events"])
@@ -159,7 +174,10 @@ def _apply(root: str, batches: list[list[KafkaBatch]], **kwargs: Any) -> None:
         assert_that(total, equal_to([sum(len(b.offsets) for bundle in batches for b in bundle)]))
 
 
-def test_replayed_and_reordered_bundles_give_the_in_order_replica(tmp_path: Any) -> None:
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_replayed_and_reordered_bundles_give_the_in_order_replica(
+    tmp_path: Any, pipelined: bool
+) -> None:
     events = workload(400, keys=40, seed=7)
     _apply(str(tmp_path / "ordered"), [batches(events)])
 
@@ -168,7 +186,7 @@ def test_replayed_and_reordered_bundles_give_the_in_order_replica(tmp_path: Any)
     chaos = batches(events) + batches(rng.sample(events, 150), first_offset=400, size=3)
     rng.shuffle(chaos)
     _apply(str(tmp_path / "chaos"), [chaos[:40], chaos[40:80], chaos[80:]],
-           max_batch_events=64)
+           max_batch_events=64, pipelined=pipelined)
 
     expected = replica(str(tmp_path / "ordered"))
     assert expected, "the in-order apply produced no rows"
@@ -182,28 +200,34 @@ class AuditingCommitter:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self.closed = False
 
     def __call__(self) -> AuditingCommitter:
-        return self
+        return AuditingCommitter(self.root)  # one per DoFn instance, as the Kafka factory
 
     def commit(self, offsets: dict[KafkaPartition, int]) -> None:
+        time.sleep(0.05)  # a broker round trip: a commit still running at close shows up
         (next_offset,) = offsets.values()
         changelog = open_warehouse(f"local:{self.root}").rows(TABLE + "_changelog")
         AuditingCommitter.commits.append((next_offset, len(changelog)))
+        assert not self.closed, "offsets committed after the job closed"
 
     def lag(self, offsets: dict[KafkaPartition, int]) -> int:
         return 0
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
-def test_offsets_are_committed_only_after_the_warehouse_holds_the_batch(tmp_path: Any) -> None:
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_offsets_are_committed_only_after_the_warehouse_holds_the_batch(
+    tmp_path: Any, pipelined: bool
+) -> None:
     events = [make_event(k, k + 1, Op.INSERT) for k in range(90)]
     AuditingCommitter.commits.clear()
     root = str(tmp_path / "wh")
     _apply(root, [batches(events[:30]), batches(events[30:], first_offset=30)],
-           committer=AuditingCommitter(root), max_batch_events=25)
+           committer=AuditingCommitter(root), max_batch_events=25, pipelined=pipelined)
     commits = AuditingCommitter.commits
     assert len(commits) >= 4, commits  # max_batch_events=25 cuts the bundles
     # Each commit's next offset never runs ahead of the events visible in the changelog.
@@ -212,8 +236,13 @@ def test_offsets_are_committed_only_after_the_warehouse_holds_the_batch(tmp_path
 
 
 def test_runner_registry_builds_the_in_process_runner_and_rejects_unknown_names() -> None:
-    _, runner = build_options(["--bootstrap", "127.0.0.1:1", "--topic", "t"])
+    options, runner = build_options(["--bootstrap", "127.0.0.1:1", "--topic", "t"])
     assert type(runner).__name__ == "FnApiRunner"
+    assert pipelined_apply(options.view_as(StreamingApplyOptions), runner) is True
+    flink, name = build_options(["--runner", "FlinkRunner", "--topic", "t"])
+    assert pipelined_apply(flink.view_as(StreamingApplyOptions), name) is False
+    off, runner = build_options(["--topic", "t", "--pipelined_apply", "false"])
+    assert pipelined_apply(off.view_as(StreamingApplyOptions), runner) is False
     with pytest.raises(ConfigError, match="'NoSuchRunner'"):
         build_options(["--runner", "NoSuchRunner"])
 
@@ -225,7 +254,11 @@ def test_latency_figures_count_live_changes_only() -> None:
     live = [dataclasses.replace(e, commit_ts_us=now_us - 500_000) for e in live]
     snapshot = dataclasses.replace(make_event(1, 1, Op.READ), commit_ts_us=now_us)
     history = dataclasses.replace(make_event(2, 2), commit_ts_us=now_us - 7200 * 10**6)
-    stats.record_batch([*live, snapshot, history], seconds=0.1, visible_at=stats.started + 0.5)
+    batch = [*live, snapshot, history]
+    stamps = _column_stamps(split_plain(batch)[0])
+    items = [Decoded("t", 0, i, e, None) for i, e in enumerate(batch)]
+    assert sorted(stamps) == sorted(_event_stamps(items)) and len(stamps) == 201
+    stats.record_batch(len(batch), stamps, seconds=0.1, visible_at=stats.started + 0.5)
     status = stats.snapshot()
     assert status["events_applied"] == 202
     assert status["latency_samples"] == 200  # the snapshot read and the replayed history: out
@@ -239,3 +272,24 @@ def test_spread_keeps_the_extremes_and_bounds_the_sample() -> None:
     assert len(sample) == 64
     assert (sample[0], sample[-1]) == (0.0, 999.0)
     assert _spread(values[:10], 64) == values[:10]
+
+
+def test_pipelined_batch_is_recorded_by_the_next_idle_bundle(tmp_path: Any) -> None:
+    """A batch applied in the background shows in the status file once the next bundle
+    ends, even when that bundle read nothing (an idle topic must not hide it)."""
+    status = tmp_path / "status.json"
+    fn = ApplyBatchesFn(f"local:{tmp_path / 'wh'}", committer=None, dead_letters=None,
+                        max_batch_events=10_000, status_file=str(status), pipelined=True)
+    fn.setup()
+    try:
+        fn.start_bundle()
+        for batch in batches(workload(50, keys=10, seed=3)):
+            list(fn.process(batch))
+        assert list(fn.finish_bundle()) == []  # in flight: its report comes later
+        fn.start_bundle()
+        (report,) = list(fn.finish_bundle())  # idle bundle
+        assert report.value["events"] == 50
+        assert json.loads(status.read_text())["events_applied"] == 50
+    finally:
+        fn.teardown()
+    assert len(open_warehouse(f"local:{tmp_path / 'wh'}").rows(TABLE + "_changelog")) == 50

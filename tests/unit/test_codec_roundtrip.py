@@ -176,3 +176,27 @@ def test_trailing_bytes_are_rejected() -> None:
     )
     with pytest.raises(DecodeError, match="bytes left after the record"):
         decode_avro(encode_avro(event) + b"\x00")
+
+
+def _varint(value: int) -> bytes:
+    n, out = (value << 1) ^ (value >> 63), bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
+def test_decimal_exponent_beyond_python_limits_is_a_decode_error() -> None:
+    """A decimal scale no int32 can hold, hand-encoded as a long varint: Decimal() itself
+    raises InvalidOperation, which must surface as DecodeError (dead letter), not escape."""
+    event = ChangeEvent(
+        "f2", SourceKind.POSTGRES, None, "s", "t", Op.INSERT, "1", None, (), {}, None,
+        {"d": Decimal("1.5")},
+    )
+    body = encode_avro(event)
+    decimal = b"\x0c\x02\x0f" + _varint(1)  # branch Decimal, unscaled 15, scale 1
+    assert body.count(decimal) == 1 and decode_avro(body).after == {"d": Decimal("1.5")}
+    for scale in (-(10**18), 2**62):  # beyond MAX_EMAX, below MIN_ETINY
+        bad = body.replace(decimal, b"\x0c\x02\x0f" + _varint(scale))
+        with pytest.raises(DecodeError):
+            decode_avro(bad)

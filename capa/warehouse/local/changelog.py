@@ -16,6 +16,7 @@ blind appends do not conflict). The replica is unaffected (its MERGE has the sta
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -53,16 +54,23 @@ def high_watermark(table: DeltaTable) -> str | _Unknown | None:
 
 def unseen_events(table: DeltaTable, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
     """``events`` (position order) minus those whose event id the changelog already holds."""
+    rows = unseen_rows(table, [e.position for e in events], [e.event_id for e in events])
+    return [events[i] for i in rows]
+
+
+def unseen_rows(table: DeltaTable, positions: Sequence[str], event_ids: Sequence[str]) -> list[int]:
+    """Indices of the events (given column-wise, in position order) the changelog lacks."""
     mark = high_watermark(table)
-    if mark is None or not events:
-        return list(events)
-    maybe = events if isinstance(mark, _Unknown) else [e for e in events if e.position <= mark]
-    if not maybe:
-        return list(events)
-    upper = None if isinstance(mark, _Unknown) else mark
-    seen = _event_ids_between(table, maybe[0].position, upper)
-    logger.debug("changelog %s: %d events at or below %s", table.table_uri, len(maybe), mark)
-    return [e for e in events if e.event_id not in seen]
+    if mark is None or not positions:
+        return list(range(len(positions)))
+    below = len(positions) if isinstance(mark, _Unknown) else bisect_right(positions, mark)
+    if not below:
+        return list(range(len(positions)))
+    seen = _event_ids_between(table, positions[0], None if isinstance(mark, _Unknown) else mark)
+    logger.debug("changelog %s: %d events at or below %s", table.table_uri, below, mark)
+    return [i for i in range(below) if event_ids[i] not in seen] + list(
+        range(below, len(positions))
+    )
 
 
 def _event_ids_between(table: DeltaTable, lower: str, upper: str | None) -> set[str]:

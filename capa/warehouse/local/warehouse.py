@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from capa.apply import TablePlan, plan_table
+from capa.columnar import TableColumns
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
 from capa.events import ChangeEvent, iter_tables
 from capa.warehouse.base import (
@@ -38,7 +41,8 @@ from capa.warehouse.base import (
     TableReport,
 )
 from capa.warehouse.local import delta_io, pending
-from capa.warehouse.local.changelog import unseen_events
+from capa.warehouse.local.changelog import unseen_events, unseen_rows
+from capa.warehouse.local.columnar import ColumnPlan, Frame, column_types, plan_columns
 from capa.warehouse.local.delta_io import ident, sql_string
 from capa.warehouse.local.sources import (
     CHANGELOG_META,
@@ -55,6 +59,8 @@ from capa.warehouse.local.sources import (
 from capa.warehouse.types import ColumnType
 
 logger = logging.getLogger(__name__)
+
+_Batch = Any  # a table's events (Sequence[ChangeEvent]) or its columns (TableColumns)
 
 __all__ = ["KEEP_PREFIX", "META_UNCHANGED", "LocalWarehouse"]
 _GUARD = f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
@@ -89,11 +95,25 @@ class LocalWarehouse:
         reports = tuple(self._apply_table(batch) for batch in _by_table(events))
         return ApplyReport(tables=reports, seconds=time.monotonic() - started)
 
+    def apply_columns(self, tables: Sequence[TableColumns]) -> ApplyReport:
+        """Apply plain changes given column-wise (:mod:`capa.columnar`): the same result as
+        :meth:`apply` on their events, without an object per event."""
+        started = time.monotonic()
+        reports = tuple(
+            self._with_commit_retry(cols.table_id, self._apply_columns_once, cols)
+            for cols in tables
+        )
+        return ApplyReport(tables=reports, seconds=time.monotonic() - started)
+
     def _apply_table(self, events: Sequence[ChangeEvent]) -> TableReport:
-        name = events[0].table_id
+        return self._with_commit_retry(events[0].table_id, self._apply_table_once, events)
+
+    def _with_commit_retry(
+        self, name: str, apply_once: Callable[[str, _Batch], TableReport], batch: _Batch
+    ) -> TableReport:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                return self._apply_table_once(name, events)
+                return apply_once(name, batch)
             except CommitFailedError as exc:
                 if attempt == COMMIT_ATTEMPTS:
                     raise WarehouseTransientError(
@@ -111,28 +131,74 @@ class LocalWarehouse:
         log_columns = image_columns(changelog_images(plan.changelog))
         types = batch_types(plan, replica_columns, log_columns)
         ingested = datetime.now(UTC)
-        try:
+        with _write_errors(name, self.root):
             appended = self._append_changelog(plan, log_columns, types, ingested)
             if self.merge_on_read and not plan.truncate_position:
                 return self._append_pending(plan, replica_columns, types, ingested, appended)
             self._compact_table(name)  # a merge (or truncate) applies on top of a compact base
             metrics = self._merge_replica(replica_path, plan, replica_columns, types, ingested)
-        except CommitFailedError:
-            raise
-        except OSError as exc:
-            raise WarehouseTransientError(f"writing {name!r} under {self.root}: {exc}") from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("deltalake") and "conflict" in str(exc).lower():
-                raise WarehouseTransientError(f"commit conflict on {name!r}: {exc}") from exc
-            raise
-        upserted = sum(
-            int(metrics.get(k, 0)) for k in ("num_target_rows_inserted", "num_target_rows_updated")
+        return _merged_report(name, plan.events, plan.stale, len(plan.changes), appended, metrics)
+
+    def _apply_columns_once(self, name: str, cols: TableColumns) -> TableReport:
+        """Both Delta writes (the changelog append, and the pending append or the replica
+        merge) run at the same time: delta-rs writes outside the GIL. They are independent
+        commits either way (a crash between them is repaired by redelivery)."""
+        replica_path = self.table_path(RAW_NAMESPACE, name)
+        plan = plan_columns(cols, delta_io.read_watermark(delta_io.open_table(replica_path)))
+        types = column_types(cols)
+        frame = Frame(cols, datetime.now(UTC))
+        with _write_errors(name, self.root):
+            log, log_source = self._changelog_rows(name, cols, plan, types, frame)
+            replica = delta_io.ensure_table(replica_path, REPLICA_META, types)
+            source = frame.replica(delta_io.table_types(replica), REPLICA_META, plan.changes)
+            appending = _BACKGROUND.submit(_append, log, log_source)
+            try:
+                metrics = self._write_replica(name, cols.primary_key, source, types)
+            finally:
+                wait([appending])
+            appended = appending.result()
+        if metrics is None:  # merge-on-read
+            return TableReport(name, plan.events, len(plan.changes), plan.stale, appended)
+        return _merged_report(name, plan.events, plan.stale, len(plan.changes), appended, metrics)
+
+    def _changelog_rows(
+        self,
+        name: str,
+        cols: TableColumns,
+        plan: ColumnPlan,
+        types: Mapping[str, ColumnType | None],
+        frame: Frame,
+    ) -> tuple[DeltaTable, pa.Table | None]:
+        """The changelog and the rows of the batch it does not hold yet (None: all held)."""
+        log = delta_io.ensure_table(
+            self.table_path(RAW_NAMESPACE, name + CHANGELOG_SUFFIX), CHANGELOG_META, types
         )
-        applied = upserted + int(metrics.get("num_target_rows_deleted", 0))
-        logger.debug("applied %s: %d events, %d rows written", name, plan.events, applied)
-        return TableReport(
-            name, plan.events, applied, plan.stale + len(plan.changes) - upserted, appended
-        )
+        positions = [cols.positions[i] for i in plan.changelog]
+        new = unseen_rows(log, positions, [cols.event_ids[i] for i in plan.changelog])
+        if not new:
+            return log, None
+        log_types = delta_io.table_types(log)
+        rows = [plan.changelog[i] for i in new]
+        return log, frame.changelog(log_types, rows).select(list(log_types))
+
+    def _write_replica(
+        self,
+        name: str,
+        primary_key: Sequence[str],
+        source: pa.Table,
+        types: Mapping[str, ColumnType | None],
+    ) -> dict[str, Any] | None:
+        """Pending append (merge-on-read; returns None) or the guarded MERGE's metrics."""
+        if self.merge_on_read:
+            if source.num_rows:
+                self._pend(name, source, primary_key, types)
+            self._maybe_compact(name)
+            return None
+        self._compact_table(name)
+        if not source.num_rows:
+            return {}
+        replica = DeltaTable(str(self.table_path(RAW_NAMESPACE, name)))
+        return _merge_source(replica, source, primary_key, (), None)
 
     def _append_changelog(
         self,
@@ -170,11 +236,20 @@ class LocalWarehouse:
             source = replica_source(
                 plan.changes, columns, delta_io.table_types(replica), keep, ingested
             )
-            pending.append_pending(self.root, plan.table, source, plan.primary_key, types)
-            self._pending_since.setdefault(plan.table, time.monotonic())
-            self._pending_rows[plan.table] = self._pending_rows.get(plan.table, 0) + len(source)
+            self._pend(plan.table, source, plan.primary_key, types)
         self._maybe_compact(plan.table)
         return TableReport(plan.table, plan.events, len(plan.changes), plan.stale, appended)
+
+    def _pend(
+        self,
+        name: str,
+        source: pa.Table,
+        primary_key: Sequence[str],
+        types: Mapping[str, ColumnType | None],
+    ) -> None:
+        pending.append_pending(self.root, name, source, primary_key, types)
+        self._pending_since.setdefault(name, time.monotonic())
+        self._pending_rows[name] = self._pending_rows.get(name, 0) + len(source)
 
     def _maybe_compact(self, name: str) -> None:
         since = self._pending_since.get(name)
@@ -325,20 +400,65 @@ def _all_from_source(columns: Sequence[str]) -> dict[str, str]:
 def _merge_changes(
     table: DeltaTable, plan: TablePlan, columns: Columns, ingested: datetime
 ) -> dict[str, Any]:
-    types = delta_io.table_types(table)
     keep = sorted(plan.keep_columns)
-    source = replica_source(plan.changes, columns, types, keep, ingested)
-    merger = table.merge(
-        source, _key_predicate(plan.primary_key), source_alias="s", target_alias="t"
-    )
+    source = replica_source(plan.changes, columns, delta_io.table_types(table), keep, ingested)
+    return _merge_source(table, source, plan.primary_key, keep, plan.truncate_position)
+
+
+_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capa-changelog")
+
+
+def _append(table: DeltaTable, rows: pa.Table | None) -> int:
+    if rows is None:
+        return 0
+    write_deltalake(table, rows, mode="append")
+    return rows.num_rows
+
+
+def _merge_source(
+    table: DeltaTable,
+    source: pa.Table,
+    primary_key: Sequence[str],
+    keep: Sequence[str],
+    truncate_position: str | None,
+) -> dict[str, Any]:
+    """One guarded MERGE of the planned rows (``source``) into the replica."""
+    types = delta_io.table_types(table)
+    merger = table.merge(source, _key_predicate(primary_key), source_alias="s", target_alias="t")
     merger = merger.when_matched_update(
         _updates(types, keep), predicate=_GUARD
     ).when_not_matched_insert(_all_from_source(list(types)))
-    if plan.truncate_position:
+    if truncate_position:
         merger = merger.when_not_matched_by_source_delete(
-            f"t.{ident(META_POSITION)} < {sql_string(plan.truncate_position)}"
+            f"t.{ident(META_POSITION)} < {sql_string(truncate_position)}"
         )
     return merger.execute()
+
+
+@contextmanager
+def _write_errors(name: str, root: Path) -> Iterator[None]:
+    """Filesystem errors and Delta commit conflicts are transient (the batch is retried)."""
+    try:
+        yield
+    except CommitFailedError:
+        raise
+    except OSError as exc:
+        raise WarehouseTransientError(f"writing {name!r} under {root}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("deltalake") and "conflict" in str(exc).lower():
+            raise WarehouseTransientError(f"commit conflict on {name!r}: {exc}") from exc
+        raise
+
+
+def _merged_report(
+    name: str, events: int, stale: int, changes: int, appended: int, metrics: Mapping[str, Any]
+) -> TableReport:
+    upserted = sum(
+        int(metrics.get(k, 0)) for k in ("num_target_rows_inserted", "num_target_rows_updated")
+    )
+    applied = upserted + int(metrics.get("num_target_rows_deleted", 0))
+    logger.debug("applied %s: %d events, %d rows written", name, events, applied)
+    return TableReport(name, events, applied, stale + changes - upserted, appended)
 
 
 def _key_predicate(primary_key: Sequence[str]) -> str:

@@ -1,0 +1,85 @@
+"""A poll's worth of Kafka values -> plain tables column-wise, other events, dead letters.
+
+The streaming apply job decodes whole batches here. With the native extension
+(``capa.native``) the single-object-framed records of plain tables (see
+:mod:`capa.columnar`) go straight from bytes to columns; every other record is decoded by
+:class:`~connectors.kafka.wire.ChangeEventDecoder` (Confluent framing, truncates, TOAST
+updates, key moves, and the exact reason of every poison record), and plain tables among
+those are turned into columns by :func:`capa.columnar.split_plain`. Without the extension
+everything takes that second route: slower, same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from capa.avro_reader import _value
+from capa.codec import schema_fingerprint
+from capa.columnar import TableColumns, distinct_table_ids, from_native, split_plain
+from capa.errors import DecodeError
+from capa.events import ChangeEvent
+from connectors.kafka.wire import ChangeEventDecoder
+
+NativeDecode = Callable[..., tuple[list[tuple[Any, ...]], list[int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """A batch of Kafka values, decoded. Indices are positions in the batch."""
+
+    tables: list[TableColumns]  # plain tables, column-wise
+    events: list[tuple[int, ChangeEvent]]  # every other decodable record
+    errors: list[tuple[int, str]]  # poison records and why
+
+    @property
+    def decoded(self) -> int:
+        return sum(len(t) for t in self.tables) + len(self.events)
+
+
+class BatchDecoder:
+    """``columns=False`` (a warehouse without a column-wise apply): every record as an event."""
+
+    def __init__(
+        self, decoder: ChangeEventDecoder, native: NativeDecode | None, *, columns: bool = True
+    ) -> None:
+        self.decoder = decoder
+        self.native = native if columns else None
+        self.columns = columns
+
+    def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        if not self.columns:
+            return DecodedBatch([], *self._decode_each(values, range(len(values))))
+        if self.native is None:
+            native_tables, rest = [], list(range(len(values)))
+        else:
+            rows, rest = self.native(values, schema_fingerprint(), _value)
+            native_tables = [from_native(row) for row in rows]
+        events, errors = self._decode_each(values, rest)
+        split, others = split_plain([event for _, event in events])
+        where = [index for index, _ in events]
+        split = [replace(t, indices=[where[i] for i in t.indices]) for t in split]
+        tables, clashed = distinct_table_ids(native_tables + split, [])
+        leftovers = [events[i] for i in others]
+        if clashed:  # a raw table reached by two spellings: the event path merges them
+            again, _ = self._decode_each(values, clashed)
+            leftovers = sorted([*leftovers, *again], key=_index)
+        return DecodedBatch(tables, leftovers, errors)
+
+    def _decode_each(
+        self, values: Sequence[bytes | None], indices: Sequence[int]
+    ) -> tuple[list[tuple[int, ChangeEvent]], list[tuple[int, str]]]:
+        decode = self.decoder.decode
+        events: list[tuple[int, ChangeEvent]] = []
+        errors: list[tuple[int, str]] = []
+        for index in indices:
+            try:
+                events.append((index, decode(values[index])))
+            except DecodeError as exc:
+                errors.append((index, exc.reason))
+        return events, errors
+
+
+def _index(item: tuple[int, ChangeEvent]) -> int:
+    return item[0]
