@@ -7,14 +7,19 @@ Run (from the spark environment)::
     .venvs/spark/bin/python -m spark_jobs.build serve   # JSON requests on stdin, one per line
 
 Models (``spark_jobs/models/*.sql``) are built in dependency order into
-``<lakehouse>/consumption/<model>/``. Incremental by default: only the keys touched by raw rows
-changed since the last successful build are recomputed (see :mod:`spark_jobs.incremental`;
-inputs mapped by a plain key expression are read only inside the key set) and replaced in the
-target, by one overwrite of "current rows of other keys + recomputed rows" for targets up to
-``OVERWRITE_BELOW`` rows and by MERGE above; ``--full`` recomputes everything, and so does a
-build that would recompute more than ``--rebuild-above`` of the target's rows. After each
-model its checks run (one Spark query; after an incremental build the row-wise ones read the
-recomputed rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check
+``<lakehouse>/consumption/<model>/``. Incremental by default: the rows of every input changed
+since the last successful build are found in the driver (:mod:`spark_jobs.diff`, signed +1 /
+-1). A model whose header declares ``additive:`` adds the signed change of its sums (its own
+SQL over just the changed rows) to the current rows of the touched keys, without reading any
+input further. Any other model recomputes the keys the changed rows map to (see
+:mod:`spark_jobs.incremental`; inputs mapped by a plain key expression are read only inside the
+key set). The new rows of those keys replace the old ones by one delta-rs overwrite ("current
+rows of other keys + new rows") for targets up to ``OVERWRITE_BELOW`` rows and by a Spark MERGE
+above; ``--full`` recomputes everything with Spark, and so does a build that would recompute
+more than ``--rebuild-above`` of the target's rows. Inputs are read at their pinned version as
+plain Parquet (file list from delta-rs, no Delta log replay in Spark) when the version allows.
+After each model its checks run (one Spark query; after an incremental build the row-wise ones
+read the new rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check
 restores the table to its previous version, stops the build and exits 1 with a table of the
 failing checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
 """
@@ -33,6 +38,9 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from capa import console
 from capa.errors import CapaError, ConfigError, TerminalError
 from capa.warehouse.base import META_DELETED, META_INGESTED_AT
@@ -43,9 +51,17 @@ from spark_jobs.checks import (
     model_checks,
     run_checks,
 )
-from spark_jobs.incremental import InputSnapshot, affected_keys, read_version
+from spark_jobs.diff import rows_changed, spark_schema
+from spark_jobs.incremental import (
+    Changes,
+    Handoff,
+    InputSnapshot,
+    affected_keys,
+    input_changes,
+    read_version,
+)
 from spark_jobs.io_bigquery import BigQueryModelBuilder, add_arguments, target_from_args
-from spark_jobs.project import MODELS_DIR, Model, Project, load_project, quote
+from spark_jobs.project import MODELS_DIR, SIGN, Model, Project, load_project, quote
 from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
 
@@ -53,9 +69,11 @@ logger = logging.getLogger(__name__)
 
 _ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
 REBUILD_ABOVE = 0.5  # recomputing more than this share of the target's rows: rebuild instead
-OVERWRITE_BELOW = 5_000_000  # targets up to this many rows: replace keys by one overwrite
+OVERWRITE_BELOW = 2_000_000  # targets up to this many rows: replace keys by one delta-rs
+# overwrite in the driver (the whole target passes through driver memory), MERGE above
 _PRESENT = "__capa_present"
 _KEY = "__capa_key"
+TMP_DIR = "_capa_tmp"  # Arrow tables handed to Spark during a build (removed after it)
 
 
 class ChecksFailed(TerminalError):
@@ -132,7 +150,8 @@ class SparkModelBuilder:
         self.consumption = Path(consumption or self.lakehouse / "consumption").resolve()
         self._snaps: dict[tuple[str, str], InputSnapshot] = {}
         self._views: set[str] = set()
-        self._changed: dict[tuple[str, int, int], Any] = {}
+        self._changed: dict[tuple[str, int, int], Changes] = {}
+        self._handoff = Handoff(spark, self.consumption / TMP_DIR)
 
     # -- inputs ---------------------------------------------------------------------------
     def _path(self, kind: str, name: str) -> Path:
@@ -161,6 +180,23 @@ class SparkModelBuilder:
             self._views.add(view)
         return quote(view)
 
+    def resolve_signed(self, kind: str, name: str) -> str:
+        """:meth:`resolve` plus ``_capa_sign`` = 1 per row (an additive model's full build)."""
+        from pyspark.sql import functions as F
+
+        plain = self.resolve(kind, name)
+        if kind == "raw_history":
+            return plain
+        view = f"capa_{kind}_signed__{name}"
+        if view not in self._views:
+            self.spark.table(plain).withColumn(SIGN, F.lit(1)).createOrReplaceTempView(view)
+            self._views.add(view)
+        return quote(view)
+
+    def resolver(self, model: Model) -> Callable[[str, str], str]:
+        """The template resolver of a full build of ``model``."""
+        return self.resolve_signed if model.header.additive is not None else self.resolve
+
     def resolve_table(self, name: str, project: Project) -> str:
         return self.resolve("ref" if name in project.models else "raw", name)
 
@@ -172,9 +208,12 @@ class SparkModelBuilder:
         self._views.clear()
         self._changed.clear()
         reports = []
-        for model in project.order(select):
-            reports.append(self.build_model(project, model, full=full))
-            logger.info("built %s", reports[-1])
+        try:
+            for model in project.order(select):
+                reports.append(self.build_model(project, model, full=full))
+                logger.info("built %s", reports[-1])
+        finally:
+            self._handoff.close()
         return reports
 
     def build_model(self, project: Project, model: Model, *, full: bool = False) -> ModelReport:
@@ -185,9 +224,9 @@ class SparkModelBuilder:
         state = load_state(self.consumption, model.name)
         mode, keys, recomputed = "full", None, None
         if not full and before is not None and state and state.fingerprint == fingerprint(model):
-            keys_df = affected_keys(self.spark, model, snaps, state, self.resolve, self._changed)
-            if keys_df is not None:
-                mode, keys, recomputed = self._merge(model, target, keys_df)
+            changes = input_changes(self.spark, model, snaps, state, self._changed)
+            if changes is not None:
+                mode, keys, recomputed = self._incremental(model, target, before, changes)
                 keys = keys if mode != "full" else None
         if mode == "full":
             self._overwrite(model, target)
@@ -210,47 +249,139 @@ class SparkModelBuilder:
         )
 
     def _overwrite(self, model: Model, target: Path) -> None:
-        df = self.spark.sql(model.render(self.resolve))
+        df = self.spark.sql(model.render(self.resolver(model)))
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         writer.save(str(target))
 
-    def _merge(self, model: Model, target: Path, keys_df: Any) -> tuple[str, int, Any]:
-        """Recompute the rows of the changed keys and replace them in the target; returns
-        (mode, keys, the recomputed rows). Inputs whose mapping is a plain key expression are
-        read only for rows inside the key set (see :meth:`Model.key_expression`)."""
-        from pyspark.sql import functions as F
-
-        started = time.monotonic()
-        df = self.spark.sql(model.render(self.resolve))  # analysed only: the output types
-        key = list(model.header.key)
-        keys_df = keys_df.select([F.col(k).cast(df.schema[k].dataType).alias(k) for k in key])
-        found = keys_df.toArrow()  # one job; the keys are few and stay in memory from here on
-        count = found.num_rows
-        logger.info(
-            "%s: %d changed keys found in %.1fs", model.name, count, time.monotonic() - started
-        )
-        if count == 0:
+    def _incremental(
+        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
+    ) -> tuple[str, int, Any]:
+        """Replace the rows of the changed keys; returns (mode, keys, the new rows of those
+        keys as a DataFrame that reads no input again). Additive models add the signed change
+        of their sums to the current rows; the others recompute the keys' rows from their
+        inputs. Targets up to ``overwrite_below`` rows are rewritten once with delta-rs, larger
+        ones are MERGEd by Spark."""
+        if not changes:
             return "unchanged", 0, None
-        rows = count_rows(target)
-        if count > self.rebuild_above * rows:
-            logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
-            return "full", count, None
-        keys = self.spark.createDataFrame(found)
-        keys.createOrReplaceTempView(_keys_view(model))
-        recomputed = self.spark.sql(model.render(self._keyed_resolver(model)))
-        recomputed = recomputed.join(F.broadcast(keys), on=key, how="left_semi")
-        recomputed = recomputed.localCheckpoint(eager=True)  # written, then checked: once
-        logger.info("%s: keys recomputed in %.1fs", model.name, time.monotonic() - started)
         started = time.monotonic()
-        if rows <= self.overwrite_below:
-            self._replace_keys(target, key, keys, recomputed)
+        if model.header.additive is not None and all(c.signed for c in changes.values()):
+            found, rows = self._additive(model, target, before, changes)
         else:
-            self._merge_keys(target, key, keys, recomputed)
-        logger.info("%s: %d keys written in %.1fs", model.name, count, time.monotonic() - started)
+            found, rows = self._recompute(model, target, changes)
+        if rows is None:
+            return ("unchanged", 0, None) if found.num_rows == 0 else ("full", found.num_rows, None)
+        count = found.num_rows
+        if count_rows(target) <= self.overwrite_below:
+            table = rows if isinstance(rows, pa.Table) else rows.toArrow()  # the one Spark job
+            logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
+            started = time.monotonic()
+            self._replace_keys(model, target, before, found, table)
+            recomputed = self._handoff.frame(table)  # for the checks
+        else:
+            recomputed = (
+                self._handoff.frame(rows)
+                if isinstance(rows, pa.Table)
+                else rows.localCheckpoint(eager=True)
+            )
+            logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
+            started = time.monotonic()
+            self._merge_keys(target, list(model.header.key), self._keys_frame(found), recomputed)
+        logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
         return "incremental", count, recomputed
 
+    def _key_schema(self, model: Model, target: Path) -> pa.Schema:
+        """Arrow types of the key columns, from the target's schema (no Spark analysis)."""
+        from deltalake import DeltaTable
+
+        schema = spark_schema(DeltaTable(str(target)).to_pyarrow_dataset().schema)
+        return pa.schema([schema.field(k) for k in model.header.key])
+
+    def _keys_frame(self, found: pa.Table) -> Any:
+        from pyspark.sql import functions as F
+
+        return F.broadcast(self._handoff.frame(found))
+
+    def _recompute(
+        self, model: Model, target: Path, changes: dict[str, Changes]
+    ) -> tuple[pa.Table, Any]:
+        """(the changed keys, a DataFrame recomputing their rows from the inputs, or None when
+        none changed or a full rebuild is cheaper). Inputs whose mapping is a plain key
+        expression are read only for rows inside the key set (:meth:`Model.key_expression`)."""
+        started = time.monotonic()
+        key_schema = self._key_schema(model, target)
+        found = affected_keys(self.spark, model, changes, self.resolve, key_schema, self._handoff)
+        count = found.num_rows
+        logger.info("%s: %d changed keys found in %.1fs", model.name, count, _since(started))
+        if count == 0:
+            return found, None
+        if count > self.rebuild_above * count_rows(target):
+            logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
+            return found, None
+        keys = self._keys_frame(found)
+        keys.createOrReplaceTempView(_keys_view(model))
+        recomputed = self.spark.sql(model.render(self._keyed_resolver(model)))
+        return found, recomputed.join(keys, on=list(model.header.key), how="left_semi")
+
+    def _additive(
+        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
+    ) -> tuple[pa.Table, pa.Table | None]:
+        """(the keys the signed change touches, their new rows, in Arrow): the model's SQL over
+        the signed changed rows of its inputs (unchanged inputs: no rows) gives the change of
+        every sum per key, added to the key's current row in the same Spark query; keys whose
+        new row fails ``exists`` are deleted. No input is read beyond its changed rows."""
+        additive = model.header.additive
+        assert additive is not None
+        delta = self.spark.sql(model.render(self._signed_resolver(model, changes)))
+        key = list(model.header.key)
+        others = [f for f in delta.schema.fields if f.name not in key]
+        numeric = ("Decimal", "Long", "Integer", "Short", "Byte", "Double", "Float")
+        bad = [f.name for f in others if not type(f.dataType).__name__.startswith(numeric)]
+        if bad:
+            raise ConfigError(f"model {model.name!r} is additive but {bad} are not numeric sums")
+        t, d = f"capa_current__{model.name}", f"capa_delta__{model.name}"
+        read_version(self.spark, str(target), before).createOrReplaceTempView(t)
+        delta.createOrReplaceTempView(d)
+        on = " AND ".join(f"t.{quote(k)} <=> d.{quote(k)}" for k in key)
+        columns = [f"d.{quote(k)}" for k in key] + [
+            f"CAST(coalesce(t.{quote(f.name)}, 0) + coalesce(d.{quote(f.name)}, 0) AS "
+            f"{f.dataType.simpleString()}) AS {quote(f.name)}"
+            for f in others
+        ]
+        merged = self.spark.sql(
+            f"SELECT *, ({additive.exists}) AS {_PRESENT} FROM (SELECT {', '.join(columns)} "
+            f"FROM {quote(d)} d LEFT JOIN {quote(t)} t ON {on})"
+        ).toArrow()
+        found = merged.select(key).cast(self._key_schema(model, target))
+        present = pc.fill_null(merged.column(_PRESENT), False)
+        rows = merged.filter(present).select(delta.columns)
+        return found, (rows if found.num_rows else None)
+
+    def _signed_resolver(
+        self, model: Model, changes: dict[str, Changes]
+    ) -> Callable[[str, str], str]:
+        """Template resolver of an additive model's incremental run: each input is its signed
+        changed rows (tombstones of raw replicas dropped), an unchanged input no rows."""
+
+        def resolve(kind: str, name: str) -> str:
+            if kind == "raw_history":
+                raise ConfigError(f"model {model.name!r}: additive models cannot read raw_history")
+            view = f"capa_signed__{model.name}__{name}"
+            change = changes.get(name)
+            if change is None:
+                frame = self.spark.table(self.resolve_signed(kind, name)).where("false")
+            else:
+                frame = change.frame(self._handoff)
+                if kind == "raw":
+                    frame = frame.where(f"NOT coalesce({quote(META_DELETED)}, false)")
+            frame.createOrReplaceTempView(view)
+            return quote(view)
+
+        return resolve
+
     def _keyed_resolver(self, model: Model) -> Callable[[str, str], str]:
-        """Template resolver reading mapped inputs only inside the changed key set."""
+        """Template resolver reading mapped inputs only inside the changed key set. (Caching
+        the keyed rows for a later model of the build with the same keys was measured slower:
+        building the cache cost more than the second scan.)"""
         keys_view = quote(_keys_view(model))
         key = quote(model.header.key[0])
 
@@ -268,17 +399,28 @@ class SparkModelBuilder:
 
         return resolve
 
-    def _replace_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
-        """One overwrite: the current rows outside the key set plus the recomputed rows (a
-        small target is cheaper to rewrite once than to MERGE, which rewrites every file
-        holding a key anyway when keys are spread over all files)."""
-        from pyspark.sql import functions as F
+    def _replace_keys(
+        self, model: Model, target: Path, before: int, found: pa.Table, fresh: pa.Table
+    ) -> None:
+        """One overwrite with delta-rs in the driver: the current rows outside the key set
+        plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
+        which rewrites every file holding a key anyway when keys are spread over all files;
+        Spark's Delta writer adds ~1-2 s per commit). The rows that changed are kept for the
+        models of this build that read this one (no diff of the two versions needed)."""
+        from deltalake import DeltaTable, write_deltalake
 
-        current = self.spark.read.format("delta").load(str(target))
-        kept = current.join(F.broadcast(keys), on=key, how="left_anti")
-        files = int(self.spark.conf.get("spark.default.parallelism", "2"))
-        table = kept.unionByName(recomputed).coalesce(max(1, files))
-        table.write.format("delta").mode("overwrite").save(str(target))
+        current = DeltaTable(str(target)).to_pyarrow_dataset().to_table()
+        schema = spark_schema(current.schema)
+        current = current.cast(schema)
+        keys = found.cast(pa.schema([schema.field(k) for k in found.column_names]))
+        kept = _anti_join(current, keys)
+        fresh = fresh.select(schema.names).cast(schema)
+        write_deltalake(str(target), pa.concat_tables([kept, fresh]), mode="overwrite")
+        replaced = _semi_join(current, keys)
+        changed = rows_changed(replaced, fresh)
+        after = delta_version(target)
+        if changed is not None and after is not None:
+            self._changed[(model.name, before, after)] = Changes(changed)
 
     def _merge_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
         """MERGE for large targets: recomputed rows upserted, keys without a row deleted."""
@@ -300,7 +442,9 @@ class SparkModelBuilder:
         """Run the model's checks (all rows after a full build, see :func:`incremental_checks`
         after an incremental one); on failure restore the previous version and raise."""
         view = f"capa_check__{model.name}"
-        self.spark.read.format("delta").load(str(target)).createOrReplaceTempView(view)
+        version = delta_version(target)
+        assert version is not None
+        read_version(self.spark, str(target), version).createOrReplaceTempView(view)
         parents = lambda n: self.resolve_table(n, project)  # noqa: E731
         if recomputed is None:
             checks = model_checks(model, quote(view), parents)
@@ -342,6 +486,25 @@ class SparkModelBuilder:
                 .collect()[0]["m"]
             )
         return InputMark(kind="raw", version=snap.version, max_ingested_at=since)
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
+
+
+def _semi_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
+    """``rows`` whose key (the columns of ``keys``) is in ``keys``."""
+    if not keys.num_rows or not rows.num_rows:
+        return rows.schema.empty_table()
+    return rows.join(keys, keys.column_names, join_type="left semi").select(rows.column_names)
+
+
+def _anti_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
+    """``rows`` whose key (the columns of ``keys``) is not in ``keys`` (NULL keys kept)."""
+    if not keys.num_rows or not rows.num_rows:
+        return rows
+    names = keys.column_names
+    return rows.join(keys, names, join_type="left anti").select(rows.column_names)
 
 
 def _keys_view(model: Model) -> str:

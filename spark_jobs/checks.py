@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spark_jobs.project import Checks, Model, quote
+from spark_jobs.project import Checks, Model, Relationship, quote
 
 _EXAMPLES = "slice(collect_list({value}), 1, 3) AS examples"
 
@@ -118,12 +118,16 @@ def incremental_checks(
     row-wise checks (not_null, accepted_values) and uniqueness of the key read only the
     recomputed rows (kept keys and recomputed keys are disjoint); uniqueness of other columns
     reads the whole ``table``, and so does a relationship whose parent table changed since
-    the last build (a removed parent can orphan a kept row).
+    the last build (a removed parent can orphan a kept row), unless the relationship goes from
+    the key to the field the parent's incremental mapping names (then any parent change
+    recomputed the key it references).
     """
     checks = model.header.checks
     by_key = set(checks.unique) == set(model.header.key)
-    stable = tuple(r for r in checks.relationships if r.to in unchanged_inputs)
-    moved = tuple(r for r in checks.relationships if r.to not in unchanged_inputs)
+    stable = tuple(
+        r for r in checks.relationships if r.to in unchanged_inputs or _covered(model, r)
+    )
+    moved = tuple(r for r in checks.relationships if r not in stable)
     return [
         *not_null_checks(model.name, changed, checks),
         *unique_checks(model.name, changed if by_key else table, checks),
@@ -135,6 +139,14 @@ def incremental_checks(
             model.name, table, checks.model_copy(update={"relationships": moved}), resolve
         ),
     ]
+
+
+def _covered(model: Model, rel: Relationship) -> bool:
+    """A relationship from the (one-column) key to a parent input whose incremental mapping
+    is the referenced field: every parent row that changed or went away (old version included)
+    mapped its key into the recomputed set, so kept rows still have their parent."""
+    expr = model.key_expression(rel.to)
+    return model.header.key == (rel.column,) and expr is not None and expr.strip() == rel.field
 
 
 def union_sql(checks: Sequence[Check]) -> str:

@@ -6,10 +6,13 @@ A row counts as changed when its identity is not on the other side: for raw repl
 identity is ``_capa_event_id`` (the event that last wrote the row), for model tables the whole
 row. The result is every row of the added files whose identity the removed files lack (inserts,
 updates, tombstones) plus every row of the removed files whose identity the added files lack
-(the replaced versions, and rows a truncate or delete removed), in the new version's schema.
+(the replaced versions, and rows a truncate or delete removed), in the new version's schema
+plus ``_capa_sign``: +1 for the added rows, -1 for the removed ones (so that new table = old
+table + the signed rows, which additive models rely on).
 
-Runs in the driver without a Spark job: a merge that rewrote a 1M-row replica file costs two
-reads of the identity column and one hash lookup, not a shuffle join of two table versions.
+Runs in the driver without a Spark job: a merge that rewrote a 1M-row replica file costs one
+read of each side and two Arrow hash anti-joins on the identity, not a shuffle join of two
+table versions.
 ``None`` means "cannot tell here" (deletion vectors, column mapping, partitioned tables, nested
 identity columns):
 the caller then diffs with Spark.
@@ -24,8 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from spark_jobs.project import SIGN
+
 _UNSUPPORTED_FEATURES = {"deletionVectors", "columnMapping"}
 _SEPARATOR = "\x1f"
+_ID = "__capa_identity"
 
 
 def changed_rows(
@@ -40,7 +46,7 @@ def changed_rows(
     old, new = DeltaTable(path, version=old_version), DeltaTable(path, version=new_version)
     if not (_readable(old) and _readable(new)):
         return None
-    schema = _spark_schema(new.to_pyarrow_dataset().schema)
+    schema = spark_schema(new.to_pyarrow_dataset().schema)
     removed, added = _files_only_in(old, new), _files_only_in(new, old)
     columns = list(identity) if identity else schema.names
     if any(c not in schema.names for c in columns):
@@ -48,9 +54,41 @@ def changed_rows(
     left, right = _read(removed, columns, schema), _read(added, columns, schema)
     if left is None or right is None:
         return None
-    gone = _take(removed, columns, left, right[1], schema)
-    fresh = _take(added, columns, right, left[1], schema)
+    fresh = _signed(_anti(right, left), 1, schema)
+    gone = _signed(_anti(left, right), -1, schema)
     return pa.concat_tables([fresh, gone])
+
+
+def rows_changed(old: pa.Table, new: pa.Table) -> pa.Table | None:
+    """Whole-row difference of two tables of one schema, signed like :func:`changed_rows`:
+    rows of ``new`` that ``old`` lacks (+1), rows of ``old`` that ``new`` lacks (-1); None
+    for nested columns."""
+    schema = new.schema
+    old_ids, new_ids = fingerprint(old), fingerprint(new)
+    if old_ids is None or new_ids is None:
+        return None
+    left, right = old.append_column(_ID, old_ids), new.append_column(_ID, new_ids)
+    fresh = _signed(_anti(right, left), 1, schema)
+    gone = _signed(_anti(left, right), -1, schema)
+    return pa.concat_tables([fresh, gone])
+
+
+def _signed(rows: pa.Table, sign: int, schema: pa.Schema) -> pa.Table:
+    """``rows`` in ``schema`` plus ``_capa_sign`` (+1 new row version, -1 replaced one)."""
+    signs = pa.array([sign] * rows.num_rows, pa.int32())
+    return rows.select(schema.names).append_column(SIGN, signs)
+
+
+def plain_files(path: str, version: int) -> tuple[list[str], str] | None:
+    """(the data files of ``version``, its Delta schema as JSON, which is Spark's StructType
+    JSON) when the version is plain Parquet (no deletion vectors, column mapping or
+    partitions), else None: Spark can then read it as Parquet without replaying the log."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path, version=version)
+    if not _readable(table):
+        return None
+    return [str(f) for f in table.file_uris()], table.schema().to_json()
 
 
 def _readable(table: Any) -> bool:
@@ -78,15 +116,20 @@ def _relative_paths(table: Any) -> list[str]:
     return [str(p) for p in actions.column("path").to_pylist()]
 
 
-def _read(
-    dataset: ds.Dataset, columns: list[str], schema: pa.Schema
-) -> tuple[pa.Table, pa.Array] | None:
-    """(the identity columns, or every column when they are all, and one identity string per
-    row), or None for nested identity columns."""
-    present = [c for c in columns if c in dataset.schema.names]
-    data = _conform(dataset.to_table(columns=present), schema, columns)
-    ids = fingerprint(data)
-    return None if ids is None else (data, ids)
+def _read(dataset: ds.Dataset, columns: list[str], schema: pa.Schema) -> pa.Table | None:
+    """Every row of ``dataset`` in ``schema`` plus its identity string (``_ID``, from
+    ``columns``), or None for nested identity columns."""
+    present = [c for c in schema.names if c in dataset.schema.names]
+    data = _conform(dataset.to_table(columns=present), schema, schema.names)
+    ids = fingerprint(data.select(columns))
+    return None if ids is None else data.append_column(_ID, ids)
+
+
+def _anti(mine: pa.Table, theirs: pa.Table) -> pa.Table:
+    """Rows of ``mine`` whose identity ``theirs`` lacks (one hash join in Arrow)."""
+    if not mine.num_rows or not theirs.num_rows:
+        return mine
+    return mine.join(theirs.select([_ID]), _ID, join_type="left anti", use_threads=True)
 
 
 def fingerprint(data: pa.Table) -> pa.Array | None:
@@ -107,26 +150,6 @@ def fingerprint(data: pa.Table) -> pa.Array | None:
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
-def _take(
-    dataset: ds.Dataset,
-    columns: list[str],
-    mine: tuple[pa.Table, pa.Array],
-    theirs: pa.Array,
-    schema: pa.Schema,
-) -> pa.Table:
-    """Rows of ``dataset`` whose identity is not in ``theirs``, in ``schema``."""
-    data, ids = mine
-    if not len(ids) or pc.all(pc.is_in(ids, value_set=theirs)).as_py():
-        return schema.empty_table()
-    if len(columns) < len(schema.names):  # ``data`` holds the identity only: read every column
-        present = [c for c in schema.names if c in dataset.schema.names]
-        data = _conform(dataset.to_table(columns=present), schema, schema.names)
-        found = fingerprint(data.select(columns))
-        assert found is not None  # the identity columns fingerprinted before
-        ids = found
-    return data.filter(pc.invert(pc.is_in(ids, value_set=theirs)))
-
-
 def _conform(data: pa.Table, schema: pa.Schema, columns: list[str]) -> pa.Table:
     """``data`` with ``columns`` of ``schema`` (missing ones NULL), cast to their types."""
     arrays = []
@@ -139,7 +162,7 @@ def _conform(data: pa.Table, schema: pa.Schema, columns: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in columns]))
 
 
-def _spark_schema(schema: pa.Schema) -> pa.Schema:
+def spark_schema(schema: pa.Schema) -> pa.Schema:
     """Arrow view types -> plain types (Spark's Arrow conversion does not take views)."""
     plain = {pa.string_view(): pa.string(), pa.large_string(): pa.string()}
     plain |= {pa.binary_view(): pa.binary(), pa.large_binary(): pa.binary()}

@@ -5,7 +5,10 @@ A model is ``spark_jobs/models/<name>.sql``: a leading ``--`` comment block whos
 Inside the SQL, ``{{ raw('f2_public_orders') }}`` names a raw replica (current rows, deletes
 hidden) and ``{{ ref('customer_360') }}`` another model; dependency order comes from the refs.
 Inside an ``incremental`` mapping query, ``{{ rows }}`` names the changed input rows and
-``{{ raw_history('t') }}`` the raw table including tombstones.
+``{{ raw_history('t') }}`` the raw table including tombstones. Every ``raw``/``ref`` relation
+has a column ``_capa_sign`` (1 per row); a model declaring ``additive:`` writes its sums with
+it (``SUM(_capa_sign)``, ``SUM(_capa_sign * amount)``) so that the same SQL over signed changed
+rows gives the change per key (see :class:`Additive`).
 
 This module is pure Python (pydantic + yaml): Airflow and the unit tests import it without Spark.
 """
@@ -29,6 +32,7 @@ _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CALL = re.compile(r"\{\{\s*(raw|ref|raw_history)\(\s*'([^']*)'\s*\)\s*\}\}")
 _ROWS = re.compile(r"\{\{\s*rows\s*\}\}")
 _ANY_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
+SIGN = "_capa_sign"  # +1 / -1 per input row of an additive model (1 in full builds)
 
 
 class Relationship(BaseModel):
@@ -61,6 +65,25 @@ class Checks(BaseModel):
         return self
 
 
+class Additive(BaseModel):
+    """``additive:`` of a model header: the model is maintained as target + signed delta.
+
+    Every non-key output column must be a sum over input rows written with the sign column
+    ``_capa_sign`` (``SUM(_capa_sign)`` for a count, ``SUM(_capa_sign * x)`` for a sum; any
+    expression that is linear in the input rows). In a full build every input row has sign 1,
+    so the SQL gives the ordinary result. In an incremental build the inputs are only their
+    changed rows: the new row versions with sign +1 and the replaced / deleted ones with -1,
+    and the output of the same SQL is the change per key, added to the current row.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exists: str = Field(
+        description="SQL condition over the output columns: a key keeps a row while it holds "
+        "(e.g. 'orders + invoices > 0'); a full build never yields a row where it fails."
+    )
+
+
 class ModelHeader(BaseModel):
     """The ``-- capa:`` block of a model file."""
 
@@ -73,6 +96,11 @@ class ModelHeader(BaseModel):
         "(or a SELECT over {{ rows }}). Inputs missing here force a full rebuild when they change.",
     )
     checks: Checks = Field(default_factory=Checks, description="Data-quality checks after build.")
+    additive: Additive | None = Field(
+        None,
+        description="Maintain by signed sums instead of recomputing keys (see Additive); "
+        "the incremental mappings still name the keys for checks and fallbacks.",
+    )
 
     @field_validator("key")
     @classmethod
@@ -114,6 +142,12 @@ class Model:
         if expr is None or _ROWS.search(expr) or len(self.header.key) != 1:
             return None
         return expr
+
+    def mapped_column(self, table: str) -> str | None:
+        """The mapping of ``table`` when it is a bare column name (the key is that column of
+        the changed rows, no SQL needed), else None."""
+        expr = (self.header.incremental.get(table) or "").strip()
+        return expr if _COLUMN.match(expr) and len(self.header.key) == 1 else None
 
     def mapping_sql(self, table: str, rows_view: str, resolve: Callable[[str, str], str]) -> str:
         """SQL giving the model keys touched by the changed ``table`` rows in ``rows_view``."""

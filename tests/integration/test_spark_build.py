@@ -272,3 +272,43 @@ def test_failing_check_restores_table_and_stops_the_build(
     assert fixed["customer_360"]["mode"] == "incremental"
     row = read(out, "customer_360").set_index("customer_id").loc[3]
     assert row["orders"] == before.set_index("customer_id").loc[3, "orders"] + 1
+
+
+def test_additive_model_follows_emptied_days_and_a_truncate(
+    spark_server: SparkServer, tmp_path: Path
+) -> None:
+    """sales_daily is maintained as current row + signed sums of the changed rows: a day whose
+    last order goes must disappear, a truncated input must subtract everything it held."""
+    lake = sample.seed(tmp_path / "lh", customers=20, orders=40, invoices=20)
+    inc, full = tmp_path / "incremental", tmp_path / "full"
+    ok(spark_server.build(lake.root, inc, select=["sales_daily"]), spark_server)
+    orders = DeltaTable(str(lake.path("f2_public_orders"))).to_pandas()
+    orders["day"] = orders["ordered_at"].dt.date
+    per_day = orders.groupby("day")["id"].apply(list)
+    day = per_day[per_day.map(len) == per_day.map(len).min()].index[0]
+    moved = next(i for d, ids in per_day.items() if d != day for i in ids)
+    lake.delete("f2_public_orders", [int(i) for i in per_day[day]])  # the day loses its orders
+    DeltaTable(str(lake.path("f3_dbo_invoices"))).delete()  # ... and every invoice (truncate)
+    row = orders.set_index("id").loc[moved]
+    lake.upsert(
+        "f2_public_orders",
+        [
+            {  # an update that moves an order to another day with a new amount
+                "id": int(moved),
+                "customer_id": int(row["customer_id"]),
+                "status": "paid",
+                "amount": Decimal("7.77"),
+                "currency": "EUR",
+                "ordered_at": sample._ts(sample.random.Random(99)),
+                "notes": None,
+            }
+        ],
+    )
+    report = ok(spark_server.build(lake.root, inc, select=["sales_daily"]), spark_server)
+    ok(spark_server.build(lake.root, full, full=True, select=["sales_daily"]), spark_server)
+    assert report["sales_daily"]["mode"] == "incremental"
+    built = read(inc, "sales_daily")
+    pd.testing.assert_frame_equal(built, read(full, "sales_daily"), check_like=True)
+    assert day not in set(built["sales_date"]) and (built["invoices"] == 0).all()
+    again = ok(spark_server.build(lake.root, inc, select=["sales_daily"]), spark_server)
+    assert again["sales_daily"]["mode"] == "unchanged"

@@ -133,3 +133,17 @@ def test_key_expression_only_for_plain_single_key_mappings() -> None:
     contacts = load_project().models["customer_360"]
     assert contacts.key_expression("f2_public_orders") == "customer_id"
     assert contacts.key_expression("crm_crm_contacts") is None  # a join: read in full
+
+
+def test_additive_header_and_bare_column_mappings(tmp_path: Path) -> None:
+    sales = load_project().models["sales_daily"]
+    assert sales.header.additive is not None and sales.header.additive.exists
+    assert "_capa_sign" in sales.sql
+    assert sales.mapped_column("f2_public_orders") is None  # an expression, not a column
+    c360 = load_project().models["customer_360"]
+    assert c360.header.additive is None
+    assert c360.mapped_column("f2_public_orders") == "customer_id"
+    assert c360.mapped_column("crm_crm_contacts") is None  # a SELECT over {{ rows }}
+    bad = HEADER.replace("--   checks:", "--   additive: {}\n--   checks:")
+    with pytest.raises(ConfigError, match="exists"):
+        parse_model(write(tmp_path, "m", bad))

@@ -79,9 +79,42 @@ def test_incremental_checks_read_recomputed_rows_unless_a_parent_changed() -> No
         "accepted_values": 1,
         "relationships": 1,  # parent unchanged: only new rows can be orphans
     }
+    covered = incremental_checks(model, "`built`", "`changed`", parents, set())
+    rel = next(c for c in covered if c.kind == "relationships")
+    # the parent changed, but its mapping (id) is the referenced field: every parent row that
+    # changed or went away sent its id to the recomputed keys, so kept rows keep their parent
+    assert "FROM `changed` c LEFT ANTI JOIN `v_f2_public_customers`" in rel.sql
+
+
+def test_incremental_relationship_check_reads_the_table_when_the_mapping_does_not_cover_it(
+    tmp_path: Path,
+) -> None:
+    from spark_jobs.checks import incremental_checks
+    from spark_jobs.project import parse_model
+
+    path = tmp_path / "m.sql"
+    path.write_text(
+        "-- capa:\n"
+        "--   key: [order_id]\n"
+        "--   incremental:\n"
+        "--     f2_public_orders: id\n"
+        "--     f2_public_customers: >-\n"
+        "--       SELECT o.id AS order_id FROM {{ rows }} r\n"
+        "--       JOIN {{ raw_history('f2_public_orders') }} o ON o.customer_id = r.id\n"
+        "--   checks:\n"
+        "--     relationships:\n"
+        "--       - {column: customer_id, to: f2_public_customers, field: id}\n"
+        "SELECT o.id AS order_id, c.id AS customer_id FROM {{ raw('f2_public_orders') }} o\n"
+        "JOIN {{ raw('f2_public_customers') }} c ON c.id = o.customer_id\n"
+    )
+    model = parse_model(path)
+    parents = lambda name: f"`v_{name}`"  # noqa: E731
     moved = incremental_checks(model, "`built`", "`changed`", parents, set())
-    rel = next(c for c in moved if c.kind == "relationships")
-    assert "FROM `built` c LEFT ANTI JOIN `v_f2_public_customers`" in rel.sql
+    assert (
+        len(moved) == 1 and "FROM `built` c LEFT ANTI JOIN `v_f2_public_customers`" in moved[0].sql
+    )
+    stable = incremental_checks(model, "`built`", "`changed`", parents, {"f2_public_customers"})
+    assert len(stable) == 1 and "FROM `changed` c LEFT ANTI JOIN" in stable[0].sql
 
 
 def test_checks_run_as_one_union_query() -> None:
@@ -133,9 +166,9 @@ def test_diff_finds_new_and_replaced_row_versions_by_event_id(tmp_path: Path) ->
     rows = changed_rows(str(path), 1, 3, ["_capa_event_id"])
     assert rows is not None
     assert sorted(rows.to_pylist(), key=lambda r: str(r["_capa_event_id"])) == [
-        {"id": 3, "v": "a3", "_capa_event_id": "e3"},  # the replaced version
-        {"id": 200, "v": "new", "_capa_event_id": "i200"},
-        {"id": 3, "v": "b3", "_capa_event_id": "u3"},
+        {"id": 3, "v": "a3", "_capa_event_id": "e3", "_capa_sign": -1},  # the replaced version
+        {"id": 200, "v": "new", "_capa_event_id": "i200", "_capa_sign": 1},
+        {"id": 3, "v": "b3", "_capa_event_id": "u3", "_capa_sign": 1},
     ]
     assert changed_rows(str(path), 3, 3, ["_capa_event_id"]).num_rows == 0  # type: ignore[union-attr]
 
@@ -151,10 +184,10 @@ def test_diff_by_whole_row_ignores_rewritten_but_equal_rows(tmp_path: Path) -> N
     _replica(path, after)  # an overwrite: every file replaced
     rows = changed_rows(str(path), 0, 1, None)
     assert rows is not None
-    assert sorted((r["id"], r["v"]) for r in rows.to_pylist()) == [
-        (2, "a2"),
-        (2, "changed"),
-        (4, "a4"),
+    assert sorted((r["id"], r["v"], r["_capa_sign"]) for r in rows.to_pylist()) == [
+        (2, "a2", -1),
+        (2, "changed", 1),
+        (4, "a4", -1),
     ]
 
 
@@ -163,3 +196,29 @@ def _arrow(rows: list[dict[str, object]]) -> object:
 
     schema = pa.schema([("id", pa.int64()), ("v", pa.string()), ("_capa_event_id", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def test_diff_of_a_truncate_and_of_two_arrow_tables_is_signed(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    from spark_jobs.diff import changed_rows, rows_changed
+
+    path = tmp_path / "raw"
+    _replica(path, [{"id": i, "v": f"a{i}", "_capa_event_id": f"e{i}"} for i in range(3)])
+    DeltaTable(str(path)).delete()  # a truncate: every row of the old files goes
+    rows = changed_rows(str(path), 0, 1, ["_capa_event_id"])
+    assert rows is not None
+    assert sorted((r["id"], r["_capa_sign"]) for r in rows.to_pylist()) == [
+        (0, -1),
+        (1, -1),
+        (2, -1),
+    ]
+    old = _arrow(
+        [{"id": 1, "v": "x", "_capa_event_id": None}, {"id": 2, "v": None, "_capa_event_id": None}]
+    )
+    new = _arrow(
+        [{"id": 1, "v": "y", "_capa_event_id": None}, {"id": 2, "v": None, "_capa_event_id": None}]
+    )
+    changed = rows_changed(old, new)  # type: ignore[arg-type]
+    assert changed is not None
+    assert sorted((r["v"], r["_capa_sign"]) for r in changed.to_pylist()) == [("x", -1), ("y", 1)]
