@@ -299,8 +299,12 @@ fn opt_row<'a, 'py>(
     }
 }
 
-/// An array of strings: the encoded section and its items.
-fn texts<'a>(r: &mut Reader<'a>, out: &mut Vec<&'a str>) -> R<&'a [u8]> {
+/// An Avro array (blocks of items until a zero count): its encoded section; items go to `out`.
+fn array<'a, T>(
+    r: &mut Reader<'a>,
+    out: &mut Vec<T>,
+    mut item: impl FnMut(&mut Reader<'a>) -> R<T>,
+) -> R<&'a [u8]> {
     let start = r.pos;
     if r.peek()? == 0 {
         r.pos += 1;
@@ -311,32 +315,24 @@ fn texts<'a>(r: &mut Reader<'a>, out: &mut Vec<&'a str>) -> R<&'a [u8]> {
                 break;
             }
             for _ in 0..count {
-                out.push(r.text()?);
+                out.push(item(r)?);
             }
         }
     }
     Ok(&r.data[start..r.pos])
 }
 
-/// The columns array (records of name, source_type): the encoded section and its items.
+/// An array of strings.
+fn texts<'a>(r: &mut Reader<'a>, out: &mut Vec<&'a str>) -> R<&'a [u8]> {
+    array(r, out, |r| r.text())
+}
+
+/// The columns array (records of name, source_type).
 fn columns<'a>(r: &mut Reader<'a>, out: &mut Vec<(&'a str, &'a str)>) -> R<&'a [u8]> {
-    let start = r.pos;
-    if r.peek()? == 0 {
-        r.pos += 1;
-    } else {
-        loop {
-            let count = r.block_count()?;
-            if count == 0 {
-                break;
-            }
-            for _ in 0..count {
-                let name = r.text()?;
-                let source_type = r.text()?;
-                out.push((name, source_type));
-            }
-        }
-    }
-    Ok(&r.data[start..r.pos])
+    array(r, out, |r| {
+        let name = r.text()?;
+        Ok((name, r.text()?))
+    })
 }
 
 /// The scalar fields of one record.
