@@ -145,9 +145,9 @@ def _holds_key(image: Mapping[str, Any], key: Mapping[str, Any]) -> bool:
 
 
 def image(event: ChangeEvent) -> Mapping[str, Any]:
-    if event.op is Op.DELETE:
-        return event.before or event.key
-    return event.after or event.key
+    """The row an event writes to the changelog (``after``, or ``before`` for a delete;
+    the key when that is empty); for a plain event also its replica row."""
+    return event.row or event.key
 
 
 def _columns_of(events: Sequence[ChangeEvent], indices: Sequence[int]) -> TableColumns:

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from capa.apply import RowChange, TablePlan
+from capa.columnar import image
 from capa.events import ChangeEvent
 from capa.warehouse.base import (
     META_COMMIT_TS,
@@ -55,7 +56,7 @@ def image_columns(images: Sequence[Mapping[str, Any]]) -> Columns:
 
 
 def changelog_images(events: Iterable[ChangeEvent]) -> list[Mapping[str, Any]]:
-    return [event.row or event.key for event in events]
+    return [image(event) for event in events]
 
 
 def batch_types(

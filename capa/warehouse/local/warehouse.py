@@ -143,13 +143,14 @@ class LocalWarehouse:
         """Both Delta writes (the changelog append, and the pending append or the replica
         merge) run at the same time: delta-rs writes outside the GIL. They are independent
         commits either way (a crash between them is repaired by redelivery)."""
-        replica_path = self.table_path(RAW_NAMESPACE, name)
-        plan = plan_columns(cols, delta_io.read_watermark(delta_io.open_table(replica_path)))
         types = column_types(cols)
         frame = Frame(cols, datetime.now(UTC))
         with _write_errors(name, self.root):
+            replica = delta_io.ensure_table(
+                self.table_path(RAW_NAMESPACE, name), REPLICA_META, types
+            )  # opened once: for its truncate watermark and its column types
+            plan = plan_columns(cols, delta_io.read_watermark(replica))
             log, log_source = self._changelog_rows(name, cols, plan, types, frame)
-            replica = delta_io.ensure_table(replica_path, REPLICA_META, types)
             source = frame.replica(delta_io.table_types(replica), REPLICA_META, plan.changes)
             appending = _BACKGROUND.submit(_append, log, log_source)
             try:
