@@ -193,6 +193,12 @@ class LocalWarehouseConfig(_Section):
         1_000_000,
         description="Merge-on-read: compact once a table's pending log holds this many rows.",
     )
+    change_data_feed: bool = Field(
+        True,
+        description="Replicas record a Delta change data feed (pre/post images of merged rows), "
+        "which incremental Spark builds read instead of diffing data files; ~15-20% more "
+        "MERGE time. Off: new replicas get none (an existing feed stays on).",
+    )
 
 
 class BigQueryWarehouseConfig(_Section):

@@ -8,8 +8,8 @@ Run (from the spark environment)::
 
 Models (``spark_jobs/models/*.sql``) are built in dependency order into
 ``<lakehouse>/consumption/<model>/``. Incremental by default: the rows of every input changed
-since the last successful build are found in the driver (:mod:`spark_jobs.diff`, signed +1 /
--1). A model whose header declares ``additive:`` adds the signed change of its sums (its own
+since the last successful build are found in the driver (:mod:`spark_jobs.diff`: the raw
+replica's change data feed, else the data files that differ; signed +1 / -1). A model whose header declares ``additive:`` adds the signed change of its sums (its own
 SQL over just the changed rows) to the current rows of the touched keys, without reading any
 input further. Any other model recomputes the keys the changed rows map to (see
 :mod:`spark_jobs.incremental`; inputs mapped by a plain key expression are read only inside the
@@ -18,8 +18,9 @@ rows of other keys + new rows") for targets up to ``OVERWRITE_BELOW`` rows and b
 above; ``--full`` recomputes everything with Spark, and so does a build that would recompute
 more than ``--rebuild-above`` of the target's rows. Inputs are read at their pinned version as
 plain Parquet (file list from delta-rs, no Delta log replay in Spark) when the version allows.
-After each model its checks run (one Spark query; after an incremental build the row-wise ones
-read the new rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check
+After each model its checks run: in Arrow over the whole new version when the driver wrote it
+(:mod:`spark_jobs.arrow_checks`), else as one Spark query (after a MERGE the row-wise ones read
+the new rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check
 restores the table to its previous version, stops the build and exits 1 with a table of the
 failing checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
 """
@@ -44,6 +45,7 @@ import pyarrow.compute as pc
 from capa import console
 from capa.errors import CapaError, ConfigError, TerminalError
 from capa.warehouse.base import META_DELETED, META_INGESTED_AT
+from spark_jobs import arrow_checks
 from spark_jobs.checks import (
     CheckResult,
     failure_rows,
@@ -51,7 +53,7 @@ from spark_jobs.checks import (
     model_checks,
     run_checks,
 )
-from spark_jobs.diff import rows_changed, spark_schema
+from spark_jobs.diff import column_values, rows_changed, spark_schema
 from spark_jobs.incremental import (
     Changes,
     Handoff,
@@ -61,7 +63,15 @@ from spark_jobs.incremental import (
     read_version,
 )
 from spark_jobs.io_bigquery import BigQueryModelBuilder, add_arguments, target_from_args
-from spark_jobs.project import MODELS_DIR, SIGN, Model, Project, load_project, quote
+from spark_jobs.project import (
+    MODELS_DIR,
+    SIGN,
+    Model,
+    Project,
+    Relationship,
+    load_project,
+    quote,
+)
 from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
 
@@ -96,6 +106,16 @@ class ModelReport:
     rows: int
     version: int
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """How a model's new version was written, and what its checks read."""
+
+    mode: str  # full | incremental | unchanged
+    keys: int | None = None  # keys recomputed (incremental)
+    recomputed: Any = None  # the recomputed rows as a DataFrame (MERGEd targets)
+    table: pa.Table | None = None  # the whole new version (targets rewritten in the driver)
 
 
 def delta_version(path: Path) -> int | None:
@@ -222,30 +242,30 @@ class SparkModelBuilder:
         before = delta_version(target)
         snaps = {n: self.snapshot("ref" if n in model.refs else "raw", n) for n in model.inputs}
         state = load_state(self.consumption, model.name)
-        mode, keys, recomputed = "full", None, None
+        outcome = Written("full")
         if not full and before is not None and state and state.fingerprint == fingerprint(model):
             changes = input_changes(self.spark, model, snaps, state, self._changed)
             if changes is not None:
-                mode, keys, recomputed = self._incremental(model, target, before, changes)
-                keys = keys if mode != "full" else None
-        if mode == "full":
+                outcome = self._incremental(model, target, before, changes)
+        if outcome.mode == "full":
             self._overwrite(model, target)
         written = time.monotonic()
-        if mode != "unchanged":
-            unchanged = _unchanged_inputs(snaps, state) if recomputed is not None else set()
-            self._check(project, model, target, before, recomputed, unchanged)
+        if outcome.mode != "unchanged":
+            unchanged = _unchanged_inputs(snaps, state) if outcome.recomputed is not None else set()
+            self._check(project, model, target, before, outcome, unchanged)
         logger.info(
             "%s: %s write %.1fs, checks %.1fs",
             model.name,
-            mode,
+            outcome.mode,
             written - started,
             time.monotonic() - written,
         )
         version = delta_version(target) or 0
         save_state(self.consumption, self._state(model, snaps, version))
-        rows = count_rows(target)
+        rows = outcome.table.num_rows if outcome.table is not None else count_rows(target)
+        keys = outcome.keys if outcome.mode != "full" else None
         return ModelReport(
-            model.name, mode, keys, rows, version, round(time.monotonic() - started, 2)
+            model.name, outcome.mode, keys, rows, version, round(time.monotonic() - started, 2)
         )
 
     def _overwrite(self, model: Model, target: Path) -> None:
@@ -255,39 +275,39 @@ class SparkModelBuilder:
 
     def _incremental(
         self, model: Model, target: Path, before: int, changes: dict[str, Changes]
-    ) -> tuple[str, int, Any]:
-        """Replace the rows of the changed keys; returns (mode, keys, the new rows of those
-        keys as a DataFrame that reads no input again). Additive models add the signed change
-        of their sums to the current rows; the others recompute the keys' rows from their
-        inputs. Targets up to ``overwrite_below`` rows are rewritten once with delta-rs, larger
-        ones are MERGEd by Spark."""
+    ) -> Written:
+        """Replace the rows of the changed keys. Additive models add the signed change of their
+        sums to the current rows; the others recompute the keys' rows from their inputs.
+        Targets up to ``overwrite_below`` rows are rewritten once with delta-rs (the outcome
+        holds the whole new version, checked in Arrow), larger ones are MERGEd by Spark (the
+        outcome holds the new rows of the keys as a DataFrame that reads no input again)."""
         if not changes:
-            return "unchanged", 0, None
+            return Written("unchanged", 0)
         started = time.monotonic()
         if model.header.additive is not None and all(c.signed for c in changes.values()):
             found, rows = self._additive(model, target, before, changes)
         else:
             found, rows = self._recompute(model, target, changes)
         if rows is None:
-            return ("unchanged", 0, None) if found.num_rows == 0 else ("full", found.num_rows, None)
+            return Written("unchanged", 0) if found.num_rows == 0 else Written("full")
         count = found.num_rows
         if count_rows(target) <= self.overwrite_below:
             table = rows if isinstance(rows, pa.Table) else rows.toArrow()  # the one Spark job
             logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
             started = time.monotonic()
-            self._replace_keys(model, target, before, found, table)
-            recomputed = self._handoff.frame(table)  # for the checks
-        else:
-            recomputed = (
-                self._handoff.frame(rows)
-                if isinstance(rows, pa.Table)
-                else rows.localCheckpoint(eager=True)
-            )
-            logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
-            started = time.monotonic()
-            self._merge_keys(target, list(model.header.key), self._keys_frame(found), recomputed)
+            whole = self._replace_keys(model, target, before, found, table)
+            logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
+            return Written("incremental", count, table=whole)
+        recomputed = (
+            self._handoff.frame(rows)
+            if isinstance(rows, pa.Table)
+            else rows.localCheckpoint(eager=True)
+        )
+        logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
+        started = time.monotonic()
+        self._merge_keys(target, list(model.header.key), self._keys_frame(found), recomputed)
         logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
-        return "incremental", count, recomputed
+        return Written("incremental", count, recomputed=recomputed)
 
     def _key_schema(self, model: Model, target: Path) -> pa.Schema:
         """Arrow types of the key columns, from the target's schema (no Spark analysis)."""
@@ -401,7 +421,7 @@ class SparkModelBuilder:
 
     def _replace_keys(
         self, model: Model, target: Path, before: int, found: pa.Table, fresh: pa.Table
-    ) -> None:
+    ) -> pa.Table:
         """One overwrite with delta-rs in the driver: the current rows outside the key set
         plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
         which rewrites every file holding a key anyway when keys are spread over all files;
@@ -415,12 +435,14 @@ class SparkModelBuilder:
         keys = found.cast(pa.schema([schema.field(k) for k in found.column_names]))
         kept = _anti_join(current, keys)
         fresh = fresh.select(schema.names).cast(schema)
-        write_deltalake(str(target), pa.concat_tables([kept, fresh]), mode="overwrite")
+        whole = pa.concat_tables([kept, fresh])
+        write_deltalake(str(target), whole, mode="overwrite")
         replaced = _semi_join(current, keys)
         changed = rows_changed(replaced, fresh)
         after = delta_version(target)
         if changed is not None and after is not None:
             self._changed[(model.name, before, after)] = Changes(changed)
+        return whole
 
     def _merge_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
         """MERGE for large targets: recomputed rows upserted, keys without a row deleted."""
@@ -436,11 +458,32 @@ class SparkModelBuilder:
         model: Model,
         target: Path,
         before: int | None,
-        recomputed: Any = None,
+        written: Written,
         unchanged: set[str] | frozenset[str] = frozenset(),
     ) -> None:
-        """Run the model's checks (all rows after a full build, see :func:`incremental_checks`
-        after an incremental one); on failure restore the previous version and raise."""
+        """Run the model's checks; on failure restore the previous version and raise. A new
+        version the driver holds is checked in Arrow (:mod:`spark_jobs.arrow_checks`), else
+        with Spark (all rows after a full build, :func:`incremental_checks` after a MERGE)."""
+        results = None
+        if written.table is not None:
+            results = arrow_checks.evaluate(
+                model, written.table, lambda rel: self._parent_values(project, rel)
+            )
+        if results is None:
+            results = self._spark_checks(project, model, target, written.recomputed, unchanged)
+        if all(r.ok for r in results):
+            return
+        self._restore(model, target, before)
+        raise ChecksFailed(model.name, results)
+
+    def _spark_checks(
+        self,
+        project: Project,
+        model: Model,
+        target: Path,
+        recomputed: Any,
+        unchanged: set[str] | frozenset[str],
+    ) -> list[CheckResult]:
         view = f"capa_check__{model.name}"
         version = delta_version(target)
         assert version is not None
@@ -452,11 +495,14 @@ class SparkModelBuilder:
             changed = f"capa_changed_rows__{model.name}"
             recomputed.createOrReplaceTempView(changed)
             checks = incremental_checks(model, quote(view), quote(changed), parents, unchanged)
-        results = run_checks(self.spark, checks)
-        if all(r.ok for r in results):
-            return
-        self._restore(model, target, before)
-        raise ChecksFailed(model.name, results)
+        return run_checks(self.spark, checks)
+
+    def _parent_values(self, project: Project, rel: Relationship) -> pa.Array | None:
+        """The referenced column of a relationship's parent at its pinned version (live rows
+        of a raw replica), read with delta-rs; None when it cannot be read that way."""
+        kind = "ref" if rel.to in project.models else "raw"
+        snap = self.snapshot(kind, rel.to)
+        return column_values(snap.path, snap.version, rel.field, live_only=kind == "raw")
 
     def _restore(self, model: Model, target: Path, before: int | None) -> None:
         if before is None:

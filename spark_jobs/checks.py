@@ -21,7 +21,7 @@ class Check:
     model: str
     kind: str
     columns: str  # human label: "customer_id" or "customer_id -> f2_public_customers.id"
-    sql: str
+    sql: str = ""  # empty when evaluated in Arrow (spark_jobs.arrow_checks)
     params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # view -> values
 
 

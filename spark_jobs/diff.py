@@ -20,6 +20,7 @@ the caller then diffs with Spark.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from capa.warehouse.base import META_DELETED
 from spark_jobs.project import SIGN
 
+logger = logging.getLogger(__name__)
+
 _UNSUPPORTED_FEATURES = {"deletionVectors", "columnMapping"}
+FEED_PROPERTY = "delta.enableChangeDataFeed"
+_CHANGE_TYPE = "_change_type"
+_ADDS = pa.array(["insert", "update_postimage"])
+_REMOVES = pa.array(["delete", "update_preimage"])
 _SEPARATOR = "\x1f"
 _ID = "__capa_identity"
 
@@ -57,6 +65,64 @@ def changed_rows(
     fresh = _signed(_anti(right, left), 1, schema)
     gone = _signed(_anti(left, right), -1, schema)
     return pa.concat_tables([fresh, gone])
+
+
+def feed_rows(path: str, old_version: int, new_version: int, identity: str) -> pa.Table | None:
+    """The changed rows between the versions (as :func:`changed_rows`) from the table's Delta
+    change data feed: inserts and post-images +1, deletes and pre-images -1, in the new
+    version's schema plus ``_capa_sign``. A row version that several commits of the range
+    add and then replace again (same ``identity``, signs summing to 0) is left out, so the
+    result equals the file diff. None when the table records no feed at either version,
+    or cannot be read this way: the caller diffs the files instead.
+
+    Reads only the feed's files (the rows that changed), however large the rewritten data
+    files are: 20k rows of a 1M-row replica in ~0.01 s instead of ~1.7 s.
+    """
+    from deltalake import DeltaTable
+
+    old, new = DeltaTable(path, version=old_version), DeltaTable(path, version=new_version)
+    if not (_feeds(old) and _feeds(new) and _readable(new)):
+        return None
+    try:
+        feed = pa.table(
+            new.load_cdf(starting_version=old_version + 1, ending_version=new_version).read_all()
+        )
+    except Exception as exc:  # e.g. feed files vacuumed: the file diff may still work
+        logger.info(
+            "%s: no change data feed for versions %d-%d (%s)",
+            path,
+            old_version + 1,
+            new_version,
+            exc,
+        )
+        return None
+    kinds = pc.cast(feed.column(_CHANGE_TYPE), pa.string())
+    plus, minus = pc.is_in(kinds, _ADDS), pc.is_in(kinds, _REMOVES)
+    if not pc.all(pc.or_(plus, minus), min_count=0).as_py():
+        return None  # a change type this reader does not know
+    schema = spark_schema(new.to_pyarrow_dataset().schema)
+    if identity not in schema.names:
+        return None
+    rows = _conform(feed, schema, schema.names)
+    signs = pc.if_else(plus, 1, -1).cast(pa.int32())
+    return _netted(rows.append_column(SIGN, signs), identity)
+
+
+def _feeds(table: Any) -> bool:
+    return str(table.metadata().configuration.get(FEED_PROPERTY, "")).lower() == "true"
+
+
+def _netted(rows: pa.Table, identity: str) -> pa.Table:
+    """One row per identity whose signs do not cancel out, carrying their sum."""
+    index = pa.array(range(rows.num_rows), pa.int64())
+    net = (
+        pa.table({"id": rows.column(identity), "sign": rows.column(SIGN), "row": index})
+        .group_by("id")
+        .aggregate([("sign", "sum"), ("row", "min")])
+    )
+    net = net.filter(pc.not_equal(net.column("sign_sum"), 0))
+    kept = rows.take(net.column("row_min")).drop_columns([SIGN])
+    return kept.append_column(SIGN, net.column("sign_sum").cast(pa.int32()))
 
 
 def rows_changed(old: pa.Table, new: pa.Table) -> pa.Table | None:
@@ -89,6 +155,26 @@ def plain_files(path: str, version: int) -> tuple[list[str], str] | None:
     if not _readable(table):
         return None
     return [str(f) for f in table.file_uris()], table.schema().to_json()
+
+
+def column_values(path: str, version: int, column: str, live_only: bool) -> pa.Array | None:
+    """One column of the table at ``version`` (rows with ``_capa_deleted`` left out when
+    ``live_only``), or None when delta-rs cannot read the version as plain Parquet or the
+    column is missing."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path, version=version)
+    if not _readable(table):
+        return None
+    dataset = table.to_pyarrow_dataset()
+    if column not in dataset.schema.names:
+        return None
+    deleted = live_only and META_DELETED in dataset.schema.names
+    data = dataset.to_table(columns=[column, META_DELETED] if deleted else [column])
+    if deleted:
+        data = data.filter(pc.invert(pc.fill_null(data.column(META_DELETED), False)))
+    plain = spark_schema(data.schema).field(column).type
+    return data.column(column).combine_chunks().cast(plain)
 
 
 def _readable(table: Any) -> bool:

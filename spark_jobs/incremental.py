@@ -1,10 +1,12 @@
 """Which model keys did the input changes since the last build touch?
 
-For a raw replica the changed rows are the rows of the data files that differ between the
-version the last build read and the current one, compared by ``_capa_event_id``: rows whose
-event the old files lack (inserts, updates and tombstones: deleted rows stay in the replica with
-``_capa_deleted``) and the row versions they replaced or that a TRUNCATE removed (their old
-values may map to other keys, e.g. an order that moved to another customer). This runs in the
+For a raw replica the changed rows come from its Delta change data feed between the version
+the last build read and the current one (post-images and inserts, pre-images and deletes),
+or, for a replica without a feed, from the data files that differ between the two versions,
+compared by ``_capa_event_id``. Either way they are the row versions the old version lacks
+(inserts, updates and tombstones: deleted rows stay in the replica with ``_capa_deleted``)
+and the row versions they replaced or that a TRUNCATE removed (their old values may map to
+other keys, e.g. an order that moved to another customer). This runs in the
 driver with delta-rs and Arrow (:mod:`spark_jobs.diff`); tables delta-rs cannot read that way
 (deletion vectors, column mapping) fall back to a Spark diff with the ``_capa_ingested_at``
 watermark. Merge-on-read rows still in ``_pending/<table>`` are not part of any Delta version
@@ -36,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capa.warehouse.base import META_EVENT_ID, META_INGESTED_AT
-from spark_jobs.diff import changed_rows, plain_files
+from spark_jobs.diff import changed_rows, feed_rows, plain_files
 from spark_jobs.project import SIGN, Model, quote
 from spark_jobs.state import InputMark, ModelState
 
@@ -129,10 +131,13 @@ class Changes:
 def changed_raw_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Changes:
     """Rows written since the last build plus the row versions they replaced, signed.
 
-    From the data files that differ between the two versions, by ``_capa_event_id``
-    (:mod:`spark_jobs.diff`, in the driver); with Spark when delta-rs cannot read the table.
+    From the replica's change data feed (capa creates replicas with one); else from the data
+    files that differ between the two versions, by ``_capa_event_id`` (both in the driver,
+    :mod:`spark_jobs.diff`); with Spark when delta-rs cannot read the table.
     """
-    rows = changed_rows(snap.path, mark.version, snap.version, [META_EVENT_ID])
+    rows = feed_rows(snap.path, mark.version, snap.version, META_EVENT_ID)
+    if rows is None:
+        rows = changed_rows(snap.path, mark.version, snap.version, [META_EVENT_ID])
     if rows is not None:
         return Changes(rows)
     return Changes(changed_raw_rows_spark(spark, snap, mark).localCheckpoint(eager=True))

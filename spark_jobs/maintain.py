@@ -8,9 +8,10 @@
 * ``freshness``: every raw table the models read exists and had a commit within the max age;
   exit 1 with a table of stale/missing tables otherwise (the consumption DAG runs it first).
 * ``compact``: bin-packs small files of raw replicas and changelogs (``optimize.compact``).
-* ``vacuum``: deletes files no longer referenced and older than the retention. Keep it longer
-  than the interval between model builds: an incremental build diffs against the raw version
-  it read last time, and falls back to a full rebuild when that version was vacuumed.
+* ``vacuum``: deletes files no longer referenced and older than the retention, change data
+  feed files included. Keep it longer than the interval between model builds: an incremental
+  build reads the changes since the raw version it read last time (feed, else data files) and
+  falls back to a full rebuild when they were vacuumed.
 * ``retention``: deletes changelog rows whose ``_capa_commit_ts`` is older than N days.
 """
 

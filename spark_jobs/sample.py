@@ -29,6 +29,7 @@ from capa.warehouse.base import (
     META_OP,
     META_POSITION,
 )
+from capa.warehouse.local.delta_io import REPLICA_PROPERTIES
 
 TS = pa.timestamp("us", tz="UTC")
 MONEY = pa.decimal128(12, 2)
@@ -155,7 +156,7 @@ class RawLakehouse:
         path = str(self.path(table))
         write_deltalake(path + CHANGELOG_SUFFIX, data, mode="append")
         if not (self.path(table) / "_delta_log").is_dir():
-            write_deltalake(path, data, mode="append")
+            write_deltalake(path, data, mode="append", configuration=REPLICA_PROPERTIES)
             return
         pk = TABLES[table][0]
         (

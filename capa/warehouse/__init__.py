@@ -23,7 +23,12 @@ def _local(config: Any, **options: Any) -> Warehouse:
 
     settings = {
         name: getattr(config, name)
-        for name in ("merge_on_read", "compact_interval_s", "compact_pending_rows")
+        for name in (
+            "merge_on_read",
+            "compact_interval_s",
+            "compact_pending_rows",
+            "change_data_feed",
+        )
         if hasattr(config, name)
     }
     return LocalWarehouse(config.path, **{**settings, **options})  # type: ignore[return-value]

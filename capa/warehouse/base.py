@@ -10,7 +10,10 @@ Raw table contract (public; Spark models and ``capa sql`` rely on it):
   ``_capa_op`` (r/c/u/d), ``_capa_commit_ts`` (timestamp µs UTC), ``_capa_ingested_at``
   (timestamp µs UTC), ``_capa_event_id`` and ``_capa_deleted`` (bool). Deleted rows are
   kept as tombstones so that late, older events stay no-ops; readers see them only when
-  soft deletes are configured (``capa sql`` views hide them otherwise).
+  soft deletes are configured (``capa sql`` views hide them otherwise). In the local
+  lakehouse the replica's Delta table records a change data feed
+  (``delta.enableChangeDataFeed``: pre/post images of every merged row), which incremental
+  consumption builds read.
 * ``raw.<source>_<schema>_<table>_changelog``: append-only history, one row per event.
 
 Apply is idempotent: replaying any prefix or permutation of events gives the same replica.

@@ -244,9 +244,12 @@ def test_failing_check_restores_table_and_stops_the_build(
             }
         ],
     )
-    failed = spark_server.build(lake.root, out, select=PAIR)
+    failed = spark_server.build(lake.root, out, select=PAIR)  # incremental: checked in Arrow
     assert not failed["ok"]
     assert ["customer_360", "accepted_values", "industry", 1, "aerospace"] in failed["failures"]
+    by_spark = spark_server.build(lake.root, tmp_path / "fresh", select=PAIR)  # full: Spark SQL
+    assert not by_spark["ok"] and by_spark["failures"] == failed["failures"]
+    assert not (tmp_path / "fresh" / "customer_360").exists()  # a first build that failed
     assert (
         DeltaTable(str(out / "customer_360")).version() > built["customer_360"]["version"]
     )  # restore commit

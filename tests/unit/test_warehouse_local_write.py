@@ -30,6 +30,7 @@ from capa.warehouse.types import ColumnType, check_decimal_fits
 
 REPLICA = "raw.f2_public_orders"
 CHANGELOG = REPLICA + "_changelog"
+FEED = "delta.enableChangeDataFeed"
 
 
 @pytest.fixture
@@ -79,8 +80,8 @@ def _racing_ensure_table(warehouse: LocalWarehouse, races: int, monkeypatch) -> 
     raced: list[int] = []
     racing: list[bool] = []
 
-    def ensure_then_race(path, fixed, wanted):
-        table = real(path, fixed, wanted)
+    def ensure_then_race(path, fixed, wanted, properties=None):
+        table = real(path, fixed, wanted, properties)
         if path.name == "f2_public_orders" and len(raced) < races and not racing:
             raced.append(len(raced) + 100)
             racing.append(True)
@@ -221,3 +222,35 @@ def test_merge_on_read_compacts_when_the_pending_log_is_big(tmp_path) -> None:
     deferred.apply([event(Op.INSERT, 3, 20, after=full_row(3, 1))])
     assert pending.open_pending(deferred.root, "f2_public_orders") is None
     assert deferred.row_count(REPLICA) == 3
+
+
+def test_replica_records_a_change_feed_of_pre_and_post_images(warehouse) -> None:
+    """What incremental Spark builds read (spark_jobs.diff.feed_rows): the apply's MERGE
+    records the replaced row version (-1) and the new one (+1), and nothing else."""
+    from spark_jobs.diff import feed_rows
+
+    warehouse.apply([event(Op.INSERT, k, 10 + k, after=full_row(k, 1)) for k in (1, 2, 3)])
+    path = warehouse.table_path("raw", "f2_public_orders")
+    before = delta_io.open_table(path)
+    assert before is not None
+    assert before.metadata().configuration[FEED] == "true"
+    warehouse.apply([event(Op.UPDATE, 2, 20, after=full_row(2, 2))])
+    after = delta_io.open_table(path)
+    assert after is not None
+    rows = feed_rows(str(path), before.version(), after.version(), "_capa_event_id")
+    assert rows is not None
+    assert sorted(zip(rows["id"].to_pylist(), rows["_capa_sign"].to_pylist(), strict=True)) == [
+        (2, -1),
+        (2, 1),
+    ]
+    assert set(rows["name"].to_pylist()) == {full_row(2, 1)["name"], full_row(2, 2)["name"]}
+
+
+def test_change_data_feed_is_a_setting(tmp_path) -> None:
+    from capa.config import LocalWarehouseConfig
+    from capa.warehouse import open_warehouse
+
+    plain = open_warehouse(LocalWarehouseConfig(path=tmp_path / "lake", change_data_feed=False))
+    plain.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1))])
+    table = delta_io.open_table(tmp_path / "lake" / "raw" / "f2_public_orders")
+    assert table is not None and FEED not in table.metadata().configuration

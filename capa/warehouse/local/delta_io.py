@@ -21,6 +21,10 @@ from capa.warehouse.types import ColumnType, widen
 logger = logging.getLogger(__name__)
 
 WATERMARK_PROPERTY = "capa.truncatePosition"
+# Replicas record a change data feed (pre/post images of every merged row, ``_change_data/``):
+# incremental consumption builds read what changed between two versions from it instead of
+# diffing the rewritten data files. Costs ~20% more per MERGE (10k rows into 1M: 0.12 -> 0.15 s).
+REPLICA_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 
 
 def open_table(path: Path) -> DeltaTable | None:
@@ -33,17 +37,22 @@ def table_types(table: DeltaTable) -> dict[str, ColumnType]:
 
 
 def ensure_table(
-    path: Path, fixed: Mapping[str, pa.DataType], wanted: Mapping[str, ColumnType | None]
+    path: Path,
+    fixed: Mapping[str, pa.DataType],
+    wanted: Mapping[str, ColumnType | None],
+    properties: Mapping[str, str] | None = None,
 ) -> DeltaTable:
     """Create the table or evolve it so it holds ``fixed`` and ``wanted`` columns.
 
     ``fixed`` (metadata columns) have exact Arrow types; ``wanted`` (source columns) are
     added when new and widened when the batch needs a wider type (SchemaDriftError if it
-    cannot be). Columns of unknown type (all NULL so far) are not created yet.
+    cannot be). Columns of unknown type (all NULL so far) are not created yet. ``properties``
+    are set at creation, and on a table made without them (one commit, once).
     """
     table = open_table(path)
     if table is None:
-        return _create(path, fixed, wanted)
+        return _create(path, fixed, wanted, properties or {})
+    table = _with_properties(table, properties or {})
     current = table_types(table)
     new = {n: t for n, t in wanted.items() if t is not None and n not in current}
     widened = {
@@ -60,14 +69,30 @@ def ensure_table(
 
 
 def _create(
-    path: Path, fixed: Mapping[str, pa.DataType], wanted: Mapping[str, ColumnType | None]
+    path: Path,
+    fixed: Mapping[str, pa.DataType],
+    wanted: Mapping[str, ColumnType | None],
+    properties: Mapping[str, str],
 ) -> DeltaTable:
     fields = [pa.field(n, arrow_type(t)) for n, t in wanted.items() if t is not None]
     fields += [pa.field(n, t) for n, t in fixed.items()]
     path.mkdir(parents=True, exist_ok=True)
-    write_deltalake(str(path), pa.schema(fields).empty_table(), mode="append")
+    write_deltalake(
+        str(path), pa.schema(fields).empty_table(), mode="append", configuration=dict(properties)
+    )
     logger.info("created Delta table %s", path)
     return DeltaTable(str(path))
+
+
+def _with_properties(table: DeltaTable, properties: Mapping[str, str]) -> DeltaTable:
+    """``table`` with ``properties`` set (a table created before they were introduced)."""
+    current = table.metadata().configuration
+    missing = {k: v for k, v in properties.items() if current.get(k) != v}
+    if not missing:
+        return table
+    table.alter.set_table_properties(missing, raise_if_not_exists=False)
+    logger.info("set %s on %s", missing, table.table_uri)
+    return DeltaTable(table.table_uri)
 
 
 def _add_columns(table: DeltaTable, new: Mapping[str, ColumnType]) -> None:

@@ -79,8 +79,10 @@ class LocalWarehouse:
         merge_on_read: bool = False,
         compact_interval_s: float = 300.0,
         compact_pending_rows: int = 1_000_000,
+        change_data_feed: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.replica_properties = delta_io.REPLICA_PROPERTIES if change_data_feed else {}
         self.soft_deletes = soft_deletes
         self.merge_on_read = merge_on_read
         self.compact_interval_s = compact_interval_s
@@ -146,9 +148,8 @@ class LocalWarehouse:
         types = column_types(cols)
         frame = Frame(cols, datetime.now(UTC))
         with _write_errors(name, self.root):
-            replica = delta_io.ensure_table(
-                self.table_path(RAW_NAMESPACE, name), REPLICA_META, types
-            )  # opened once: for its truncate watermark and its column types
+            # opened once: for its truncate watermark and its column types
+            replica = self._ensure_replica(self.table_path(RAW_NAMESPACE, name), types)
             plan = plan_columns(cols, delta_io.read_watermark(replica))
             log, log_source = self._changelog_rows(name, cols, plan, types, frame)
             source = frame.replica(delta_io.table_types(replica), REPLICA_META, plan.changes)
@@ -230,9 +231,7 @@ class LocalWarehouse:
     ) -> TableReport:
         """Merge-on-read: the planned changes go to the pending log (see ``pending``)."""
         if plan.changes:
-            replica = delta_io.ensure_table(
-                self.table_path(RAW_NAMESPACE, plan.table), REPLICA_META, types
-            )
+            replica = self._ensure_replica(self.table_path(RAW_NAMESPACE, plan.table), types)
             keep = sorted(plan.keep_columns)
             source = replica_source(
                 plan.changes, columns, delta_io.table_types(replica), keep, ingested
@@ -304,7 +303,7 @@ class LocalWarehouse:
         types: Mapping[str, ColumnType | None],
         ingested: datetime,
     ) -> dict[str, Any]:
-        table = delta_io.ensure_table(path, REPLICA_META, types)
+        table = self._ensure_replica(path, types)
         metrics = _merge_changes(table, plan, columns, ingested) if plan.changes else {}
         if plan.truncate_position and not plan.changes:
             deleted = table.delete(f"{ident(META_POSITION)} < {sql_string(plan.truncate_position)}")
@@ -314,6 +313,10 @@ class LocalWarehouse:
         return metrics
 
     # --- reading ---------------------------------------------------------------------
+
+    def _ensure_replica(self, path: Path, types: Mapping[str, ColumnType | None]) -> DeltaTable:
+        """The replica at ``path``, created or evolved (with its change data feed when on)."""
+        return delta_io.ensure_table(path, REPLICA_META, types, self.replica_properties)
 
     def table_path(self, namespace: str, name: str) -> Path:
         return self.root / namespace / name

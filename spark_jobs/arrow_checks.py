@@ -1,0 +1,107 @@
+"""A model's data-quality checks evaluated in Arrow, on a table the driver already holds.
+
+An incremental build that rewrites its target in the driver (``_replace_keys`` in
+:mod:`spark_jobs.build`) holds every row of the new version in memory. Its checks then cost
+milliseconds here instead of one Spark query, whose fixed cost (~0.5 s per model, measured) was
+a third of a small incremental build. The checks, their labels and failure counts are those of
+:mod:`spark_jobs.checks`; they run over the whole new version (stricter than the Spark path's
+incremental checks, which read only the recomputed rows where that suffices). Examples are the
+first three offending values, as strings. ``None`` means "cannot evaluate here" (a column the
+table lacks, a parent table the driver cannot read, types that do not compare): the caller
+runs the Spark checks instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import reduce
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spark_jobs.checks import Check, CheckResult
+from spark_jobs.project import Checks, Model, Relationship
+
+Parents = Callable[[Relationship], pa.Array | None]  # the parent's values of rel.field
+_EXAMPLES = 3
+
+
+def evaluate(model: Model, table: pa.Table, parents: Parents) -> list[CheckResult] | None:
+    """Every check of ``model`` over ``table`` (same order as :func:`checks.model_checks`)."""
+    checks = model.header.checks
+    if not _has_columns(table, checks):
+        return None
+    results = [
+        *_not_null(model.name, table, checks),
+        *_unique(model.name, table, checks),
+        *_accepted(model.name, table, checks),
+    ]
+    for rel in checks.relationships:
+        found = _relationship(model.name, table, rel, parents(rel))
+        if found is None:
+            return None
+        results.append(found)
+    return results
+
+
+def _has_columns(table: pa.Table, checks: Checks) -> bool:
+    names = [*checks.not_null, *checks.unique, *checks.accepted_values]
+    names += [r.column for r in checks.relationships]
+    return all(n in table.column_names for n in names)
+
+
+def _result(
+    model: str, kind: str, columns: str, failures: int, examples: Sequence[str]
+) -> CheckResult:
+    return CheckResult(Check(model, kind, columns), failures, tuple(examples[:_EXAMPLES]))
+
+
+def _not_null(model: str, table: pa.Table, checks: Checks) -> list[CheckResult]:
+    """One result for all columns; the examples name the columns that hold NULLs."""
+    if not checks.not_null:
+        return []
+    nulls = [pc.is_null(table.column(c)) for c in checks.not_null]
+    failures = table.filter(reduce(pc.or_, nulls)).num_rows
+    holding = [c for c in checks.not_null if table.column(c).null_count]
+    return [_result(model, "not_null", ", ".join(checks.not_null), failures, holding)]
+
+
+def _unique(model: str, table: pa.Table, checks: Checks) -> list[CheckResult]:
+    if not checks.unique:
+        return []
+    columns = list(checks.unique)
+    counts = table.select(columns).group_by(columns).aggregate([([], "count_all")])
+    dups = counts.filter(pc.greater(counts.column("count_all"), 1))
+    examples = [
+        "|".join(str(v) for v in row.values() if v is not None)
+        for row in dups.select(columns).slice(0, _EXAMPLES).to_pylist()
+    ]
+    return [_result(model, "unique", ", ".join(columns), dups.num_rows, examples)]
+
+
+def _accepted(model: str, table: pa.Table, checks: Checks) -> list[CheckResult]:
+    out = []
+    for column, values in sorted(checks.accepted_values.items()):
+        text = pc.cast(table.column(column), pa.string())
+        allowed = pc.is_in(text, value_set=pa.array(values, pa.string()))
+        bad = text.filter(pc.and_(pc.is_valid(text), pc.invert(allowed)))
+        examples = [str(v) for v in bad.slice(0, _EXAMPLES).to_pylist()]
+        out.append(_result(model, "accepted_values", column, len(bad), examples))
+    return out
+
+
+def _relationship(
+    model: str, table: pa.Table, rel: Relationship, parent: pa.Array | None
+) -> CheckResult | None:
+    if parent is None:
+        return None
+    child = table.column(rel.column)
+    try:
+        parent = parent.cast(child.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # types Spark would coerce: leave it to Spark
+    known = pc.is_in(child, value_set=parent.drop_null())
+    bad = child.filter(pc.and_(pc.is_valid(child), pc.invert(known)))
+    examples = [str(v) for v in bad.slice(0, _EXAMPLES).to_pylist()]
+    label = f"{rel.column} -> {rel.to}.{rel.field}"
+    return _result(model, "relationships", label, len(bad), examples)

@@ -1,0 +1,81 @@
+"""Data-quality checks evaluated in Arrow (the incremental path's checks) on crafted tables;
+tests/integration/test_spark_build.py compares them with the Spark checks on one failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from spark_jobs.arrow_checks import Parents, evaluate
+from spark_jobs.project import Model, ModelHeader
+
+HEADER = {
+    "key": ["customer_id"],
+    "checks": {
+        "not_null": ["customer_id", "orders"],
+        "unique": ["customer_id"],
+        "accepted_values": {"industry": ["retail", "energy"]},
+        "relationships": [{"column": "customer_id", "to": "f2_public_customers", "field": "id"}],
+    },
+}
+
+
+def model() -> Model:
+    return Model("m", Path("m.sql"), ModelHeader.model_validate(HEADER), "SELECT 1")
+
+
+def parents(values: list[int]) -> Parents:
+    return lambda rel: pa.array(values, pa.int64()) if rel.field == "id" else None
+
+
+def outcome(table: pa.Table, known: list[int]) -> dict[str, tuple[str, int, tuple[str, ...]]]:
+    results = evaluate(model(), table, parents(known))
+    assert results is not None
+    return {r.check.kind: (r.check.columns, r.failures, r.examples) for r in results}
+
+
+def test_a_clean_table_passes_every_check() -> None:
+    table = pa.table(
+        {
+            "customer_id": pa.array([1, 2, 3], pa.int64()),
+            "orders": [1, 0, 2],
+            "industry": ["retail", None, "energy"],
+        }
+    )
+    assert {kind: failures for kind, (_, failures, _) in outcome(table, [1, 2, 3, 4]).items()} == {
+        "not_null": 0,
+        "unique": 0,
+        "accepted_values": 0,
+        "relationships": 0,
+    }
+
+
+def test_each_kind_counts_and_shows_its_failures() -> None:
+    table = pa.table(
+        {
+            "customer_id": pa.array([1, 1, 2, None, 7], pa.int64()),
+            "orders": [1, None, 2, 3, 4],
+            "industry": ["retail", "aerospace", "energy", "mining", None],
+        }
+    )
+    found = outcome(table, [1, 2])
+    assert found["not_null"] == ("customer_id, orders", 2, ("customer_id", "orders"))
+    assert found["unique"] == ("customer_id", 1, ("1",))
+    assert found["accepted_values"] == ("industry", 2, ("aerospace", "mining"))
+    assert found["relationships"] == ("customer_id -> f2_public_customers.id", 1, ("7",))
+
+
+def test_unreadable_parent_or_missing_column_is_left_to_spark() -> None:
+    table = pa.table({"customer_id": pa.array([1], pa.int64()), "orders": [1], "industry": [None]})
+    assert evaluate(model(), table, lambda rel: None) is None
+    assert evaluate(model(), table.drop_columns(["orders"]), parents([1])) is None
+
+
+def test_parent_values_of_another_type_are_cast_to_the_child_type() -> None:
+    table = pa.table(
+        {"customer_id": pa.array([1, 5], pa.int64()), "orders": [1, 1], "industry": [None, None]}
+    )
+    results = evaluate(model(), table, lambda rel: pa.array([1, 2], pa.int32()))
+    assert results is not None
+    assert [r.failures for r in results if r.check.kind == "relationships"] == [1]
