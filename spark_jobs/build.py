@@ -9,20 +9,21 @@ Run (from the spark environment)::
 Models (``spark_jobs/models/*.sql``) are built in dependency order into
 ``<lakehouse>/consumption/<model>/``. Incremental by default: the rows of every input changed
 since the last successful build are found in the driver (:mod:`spark_jobs.diff`: the raw
-replica's change data feed, else the data files that differ; signed +1 / -1). A model whose header declares ``additive:`` adds the signed change of its sums (its own
-SQL over just the changed rows) to the current rows of the touched keys, without reading any
-input further. Any other model recomputes the keys the changed rows map to (see
-:mod:`spark_jobs.incremental`; inputs mapped by a plain key expression are read only inside the
-key set). The new rows of those keys replace the old ones by one delta-rs overwrite ("current
-rows of other keys + new rows") for targets up to ``OVERWRITE_BELOW`` rows and by a Spark MERGE
-above; ``--full`` recomputes everything with Spark, and so does a build that would recompute
-more than ``--rebuild-above`` of the target's rows. Inputs are read at their pinned version as
-plain Parquet (file list from delta-rs, no Delta log replay in Spark) when the version allows.
-After each model its checks run: in Arrow over the whole new version when the driver wrote it
+replica's change data feed, else the data files that differ; signed +1 / -1). A model whose
+header declares ``additive:`` adds the signed change of its sums (its own SQL over just the
+changed rows) to the current rows of the touched keys, without reading any input further. Any
+other model recomputes the keys the changed rows map to (see :mod:`spark_jobs.incremental`;
+inputs mapped by a plain key expression are read only inside the key set). The new rows of those
+keys replace the old ones by one delta-rs overwrite ("current rows of other keys + new rows")
+for targets up to ``OVERWRITE_BELOW`` rows and by a Spark MERGE above; ``--full`` recomputes
+everything with Spark, and so does a build that would recompute more than ``--rebuild-above`` of
+the target's rows. Inputs are read at their pinned version as plain Parquet (file list from
+delta-rs, no Delta log replay in Spark) when the version allows. After each model its checks
+run: in Arrow over the whole new version when the driver wrote it
 (:mod:`spark_jobs.arrow_checks`), else as one Spark query (after a MERGE the row-wise ones read
-the new rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check
-restores the table to its previous version, stops the build and exits 1 with a table of the
-failing checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
+the new rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check restores
+the table to its previous version, stops the build and exits 1 with a table of the failing
+checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
 """
 
 from __future__ import annotations
