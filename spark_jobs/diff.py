@@ -28,13 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from capa.warehouse.base import META_DELETED
+from capa.warehouse.base import CHANGE_FEED_PROPERTY, META_DELETED
 from spark_jobs.project import SIGN
 
 logger = logging.getLogger(__name__)
 
 _UNSUPPORTED_FEATURES = {"deletionVectors", "columnMapping"}
-FEED_PROPERTY = "delta.enableChangeDataFeed"
 _CHANGE_TYPE = "_change_type"
 _ADDS = pa.array(["insert", "update_postimage"])
 _REMOVES = pa.array(["delete", "update_preimage"])
@@ -109,7 +108,7 @@ def feed_rows(path: str, old_version: int, new_version: int, identity: str) -> p
 
 
 def _feeds(table: Any) -> bool:
-    return str(table.metadata().configuration.get(FEED_PROPERTY, "")).lower() == "true"
+    return str(table.metadata().configuration.get(CHANGE_FEED_PROPERTY, "")).lower() == "true"
 
 
 def _netted(rows: pa.Table, identity: str) -> pa.Table:

@@ -42,6 +42,7 @@ META_COLUMNS = (
     META_DELETED,
 )
 CHANGELOG_SUFFIX = "_changelog"
+CHANGE_FEED_PROPERTY = "delta.enableChangeDataFeed"  # local replicas: Delta change data feed
 RAW_NAMESPACE = "raw"
 
 

@@ -22,6 +22,7 @@ from test_apply_cases import (
 
 from capa.errors import SchemaDriftError, WarehouseTransientError
 from capa.events import Op
+from capa.warehouse.base import CHANGE_FEED_PROPERTY
 from capa.warehouse.local import LocalWarehouse, delta_io, pending
 from capa.warehouse.local import warehouse as warehouse_module
 from capa.warehouse.local.arrow_types import _converter, arrow_type, to_arrow
@@ -30,7 +31,6 @@ from capa.warehouse.types import ColumnType, check_decimal_fits
 
 REPLICA = "raw.f2_public_orders"
 CHANGELOG = REPLICA + "_changelog"
-FEED = "delta.enableChangeDataFeed"
 
 
 @pytest.fixture
@@ -233,7 +233,7 @@ def test_replica_records_a_change_feed_of_pre_and_post_images(warehouse) -> None
     path = warehouse.table_path("raw", "f2_public_orders")
     before = delta_io.open_table(path)
     assert before is not None
-    assert before.metadata().configuration[FEED] == "true"
+    assert before.metadata().configuration[CHANGE_FEED_PROPERTY] == "true"
     warehouse.apply([event(Op.UPDATE, 2, 20, after=full_row(2, 2))])
     after = delta_io.open_table(path)
     assert after is not None
@@ -253,4 +253,4 @@ def test_change_data_feed_is_a_setting(tmp_path) -> None:
     plain = open_warehouse(LocalWarehouseConfig(path=tmp_path / "lake", change_data_feed=False))
     plain.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1))])
     table = delta_io.open_table(tmp_path / "lake" / "raw" / "f2_public_orders")
-    assert table is not None and FEED not in table.metadata().configuration
+    assert table is not None and CHANGE_FEED_PROPERTY not in table.metadata().configuration

@@ -312,11 +312,11 @@ class LocalWarehouse:
             delta_io.write_watermark(DeltaTable(str(path)), plan.truncate_position)
         return metrics
 
-    # --- reading ---------------------------------------------------------------------
-
     def _ensure_replica(self, path: Path, types: Mapping[str, ColumnType | None]) -> DeltaTable:
         """The replica at ``path``, created or evolved (with its change data feed when on)."""
         return delta_io.ensure_table(path, REPLICA_META, types, self.replica_properties)
+
+    # --- reading ---------------------------------------------------------------------
 
     def table_path(self, namespace: str, name: str) -> Path:
         return self.root / namespace / name
