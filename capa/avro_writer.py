@@ -13,7 +13,7 @@ import struct
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 
 from capa.errors import DecodeError
@@ -114,13 +114,14 @@ def _v_json(buf: bytearray, v: Json) -> None:
     _text(buf, str(v))
 
 
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # decimals of any length
+
+
 def _v_decimal(buf: bytearray, v: Decimal) -> None:
-    sign, digits, exponent = v.as_tuple()
+    exponent = v.as_tuple().exponent
     if not isinstance(exponent, int):
         raise DecodeError(f"decimal {v!r} is not finite; NaN/Infinity cannot be carried")
-    unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
-    if exponent > 0:
-        unscaled *= 10**exponent
+    unscaled = int(v.scaleb(max(-exponent, 0), context=_EXACT))  # no text: any length
     size = max(1, (unscaled.bit_length() + 8) // 8)
     buf += b"\x0c"
     _bytes(buf, unscaled.to_bytes(size, "big", signed=True))

@@ -26,7 +26,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Context, Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any
 
 from capa.errors import DecodeError
@@ -95,9 +95,14 @@ def to_bytes(value: Any) -> bytes:
 # --- decimals ---------------------------------------------------------------------------
 
 
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
 def unscaled_to_decimal(raw: bytes, scale: int) -> Decimal:
+    """The decimal of big-endian two's-complement ``raw`` digits at ``scale``, exactly, however
+    long (no text step: Python refuses to print ints of over 4300 digits)."""
     unscaled = int.from_bytes(raw, "big", signed=True)
-    return Decimal(f"{unscaled}E{-scale}")  # exact: the constructor ignores context precision
+    return Decimal(unscaled).scaleb(-scale, context=_EXACT)
 
 
 # PostgreSQL scales are -1000..1000; Debezium reports numeric(p, -s) with the raw 11-bit

@@ -153,3 +153,25 @@ def test_odd_tables_and_huge_values() -> None:
             raise AssertionError(connector)
         except DecodeError as exc:
             assert "not supported" in exc.reason
+
+
+def test_a_decimal_of_thousands_of_digits_converts_exactly() -> None:
+    """Found by test_mutated_real_records: a precise-mode decimal whose unscaled bytes hold
+    over 4300 digits made the normaliser crash (Python refuses to print such an int)."""
+    import base64
+    from decimal import Decimal
+
+    from capa import avro_writer
+    from connectors.debezium.values import decimal_with_scale, unscaled_to_decimal
+
+    unscaled = 7 * 10**6000 + 3
+    raw = unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)
+    value = unscaled_to_decimal(raw, 3)
+    assert value.as_tuple().exponent == -3 and len(value.as_tuple().digits) == 6001
+    assert value.as_tuple().digits[-4:] == (0, 0, 0, 3) and value > 0
+    negative = unscaled_to_decimal((-unscaled).to_bytes(len(raw), "big", signed=True), 2)
+    assert negative < 0 and negative.as_tuple().exponent == -2
+    assert decimal_with_scale(2)(base64.b64encode(b"\x11\x17").decode()) == Decimal("43.75")
+    buf = bytearray()
+    avro_writer._v_decimal(buf, value)  # the Avro writer carries it too (was the same crash)
+    assert raw in bytes(buf)
