@@ -7,11 +7,12 @@ Run from the spark environment (one SparkSession, local[2])::
 
 Seeds a raw lakehouse (1M orders, 100k customers, ...), builds every model once (warm-up, full),
 runs ``--warmup-rounds`` untimed rounds of (change 1% of the orders, incremental build), then
-changes 1% of the orders again (updates incl. customer moves, 10% of them deletes, plus
-inserts), times an incremental build and a full rebuild of the same input and checks both give
-the same tables. Prints a JSON line (totals, per-model mode and seconds, load average before and
-after the two timed builds); the builder logs per-phase timings (diff, keys, recompute, write,
-checks) at INFO. docs/benchmarks.md ("Spark consumption models") records runs.
+``--rounds`` timed rounds: change 1% of the orders again (updates incl. customer moves, 10% of
+them deletes, plus inserts), time an incremental build and a full rebuild of the same input
+and check both give the same tables. Prints a JSON line: the medians over the timed rounds
+(the ratio is the median of the rounds' ratios) and every round (totals, per-model mode and
+seconds, load average before and after its two timed builds); the builder logs per-phase
+timings (diff, keys, recompute, write, checks) at INFO. docs/benchmarks.md ("Spark consumption models") records runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import random
+import statistics
 import tempfile
 import time
 from decimal import Decimal
@@ -31,7 +33,7 @@ from deltalake import write_deltalake
 
 from capa.warehouse.local.delta_io import REPLICA_PROPERTIES
 from spark_jobs import sample
-from spark_jobs.build import SparkModelBuilder
+from spark_jobs.build import WORKERS, SparkModelBuilder
 from spark_jobs.project import load_project
 
 
@@ -98,7 +100,7 @@ def identical(spark: object, left: Path, right: Path) -> bool:
     return a.exceptAll(b).isEmpty() and b.exceptAll(a).isEmpty()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--fraction", type=float, default=0.01)
@@ -106,9 +108,22 @@ def main() -> None:
         "--warmup-rounds",
         type=int,
         default=1,
-        help="untimed change + incremental build rounds before the timed one, so that both "
+        help="untimed change + incremental build rounds before the timed ones, so that both "
         "timed builds run query shapes the session has run before (default 1; 0: the "
-        "incremental build is the session's first, the full rebuild is not)",
+        "first incremental build is the session's first, the full rebuild is not)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="timed rounds (change, incremental build, full rebuild, compare); the result is "
+        "their median (default 3)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=WORKERS,
+        help=f"models built at once by both builders (default {WORKERS}, the builder's)",
     )
     parser.add_argument(
         "--json-out",
@@ -116,7 +131,41 @@ def main() -> None:
         default=None,
         help="also write the result as JSON to this path (bench.run_all)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def timed_round(
+    spark: object,
+    lake: sample.RawLakehouse,
+    builders: tuple[SparkModelBuilder, SparkModelBuilder],
+    args: argparse.Namespace,
+    n: int,
+) -> dict:
+    """Change 1% of the orders, time an incremental build and a full rebuild, compare them."""
+    inc, full = builders
+    changed = change(lake, args.orders, args.fraction, seed=2 + n)
+    load_before = os.getloadavg()
+    inc_s, inc_reports = timed(inc, full=False)
+    full_s, full_reports = timed(full, full=True)
+    load_after = os.getloadavg()
+    same = all(
+        identical(spark, inc.consumption / m, full.consumption / m) for m in load_project().models
+    )
+    return {
+        "changed_events": changed,
+        "incremental_s": round(inc_s, 2),
+        "full_s": round(full_s, 2),
+        "ratio": round(inc_s / full_s, 3),
+        "identical": same,
+        "keys": {r.model: r.keys for r in inc_reports},
+        "incremental_models": per_model(inc_reports),
+        "full_models": per_model(full_reports),
+        "load_avg": [round(v, 2) for v in (*load_before, *load_after)],
+    }
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     from spark_jobs.session import spark_session
@@ -125,59 +174,57 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capa-bench-spark-") as tmp:
         root = Path(tmp)
         lake = seed(root / "lh", args.orders)
-        inc = SparkModelBuilder(spark, lake.root, root / "incremental")
-        full = SparkModelBuilder(spark, lake.root, root / "full")
+        inc = SparkModelBuilder(spark, lake.root, root / "incremental", workers=args.workers)
+        full = SparkModelBuilder(spark, lake.root, root / "full", workers=args.workers)
         warm, _ = timed(inc, full=True)
         first_incremental = []
         for round_ in range(args.warmup_rounds):
             change(lake, args.orders, args.fraction, seed=100 + round_)
             first_incremental.append(round(timed(inc, full=False)[0], 1))
-        changed = change(lake, args.orders, args.fraction)
-        load_before = os.getloadavg()
-        inc_s, inc_reports = timed(inc, full=False)
-        full_s, full_reports = timed(full, full=True)
-        load_after = os.getloadavg()
-        same = all(
-            identical(spark, root / "incremental" / m, root / "full" / m)
-            for m in load_project().models
-        )
-        print(
-            json.dumps(
-                {
-                    "orders": args.orders,
-                    "changed_events": changed,
-                    "warmup_full_s": round(warm, 1),
-                    "warmup_incremental_s": first_incremental,
-                    "incremental_s": round(inc_s, 1),
-                    "full_s": round(full_s, 1),
-                    "ratio": round(inc_s / full_s, 3),
-                    "identical": same,
-                    "keys": {r.model: r.keys for r in inc_reports},
-                    "incremental_models": per_model(inc_reports),
-                    "full_models": per_model(full_reports),
-                    "load_avg": [round(v, 2) for v in (*load_before, *load_after)],
-                }
-            )
-        )
-        if args.json_out:  # machine-readable result for bench.run_all
-            from bench.common import make_result, write_result
+        rounds = [timed_round(spark, lake, (inc, full), args, n) for n in range(args.rounds)]
+    result = summary(args, warm, first_incremental, rounds)
+    print(json.dumps(result))
+    if args.json_out:
+        write_json(args, result, warm)
 
-            write_result(
-                args.json_out,
-                make_result(
-                    "spark_incremental",
-                    {
-                        "orders": args.orders,
-                        "fraction": args.fraction,
-                        "warmup_rounds": args.warmup_rounds,
-                    },
-                    {"incremental_build": inc_s, "warmup_full_build": warm},
-                    baselines={"incremental_build": full_s},
-                    baseline_labels={"incremental_build": "full rebuild of the same input"},
-                    units={"incremental_build": "s", "warmup_full_build": "s"},
-                    checks={"incremental_equals_full": same},
-                ),
-            )
+
+def summary(args: argparse.Namespace, warm: float, first: list, rounds: list[dict]) -> dict:
+    """Medians over the timed rounds (ratio: the median of the rounds' ratios), then each."""
+    return {
+        "orders": args.orders,
+        "fraction": args.fraction,
+        "workers": args.workers,
+        "warmup_full_s": round(warm, 1),
+        "warmup_incremental_s": first,
+        "incremental_s": statistics.median(r["incremental_s"] for r in rounds),
+        "full_s": statistics.median(r["full_s"] for r in rounds),
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+        "identical": all(r["identical"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
+def write_json(args: argparse.Namespace, result: dict, warm: float) -> None:
+    """The machine-readable result for bench.run_all."""
+    from bench.common import make_result, write_result
+
+    write_result(
+        args.json_out,
+        make_result(
+            "spark_incremental",
+            {
+                "orders": args.orders,
+                "fraction": args.fraction,
+                "warmup_rounds": args.warmup_rounds,
+                "rounds": args.rounds,
+            },
+            {"incremental_build": result["incremental_s"], "warmup_full_build": warm},
+            baselines={"incremental_build": result["full_s"]},
+            baseline_labels={"incremental_build": "full rebuild of the same input (median)"},
+            units={"incremental_build": "s", "warmup_full_build": "s"},
+            checks={"incremental_equals_full": result["identical"]},
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -7,23 +7,21 @@ Run (from the spark environment)::
     .venvs/spark/bin/python -m spark_jobs.build serve   # JSON requests on stdin, one per line
 
 Models (``spark_jobs/models/*.sql``) are built in dependency order into
-``<lakehouse>/consumption/<model>/``. Incremental by default: the rows of every input changed
-since the last successful build are found in the driver (:mod:`spark_jobs.diff`: the raw
-replica's change data feed, else the data files that differ; signed +1 / -1). A model whose
-header declares ``additive:`` adds the signed change of its sums (its own SQL over just the
-changed rows) to the current rows of the touched keys, without reading any input further. Any
-other model recomputes the keys the changed rows map to (see :mod:`spark_jobs.incremental`;
-inputs mapped by a plain key expression are read only inside the key set). The new rows of those
-keys replace the old ones by one delta-rs overwrite ("current rows of other keys + new rows")
-for targets up to ``OVERWRITE_BELOW`` rows and by a Spark MERGE above; ``--full`` recomputes
-everything with Spark, and so does a build that would recompute more than ``--rebuild-above`` of
-the target's rows. Inputs are read at their pinned version as plain Parquet (file list from
-delta-rs, no Delta log replay in Spark) when the version allows. After each model its checks
-run: in Arrow over the whole new version when the driver wrote it
-(:mod:`spark_jobs.arrow_checks`), else as one Spark query (after a MERGE the row-wise ones read
-the new rows only, see :func:`spark_jobs.checks.incremental_checks`); a failing check restores
-the table to its previous version, stops the build and exits 1 with a table of the failing
-checks. ``serve`` keeps one SparkSession for many builds (tests, notebooks).
+``<lakehouse>/consumption/<model>/``, up to ``--workers`` independent ones at a time
+(:mod:`spark_jobs.schedule`). Incremental by default: the rows of every input changed since the
+last successful build are found in the driver (:mod:`spark_jobs.diff`: the raw replica's change
+data feed, else the data files that differ; signed +1 / -1), and the keys they touch are
+recomputed (:mod:`spark_jobs.keyed`: additive sums, part-wise columns of keyed joins, or the
+keys' whole rows), replacing the old rows by one delta-rs overwrite for targets up to
+``OVERWRITE_BELOW`` rows and by a Spark MERGE above. ``--full`` recomputes everything with
+Spark, and so does a build that would recompute more than ``--rebuild-above`` of the target's
+rows. Inputs are read at their pinned version as plain Parquet (file list from delta-rs, no
+Delta log replay in Spark) when the version allows. After each model its checks run: in Arrow
+over the whole new version when the driver wrote it (:mod:`spark_jobs.arrow_checks`), else as
+one Spark query (after a MERGE the row-wise ones read the new rows only, see
+:func:`spark_jobs.checks.incremental_checks`); a failing check restores the table to its
+previous version, starts no further model and exits 1 with a table of the failing checks.
+``serve`` keeps one SparkSession for many builds (tests, notebooks).
 """
 
 from __future__ import annotations
@@ -33,20 +31,21 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from capa import console
 from capa.errors import CapaError, ConfigError, TerminalError
 from capa.warehouse.base import META_DELETED, META_INGESTED_AT
-from spark_jobs import arrow_checks
+from spark_jobs import arrow_checks, parts
 from spark_jobs.checks import (
     CheckResult,
     failure_rows,
@@ -54,16 +53,20 @@ from spark_jobs.checks import (
     model_checks,
     run_checks,
 )
-from spark_jobs.diff import column_values, rows_changed, spark_schema
+from spark_jobs.diff import (
+    column_values,
+    forget_tables,
+    open_table,
+)
 from spark_jobs.incremental import (
-    Changes,
+    ChangeCache,
     Handoff,
     InputSnapshot,
-    affected_keys,
     input_changes,
     read_version,
 )
 from spark_jobs.io_bigquery import BigQueryModelBuilder, add_arguments, target_from_args
+from spark_jobs.keyed import Fresh, IncrementalBuilds, Written
 from spark_jobs.project import (
     MODELS_DIR,
     SIGN,
@@ -73,17 +76,18 @@ from spark_jobs.project import (
     load_project,
     quote,
 )
+from spark_jobs.schedule import run_in_order
 from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
+from spark_jobs.tables import count_rows, delta_ref, delta_version
 
 logger = logging.getLogger(__name__)
 
 _ISO = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
 REBUILD_ABOVE = 0.5  # recomputing more than this share of the target's rows: rebuild instead
+WORKERS = 2  # models built at once (independent ones; see spark_jobs.schedule)
 OVERWRITE_BELOW = 2_000_000  # targets up to this many rows: replace keys by one delta-rs
 # overwrite in the driver (the whole target passes through driver memory), MERGE above
-_PRESENT = "__capa_present"
-_KEY = "__capa_key"
 TMP_DIR = "_capa_tmp"  # Arrow tables handed to Spark during a build (removed after it)
 
 
@@ -107,53 +111,10 @@ class ModelReport:
     rows: int
     version: int
     seconds: float
+    columns: list[str] | None = None  # the only columns recomputed (part-wise), else all
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
-    """How a model's new version was written, and what its checks read."""
-
-    mode: str  # full | incremental | unchanged
-    keys: int | None = None  # keys recomputed (incremental)
-    recomputed: Any = None  # the recomputed rows as a DataFrame (MERGEd targets)
-    table: pa.Table | None = None  # the whole new version (targets rewritten in the driver)
-
-
-def delta_version(path: Path) -> int | None:
-    from deltalake import DeltaTable
-
-    try:
-        return int(DeltaTable(str(path)).version())
-    except Exception:  # not a Delta table (yet)
-        return None
-
-
-def count_rows(path: Path) -> int:
-    from deltalake import DeltaTable
-
-    return int(DeltaTable(str(path)).to_pyarrow_dataset().count_rows())
-
-
-def merge_sql(target: str, source: str, key: Sequence[str], columns: Sequence[str]) -> str:
-    """MERGE of recomputed rows; a key whose source row lacks ``__capa_present`` is deleted."""
-    on = " AND ".join(f"t.{quote(k)} <=> s.{quote(k)}" for k in key)
-    sets = ", ".join(f"t.{quote(c)} = s.{quote(c)}" for c in columns if c not in key)
-    cols = ", ".join(quote(c) for c in columns)
-    vals = ", ".join(f"s.{quote(c)}" for c in columns)
-    update = f"WHEN MATCHED THEN UPDATE SET {sets} " if sets else ""
-    return (
-        f"MERGE INTO {target} t USING {source} s ON {on} "
-        f"WHEN MATCHED AND s.{_PRESENT} IS NULL THEN DELETE "
-        f"{update}"
-        f"WHEN NOT MATCHED AND s.{_PRESENT} IS NOT NULL THEN INSERT ({cols}) VALUES ({vals})"
-    )
-
-
-def delta_ref(path: Path | str) -> str:
-    return "delta.`" + str(path).replace("`", "``") + "`"
-
-
-class SparkModelBuilder:
+class SparkModelBuilder(IncrementalBuilds):
     """Builds models of one project from ``lakehouse/raw`` into ``consumption``."""
 
     def __init__(
@@ -163,23 +124,33 @@ class SparkModelBuilder:
         consumption: Path | None = None,
         rebuild_above: float = REBUILD_ABOVE,
         overwrite_below: int = OVERWRITE_BELOW,
+        workers: int = WORKERS,
     ) -> None:
         self.spark = spark
         self.rebuild_above = rebuild_above
         self.overwrite_below = overwrite_below
+        self.workers = workers
         self.lakehouse = Path(lakehouse).resolve()
         self.consumption = Path(consumption or self.lakehouse / "consumption").resolve()
         self._snaps: dict[tuple[str, str], InputSnapshot] = {}
         self._views: set[str] = set()
-        self._changed: dict[tuple[str, int, int], Changes] = {}
+        self._changed = ChangeCache()
         self._handoff = Handoff(spark, self.consumption / TMP_DIR)
+        self._parts: dict[str, parts.ModelParts | None] = {}  # by model SQL
+        self._pinning = threading.Lock()  # models build concurrently (spark_jobs.schedule)
+        self._targets: dict[tuple[str, int], pa.Table] = {}  # see _target_rows
+        self._fresh: dict[str, Fresh] = {}  # model -> rows it wrote in this build
 
     # -- inputs ---------------------------------------------------------------------------
     def _path(self, kind: str, name: str) -> Path:
         return self.lakehouse / "raw" / name if kind == "raw" else self.consumption / name
 
     def snapshot(self, kind: str, name: str) -> InputSnapshot:
-        """Pin an input at its current version (once per build)."""
+        """Pin an input at its current version (once per build, for every model)."""
+        with self._pinning:
+            return self._pin(kind, name)
+
+    def _pin(self, kind: str, name: str) -> InputSnapshot:
         if (kind, name) not in self._snaps:
             path = self._path(kind, name)
             version = delta_version(path)
@@ -228,14 +199,24 @@ class SparkModelBuilder:
         self._snaps.clear()
         self._views.clear()
         self._changed.clear()
-        reports = []
+        self._targets.clear()
+        self._fresh.clear()
+        forget_tables()
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="capa-write")
         try:
-            for model in project.order(select):
-                reports.append(self.build_model(project, model, full=full))
-                logger.info("built %s", reports[-1])
+            return run_in_order(
+                project.order(select),
+                lambda model: self._build_logged(project, model, full),
+                self.workers,
+            )
         finally:
+            self._io.shutdown(wait=True)
             self._handoff.close()
-        return reports
+
+    def _build_logged(self, project: Project, model: Model, full: bool) -> ModelReport:
+        report = self.build_model(project, model, full=full)
+        logger.info("built %s", report)
+        return report
 
     def build_model(self, project: Project, model: Model, *, full: bool = False) -> ModelReport:
         started = time.monotonic()
@@ -265,193 +246,14 @@ class SparkModelBuilder:
         save_state(self.consumption, self._state(model, snaps, version))
         rows = outcome.table.num_rows if outcome.table is not None else count_rows(target)
         keys = outcome.keys if outcome.mode != "full" else None
-        return ModelReport(
-            model.name, outcome.mode, keys, rows, version, round(time.monotonic() - started, 2)
-        )
+        columns = list(outcome.columns) if outcome.columns is not None else None
+        seconds = round(time.monotonic() - started, 2)
+        return ModelReport(model.name, outcome.mode, keys, rows, version, seconds, columns)
 
     def _overwrite(self, model: Model, target: Path) -> None:
         df = self.spark.sql(model.render(self.resolver(model)))
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         writer.save(str(target))
-
-    def _incremental(
-        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
-    ) -> Written:
-        """Replace the rows of the changed keys. Additive models add the signed change of their
-        sums to the current rows; the others recompute the keys' rows from their inputs.
-        Targets up to ``overwrite_below`` rows are rewritten once with delta-rs (the outcome
-        holds the whole new version, checked in Arrow), larger ones are MERGEd by Spark (the
-        outcome holds the new rows of the keys as a DataFrame that reads no input again)."""
-        if not changes:
-            return Written("unchanged", 0)
-        started = time.monotonic()
-        if model.header.additive is not None and all(c.signed for c in changes.values()):
-            found, rows = self._additive(model, target, before, changes)
-        else:
-            found, rows = self._recompute(model, target, changes)
-        if rows is None:
-            return Written("unchanged", 0) if found.num_rows == 0 else Written("full")
-        count = found.num_rows
-        if count_rows(target) <= self.overwrite_below:
-            table = rows if isinstance(rows, pa.Table) else rows.toArrow()  # the one Spark job
-            logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
-            started = time.monotonic()
-            whole = self._replace_keys(model, target, before, found, table)
-            logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
-            return Written("incremental", count, table=whole)
-        recomputed = (
-            self._handoff.frame(rows)
-            if isinstance(rows, pa.Table)
-            else rows.localCheckpoint(eager=True)
-        )
-        logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
-        started = time.monotonic()
-        self._merge_keys(target, list(model.header.key), self._keys_frame(found), recomputed)
-        logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
-        return Written("incremental", count, recomputed=recomputed)
-
-    def _key_schema(self, model: Model, target: Path) -> pa.Schema:
-        """Arrow types of the key columns, from the target's schema (no Spark analysis)."""
-        from deltalake import DeltaTable
-
-        schema = spark_schema(DeltaTable(str(target)).to_pyarrow_dataset().schema)
-        return pa.schema([schema.field(k) for k in model.header.key])
-
-    def _keys_frame(self, found: pa.Table) -> Any:
-        from pyspark.sql import functions as F
-
-        return F.broadcast(self._handoff.frame(found))
-
-    def _recompute(
-        self, model: Model, target: Path, changes: dict[str, Changes]
-    ) -> tuple[pa.Table, Any]:
-        """(the changed keys, a DataFrame recomputing their rows from the inputs, or None when
-        none changed or a full rebuild is cheaper). Inputs whose mapping is a plain key
-        expression are read only for rows inside the key set (:meth:`Model.key_expression`)."""
-        started = time.monotonic()
-        key_schema = self._key_schema(model, target)
-        found = affected_keys(self.spark, model, changes, self.resolve, key_schema, self._handoff)
-        count = found.num_rows
-        logger.info("%s: %d changed keys found in %.1fs", model.name, count, _since(started))
-        if count == 0:
-            return found, None
-        if count > self.rebuild_above * count_rows(target):
-            logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
-            return found, None
-        keys = self._keys_frame(found)
-        keys.createOrReplaceTempView(_keys_view(model))
-        recomputed = self.spark.sql(model.render(self._keyed_resolver(model)))
-        return found, recomputed.join(keys, on=list(model.header.key), how="left_semi")
-
-    def _additive(
-        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
-    ) -> tuple[pa.Table, pa.Table | None]:
-        """(the keys the signed change touches, their new rows, in Arrow): the model's SQL over
-        the signed changed rows of its inputs (unchanged inputs: no rows) gives the change of
-        every sum per key, added to the key's current row in the same Spark query; keys whose
-        new row fails ``exists`` are deleted. No input is read beyond its changed rows."""
-        additive = model.header.additive
-        assert additive is not None
-        delta = self.spark.sql(model.render(self._signed_resolver(model, changes)))
-        key = list(model.header.key)
-        others = [f for f in delta.schema.fields if f.name not in key]
-        numeric = ("Decimal", "Long", "Integer", "Short", "Byte", "Double", "Float")
-        bad = [f.name for f in others if not type(f.dataType).__name__.startswith(numeric)]
-        if bad:
-            raise ConfigError(f"model {model.name!r} is additive but {bad} are not numeric sums")
-        t, d = f"capa_current__{model.name}", f"capa_delta__{model.name}"
-        read_version(self.spark, str(target), before).createOrReplaceTempView(t)
-        delta.createOrReplaceTempView(d)
-        on = " AND ".join(f"t.{quote(k)} <=> d.{quote(k)}" for k in key)
-        columns = [f"d.{quote(k)}" for k in key] + [
-            f"CAST(coalesce(t.{quote(f.name)}, 0) + coalesce(d.{quote(f.name)}, 0) AS "
-            f"{f.dataType.simpleString()}) AS {quote(f.name)}"
-            for f in others
-        ]
-        merged = self.spark.sql(
-            f"SELECT *, ({additive.exists}) AS {_PRESENT} FROM (SELECT {', '.join(columns)} "
-            f"FROM {quote(d)} d LEFT JOIN {quote(t)} t ON {on})"
-        ).toArrow()
-        found = merged.select(key).cast(self._key_schema(model, target))
-        present = pc.fill_null(merged.column(_PRESENT), False)
-        rows = merged.filter(present).select(delta.columns)
-        return found, (rows if found.num_rows else None)
-
-    def _signed_resolver(
-        self, model: Model, changes: dict[str, Changes]
-    ) -> Callable[[str, str], str]:
-        """Template resolver of an additive model's incremental run: each input is its signed
-        changed rows (tombstones of raw replicas dropped), an unchanged input no rows."""
-
-        def resolve(kind: str, name: str) -> str:
-            if kind == "raw_history":
-                raise ConfigError(f"model {model.name!r}: additive models cannot read raw_history")
-            view = f"capa_signed__{model.name}__{name}"
-            change = changes.get(name)
-            if change is None:
-                frame = self.spark.table(self.resolve_signed(kind, name)).where("false")
-            else:
-                frame = change.frame(self._handoff)
-                if kind == "raw":
-                    frame = frame.where(f"NOT coalesce({quote(META_DELETED)}, false)")
-            frame.createOrReplaceTempView(view)
-            return quote(view)
-
-        return resolve
-
-    def _keyed_resolver(self, model: Model) -> Callable[[str, str], str]:
-        """Template resolver reading mapped inputs only inside the changed key set. (Caching
-        the keyed rows for a later model of the build with the same keys was measured slower:
-        building the cache cost more than the second scan.)"""
-        keys_view = quote(_keys_view(model))
-        key = quote(model.header.key[0])
-
-        def resolve(kind: str, name: str) -> str:
-            view = self.resolve(kind, name)
-            expr = model.key_expression(name) if kind != "raw_history" else None
-            if expr is None:
-                return view
-            keyed = f"capa_keyed__{model.name}__{name}"
-            self.spark.sql(
-                f"SELECT /*+ BROADCAST(k) */ v.* FROM {view} v LEFT SEMI JOIN "
-                f"(SELECT {key} AS {_KEY} FROM {keys_view}) k ON ({expr}) = k.{_KEY}"
-            ).createOrReplaceTempView(keyed)
-            return quote(keyed)
-
-        return resolve
-
-    def _replace_keys(
-        self, model: Model, target: Path, before: int, found: pa.Table, fresh: pa.Table
-    ) -> pa.Table:
-        """One overwrite with delta-rs in the driver: the current rows outside the key set
-        plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
-        which rewrites every file holding a key anyway when keys are spread over all files;
-        Spark's Delta writer adds ~1-2 s per commit). The rows that changed are kept for the
-        models of this build that read this one (no diff of the two versions needed)."""
-        from deltalake import DeltaTable, write_deltalake
-
-        current = DeltaTable(str(target)).to_pyarrow_dataset().to_table()
-        schema = spark_schema(current.schema)
-        current = current.cast(schema)
-        keys = found.cast(pa.schema([schema.field(k) for k in found.column_names]))
-        kept = _anti_join(current, keys)
-        fresh = fresh.select(schema.names).cast(schema)
-        whole = pa.concat_tables([kept, fresh])
-        write_deltalake(str(target), whole, mode="overwrite")
-        replaced = _semi_join(current, keys)
-        changed = rows_changed(replaced, fresh)
-        after = delta_version(target)
-        if changed is not None and after is not None:
-            self._changed[(model.name, before, after)] = Changes(changed)
-        return whole
-
-    def _merge_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
-        """MERGE for large targets: recomputed rows upserted, keys without a row deleted."""
-        from pyspark.sql import functions as F
-
-        source = keys.join(recomputed.withColumn(_PRESENT, F.lit(True)), on=key, how="left")
-        source.createOrReplaceTempView("capa_merge_source")
-        self.spark.sql(merge_sql(delta_ref(target), "capa_merge_source", key, recomputed.columns))
 
     def _check(
         self,
@@ -466,10 +268,14 @@ class SparkModelBuilder:
         version the driver holds is checked in Arrow (:mod:`spark_jobs.arrow_checks`), else
         with Spark (all rows after a full build, :func:`incremental_checks` after a MERGE)."""
         results = None
-        if written.table is not None:
-            results = arrow_checks.evaluate(
-                model, written.table, lambda rel: self._parent_values(project, rel)
-            )
+        try:
+            if written.table is not None:
+                results = arrow_checks.evaluate(
+                    model, written.table, lambda rel: self._parent_values(project, rel)
+                )
+        finally:
+            if written.finish is not None:  # the write ran while the checks did
+                written.finish()
         if results is None:
             results = self._spark_checks(project, model, target, written.recomputed, unchanged)
         if all(r.ok for r in results):
@@ -539,25 +345,6 @@ def _since(started: float) -> float:
     return time.monotonic() - started
 
 
-def _semi_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
-    """``rows`` whose key (the columns of ``keys``) is in ``keys``."""
-    if not keys.num_rows or not rows.num_rows:
-        return rows.schema.empty_table()
-    return rows.join(keys, keys.column_names, join_type="left semi").select(rows.column_names)
-
-
-def _anti_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
-    """``rows`` whose key (the columns of ``keys``) is not in ``keys`` (NULL keys kept)."""
-    if not keys.num_rows or not rows.num_rows:
-        return rows
-    names = keys.column_names
-    return rows.join(keys, names, join_type="left anti").select(rows.column_names)
-
-
-def _keys_view(model: Model) -> str:
-    return f"capa_keys__{model.name}"
-
-
 def _unchanged_inputs(snaps: dict[str, InputSnapshot], state: ModelState | None) -> set[str]:
     """Inputs still at the version the last build read."""
     marks = state.inputs if state else {}
@@ -567,14 +354,8 @@ def _unchanged_inputs(snaps: dict[str, InputSnapshot], state: ModelState | None)
 def max_ingested_from_stats(snap: InputSnapshot) -> str | None:
     """Max ``_capa_ingested_at`` from the Delta file statistics of the pinned version, minus 1 ms
     (statistics keep milliseconds): the watermark may re-read a few rows, never skip one."""
-    from deltalake import DeltaTable
-
     try:
-        import pyarrow as pa
-
-        actions = pa.table(
-            DeltaTable(snap.path, version=snap.version).get_add_actions(flatten=True)
-        )
+        actions = pa.table(open_table(snap.path, snap.version).get_add_actions(flatten=True))
         column = actions.column(f"max.{META_INGESTED_AT}")
     except Exception:  # no stats for that column
         return None
@@ -611,8 +392,22 @@ def _builder_args(parser: argparse.ArgumentParser) -> None:
         help="rebuild a model fully when more than this share of its rows changed "
         f"(default {REBUILD_ABOVE})",
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=WORKERS,
+        help=f"models built at once when they do not read each other (default {WORKERS}; "
+        "1: one after the other)",
+    )
     add_session_arguments(parser)
     add_arguments(parser)  # --warehouse bigquery:PROJECT and its options (io_bigquery)
+
+
+def _positive(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"workers must be at least 1, got {value!r}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -642,6 +437,7 @@ def run_once(args: argparse.Namespace, spark: Any) -> list[ModelReport]:
             args.consumption,
             args.rebuild_above,
             getattr(args, "overwrite_below", OVERWRITE_BELOW),
+            getattr(args, "workers", WORKERS),
         )
     )
     select = [s for s in args.select.split(",") if s] or None
@@ -702,6 +498,7 @@ def _serve_one(args: argparse.Namespace, spark: Any, line: str) -> dict[str, Any
             full=bool(request.get("full", False)),
             rebuild_above=float(request.get("rebuild_above", args.rebuild_above)),
             overwrite_below=int(request.get("overwrite_below", OVERWRITE_BELOW)),
+            workers=_positive(request.get("workers", args.workers)),
             select=",".join(request.get("select", [])),
         )
         # the session's other flags (--warehouse bigquery:... and its options) apply to each build

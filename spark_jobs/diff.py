@@ -41,6 +41,26 @@ _SEPARATOR = "\x1f"
 _ID = "__capa_identity"
 
 
+_PINNED: dict[tuple[str, int], Any] = {}  # (path, version) -> DeltaTable, see open_table
+
+
+def open_table(path: str, version: int) -> Any:
+    """The Delta table at ``version``, opened once per build (a version never changes; opening
+    reads the log, ~3 ms, and a build asked for the same versions ~40 times)."""
+    from deltalake import DeltaTable
+
+    key = (str(path), int(version))
+    if key not in _PINNED:
+        _PINNED[key] = DeltaTable(str(path), version=int(version))
+    return _PINNED[key]
+
+
+def forget_tables() -> None:
+    """Drop the opened tables (at the start of each build: a table deleted and made again
+    restarts its versions)."""
+    _PINNED.clear()
+
+
 def changed_rows(
     path: str, old_version: int, new_version: int, identity: Sequence[str] | None
 ) -> pa.Table | None:
@@ -48,9 +68,7 @@ def changed_rows(
 
     ``identity``: columns naming a row version (``None``: the whole row).
     """
-    from deltalake import DeltaTable
-
-    old, new = DeltaTable(path, version=old_version), DeltaTable(path, version=new_version)
+    old, new = open_table(path, old_version), open_table(path, new_version)
     if not (_readable(old) and _readable(new)):
         return None
     schema = spark_schema(new.to_pyarrow_dataset().schema)
@@ -77,9 +95,7 @@ def feed_rows(path: str, old_version: int, new_version: int, identity: str) -> p
     Reads only the feed's files (the rows that changed), however large the rewritten data
     files are: 20k rows of a 1M-row replica in ~0.01 s instead of ~1.7 s.
     """
-    from deltalake import DeltaTable
-
-    old, new = DeltaTable(path, version=old_version), DeltaTable(path, version=new_version)
+    old, new = open_table(path, old_version), open_table(path, new_version)
     if not (_feeds(old) and _feeds(new) and _readable(new)):
         return None
     try:
@@ -138,6 +154,60 @@ def rows_changed(old: pa.Table, new: pa.Table) -> pa.Table | None:
     return pa.concat_tables([fresh, gone])
 
 
+def keyed_rows_changed(old: pa.Table, new: pa.Table, key: Sequence[str]) -> pa.Table | None:
+    """:func:`rows_changed` for two tables of one schema that are each unique on ``key``:
+    rows are paired by key and compared column by column (NULL equals NULL), without a string
+    per row (19k rows of 15 columns: ~0.01 s instead of ~0.1 s). None when a side is not
+    unique on ``key``, or a column cannot be compared this way (nested types)."""
+    if any(pa.types.is_nested(f.type) for f in new.schema) or not key:
+        return None
+    if not (_unique_on(old, key) and _unique_on(new, key)):
+        return None
+    pairs = _pair_by_key(old, new, key)
+    old_i, new_i = pairs.column("old"), pairs.column("new")
+    both = pc.and_(pc.is_valid(old_i), pc.is_valid(new_i))
+    paired = pairs.filter(both)
+    differs = _rows_differ(old.take(paired.column("old")), new.take(paired.column("new")))
+    changed = paired.filter(differs)
+    gone = pa.concat_arrays([_chunk(changed, "old"), _chunk(pairs.filter(pc.invert(both)), "old")])
+    fresh = pa.concat_arrays([_chunk(changed, "new"), _chunk(pairs.filter(pc.invert(both)), "new")])
+    schema = new.schema
+    plus = _signed(new.take(pc.drop_null(fresh)), 1, schema)
+    minus = _signed(old.take(pc.drop_null(gone)), -1, schema)
+    return pa.concat_tables([plus, minus])
+
+
+def _unique_on(rows: pa.Table, key: Sequence[str]) -> bool:
+    if not rows.num_rows:
+        return True
+    if len(key) == 1:
+        return pc.count_distinct(rows.column(key[0]), mode="all").as_py() == rows.num_rows
+    return rows.select(list(key)).group_by(list(key)).aggregate([]).num_rows == rows.num_rows
+
+
+def _pair_by_key(old: pa.Table, new: pa.Table, key: Sequence[str]) -> pa.Table:
+    """(old row index, new row index) per key present on either side (full outer join)."""
+    names = list(key)
+    left = old.select(names).append_column("old", pa.array(range(old.num_rows), pa.int64()))
+    right = new.select(names).append_column("new", pa.array(range(new.num_rows), pa.int64()))
+    return left.join(right, names, join_type="full outer", coalesce_keys=True)
+
+
+def _chunk(pairs: pa.Table, side: str) -> pa.Array:
+    return pairs.column(side).combine_chunks().cast(pa.int64())
+
+
+def _rows_differ(old: pa.Table, new: pa.Table) -> pa.Array:
+    """Per row pair: does any column differ (NULL equals NULL)."""
+    differs = pa.array([False] * new.num_rows, pa.bool_())
+    for name in new.column_names:
+        a, b = old.column(name), new.column(name)
+        same = pc.fill_null(pc.equal(a, b), False)
+        both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+        differs = pc.or_(differs, pc.invert(pc.or_(same, both_null)))
+    return differs
+
+
 def _signed(rows: pa.Table, sign: int, schema: pa.Schema) -> pa.Table:
     """``rows`` in ``schema`` plus ``_capa_sign`` (+1 new row version, -1 replaced one)."""
     signs = pa.array([sign] * rows.num_rows, pa.int32())
@@ -148,9 +218,7 @@ def plain_files(path: str, version: int) -> tuple[list[str], str] | None:
     """(the data files of ``version``, its Delta schema as JSON, which is Spark's StructType
     JSON) when the version is plain Parquet (no deletion vectors, column mapping or
     partitions), else None: Spark can then read it as Parquet without replaying the log."""
-    from deltalake import DeltaTable
-
-    table = DeltaTable(path, version=version)
+    table = open_table(path, version)
     if not _readable(table):
         return None
     return [str(f) for f in table.file_uris()], table.schema().to_json()
@@ -160,9 +228,7 @@ def column_values(path: str, version: int, column: str, live_only: bool) -> pa.A
     """One column of the table at ``version`` (rows with ``_capa_deleted`` left out when
     ``live_only``), or None when delta-rs cannot read the version as plain Parquet or the
     column is missing."""
-    from deltalake import DeltaTable
-
-    table = DeltaTable(path, version=version)
+    table = open_table(path, version)
     if not _readable(table):
         return None
     dataset = table.to_pyarrow_dataset()

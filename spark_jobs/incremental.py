@@ -23,10 +23,13 @@ tell, rebuild fully" (an input without a mapping, a vacuumed old version, a new 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +75,16 @@ def read_version(spark: Any, path: str, version: int) -> Any:
     return spark.read.schema(schema).parquet(*files)
 
 
+def empty_version(spark: Any, path: str, version: int) -> Any:
+    """No rows, in the schema of the table at ``version``: a local relation made from the
+    Delta schema (Spark lists no file and runs no Python worker; ``createDataFrame([])``
+    with a StructType costs ~0.25 s, measured)."""
+    from spark_jobs.diff import open_table, spark_schema
+
+    schema = pa.schema(open_table(path, version).to_pyarrow_dataset().schema)
+    return spark.createDataFrame(spark_schema(schema).empty_table())
+
+
 class Handoff:
     """Arrow tables handed to Spark as Parquet files in one folder (removed by :meth:`close`).
 
@@ -82,18 +95,21 @@ class Handoff:
 
     def __init__(self, spark: Any, folder: Path) -> None:
         self.spark, self.folder = spark, folder
-        self._count = 0
+        self._count = itertools.count(1)  # models build in threads: one name per call
 
     def frame(self, table: pa.Table) -> Any:
+        """A DataFrame reading ``table`` (its schema given: Spark runs no job to infer it)."""
         import pyarrow.parquet as pq
+        from pyspark.sql.pandas.types import from_arrow_schema
 
         from spark_jobs.diff import spark_schema
 
-        self._count += 1
-        path = self.folder / f"{os.getpid()}-{self._count}"
+        path = self.folder / f"{os.getpid()}-{next(self._count)}"
         path.mkdir(parents=True)
-        pq.write_table(table.cast(spark_schema(table.schema)), path / "part-00000.parquet")
-        return self.spark.read.parquet(str(path))
+        plain = table.cast(spark_schema(table.schema))
+        pq.write_table(plain, path / "part-00000.parquet")
+        schema = from_arrow_schema(plain.schema, prefer_timestamp_ntz=True)  # as Spark infers
+        return self.spark.read.schema(schema).parquet(str(path))
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -126,6 +142,29 @@ class Changes:
         if self._frame is None:
             self._frame = handoff.frame(self.rows) if isinstance(self.rows, pa.Table) else self.rows
         return self._frame
+
+
+class ChangeCache:
+    """The changed rows per (input, old version, new version) for one build: each pair is
+    diffed once, also when models building in parallel threads ask for it at the same time."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, int, int], Changes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int], compute: Callable[[], Changes]) -> Changes:
+        with self._lock:  # diffs take 0.01-0.05 s: one at a time costs nothing measurable
+            if key not in self._rows:
+                self._rows[key] = compute()
+            return self._rows[key]
+
+    def put(self, key: tuple[str, int, int], changes: Changes) -> None:
+        with self._lock:
+            self._rows[key] = changes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
 
 
 def changed_raw_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Changes:
@@ -207,7 +246,7 @@ def input_changes(
     model: Model,
     snaps: dict[str, InputSnapshot],
     state: ModelState,
-    cache: dict[tuple[str, int, int], Changes] | None = None,
+    cache: ChangeCache | None = None,
 ) -> dict[str, Changes] | None:
     """The changed rows of every input that changed since the last build, or None when a
     full build is needed (an input new to the state or without a mapping, a failed diff).
@@ -215,7 +254,7 @@ def input_changes(
     ``cache`` keeps the changed rows per input and version pair, so models of one build that
     read the same input diff it once.
     """
-    cache = {} if cache is None else cache
+    cache = ChangeCache() if cache is None else cache
     out = {}
     for name, snap in snaps.items():
         mark = state.inputs.get(name)
@@ -227,17 +266,20 @@ def input_changes(
         if name not in model.header.incremental:
             logger.info("%s: %s changed and has no incremental mapping: full", model.name, name)
             return None
-        cache_key = (name, mark.version, snap.version)
         try:
-            if cache_key not in cache:
-                started = time.monotonic()
-                cache[cache_key] = _CHANGED_ROWS[snap.kind](spark, snap, mark)
-                logger.info("%s: changes diffed in %.1fs", name, time.monotonic() - started)
+            diff = functools.partial(_diffed, spark, snap, mark)
+            out[name] = cache.get((name, mark.version, snap.version), diff)
         except Exception as exc:  # vacuumed version, CDF not enabled ...: rebuild instead
             logger.warning("%s: cannot diff %s (%s): full rebuild", model.name, name, exc)
             return None
-        out[name] = cache[cache_key]
     return out
+
+
+def _diffed(spark: Any, snap: InputSnapshot, mark: InputMark) -> Changes:
+    started = time.monotonic()
+    changes = _CHANGED_ROWS[snap.kind](spark, snap, mark)
+    logger.info("%s: changes diffed in %.1fs", snap.name, time.monotonic() - started)
+    return changes
 
 
 def affected_keys(
@@ -260,7 +302,7 @@ def affected_keys(
             field = key_schema.field(0)
             parts.append(pa.table({field.name: change.rows.column(column).cast(field.type)}))
             continue
-        view = f"capa_changed__{name}"
+        view = f"capa_changed__{model.name}__{name}"
         change.frame(handoff).createOrReplaceTempView(view)
         queries.append(spark.sql(model.mapping_sql(name, quote(view), resolve)))
     if queries:

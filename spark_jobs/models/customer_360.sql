@@ -1,9 +1,10 @@
--- One row per F2 customer: CRM account + contacts, F2 order totals, F3 invoice totals.
+-- One row per F2 customer: CRM account + contacts, F2 order totals (customer_orders), F3 invoice
+-- totals.
 -- capa:
 --   key: [customer_id]
 --   incremental:
 --     f2_public_customers: id
---     f2_public_orders: customer_id
+--     customer_orders: customer_id
 --     f3_dbo_invoices: customer_id
 --     crm_crm_accounts: customer_id
 --     crm_crm_contacts: >-
@@ -38,14 +39,6 @@ contacts AS (
   WHERE a.customer_id IS NOT NULL
   GROUP BY CAST(a.customer_id AS BIGINT)
 ),
-orders AS (
-  SELECT CAST(customer_id AS BIGINT) AS customer_id, COUNT(*) AS orders,
-         SUM(CAST(amount AS DECIMAL(18, 2))) AS order_amount,
-         MAX(CAST(ordered_at AS TIMESTAMP)) AS last_order_at
-  FROM {{ raw('f2_public_orders') }}
-  WHERE status IS NULL OR status <> 'cancelled'
-  GROUP BY CAST(customer_id AS BIGINT)
-),
 invoices AS (
   SELECT CAST(customer_id AS BIGINT) AS customer_id, COUNT(*) AS invoices,
          SUM(CAST(amount AS DECIMAL(18, 2))) AS invoice_amount,
@@ -57,14 +50,14 @@ SELECT
   c.customer_id, c.name, c.email, c.customer_country,
   a.account_id, a.account_name, a.industry, a.country,
   COALESCE(ct.contacts, 0) AS contacts,
-  COALESCE(o.orders, 0) AS orders,
-  COALESCE(o.order_amount, CAST(0 AS DECIMAL(28, 2))) AS order_amount,
-  o.last_order_at,
+  COALESCE(o.open_orders, 0) AS orders,
+  COALESCE(o.open_amount, CAST(0 AS DECIMAL(28, 2))) AS order_amount,
+  o.last_open_order_at AS last_order_at,
   COALESCE(i.invoices, 0) AS invoices,
   COALESCE(i.invoice_amount, CAST(0 AS DECIMAL(28, 2))) AS invoice_amount,
   i.last_invoice_at
 FROM customers c
 LEFT JOIN accounts a ON a.customer_id = c.customer_id
 LEFT JOIN contacts ct ON ct.customer_id = c.customer_id
-LEFT JOIN orders o ON o.customer_id = c.customer_id
+LEFT JOIN {{ ref('customer_orders') }} o ON o.customer_id = c.customer_id
 LEFT JOIN invoices i ON i.customer_id = c.customer_id

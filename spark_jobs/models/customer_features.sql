@@ -3,7 +3,7 @@
 --   key: [customer_id]
 --   incremental:
 --     customer_360: customer_id
---     f2_public_orders: customer_id
+--     customer_orders: customer_id
 --   checks:
 --     not_null: [customer_id, lifetime_value, order_count, value_band]
 --     unique: [customer_id]
@@ -11,15 +11,6 @@
 --       value_band: [none, low, mid, high]
 --     relationships:
 --       - {column: customer_id, to: customer_360, field: customer_id}
-WITH order_stats AS (
-  SELECT CAST(customer_id AS BIGINT) AS customer_id,
-         COUNT(*) AS order_count,
-         SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS cancelled_orders,
-         COUNT(DISTINCT CAST(ordered_at AS DATE)) AS active_days,
-         MIN(CAST(ordered_at AS TIMESTAMP)) AS first_order_at
-  FROM {{ raw('f2_public_orders') }}
-  GROUP BY CAST(customer_id AS BIGINT)
-)
 SELECT
   c.customer_id,
   c.order_amount + c.invoice_amount AS lifetime_value,
@@ -39,4 +30,4 @@ SELECT
        WHEN c.order_amount + c.invoice_amount < 10000 THEN 'mid'
        ELSE 'high' END AS value_band
 FROM {{ ref('customer_360') }} c
-LEFT JOIN order_stats s ON s.customer_id = c.customer_id
+LEFT JOIN {{ ref('customer_orders') }} s ON s.customer_id = c.customer_id

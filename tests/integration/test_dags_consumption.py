@@ -46,12 +46,17 @@ def test_dags_import_cleanly_and_wire_models_in_dependency_order(
         result[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result[name]["errors"] == {} and result[name]["heavy"] == []
     consumption = result["consumption"]["dags"]["consumption"]
-    assert consumption["build_customer_360"] == ["raw_freshness"]
+    assert consumption["build_customer_orders"] == ["raw_freshness"]
     assert consumption["build_sales_daily"] == ["raw_freshness"]
-    assert consumption["build_customer_features"] == ["build_customer_360"]
+    assert consumption["build_customer_360"] == ["build_customer_orders"]
+    assert consumption["build_customer_features"] == [
+        "build_customer_360",
+        "build_customer_orders",
+    ]
     assert consumption["publish_bigquery"] == [
         "build_customer_360",
         "build_customer_features",
+        "build_customer_orders",
         "build_sales_daily",
     ]
     assert result["maintenance"]["dags"]["maintenance"] == {

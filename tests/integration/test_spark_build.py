@@ -26,8 +26,8 @@ from spark_jobs.project import load_project
 
 ROOT = Path(__file__).resolve().parents[2]
 SPARK_PYTHON = ROOT / ".venvs" / "spark" / "bin" / "python"
-MODELS = ["customer_360", "sales_daily", "customer_features"]
-PAIR = ["customer_360", "customer_features"]
+MODELS = ["customer_orders", "customer_360", "sales_daily", "customer_features"]
+PAIR = ["customer_orders", "customer_360", "customer_features"]
 
 
 class SparkServer:
@@ -124,6 +124,12 @@ def ok(result: dict[str, Any], server: SparkServer) -> dict[str, dict[str, Any]]
 
 def change_round(lake: sample.RawLakehouse, n: int) -> None:
     """Updates, inserts, key moves and deletes across every source."""
+    order_and_invoice_changes(lake, n)
+    crm_and_customer_changes(lake, n)
+
+
+def order_and_invoice_changes(lake: sample.RawLakehouse, n: int) -> None:
+    """Orders updated (one moves to another customer), inserted and deleted; invoices too."""
     base = 1000 * n
     lake.upsert(
         "f2_public_orders",
@@ -171,6 +177,10 @@ def change_round(lake: sample.RawLakehouse, n: int) -> None:
         ],
     )
     lake.delete("f3_dbo_invoices", [30 + n])
+
+
+def crm_and_customer_changes(lake: sample.RawLakehouse, n: int) -> None:
+    """A CRM account moves, contacts go, F2 customers are deleted (the customer_360 driver)."""
     lake.upsert(
         "crm_crm_accounts",
         [
@@ -208,6 +218,36 @@ def test_incremental_equals_full_after_rounds_of_changes(
     assert {31, 32}.isdisjoint(customers) and 33 in customers  # 31 and 32 were deleted
     unchanged = ok(spark_server.build(lake.root, inc), spark_server)
     assert {m: r["mode"] for m, r in unchanged.items()} == dict.fromkeys(MODELS, "unchanged")
+
+
+def test_only_the_columns_of_changed_parts_are_recomputed(
+    spark_server: SparkServer, tmp_path: Path
+) -> None:
+    """Orders and invoices change, the customers (customer_360's driver) do not: customer_360
+    recomputes just its order and invoice columns over its current rows (spark_jobs.parts),
+    by one overwrite and then by MERGE, and still equals a full build."""
+    lake = sample.seed(tmp_path / "lh", customers=40, orders=200, invoices=80)
+    inc, full = tmp_path / "incremental", tmp_path / "full"
+    ok(spark_server.build(lake.root, inc), spark_server)
+    for n, overwrite_below in ((1, None), (2, 0)):
+        order_and_invoice_changes(lake, n)
+        reports = ok(
+            spark_server.build(lake.root, inc, overwrite_below=overwrite_below), spark_server
+        )
+        ok(spark_server.build(lake.root, full, full=True), spark_server)
+        c360 = reports["customer_360"]
+        assert c360["mode"] == "incremental" and 0 < c360["keys"] < c360["rows"]
+        assert c360["columns"] == [
+            "orders",
+            "order_amount",
+            "last_order_at",
+            "invoices",
+            "invoice_amount",
+            "last_invoice_at",
+        ]
+        assert reports["customer_features"]["mode"] == "incremental"
+        assert reports["customer_features"]["columns"] is None  # its driver changed
+        assert_same_tables(inc, full)
 
 
 def test_failing_check_restores_table_and_stops_the_build(

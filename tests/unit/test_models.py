@@ -31,9 +31,10 @@ def write(folder: Path, name: str, text: str) -> Path:
 def test_shipped_models_parse_and_order_refs_first() -> None:
     project = load_project()
     names = [m.name for m in project.order()]
-    assert {"customer_360", "sales_daily", "customer_features"} <= set(names)
+    assert {"customer_orders", "customer_360", "sales_daily", "customer_features"} <= set(names)
+    assert names.index("customer_orders") < names.index("customer_360")
     assert names.index("customer_360") < names.index("customer_features")
-    assert project.models["customer_features"].refs == ("customer_360",)
+    assert project.models["customer_features"].refs == ("customer_360", "customer_orders")
     assert "crm_crm_contacts" in project.models["customer_360"].raw_inputs
 
 
@@ -131,7 +132,7 @@ def test_key_expression_only_for_plain_single_key_mappings() -> None:
     )
     assert query.key_expression("t1") is None
     contacts = load_project().models["customer_360"]
-    assert contacts.key_expression("f2_public_orders") == "customer_id"
+    assert contacts.key_expression("customer_orders") == "customer_id"
     assert contacts.key_expression("crm_crm_contacts") is None  # a join: read in full
 
 
@@ -142,7 +143,7 @@ def test_additive_header_and_bare_column_mappings(tmp_path: Path) -> None:
     assert sales.mapped_column("f2_public_orders") is None  # an expression, not a column
     c360 = load_project().models["customer_360"]
     assert c360.header.additive is None
-    assert c360.mapped_column("f2_public_orders") == "customer_id"
+    assert c360.mapped_column("customer_orders") == "customer_id"
     assert c360.mapped_column("crm_crm_contacts") is None  # a SELECT over {{ rows }}
     bad = HEADER.replace("--   checks:", "--   additive: {}\n--   checks:")
     with pytest.raises(ConfigError, match="exists"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spark_jobs.build import merge_sql
+from spark_jobs.tables import merge_sql
 from spark_jobs.checks import model_checks
 from spark_jobs.project import load_project
 from spark_jobs.state import InputMark, ModelState, load_state, save_state
@@ -222,3 +222,47 @@ def test_diff_of_a_truncate_and_of_two_arrow_tables_is_signed(tmp_path: Path) ->
     changed = rows_changed(old, new)  # type: ignore[arg-type]
     assert changed is not None
     assert sorted((r["v"], r["_capa_sign"]) for r in changed.to_pylist()) == [("x", -1), ("y", 1)]
+
+
+def test_keyed_diff_equals_the_whole_row_diff_and_refuses_duplicate_keys() -> None:
+    """keyed_rows_changed pairs rows by key and compares columns (NULL equals NULL); on any
+    pair of key-unique tables it must give what the whole-row string diff gives."""
+    import random
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from spark_jobs.diff import keyed_rows_changed, rows_changed
+
+    rng = random.Random(7)
+    schema = pa.schema([("k", pa.int64()), ("a", pa.int64()), ("s", pa.string())])
+
+    def table(keys: list[int]) -> pa.Table:
+        rows = [{"k": k, "a": rng.choice([None, 1, 2]), "s": rng.choice([None, "x"])} for k in keys]
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def signed(rows: pa.Table) -> Counter:
+        return Counter(tuple(r.values()) for r in rows.to_pylist())
+
+    for _ in range(300):
+        old = table(rng.sample(range(40), rng.randint(0, 25)))
+        new = table(rng.sample(range(40), rng.randint(0, 25)))
+        keyed, plain = keyed_rows_changed(old, new, ["k"]), rows_changed(old, new)
+        assert keyed is not None and plain is not None
+        assert signed(keyed) == signed(plain)
+    twice = table([1, 1])
+    assert keyed_rows_changed(twice, table([1]), ["k"]) is None
+
+
+def test_key_filters_keep_null_keys_out_of_the_set_and_in_the_rest() -> None:
+    import pyarrow as pa
+
+    from spark_jobs.tables import anti_join, semi_join
+
+    rows = pa.table({"k": pa.array([1, None, 2, 3], pa.int64()), "v": pa.array(list("abcd"))})
+    keys = pa.table({"k": pa.array([2, 3, 9], pa.int32())})
+    assert semi_join(rows, keys).column("v").to_pylist() == ["c", "d"]
+    assert anti_join(rows, keys).column("v").to_pylist() == ["a", "b"]
+    pair = pa.table({"k": pa.array([2, 3], pa.int64()), "j": pa.array([1, 1], pa.int64())})
+    wide = rows.append_column("j", pa.array([0, 0, 0, 1], pa.int64()))
+    assert semi_join(wide, pair).column("v").to_pylist() == ["d"]  # both columns must match

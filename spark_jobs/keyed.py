@@ -1,0 +1,414 @@
+"""Incremental model builds: recompute the rows of the keys that changed, replace them.
+
+The part of :class:`spark_jobs.build.SparkModelBuilder` that runs when a model was built
+before and its inputs changed (see ADR 0005). The keys come from the changed input rows
+(:mod:`spark_jobs.incremental`). Then, by model kind:
+
+* additive models (``additive:`` header) add the signed change of their sums to the current
+  rows, reading no input beyond its changed rows;
+* keyed joins whose driver did not change recompute only the columns of their changed parts,
+  over the current rows of the keys (:mod:`spark_jobs.parts`);
+* any other model recomputes the keys' rows from its inputs, each read only inside the key
+  set when its mapping is a plain key expression, and a model built earlier in this build is
+  read from the rows it wrote (:meth:`IncrementalBuilds._fresh_view`).
+
+Targets up to ``overwrite_below`` rows are rewritten by one delta-rs overwrite ("current rows of
+other keys + new rows"), written in the background while the checks run on the new version in
+Arrow; larger targets are MERGEd by Spark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from capa.errors import ConfigError
+from capa.warehouse.base import META_DELETED
+from spark_jobs import parts
+from spark_jobs.diff import keyed_rows_changed, open_table, rows_changed, spark_schema
+from spark_jobs.incremental import (
+    ChangeCache,
+    Changes,
+    Handoff,
+    InputSnapshot,
+    affected_keys,
+    empty_version,
+    read_version,
+)
+from spark_jobs.project import SIGN, Model, quote, render
+from spark_jobs.tables import (
+    PRESENT,
+    anti_join,
+    count_rows,
+    delta_ref,
+    delta_version,
+    merge_sql,
+    semi_join,
+)
+
+logger = logging.getLogger(__name__)
+
+_KEY = "__capa_key"
+
+
+@dataclass(frozen=True, slots=True)
+class Recomputed:
+    """What :meth:`SparkModelBuilder._recompute` worked out for the changed keys."""
+
+    found: pa.Table  # the changed keys
+    rows: Any = None  # DataFrame of their new rows; None: nothing to do, or rebuild fully
+    inside: bool = True  # rows hold only keys of ``found`` (else the caller filters)
+    columns: tuple[str, ...] | None = None  # part-wise: the columns recomputed
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """How a model's new version was written, and what its checks read."""
+
+    mode: str  # full | incremental | unchanged
+    keys: int | None = None  # keys recomputed (incremental)
+    recomputed: Any = None  # the recomputed rows as a DataFrame (MERGEd targets)
+    table: pa.Table | None = None  # the whole new version (targets rewritten in the driver)
+    finish: Callable[[], None] | None = None  # waits for the write of ``table`` (see _check)
+    columns: tuple[str, ...] | None = None  # part-wise: the only columns recomputed
+
+
+class KeySet:
+    """The keys one incremental build recomputes: an Arrow table, handed to Spark (as a
+    temp view) only when a query needs them there."""
+
+    def __init__(self, table: pa.Table, view_name: str, make: Callable[[], Any]) -> None:
+        self.table, self._name, self._make = table, view_name, make
+        self._frame: Any = None
+
+    def frame(self) -> Any:
+        if self._frame is None:
+            self._frame = self._make()
+            self._frame.createOrReplaceTempView(self._name)
+        return self._frame
+
+    def view(self) -> str:
+        self.frame()
+        return self._name
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """The rows an incremental build of a model wrote for the keys it recomputed."""
+
+    version: int  # the table version they made
+    key: str  # the model's (one-column) key
+    keys: pa.ChunkedArray  # every key recomputed (a key without a row was deleted)
+    rows: pa.Table  # the new rows of those keys
+
+
+class IncrementalBuilds:
+    """Incremental builds of :class:`spark_jobs.build.SparkModelBuilder` (a mixin: the
+    builder owns the session, the pinned inputs and the per-build caches named here)."""
+
+    spark: Any
+    rebuild_above: float
+    overwrite_below: int
+    _handoff: Handoff
+    _changed: ChangeCache
+    _parts: dict[str, parts.ModelParts | None]  # by model SQL
+    _targets: dict[tuple[str, int], pa.Table]  # see _target_rows
+    _fresh: dict[str, Fresh]  # model -> rows it wrote in this build
+    _io: ThreadPoolExecutor  # background delta-rs writes
+    snapshot: Callable[[str, str], InputSnapshot]
+    resolve: Callable[[str, str], str]
+    resolve_signed: Callable[[str, str], str]
+
+    def _incremental(
+        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
+    ) -> Written:
+        """Replace the rows of the changed keys. Additive models add the signed change of their
+        sums to the current rows; the others recompute the keys' rows from their inputs.
+        Targets up to ``overwrite_below`` rows are rewritten once with delta-rs (the outcome
+        holds the whole new version, checked in Arrow), larger ones are MERGEd by Spark (the
+        outcome holds the new rows of the keys as a DataFrame that reads no input again)."""
+        if not changes:
+            return Written("unchanged", 0)
+        started = time.monotonic()
+        if model.header.additive is not None and all(c.signed for c in changes.values()):
+            outcome = Recomputed(*self._additive(model, target, before, changes))
+        else:
+            outcome = self._recompute(model, target, before, changes)
+        found, rows, columns = outcome.found, outcome.rows, outcome.columns
+        if rows is None:
+            return Written("unchanged", 0) if found.num_rows == 0 else Written("full")
+        count = found.num_rows
+        if count_rows(target, before) <= self.overwrite_below:
+            table = rows if isinstance(rows, pa.Table) else rows.toArrow()  # the one Spark job
+            table = table if outcome.inside else semi_join(table, found)
+            logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
+            whole, finish = self._replace_keys(model, target, before, found, table)
+            return Written("incremental", count, table=whole, finish=finish, columns=columns)
+        if not outcome.inside:
+            keys = self._keys_frame(found)
+            rows = rows.join(keys, on=list(model.header.key), how="left_semi")
+        recomputed = (
+            self._handoff.frame(rows)
+            if isinstance(rows, pa.Table)
+            else rows.localCheckpoint(eager=True)
+        )
+        logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
+        started = time.monotonic()
+        self._merge_keys(target, list(model.header.key), self._keys_frame(found), recomputed)
+        logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
+        return Written("incremental", count, recomputed=recomputed, columns=columns)
+
+    def _key_schema(self, model: Model, target: Path, version: int) -> pa.Schema:
+        """Arrow types of the key columns, from the target's schema (no Spark analysis)."""
+        schema = spark_schema(open_table(str(target), version).to_pyarrow_dataset().schema)
+        return pa.schema([schema.field(k) for k in model.header.key])
+
+    def _keys_frame(self, found: pa.Table) -> Any:
+        from pyspark.sql import functions as F
+
+        return F.broadcast(self._handoff.frame(found))
+
+    def _key_set(self, model: Model, found: pa.Table) -> KeySet:
+        return KeySet(found, _keys_view(model), lambda: self._keys_frame(found))
+
+    def _recompute(
+        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
+    ) -> Recomputed:
+        """The changed keys and a DataFrame recomputing their rows from the inputs (none when
+        no key changed or a full rebuild is cheaper). Its rows may hold other keys too (then
+        the caller keeps the ones of the set, in Arrow when it collects the rows anyway).
+        Inputs whose mapping is a plain key expression are read only for rows inside the key
+        set (:meth:`Model.key_expression`).
+        A keyed-join model whose driver did not change recomputes only the columns of its
+        changed parts over the current rows of the keys (:mod:`spark_jobs.parts`)."""
+        started = time.monotonic()
+        key_schema = self._key_schema(model, target, before)
+        found = affected_keys(self.spark, model, changes, self.resolve, key_schema, self._handoff)
+        count = found.num_rows
+        logger.info("%s: %d changed keys found in %.1fs", model.name, count, _since(started))
+        if count == 0:
+            return Recomputed(found)
+        if count > self.rebuild_above * count_rows(target, before):
+            logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
+            return Recomputed(found)
+        keys = self._key_set(model, found)
+        plan = self._part_plan(model, changes)
+        if plan is None:
+            rows = self.spark.sql(model.render(self._keyed_resolver(model, keys)))
+            return Recomputed(found, rows, inside=False)
+        if not plan.columns:  # the changed inputs feed no output column
+            return Recomputed(key_schema.empty_table())
+        logger.info("%s: recomputing %s only", model.name, ", ".join(plan.columns))
+        current = self._current_rows(model, target, before, keys)
+        sql = plan.sql.replace(parts.CURRENT_VIEW, quote(current))
+        rows = self.spark.sql(render(sql, self._keyed_resolver(model, keys)))
+        return Recomputed(found, rows, columns=plan.columns)
+
+    def _part_plan(self, model: Model, changes: dict[str, Changes]) -> parts.PartPlan | None:
+        if model.sql not in self._parts:
+            self._parts[model.sql] = parts.analyse(model)
+        split = self._parts[model.sql]
+        return split.plan(changes) if split is not None else None
+
+    def _current_rows(self, model: Model, target: Path, before: int, keys: KeySet) -> str:
+        """A view of the target's rows (at ``before``) whose key is in the changed key set:
+        picked in the driver for targets it rewrites anyway (:meth:`_replace_keys` reads the
+        whole target; handing Spark 19k rows saves a keyed scan of the target and its
+        broadcast, 0.28 s against 0.43 s measured), else by Spark."""
+        view = f"capa_current__{model.name}"
+        if count_rows(target, before) <= self.overwrite_below:
+            rows = semi_join(self._target_rows(target, before), keys.table)
+            self._handoff.frame(rows).createOrReplaceTempView(view)
+            return view
+        key = quote(model.header.key[0])
+        self.spark.sql(
+            f"SELECT /*+ BROADCAST(k) */ t.* FROM {quote(self._target_view(target, before))} t "
+            f"LEFT SEMI JOIN {quote(keys.view())} k ON t.{key} = k.{key}"
+        ).createOrReplaceTempView(view)
+        return view
+
+    def _target_rows(self, target: Path, before: int) -> pa.Table:
+        """The target at ``before`` in the driver (plain Arrow types), read once per build."""
+        key = (str(target), before)
+        if key not in self._targets:
+            current = open_table(str(target), before).to_pyarrow_dataset().to_table()
+            self._targets[key] = current.cast(spark_schema(current.schema))
+        return self._targets[key]
+
+    def _target_view(self, target: Path, version: int) -> str:
+        view = f"capa_target__{target.name}"
+        read_version(self.spark, str(target), version).createOrReplaceTempView(view)
+        return view
+
+    def _additive(
+        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
+    ) -> tuple[pa.Table, pa.Table | None]:
+        """(the keys the signed change touches, their new rows, in Arrow): the model's SQL over
+        the signed changed rows of its inputs (unchanged inputs: no rows) gives the change of
+        every sum per key, added to the key's current row in the same Spark query; keys whose
+        new row fails ``exists`` are deleted. No input is read beyond its changed rows."""
+        additive = model.header.additive
+        assert additive is not None
+        delta = self.spark.sql(model.render(self._signed_resolver(model, changes)))
+        key = list(model.header.key)
+        others = [f for f in delta.schema.fields if f.name not in key]
+        numeric = ("Decimal", "Long", "Integer", "Short", "Byte", "Double", "Float")
+        bad = [f.name for f in others if not type(f.dataType).__name__.startswith(numeric)]
+        if bad:
+            raise ConfigError(f"model {model.name!r} is additive but {bad} are not numeric sums")
+        t, d = f"capa_current__{model.name}", f"capa_delta__{model.name}"
+        read_version(self.spark, str(target), before).createOrReplaceTempView(t)
+        delta.createOrReplaceTempView(d)
+        on = " AND ".join(f"t.{quote(k)} <=> d.{quote(k)}" for k in key)
+        columns = [f"d.{quote(k)}" for k in key] + [
+            f"CAST(coalesce(t.{quote(f.name)}, 0) + coalesce(d.{quote(f.name)}, 0) AS "
+            f"{f.dataType.simpleString()}) AS {quote(f.name)}"
+            for f in others
+        ]
+        merged = self.spark.sql(
+            f"SELECT *, ({additive.exists}) AS {PRESENT} FROM (SELECT {', '.join(columns)} "
+            f"FROM {quote(d)} d LEFT JOIN {quote(t)} t ON {on})"
+        ).toArrow()
+        found = merged.select(key).cast(self._key_schema(model, target, before))
+        present = pc.fill_null(merged.column(PRESENT), False)
+        rows = merged.filter(present).select(delta.columns)
+        return found, (rows if found.num_rows else None)
+
+    def _signed_resolver(
+        self, model: Model, changes: dict[str, Changes]
+    ) -> Callable[[str, str], str]:
+        """Template resolver of an additive model's incremental run: each input is its signed
+        changed rows (tombstones of raw replicas dropped), an unchanged input no rows."""
+        from pyspark.sql import functions as F
+
+        def resolve(kind: str, name: str) -> str:
+            if kind == "raw_history":
+                raise ConfigError(f"model {model.name!r}: additive models cannot read raw_history")
+            view = f"capa_signed__{model.name}__{name}"
+            change = changes.get(name)
+            if change is None:  # no rows, only the schema: no file of the input is listed
+                snap = self.snapshot("ref" if kind == "ref" else "raw", name)
+                frame = empty_version(self.spark, snap.path, snap.version)
+                frame = frame.withColumn(SIGN, F.lit(1))
+            else:
+                frame = change.frame(self._handoff)
+                if kind == "raw":
+                    frame = frame.where(f"NOT coalesce({quote(META_DELETED)}, false)")
+            frame.createOrReplaceTempView(view)
+            return quote(view)
+
+        return resolve
+
+    def _keyed_resolver(self, model: Model, keys: KeySet) -> Callable[[str, str], str]:
+        """Template resolver reading mapped inputs only inside the changed key set ``keys``.
+        A model built earlier in this build whose recomputed keys cover the set is read from
+        the rows it wrote (:meth:`_fresh_view`), not from its table. (Caching the keyed rows
+        of a raw input for a later model with the same keys was measured slower: building
+        the cache cost more than the second scan.)"""
+        key = quote(model.header.key[0])
+
+        def resolve(kind: str, name: str) -> str:
+            expr = model.key_expression(name) if kind != "raw_history" else None
+            if expr is None:
+                return self.resolve(kind, name)
+            fresh = self._fresh_view(model, kind, name, keys.table)
+            if fresh is not None:
+                return quote(fresh)
+            view = self.resolve(kind, name)
+            keyed = f"capa_keyed__{model.name}__{name}"
+            self.spark.sql(
+                f"SELECT /*+ BROADCAST(k) */ v.* FROM {view} v LEFT SEMI JOIN "
+                f"(SELECT {key} AS {_KEY} FROM {quote(keys.view())}) k ON ({expr}) = k.{_KEY}"
+            ).createOrReplaceTempView(keyed)
+            return quote(keyed)
+
+        return resolve
+
+    def _fresh_view(self, model: Model, kind: str, name: str, found: pa.Table) -> str | None:
+        """A view of the rows model ``name`` wrote in this build for the keys in ``found``,
+        when that is all of its rows inside the set: ``model`` maps ``name`` by the column
+        that is ``name``'s own key, ``name`` recomputed every key of the set, and its table is
+        still at the version those rows made. Saves reading (and broadcasting against) the
+        table Spark would otherwise scan for them."""
+        fresh = self._fresh.get(name) if kind == "ref" else None
+        if fresh is None or model.mapped_column(name) != fresh.key:
+            return None
+        if self.snapshot("ref", name).version != fresh.version:
+            return None
+        wanted = found.column(0)
+        try:
+            covered = pc.is_in(wanted, value_set=fresh.keys.cast(wanted.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        if not pc.all(covered, min_count=0).as_py():
+            return None
+        inside = pc.is_in(fresh.rows.column(fresh.key).cast(wanted.type), value_set=wanted)
+        view = f"capa_fresh__{model.name}__{name}"
+        self._handoff.frame(fresh.rows.filter(inside)).createOrReplaceTempView(view)
+        return view
+
+    def _replace_keys(
+        self, model: Model, target: Path, before: int, found: pa.Table, fresh: pa.Table
+    ) -> tuple[pa.Table, Callable[[], None]]:
+        """One overwrite with delta-rs in the driver: the current rows outside the key set
+        plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
+        which rewrites every file holding a key anyway when keys are spread over all files;
+        Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version and a
+        call that waits for its write: the write runs in the background while the changed
+        rows (kept for the models of this build that read this one) are worked out here and
+        the checks run in the caller."""
+        from deltalake import write_deltalake
+
+        current = self._targets.pop((str(target), before), None)
+        if current is None:
+            current = self._target_rows(target, before)
+            self._targets.pop((str(target), before))
+        schema = current.schema
+        keys = found.cast(pa.schema([schema.field(k) for k in found.column_names]))
+        fresh = fresh.select(schema.names).cast(schema)
+        whole = pa.concat_tables([anti_join(current, keys), fresh])
+        write = self._io.submit(write_deltalake, str(target), whole, mode="overwrite")
+        replaced = semi_join(current, keys)
+        changed = keyed_rows_changed(replaced, fresh, model.header.key)
+        if changed is None:
+            changed = rows_changed(replaced, fresh)
+
+        def finish() -> None:
+            started = time.monotonic()
+            write.result()
+            after = delta_version(target)
+            logger.info("%s: written (waited %.2fs)", model.name, _since(started))
+            if after is None:
+                return
+            if changed is not None:
+                self._changed.put((model.name, before, after), Changes(changed))
+            if len(model.header.key) == 1:
+                key = model.header.key[0]
+                self._fresh[model.name] = Fresh(after, key, keys.column(key), fresh)
+
+        return whole, finish
+
+    def _merge_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
+        """MERGE for large targets: recomputed rows upserted, keys without a row deleted."""
+        from pyspark.sql import functions as F
+
+        source = keys.join(recomputed.withColumn(PRESENT, F.lit(True)), on=key, how="left")
+        view = f"capa_merge_source__{target.name}"
+        source.createOrReplaceTempView(view)
+        self.spark.sql(merge_sql(delta_ref(target), quote(view), key, recomputed.columns))
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
+
+
+def _keys_view(model: Model) -> str:
+    return f"capa_keys__{model.name}"
