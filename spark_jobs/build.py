@@ -341,10 +341,6 @@ class SparkModelBuilder(IncrementalBuilds):
         return InputMark(kind="raw", version=snap.version, max_ingested_at=since)
 
 
-def _since(started: float) -> float:
-    return time.monotonic() - started
-
-
 def _unchanged_inputs(snaps: dict[str, InputSnapshot], state: ModelState | None) -> set[str]:
     """Inputs still at the version the last build read."""
     marks = state.inputs if state else {}

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capa.warehouse.base import META_EVENT_ID, META_INGESTED_AT
-from spark_jobs.diff import changed_rows, feed_rows, plain_files
+from spark_jobs.diff import changed_rows, feed_rows, open_table, plain_files, spark_schema
 from spark_jobs.project import SIGN, Model, quote
 from spark_jobs.state import InputMark, ModelState
 
@@ -79,8 +79,6 @@ def empty_version(spark: Any, path: str, version: int) -> Any:
     """No rows, in the schema of the table at ``version``: a local relation made from the
     Delta schema (Spark lists no file and runs no Python worker; ``createDataFrame([])``
     with a StructType costs ~0.25 s, measured)."""
-    from spark_jobs.diff import open_table, spark_schema
-
     schema = pa.schema(open_table(path, version).to_pyarrow_dataset().schema)
     return spark.createDataFrame(spark_schema(schema).empty_table())
 
@@ -101,8 +99,6 @@ class Handoff:
         """A DataFrame reading ``table`` (its schema given: Spark runs no job to infer it)."""
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import from_arrow_schema
-
-        from spark_jobs.diff import spark_schema
 
         path = self.folder / f"{os.getpid()}-{next(self._count)}"
         path.mkdir(parents=True)

@@ -67,6 +67,7 @@ class Recomputed:
     rows: Any = None  # DataFrame of their new rows; None: nothing to do, or rebuild fully
     inside: bool = True  # rows hold only keys of ``found`` (else the caller filters)
     columns: tuple[str, ...] | None = None  # part-wise: the columns recomputed
+    keys: KeySet | None = None  # ``found`` as handed to Spark, when a query needed it there
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,22 +139,23 @@ class IncrementalBuilds:
         if not changes:
             return Written("unchanged", 0)
         started = time.monotonic()
+        size = count_rows(target, before)
         if model.header.additive is not None and all(c.signed for c in changes.values()):
             outcome = Recomputed(*self._additive(model, target, before, changes))
         else:
-            outcome = self._recompute(model, target, before, changes)
+            outcome = self._recompute(model, target, before, changes, size)
         found, rows, columns = outcome.found, outcome.rows, outcome.columns
         if rows is None:
             return Written("unchanged", 0) if found.num_rows == 0 else Written("full")
         count = found.num_rows
-        if count_rows(target, before) <= self.overwrite_below:
+        if size <= self.overwrite_below:
             table = rows if isinstance(rows, pa.Table) else rows.toArrow()  # the one Spark job
             table = table if outcome.inside else semi_join(table, found)
             logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
             whole, finish = self._replace_keys(model, target, before, found, table)
             return Written("incremental", count, table=whole, finish=finish, columns=columns)
+        keys = outcome.keys.frame() if outcome.keys is not None else self._keys_frame(found)
         if not outcome.inside:
-            keys = self._keys_frame(found)
             rows = rows.join(keys, on=list(model.header.key), how="left_semi")
         recomputed = (
             self._handoff.frame(rows)
@@ -162,7 +164,7 @@ class IncrementalBuilds:
         )
         logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
         started = time.monotonic()
-        self._merge_keys(target, list(model.header.key), self._keys_frame(found), recomputed)
+        self._merge_keys(target, list(model.header.key), keys, recomputed)
         logger.info("%s: %d keys written in %.1fs", model.name, count, _since(started))
         return Written("incremental", count, recomputed=recomputed, columns=columns)
 
@@ -180,13 +182,13 @@ class IncrementalBuilds:
         return KeySet(found, _keys_view(model), lambda: self._keys_frame(found))
 
     def _recompute(
-        self, model: Model, target: Path, before: int, changes: dict[str, Changes]
+        self, model: Model, target: Path, before: int, changes: dict[str, Changes], size: int
     ) -> Recomputed:
         """The changed keys and a DataFrame recomputing their rows from the inputs (none when
         no key changed or a full rebuild is cheaper). Its rows may hold other keys too (then
         the caller keeps the ones of the set, in Arrow when it collects the rows anyway).
         Inputs whose mapping is a plain key expression are read only for rows inside the key
-        set (:meth:`Model.key_expression`).
+        set (:meth:`Model.key_expression`). ``size``: the target's rows at ``before``.
         A keyed-join model whose driver did not change recomputes only the columns of its
         changed parts over the current rows of the keys (:mod:`spark_jobs.parts`)."""
         started = time.monotonic()
@@ -196,21 +198,21 @@ class IncrementalBuilds:
         logger.info("%s: %d changed keys found in %.1fs", model.name, count, _since(started))
         if count == 0:
             return Recomputed(found)
-        if count > self.rebuild_above * count_rows(target, before):
+        if count > self.rebuild_above * size:
             logger.info("%s: %d keys changed, a full rebuild is cheaper", model.name, count)
             return Recomputed(found)
         keys = self._key_set(model, found)
         plan = self._part_plan(model, changes)
         if plan is None:
             rows = self.spark.sql(model.render(self._keyed_resolver(model, keys)))
-            return Recomputed(found, rows, inside=False)
+            return Recomputed(found, rows, inside=False, keys=keys)
         if not plan.columns:  # the changed inputs feed no output column
             return Recomputed(key_schema.empty_table())
         logger.info("%s: recomputing %s only", model.name, ", ".join(plan.columns))
-        current = self._current_rows(model, target, before, keys)
+        current = self._current_rows(model, target, before, keys, size <= self.overwrite_below)
         sql = plan.sql.replace(parts.CURRENT_VIEW, quote(current))
         rows = self.spark.sql(render(sql, self._keyed_resolver(model, keys)))
-        return Recomputed(found, rows, columns=plan.columns)
+        return Recomputed(found, rows, columns=plan.columns, keys=keys)
 
     def _part_plan(self, model: Model, changes: dict[str, Changes]) -> parts.PartPlan | None:
         if model.sql not in self._parts:
@@ -218,13 +220,15 @@ class IncrementalBuilds:
         split = self._parts[model.sql]
         return split.plan(changes) if split is not None else None
 
-    def _current_rows(self, model: Model, target: Path, before: int, keys: KeySet) -> str:
+    def _current_rows(
+        self, model: Model, target: Path, before: int, keys: KeySet, in_driver: bool
+    ) -> str:
         """A view of the target's rows (at ``before``) whose key is in the changed key set:
-        picked in the driver for targets it rewrites anyway (:meth:`_replace_keys` reads the
-        whole target; handing Spark 19k rows saves a keyed scan of the target and its
-        broadcast, 0.28 s against 0.43 s measured), else by Spark."""
+        picked in the driver for targets it rewrites anyway (``in_driver``: :meth:`_replace_keys`
+        reads the whole target; handing Spark 19k rows saves a keyed scan of the target and
+        its broadcast, 0.28 s against 0.43 s measured), else by Spark."""
         view = f"capa_current__{model.name}"
-        if count_rows(target, before) <= self.overwrite_below:
+        if in_driver:
             rows = semi_join(self._target_rows(target, before), keys.table)
             self._handoff.frame(rows).createOrReplaceTempView(view)
             return view
@@ -367,10 +371,8 @@ class IncrementalBuilds:
         the checks run in the caller."""
         from deltalake import write_deltalake
 
-        current = self._targets.pop((str(target), before), None)
-        if current is None:
-            current = self._target_rows(target, before)
-            self._targets.pop((str(target), before))
+        current = self._target_rows(target, before)
+        del self._targets[(str(target), before)]  # this build writes the next version
         schema = current.schema
         keys = found.cast(pa.schema([schema.field(k) for k in found.column_names]))
         fresh = fresh.select(schema.names).cast(schema)

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CURRENT = "__capa_current"  # alias of the current target rows in generated SQL
 CURRENT_VIEW = "{{ current }}"  # the builder substitutes the view of those rows
+_TARGET_TOKEN = "__capa_target_rows"  # stands for CURRENT_VIEW while sqlglot holds the SQL
 _PLACEHOLDER = re.compile(r"__capa_(raw_history|raw|ref)__([a-z][a-z0-9_]*)")
 
 
@@ -113,10 +114,7 @@ class ModelParts:
         return _PLACEHOLDER.sub(lambda m: f"{{{{ {m.group(1)}('{m.group(2)}') }}}}", sql)
 
 
-_TARGET_TOKEN = "__capa_target_rows"
-
-
-def analyse(model: Model, known: Mapping[str, Any] | None = None) -> ModelParts | None:
+def analyse(model: Model) -> ModelParts | None:
     """The model's parts, or None when its SQL is not a keyed join (see module doc)."""
     if len(model.header.key) != 1 or model.header.additive is not None:
         return None
@@ -284,7 +282,8 @@ def _keep_used_ctes(tree: Any) -> None:
     if not with_:
         return
     ctes = list(with_.expressions)
-    used = {t.name for t in _outer_tables(tree)}
+    outer = [tree.args["from_"].this, *(j.this for j in tree.args.get("joins") or [])]
+    used = {t.name for t in outer}  # plain tables: analyse accepts no other relation
     for cte in reversed(ctes):  # a CTE can only read CTEs defined before it
         if cte.alias in used:
             used |= {t.name for t in cte.this.find_all(exp.Table)}
@@ -293,14 +292,3 @@ def _keep_used_ctes(tree: Any) -> None:
         with_.set("expressions", kept)
     else:
         tree.set("with_", None)
-
-
-def _outer_tables(tree: Any) -> list[Any]:
-    from sqlglot import exp
-
-    tables = [tree.args["from_"].this]
-    tables += [j.this for j in tree.args.get("joins") or []]
-    out = []
-    for t in tables:
-        out += [t] if isinstance(t, exp.Table) else list(t.find_all(exp.Table))
-    return out
