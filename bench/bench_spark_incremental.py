@@ -11,7 +11,8 @@ runs ``--warmup-rounds`` untimed rounds of (change 1% of the orders, incremental
 them deletes, plus inserts), time an incremental build and a full rebuild of the same input
 and check both give the same tables. Prints a JSON line: the medians over the timed rounds
 (the ratio is the median of the rounds' ratios) and every round (totals, per-model mode and
-seconds, load average before and after its two timed builds); the builder logs per-phase
+seconds, CPU seconds of Python and of the JVM per build, load average before and after its
+two timed builds); the builder logs per-phase
 timings (diff, keys, recompute, write, checks) at INFO. docs/benchmarks.md ("Spark consumption models") records runs.
 """
 
@@ -90,6 +91,31 @@ def timed(builder: SparkModelBuilder, full: bool) -> tuple[float, list]:
     return time.monotonic() - started, reports
 
 
+def cpu_seconds(spark: object) -> tuple[float, float]:
+    """(this Python process, the Spark JVM) CPU seconds so far, from /proc (Linux; 0 when the
+    JVM is not a child this process started)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    proc = getattr(spark.sparkContext._gateway, "proc", None)  # type: ignore[attr-defined]
+    return of(os.getpid()), of(proc.pid) if proc is not None else 0.0
+
+
+def cpu_timed(spark: object, builder: SparkModelBuilder, full: bool) -> tuple[float, list, dict]:
+    """:func:`timed` plus the CPU seconds the build took in Python and in the JVM."""
+    before = cpu_seconds(spark)
+    seconds, reports = timed(builder, full)
+    after = cpu_seconds(spark)
+    cpu = {"python": round(after[0] - before[0], 2), "jvm": round(after[1] - before[1], 2)}
+    return seconds, reports, cpu
+
+
 def per_model(reports: list) -> dict[str, str]:
     return {r.model: f"{r.mode} {r.seconds}s" for r in reports}
 
@@ -145,8 +171,8 @@ def timed_round(
     inc, full = builders
     changed = change(lake, args.orders, args.fraction, seed=2 + n)
     load_before = os.getloadavg()
-    inc_s, inc_reports = timed(inc, full=False)
-    full_s, full_reports = timed(full, full=True)
+    inc_s, inc_reports, inc_cpu = cpu_timed(spark, inc, full=False)
+    full_s, full_reports, full_cpu = cpu_timed(spark, full, full=True)
     load_after = os.getloadavg()
     same = all(
         identical(spark, inc.consumption / m, full.consumption / m) for m in load_project().models
@@ -157,6 +183,7 @@ def timed_round(
         "full_s": round(full_s, 2),
         "ratio": round(inc_s / full_s, 3),
         "identical": same,
+        "cpu_s": {"incremental": inc_cpu, "full": full_cpu},
         "keys": {r.model: r.keys for r in inc_reports},
         "incremental_models": per_model(inc_reports),
         "full_models": per_model(full_reports),

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -66,7 +66,7 @@ from spark_jobs.incremental import (
     read_version,
 )
 from spark_jobs.io_bigquery import BigQueryModelBuilder, add_arguments, target_from_args
-from spark_jobs.keyed import Fresh, IncrementalBuilds, Written
+from spark_jobs.keyed import Fresh, IncrementalBuilds, Kept, Written
 from spark_jobs.project import (
     MODELS_DIR,
     SIGN,
@@ -79,7 +79,7 @@ from spark_jobs.project import (
 from spark_jobs.schedule import run_in_order
 from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
-from spark_jobs.tables import count_rows, delta_ref, delta_version
+from spark_jobs.tables import count_rows, delta_ref, delta_version, forget_latest
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ REBUILD_ABOVE = 0.5  # recomputing more than this share of the target's rows: re
 WORKERS = 2  # models built at once (independent ones; see spark_jobs.schedule)
 OVERWRITE_BELOW = 2_000_000  # targets up to this many rows: replace keys by one delta-rs
 # overwrite in the driver (the whole target passes through driver memory), MERGE above
+SERVED_BUILDERS = 4  # builders the serve mode keeps (by lakehouse and settings)
+IO_THREADS = 4  # background delta-rs writes, diffs, hand-offs to Spark and target reads
 TMP_DIR = "_capa_tmp"  # Arrow tables handed to Spark during a build (removed after it)
 
 
@@ -138,8 +140,11 @@ class SparkModelBuilder(IncrementalBuilds):
         self._handoff = Handoff(spark, self.consumption / TMP_DIR)
         self._parts: dict[str, parts.ModelParts | None] = {}  # by model SQL
         self._pinning = threading.Lock()  # models build concurrently (spark_jobs.schedule)
-        self._targets: dict[tuple[str, int], pa.Table] = {}  # see _target_rows
+        self._targets: dict[tuple[str, int], Future[pa.Table]] = {}  # see _target_rows
         self._fresh: dict[str, Fresh] = {}  # model -> rows it wrote in this build
+        self._read_by_others: set[str] = set()  # models that later models of the build read
+        self._kept: dict[str, Kept] = {}  # target -> the version this builder last wrote
+        self._keeping = threading.Lock()
 
     # -- inputs ---------------------------------------------------------------------------
     def _path(self, kind: str, name: str) -> Path:
@@ -202,16 +207,36 @@ class SparkModelBuilder(IncrementalBuilds):
         self._targets.clear()
         self._fresh.clear()
         forget_tables()
-        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="capa-write")
+        forget_latest()
+        models = project.order(select)
+        self._read_by_others = {r for m in models for r in m.refs}
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="capa-io")
         try:
+            if not full:
+                for model in models:
+                    self._prefetch(model)
             return run_in_order(
-                project.order(select),
-                lambda model: self._build_logged(project, model, full),
-                self.workers,
+                models, lambda model: self._build_logged(project, model, full), self.workers
             )
         finally:
             self._io.shutdown(wait=True)
             self._handoff.close()
+
+    def _prefetch(self, model: Model) -> None:
+        """Start reading the target of a model that will likely build incrementally in the
+        driver: built before with the same SQL, at most ``overwrite_below`` rows, and a raw
+        input changed since or a model it reads is built in this build."""
+        target = self.consumption / model.name
+        version = delta_version(target)
+        state = load_state(self.consumption, model.name)
+        if version is None or not state or state.fingerprint != fingerprint(model):
+            return
+        changed = any(
+            m.kind == "ref" or delta_version(self._path("raw", n)) != m.version
+            for n, m in state.inputs.items()
+        )
+        if changed and count_rows(target, version) <= self.overwrite_below:
+            self._prefetch_target(target, version)
 
     def _build_logged(self, project: Project, model: Model, full: bool) -> ModelReport:
         report = self.build_model(project, model, full=full)
@@ -314,6 +339,7 @@ class SparkModelBuilder(IncrementalBuilds):
     def _restore(self, model: Model, target: Path, before: int | None) -> None:
         if before is None:
             shutil.rmtree(target, ignore_errors=True)
+            forget_latest(target)
             clear_state(self.consumption, model.name)
         else:
             self.spark.sql(f"RESTORE TABLE {delta_ref(target)} TO VERSION AS OF {int(before)}")
@@ -421,21 +447,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_once(args: argparse.Namespace, spark: Any) -> list[ModelReport]:
+def run_once(
+    args: argparse.Namespace, spark: Any, builders: dict[tuple[Any, ...], Any] | None = None
+) -> list[ModelReport]:
+    """One build. ``builders``: the serve mode's builders by their settings, reused by later
+    requests with the same settings (a builder keeps the small targets it wrote)."""
     project = load_project(args.models_dir)
     target = target_from_args(args)
-    builder: SparkModelBuilder | BigQueryModelBuilder = (
-        BigQueryModelBuilder(spark, target)
-        if target
-        else SparkModelBuilder(
-            spark,
-            args.lakehouse,
-            args.consumption,
+    builder: SparkModelBuilder | BigQueryModelBuilder
+    if target:
+        builder = BigQueryModelBuilder(spark, target)
+    else:
+        settings = (
+            Path(args.lakehouse).resolve(),
+            Path(args.consumption).resolve() if args.consumption else None,
             args.rebuild_above,
             getattr(args, "overwrite_below", OVERWRITE_BELOW),
             getattr(args, "workers", WORKERS),
         )
-    )
+        builder = (builders or {}).get(settings) or SparkModelBuilder(spark, *settings)
+        if builders is not None:
+            builders.pop(settings, None)
+            builders[settings] = builder  # the most recently used last
+            while len(builders) > SERVED_BUILDERS:
+                builders.pop(next(iter(builders)))
     select = [s for s in args.select.split(",") if s] or None
     return builder.build(project, full=args.full, select=select)
 
@@ -476,15 +511,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     spark = spark_session(**session_options(args, delta=target_from_args(args) is None))
     console.emit_json({"ready": True})
+    builders: dict[tuple[Any, ...], Any] = {}
     for line in sys.stdin:
         if not line.strip():
             continue
-        console.emit_json(_serve_one(args, spark, line))
+        console.emit_json(_serve_one(args, spark, line, builders))
         sys.stdout.flush()
     return 0
 
 
-def _serve_one(args: argparse.Namespace, spark: Any, line: str) -> dict[str, Any]:
+def _serve_one(
+    args: argparse.Namespace, spark: Any, line: str, builders: dict[tuple[Any, ...], Any]
+) -> dict[str, Any]:
     try:
         request = json.loads(line)
         ns = argparse.Namespace(
@@ -499,7 +537,7 @@ def _serve_one(args: argparse.Namespace, spark: Any, line: str) -> dict[str, Any
         )
         # the session's other flags (--warehouse bigquery:... and its options) apply to each build
         vars(ns).update({k: v for k, v in vars(args).items() if k not in vars(ns)})
-        return {"ok": True, "reports": [asdict(r) for r in run_once(ns, spark)]}
+        return {"ok": True, "reports": [asdict(r) for r in run_once(ns, spark, builders)]}
     except ChecksFailed as exc:
         return {"ok": False, "error": str(exc), "failures": failure_rows(exc.results)}
     except (CapaError, ValueError) as exc:

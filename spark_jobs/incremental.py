@@ -103,7 +103,11 @@ class Handoff:
         path = self.folder / f"{os.getpid()}-{next(self._count)}"
         path.mkdir(parents=True)
         plain = table.cast(spark_schema(table.schema))
-        pq.write_table(plain, path / "part-00000.parquet")
+        # read once, whole: no statistics or dictionaries (19k rows of 15 columns: 6 ms
+        # instead of 14 ms, and a smaller file, measured)
+        pq.write_table(
+            plain, path / "part-00000.parquet", use_dictionary=False, write_statistics=False
+        )
         schema = from_arrow_schema(plain.schema, prefer_timestamp_ntz=True)  # as Spark infers
         return self.spark.read.schema(schema).parquet(str(path))
 

@@ -20,9 +20,10 @@ Arrow; larger targets are MERGEd by Spark.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from spark_jobs.tables import (
     count_rows,
     delta_ref,
     delta_version,
+    latest_files,
     merge_sql,
     semi_join,
 )
@@ -57,6 +59,7 @@ from spark_jobs.tables import (
 logger = logging.getLogger(__name__)
 
 _KEY = "__capa_key"
+KEEP_ROWS = 5_000_000  # rows of written targets a builder keeps for its next build
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,15 @@ class KeySet:
 
 
 @dataclass(frozen=True, slots=True)
+class Kept:
+    """A model table's version as this builder wrote it, kept for its next build."""
+
+    version: int
+    files: list[str]  # its data files (a table made again reaches the same version with others)
+    table: pa.Table
+
+
+@dataclass(frozen=True, slots=True)
 class Fresh:
     """The rows an incremental build of a model wrote for the keys it recomputed."""
 
@@ -109,6 +121,7 @@ class Fresh:
     key: str  # the model's (one-column) key
     keys: pa.ChunkedArray  # every key recomputed (a key without a row was deleted)
     rows: pa.Table  # the new rows of those keys
+    frame: Future[Any] | None = None  # ``rows`` handed to Spark (when a later model reads them)
 
 
 class IncrementalBuilds:
@@ -121,9 +134,12 @@ class IncrementalBuilds:
     _handoff: Handoff
     _changed: ChangeCache
     _parts: dict[str, parts.ModelParts | None]  # by model SQL
-    _targets: dict[tuple[str, int], pa.Table]  # see _target_rows
+    _targets: dict[tuple[str, int], Future[pa.Table]]  # see _target_rows
     _fresh: dict[str, Fresh]  # model -> rows it wrote in this build
-    _io: ThreadPoolExecutor  # background delta-rs writes
+    _read_by_others: set[str]  # models of this build that later models of it read
+    _kept: dict[str, Kept]  # target path -> the version this builder last wrote to it
+    _keeping: threading.Lock  # guards _kept
+    _io: ThreadPoolExecutor  # background delta-rs writes, diffs, hand-offs and reads
     snapshot: Callable[[str, str], InputSnapshot]
     resolve: Callable[[str, str], str]
     resolve_signed: Callable[[str, str], str]
@@ -240,12 +256,36 @@ class IncrementalBuilds:
         return view
 
     def _target_rows(self, target: Path, before: int) -> pa.Table:
-        """The target at ``before`` in the driver (plain Arrow types), read once per build."""
+        """The target at ``before`` in the driver (plain Arrow types), read once per build
+        (in the background from its start when :meth:`_prefetch_target` asked for it)."""
         key = (str(target), before)
         if key not in self._targets:
-            current = open_table(str(target), before).to_pyarrow_dataset().to_table()
-            self._targets[key] = current.cast(spark_schema(current.schema))
-        return self._targets[key]
+            self._targets[key] = _done(
+                self._kept_rows(target, before) or read_target(target, before)
+            )
+        return self._targets[key].result()
+
+    def _kept_rows(self, target: Path, version: int) -> pa.Table | None:
+        """The target at ``version`` when this builder wrote that version itself (a builder
+        that serves many builds reads none of its small targets back)."""
+        kept = self._kept.get(str(target))
+        if kept is None or kept.version != version:
+            return None
+        if sorted(open_table(str(target), version).file_uris()) != kept.files:
+            return None
+        return kept.table
+
+    def _prefetch_target(self, target: Path, version: int) -> None:
+        """Start reading the target at ``version`` in the background: an incremental build
+        replacing keys in the driver needs it, and the read (~25 ms per 100k rows) then
+        overlaps the Spark jobs of the models built before it."""
+        key = (str(target), version)
+        if key not in self._targets:
+            kept = self._kept_rows(target, version)
+            future = (
+                _done(kept) if kept is not None else self._io.submit(read_target, target, version)
+            )
+            self._targets[key] = future
 
     def _target_view(self, target: Path, version: int) -> str:
         view = f"capa_target__{target.name}"
@@ -354,8 +394,12 @@ class IncrementalBuilds:
             return None
         if not pc.all(covered, min_count=0).as_py():
             return None
-        inside = pc.is_in(fresh.rows.column(fresh.key).cast(wanted.type), value_set=wanted)
         view = f"capa_fresh__{model.name}__{name}"
+        if fresh.frame is not None:  # all its new rows, handed over once for every reader:
+            # rows of other keys only make rows of other keys, which the caller leaves out
+            fresh.frame.result().createOrReplaceTempView(view)
+            return view
+        inside = pc.is_in(fresh.rows.column(fresh.key).cast(wanted.type), value_set=wanted)
         self._handoff.frame(fresh.rows.filter(inside)).createOrReplaceTempView(view)
         return view
 
@@ -366,9 +410,9 @@ class IncrementalBuilds:
         plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
         which rewrites every file holding a key anyway when keys are spread over all files;
         Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version and a
-        call that waits for its write: the write runs in the background while the changed
-        rows (kept for the models of this build that read this one) are worked out here and
-        the checks run in the caller."""
+        call that waits for its write: the write, the changed rows (kept for the models of
+        this build that read this one) and, when a later model reads this one, the hand-off
+        of the new rows to Spark run in the background while the checks run in the caller."""
         from deltalake import write_deltalake
 
         current = self._target_rows(target, before)
@@ -378,25 +422,43 @@ class IncrementalBuilds:
         fresh = fresh.select(schema.names).cast(schema)
         whole = pa.concat_tables([anti_join(current, keys), fresh])
         write = self._io.submit(write_deltalake, str(target), whole, mode="overwrite")
-        replaced = semi_join(current, keys)
-        changed = keyed_rows_changed(replaced, fresh, model.header.key)
-        if changed is None:
-            changed = rows_changed(replaced, fresh)
+        diff = self._io.submit(_rows_changed, semi_join(current, keys), fresh, model.header.key)
+        single = len(model.header.key) == 1
+        frame = (
+            self._io.submit(self._handoff.frame, fresh)
+            if single and model.name in self._read_by_others
+            else None
+        )
 
         def finish() -> None:
             started = time.monotonic()
             write.result()
+            changed = diff.result()
             after = delta_version(target)
             logger.info("%s: written (waited %.2fs)", model.name, _since(started))
             if after is None:
                 return
+            self._keep(target, after, whole)
             if changed is not None:
                 self._changed.put((model.name, before, after), Changes(changed))
-            if len(model.header.key) == 1:
+            if single:
                 key = model.header.key[0]
-                self._fresh[model.name] = Fresh(after, key, keys.column(key), fresh)
+                self._fresh[model.name] = Fresh(after, key, keys.column(key), fresh, frame)
 
         return whole, finish
+
+    def _keep(self, target: Path, version: int, table: pa.Table) -> None:
+        """Keep the version just written for the next build (up to ``KEEP_ROWS`` rows over
+        all targets; the oldest kept tables go first)."""
+        files = latest_files(target)
+        with self._keeping:  # models finish in their own threads
+            self._kept.pop(str(target), None)
+            if files is None or table.num_rows > KEEP_ROWS:
+                return
+            held = sum(k.table.num_rows for k in self._kept.values())
+            while self._kept and held + table.num_rows > KEEP_ROWS:
+                held -= self._kept.pop(next(iter(self._kept))).table.num_rows
+            self._kept[str(target)] = Kept(version, files, table)
 
     def _merge_keys(self, target: Path, key: list[str], keys: Any, recomputed: Any) -> None:
         """MERGE for large targets: recomputed rows upserted, keys without a row deleted."""
@@ -406,6 +468,23 @@ class IncrementalBuilds:
         view = f"capa_merge_source__{target.name}"
         source.createOrReplaceTempView(view)
         self.spark.sql(merge_sql(delta_ref(target), quote(view), key, recomputed.columns))
+
+
+def read_target(target: Path, version: int) -> pa.Table:
+    """A model table at ``version``, whole, in plain Arrow types (Spark's)."""
+    current = open_table(str(target), version).to_pyarrow_dataset().to_table()
+    return current.cast(spark_schema(current.schema))
+
+
+def _rows_changed(old: pa.Table, new: pa.Table, key: tuple[str, ...]) -> pa.Table | None:
+    changed = keyed_rows_changed(old, new, key)
+    return rows_changed(old, new) if changed is None else changed
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
 
 
 def _since(started: float) -> float:

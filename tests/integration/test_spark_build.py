@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -248,6 +249,32 @@ def test_only_the_columns_of_changed_parts_are_recomputed(
         assert reports["customer_features"]["mode"] == "incremental"
         assert reports["customer_features"]["columns"] is None  # its driver changed
         assert_same_tables(inc, full)
+
+
+def test_a_served_builder_reuses_its_written_tables_only_while_they_are_unchanged(
+    spark_server: SparkServer, tmp_path: Path
+) -> None:
+    """The serve mode keeps one builder per lakehouse, and a builder keeps the small tables it
+    wrote for its next incremental build. Here the kept version goes stale: the consumption
+    folder is removed and built again (by full builds, which keep nothing) up to the same
+    version numbers, from other input. The next incremental build must read the new tables,
+    not the kept rows of the old ones: it still equals a full build."""
+    lake = sample.seed(tmp_path / "lh", customers=40, orders=200, invoices=80)
+    inc, full = tmp_path / "incremental", tmp_path / "full"
+    ok(spark_server.build(lake.root, inc), spark_server)  # version 0, full
+    order_and_invoice_changes(lake, 1)
+    kept = ok(spark_server.build(lake.root, inc), spark_server)  # version 1, kept
+    assert {r["mode"] for r in kept.values()} == {"incremental"}
+    shutil.rmtree(inc)
+    order_and_invoice_changes(lake, 2)
+    ok(spark_server.build(lake.root, inc), spark_server)  # version 0 again
+    again = ok(spark_server.build(lake.root, inc, full=True), spark_server)  # version 1
+    assert {m: r["version"] for m, r in again.items()} == {m: 1 for m in MODELS}
+    order_and_invoice_changes(lake, 3)
+    reports = ok(spark_server.build(lake.root, inc), spark_server)
+    assert reports["customer_360"]["mode"] == "incremental"
+    ok(spark_server.build(lake.root, full, full=True), spark_server)
+    assert_same_tables(inc, full)
 
 
 def test_failing_check_restores_table_and_stops_the_build(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spark_jobs.tables import merge_sql
 from spark_jobs.checks import model_checks
 from spark_jobs.project import load_project
 from spark_jobs.state import InputMark, ModelState, load_state, save_state
+from spark_jobs.tables import merge_sql
 
 
 def test_merge_sql_upserts_and_deletes_on_null_safe_key() -> None:
@@ -266,3 +266,30 @@ def test_key_filters_keep_null_keys_out_of_the_set_and_in_the_rest() -> None:
     pair = pa.table({"k": pa.array([2, 3], pa.int64()), "j": pa.array([1, 1], pa.int64())})
     wide = rows.append_column("j", pa.array([0, 0, 0, 1], pa.int64()))
     assert semi_join(wide, pair).column("v").to_pylist() == ["d"]  # both columns must match
+
+
+def test_delta_version_follows_new_commits_and_a_table_made_again(tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from spark_jobs.tables import delta_version, forget_latest, latest_files
+
+    path = tmp_path / "t"
+    assert delta_version(path) is None
+    rows = pa.table({"k": [1, 2]})
+    write_deltalake(str(path), rows)
+    assert delta_version(path) == 0
+    write_deltalake(str(path), rows, mode="append")
+    write_deltalake(str(path), rows, mode="append")
+    assert delta_version(path) == 2  # the kept handle reads the new commits
+    assert len(latest_files(path) or []) == 3
+    shutil.rmtree(path)
+    write_deltalake(str(path), rows)
+    forget_latest(path)  # what the builder does after removing a table
+    assert delta_version(path) == 0
+    assert len(latest_files(path) or []) == 1
+    shutil.rmtree(path)
+    forget_latest()  # what every build does first
+    assert delta_version(path) is None
