@@ -258,7 +258,7 @@ class SparkModelBuilder(IncrementalBuilds):
             self._overwrite(model, target)
         written = time.monotonic()
         if outcome.mode != "unchanged":
-            unchanged = _unchanged_inputs(snaps, state) if outcome.recomputed is not None else set()
+            unchanged = _unchanged_inputs(snaps, state) if outcome.mode == "incremental" else set()
             self._check(project, model, target, before, outcome, unchanged)
         logger.info(
             "%s: %s write %.1fs, checks %.1fs",
@@ -290,14 +290,18 @@ class SparkModelBuilder(IncrementalBuilds):
         unchanged: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """Run the model's checks; on failure restore the previous version and raise. A new
-        version the driver holds is checked in Arrow (:mod:`spark_jobs.arrow_checks`), else
-        with Spark (all rows after a full build, :func:`incremental_checks` after a MERGE)."""
+        version the driver holds is checked in Arrow (:mod:`spark_jobs.arrow_checks`, reading
+        what :func:`incremental_checks` reads), else with Spark (all rows after a full build,
+        :func:`incremental_checks` after a MERGE)."""
         results = None
+        parents = lambda rel: self._parent_values(project, rel)  # noqa: E731
         try:
-            if written.table is not None:
-                results = arrow_checks.evaluate(
-                    model, written.table, lambda rel: self._parent_values(project, rel)
+            if written.table is not None and written.fresh is not None:
+                results = arrow_checks.evaluate_incremental(
+                    model, written.table, written.fresh, parents, unchanged
                 )
+            elif written.table is not None:
+                results = arrow_checks.evaluate(model, written.table, parents)
         finally:
             if written.finish is not None:  # the write ran while the checks did
                 written.finish()

@@ -124,9 +124,7 @@ def incremental_checks(
     """
     checks = model.header.checks
     by_key = set(checks.unique) == set(model.header.key)
-    stable = tuple(
-        r for r in checks.relationships if r.to in unchanged_inputs or _covered(model, r)
-    )
+    stable = tuple(r for r in checks.relationships if r.to in unchanged_inputs or covered(model, r))
     moved = tuple(r for r in checks.relationships if r not in stable)
     return [
         *not_null_checks(model.name, changed, checks),
@@ -141,7 +139,7 @@ def incremental_checks(
     ]
 
 
-def _covered(model: Model, rel: Relationship) -> bool:
+def covered(model: Model, rel: Relationship) -> bool:
     """A relationship from the (one-column) key to a parent input whose incremental mapping
     is the referenced field: every parent row that changed or went away (old version included)
     mapped its key into the recomputed set, so kept rows still have their parent."""

@@ -154,11 +154,14 @@ def rows_changed(old: pa.Table, new: pa.Table) -> pa.Table | None:
     return pa.concat_tables([fresh, gone])
 
 
-def keyed_rows_changed(old: pa.Table, new: pa.Table, key: Sequence[str]) -> pa.Table | None:
+def keyed_rows_changed(
+    old: pa.Table, new: pa.Table, key: Sequence[str], compare: Sequence[str] | None = None
+) -> pa.Table | None:
     """:func:`rows_changed` for two tables of one schema that are each unique on ``key``:
     rows are paired by key and compared column by column (NULL equals NULL), without a string
-    per row (19k rows of 15 columns: ~0.01 s instead of ~0.1 s). None when a side is not
-    unique on ``key``, or a column cannot be compared this way (nested types)."""
+    per row (19k rows of 15 columns: ~0.01 s instead of ~0.1 s). ``compare``: the only
+    columns that can differ between paired rows (the others were copied), else all. None when
+    a side is not unique on ``key``, or a column cannot be compared this way (nested types)."""
     if any(pa.types.is_nested(f.type) for f in new.schema) or not key:
         return None
     if not (_unique_on(old, key) and _unique_on(new, key)):
@@ -167,7 +170,10 @@ def keyed_rows_changed(old: pa.Table, new: pa.Table, key: Sequence[str]) -> pa.T
     old_i, new_i = pairs.column("old"), pairs.column("new")
     both = pc.and_(pc.is_valid(old_i), pc.is_valid(new_i))
     paired, unpaired = pairs.filter(both), pairs.filter(pc.invert(both))
-    differs = _rows_differ(old.take(paired.column("old")), new.take(paired.column("new")))
+    names = list(compare) if compare is not None else new.column_names
+    differs = _rows_differ(
+        old.select(names).take(paired.column("old")), new.select(names).take(paired.column("new"))
+    )
     changed = paired.filter(differs)
     gone = pa.concat_arrays([_chunk(changed, "old"), _chunk(unpaired, "old")])
     fresh = pa.concat_arrays([_chunk(changed, "new"), _chunk(unpaired, "new")])

@@ -71,6 +71,7 @@ class Recomputed:
     inside: bool = True  # rows hold only keys of ``found`` (else the caller filters)
     columns: tuple[str, ...] | None = None  # part-wise: the columns recomputed
     keys: KeySet | None = None  # ``found`` as handed to Spark, when a query needed it there
+    narrow: bool = False  # rows hold only the key and ``columns`` (see _widen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Written:
     keys: int | None = None  # keys recomputed (incremental)
     recomputed: Any = None  # the recomputed rows as a DataFrame (MERGEd targets)
     table: pa.Table | None = None  # the whole new version (targets rewritten in the driver)
+    fresh: pa.Table | None = None  # its recomputed rows, in the target's schema
     finish: Callable[[], None] | None = None  # waits for the write of ``table`` (see _check)
     columns: tuple[str, ...] | None = None  # part-wise: the only columns recomputed
 
@@ -167,9 +169,13 @@ class IncrementalBuilds:
         if size <= self.overwrite_below:
             table = rows if isinstance(rows, pa.Table) else rows.toArrow()  # the one Spark job
             table = table if outcome.inside else semi_join(table, found)
+            if outcome.narrow:
+                table = self._widen(model, target, before, found, table)
             logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
-            whole, finish = self._replace_keys(model, target, before, found, table)
-            return Written("incremental", count, table=whole, finish=finish, columns=columns)
+            whole, fresh, finish = self._replace_keys(model, target, before, found, table, columns)
+            return Written(
+                "incremental", count, table=whole, fresh=fresh, finish=finish, columns=columns
+            )
         keys = outcome.keys.frame() if outcome.keys is not None else self._keys_frame(found)
         if not outcome.inside:
             rows = rows.join(keys, on=list(model.header.key), how="left_semi")
@@ -225,10 +231,11 @@ class IncrementalBuilds:
         if not plan.columns:  # the changed inputs feed no output column
             return Recomputed(key_schema.empty_table())
         logger.info("%s: recomputing %s only", model.name, ", ".join(plan.columns))
-        current = self._current_rows(model, target, before, keys, size <= self.overwrite_below)
-        sql = plan.sql.replace(parts.CURRENT_VIEW, quote(current))
+        in_driver = size <= self.overwrite_below  # then the driver copies the other columns
+        current = self._current_rows(model, target, before, keys, in_driver)
+        sql = (plan.narrow if in_driver else plan.sql).replace(parts.CURRENT_VIEW, quote(current))
         rows = self.spark.sql(render(sql, self._keyed_resolver(model, keys)))
-        return Recomputed(found, rows, columns=plan.columns, keys=keys)
+        return Recomputed(found, rows, columns=plan.columns, keys=keys, narrow=in_driver)
 
     def _part_plan(self, model: Model, changes: dict[str, Changes]) -> parts.PartPlan | None:
         if model.sql not in self._parts:
@@ -242,11 +249,12 @@ class IncrementalBuilds:
         """A view of the target's rows (at ``before``) whose key is in the changed key set:
         picked in the driver for targets it rewrites anyway (``in_driver``: :meth:`_replace_keys`
         reads the whole target; handing Spark 19k rows saves a keyed scan of the target and
-        its broadcast, 0.28 s against 0.43 s measured), else by Spark."""
+        its broadcast, 0.28 s against 0.43 s measured), and then only their key column (the
+        narrow plan: :meth:`_widen` copies the other columns in the driver), else by Spark."""
         view = f"capa_current__{model.name}"
         if in_driver:
             rows = semi_join(self._target_rows(target, before), keys.table)
-            self._handoff.frame(rows).createOrReplaceTempView(view)
+            self._handoff.frame(rows.select(list(model.header.key))).createOrReplaceTempView(view)
             return view
         key = quote(model.header.key[0])
         self.spark.sql(
@@ -254,6 +262,22 @@ class IncrementalBuilds:
             f"LEFT SEMI JOIN {quote(keys.view())} k ON t.{key} = k.{key}"
         ).createOrReplaceTempView(view)
         return view
+
+    def _widen(
+        self, model: Model, target: Path, before: int, found: pa.Table, narrow: pa.Table
+    ) -> pa.Table:
+        """The rows of a narrow part-wise plan (key + recomputed columns) with the other
+        columns copied from the current rows of their keys (the plan gives one row per
+        current row of the key set)."""
+        key = model.header.key[0]
+        current = semi_join(self._target_rows(target, before), found)
+        copied = current.drop_columns([c for c in narrow.column_names if c != key])
+        narrow = narrow.set_column(
+            narrow.schema.get_field_index(key),
+            key,
+            narrow.column(key).cast(copied.schema.field(key).type),
+        )
+        return copied.join(narrow, key, join_type="inner")
 
     def _target_rows(self, target: Path, before: int) -> pa.Table:
         """The target at ``before`` in the driver (plain Arrow types), read once per build
@@ -404,13 +428,20 @@ class IncrementalBuilds:
         return view
 
     def _replace_keys(
-        self, model: Model, target: Path, before: int, found: pa.Table, fresh: pa.Table
-    ) -> tuple[pa.Table, Callable[[], None]]:
+        self,
+        model: Model,
+        target: Path,
+        before: int,
+        found: pa.Table,
+        fresh: pa.Table,
+        columns: tuple[str, ...] | None = None,
+    ) -> tuple[pa.Table, pa.Table, Callable[[], None]]:
         """One overwrite with delta-rs in the driver: the current rows outside the key set
         plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
         which rewrites every file holding a key anyway when keys are spread over all files;
         Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version and a
-        call that waits for its write: the write, the changed rows (kept for the models of
+        call that waits for its write (and the recomputed rows in the target's schema in
+        between): the write, the changed rows (kept for the models of
         this build that read this one) and, when a later model reads this one, the hand-off
         of the new rows to Spark run in the background while the checks run in the caller."""
         from deltalake import write_deltalake
@@ -422,7 +453,8 @@ class IncrementalBuilds:
         fresh = fresh.select(schema.names).cast(schema)
         whole = pa.concat_tables([anti_join(current, keys), fresh])
         write = self._io.submit(write_deltalake, str(target), whole, mode="overwrite")
-        diff = self._io.submit(_rows_changed, semi_join(current, keys), fresh, model.header.key)
+        replaced = semi_join(current, keys)
+        diff = self._io.submit(_rows_changed, replaced, fresh, model.header.key, columns)
         single = len(model.header.key) == 1
         frame = (
             self._io.submit(self._handoff.frame, fresh)
@@ -445,7 +477,7 @@ class IncrementalBuilds:
                 key = model.header.key[0]
                 self._fresh[model.name] = Fresh(after, key, keys.column(key), fresh, frame)
 
-        return whole, finish
+        return whole, fresh, finish
 
     def _keep(self, target: Path, version: int, table: pa.Table) -> None:
         """Keep the version just written for the next build (up to ``KEEP_ROWS`` rows over
@@ -476,8 +508,11 @@ def read_target(target: Path, version: int) -> pa.Table:
     return current.cast(spark_schema(current.schema))
 
 
-def _rows_changed(old: pa.Table, new: pa.Table, key: tuple[str, ...]) -> pa.Table | None:
-    changed = keyed_rows_changed(old, new, key)
+def _rows_changed(
+    old: pa.Table, new: pa.Table, key: tuple[str, ...], columns: tuple[str, ...] | None
+) -> pa.Table | None:
+    """The signed changed rows; ``columns``: the only ones a part-wise build recomputed."""
+    changed = keyed_rows_changed(old, new, key, columns)
     return rows_changed(old, new) if changed is None else changed
 
 

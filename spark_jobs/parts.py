@@ -17,7 +17,9 @@ the other columns from those rows::
     FROM {{ current }} __capa_current LEFT JOIN orders o ON o.customer_id = __capa_current.customer_id
 
 so that Spark reads (and plans) the changed parts only; the unchanged parts' inputs are not read
-at all. For ``customer_360`` after 1% of the orders changed this is one keyed aggregation of the
+at all. ``PartPlan.narrow`` gives only the key and the recomputed columns, over a view holding
+only the keys: a builder holding the current rows in the driver copies the other columns there
+(Spark then reads, joins and returns 4 columns of ``customer_360`` instead of 15). For ``customer_360`` after 1% of the orders changed this is one keyed aggregation of the
 orders instead of five inputs joined (0.4-0.45 s against 0.8-1.0 s warm, measured).
 
 :func:`analyse` recognises the shape with sqlglot (Spark dialect); anything else (no driver,
@@ -63,6 +65,8 @@ class PartPlan:
 
     columns: tuple[str, ...]  # output columns recomputed (the others are copied)
     sql: str  # template SQL: {{ raw('x') }} / {{ ref('x') }} and {{ current }}
+    narrow: str = ""  # the same, giving only the key and ``columns`` ({{ current }} needs
+    # only the key column then: the caller copies the other columns from the current rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +91,10 @@ class ModelParts:
         if self.driver.alias in touched:
             return None
         recomputed = tuple(name for name, reads in self.columns if reads & touched)
-        return PartPlan(recomputed, self._sql(set(recomputed)))
+        wanted = set(recomputed)
+        return PartPlan(recomputed, self._sql(wanted), self._sql(wanted, narrow=True))
 
-    def _sql(self, recomputed: set[str]) -> str:
+    def _sql(self, recomputed: set[str], *, narrow: bool = False) -> str:
         from sqlglot import exp
 
         tree = self.tree.copy()
@@ -99,7 +104,7 @@ class ModelParts:
         for projection, (name, _) in zip(tree.expressions, self.columns, strict=True):
             if name in recomputed:
                 outputs.append(projection)
-            else:
+            elif not narrow or name == self.key:
                 outputs.append(exp.column(name, table=current, quoted=True))
         tree.set("expressions", outputs)
         joins = [_rekey(j, self.driver.alias) for j in tree.args.get("joins") or []]

@@ -79,3 +79,52 @@ def test_parent_values_of_another_type_are_cast_to_the_child_type() -> None:
     results = evaluate(model(), table, lambda rel: pa.array([1, 2], pa.int32()))
     assert results is not None
     assert [r.failures for r in results if r.check.kind == "relationships"] == [1]
+
+
+def test_incremental_checks_read_the_recomputed_rows_unless_the_parent_changed() -> None:
+    """As the Spark path's incremental checks: kept rows passed when their version was built,
+    so a NULL or a bad value among them is not counted again; a kept row orphaned by a parent
+    that changed is."""
+    from spark_jobs.arrow_checks import evaluate_incremental
+
+    kept = pa.table(
+        {
+            "customer_id": pa.array([1, 2, 9], pa.int64()),
+            "orders": [None, 0, 1],  # passed before (a check added later would change the SQL)
+            "industry": ["retail", "mining", None],
+        }
+    )
+    fresh = pa.table(
+        {
+            "customer_id": pa.array([3, 3, 4], pa.int64()),
+            "orders": [1, None, 2],
+            "industry": ["aerospace", "energy", None],
+        }
+    )
+    whole = pa.concat_tables([kept, fresh])
+
+    def run(unchanged: set[str]) -> dict[str, tuple[int, tuple[str, ...]]]:
+        results = evaluate_incremental(model(), whole, fresh, parents([1, 2, 3]), unchanged)
+        assert results is not None
+        return {r.check.kind: (r.failures, r.examples) for r in results}
+
+    stable = run({"f2_public_customers"})
+    assert stable["not_null"] == (1, ("orders",))
+    assert stable["unique"] == (1, ("3",))
+    assert stable["accepted_values"] == (1, ("aerospace",))
+    assert stable["relationships"] == (1, ("4",))  # fresh rows only
+    assert run(set())["relationships"] == (2, ("9", "4"))  # the parent changed: every row
+
+
+def test_incremental_uniqueness_of_other_columns_reads_the_whole_table() -> None:
+    from spark_jobs.arrow_checks import evaluate_incremental
+
+    header = {"key": ["customer_id"], "checks": {"unique": ["email"]}}
+    other = Model("m", Path("m.sql"), ModelHeader.model_validate(header), "SELECT 1")
+    kept = pa.table({"customer_id": pa.array([1], pa.int64()), "email": ["a@x"]})
+    fresh = pa.table({"customer_id": pa.array([2], pa.int64()), "email": ["a@x"]})
+    results = evaluate_incremental(
+        other, pa.concat_tables([kept, fresh]), fresh, lambda rel: None, set()
+    )
+    assert results is not None
+    assert [(r.check.kind, r.failures) for r in results] == [("unique", 1)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -165,3 +166,19 @@ def test_plan_over_current_rows_equals_a_full_run(
     got = _duck(con, render(plan.sql.replace(CURRENT_VIEW, "cur"), _plain))
     untouched = [r for r in current if r[0] not in touched]
     assert sorted(untouched + got) == expected
+    assert _widened(con, plan, rows) == got  # the narrow plan plus the copied columns
+
+
+def _widened(con: duckdb.DuckDBPyConnection, plan: Any, rows: list[tuple]) -> list[tuple]:
+    """The narrow plan over the keys of the current rows, the other columns copied from them
+    (what the builder does in Arrow)."""
+    names = ["id", "name", "visits", "last_at", "touches", "label"]
+    con.execute("CREATE OR REPLACE TABLE cur_keys AS SELECT id FROM cur")
+    narrow_sql = render(plan.narrow.replace(CURRENT_VIEW, "cur_keys"), _plain)
+    narrow = {
+        r[0]: dict(zip(["id", *plan.columns], r, strict=True)) for r in _duck(con, narrow_sql)
+    }
+    assert narrow.keys() == {r[0] for r in rows}
+    return sorted(
+        tuple(narrow[r[0]].get(n, v) for n, v in zip(names, r, strict=True)) for r in rows
+    )

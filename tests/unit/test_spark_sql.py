@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spark_jobs.checks import model_checks
-from spark_jobs.project import load_project
+from spark_jobs.project import SIGN, load_project
 from spark_jobs.state import InputMark, ModelState, load_state, save_state
 from spark_jobs.tables import merge_sql
 
@@ -293,3 +293,23 @@ def test_delta_version_follows_new_commits_and_a_table_made_again(tmp_path: Path
     shutil.rmtree(path)
     forget_latest()  # what every build does first
     assert delta_version(path) is None
+
+
+def test_keyed_diff_compares_only_the_recomputed_columns_when_told() -> None:
+    """A part-wise build copies the other columns, so only the recomputed ones are compared."""
+    import pyarrow as pa
+
+    from spark_jobs.diff import keyed_rows_changed
+
+    old = pa.table({"k": [1, 2, 3], "copied": ["a", "b", "c"], "sum": [10, 20, 30]})
+    new = pa.table({"k": [1, 2, 4], "copied": ["a", "B", "d"], "sum": [11, 20, 40]})
+    everything = keyed_rows_changed(old, new, ["k"])
+    recomputed = keyed_rows_changed(old, new, ["k"], ["sum"])
+    assert everything is not None and recomputed is not None
+
+    def pairs(rows: pa.Table) -> list[tuple[int, int]]:
+        keys, signs = rows.column("k").to_pylist(), rows.column(SIGN).to_pylist()
+        return sorted(zip(keys, signs, strict=True))
+
+    assert pairs(everything) == [(1, -1), (1, 1), (2, -1), (2, 1), (3, -1), (4, 1)]
+    assert pairs(recomputed) == [(1, -1), (1, 1), (3, -1), (4, 1)]  # key 2: only "copied"
