@@ -51,13 +51,17 @@ def evaluate_incremental(
     fresh: pa.Table,
     parents: Parents,
     unchanged_inputs: Collection[str],
+    replaced: pa.Table | None = None,
 ) -> list[CheckResult] | None:
-    """The checks of ``model`` after the rows of some keys were replaced by ``fresh`` in
-    ``table`` (the whole new version), reading what :func:`checks.incremental_checks` reads:
-    the kept rows passed these checks when their version was built, so the row-wise checks
-    and uniqueness of the key read ``fresh`` only; uniqueness of other columns, and a
-    relationship whose parent changed since the last build (unless the parent's mapping
-    covers it), read ``table``."""
+    """The checks of ``model`` after the rows of some keys (``replaced``, when known) were
+    replaced by ``fresh`` in ``table`` (the whole new version), reading what
+    :func:`checks.incremental_checks` reads: the kept rows passed these checks when their
+    version was built, so the row-wise checks and uniqueness of the key read ``fresh`` only;
+    uniqueness of other columns, and a relationship whose parent changed since the last build
+    (unless the parent's mapping covers it), read ``table``. For a parent unchanged since the
+    last build, a value the replaced rows held passed against this very parent version: only
+    the other values of ``fresh`` are looked up, and the parent is not read when there are
+    none."""
     checks = model.header.checks
     if not (_has_columns(table, checks) and _has_columns(fresh, checks)):
         return None
@@ -68,12 +72,34 @@ def evaluate_incremental(
         *_accepted(model.name, fresh, checks),
     ]
     for rel in checks.relationships:
-        stable = rel.to in unchanged_inputs or covered(model, rel)
-        found = _relationship(model.name, fresh if stable else table, rel, parents(rel))
+        if rel.to in unchanged_inputs and replaced is not None:
+            found = _new_values_relationship(model.name, fresh, replaced, rel, parents)
+        else:
+            stable = rel.to in unchanged_inputs or covered(model, rel)
+            found = _relationship(model.name, fresh if stable else table, rel, parents(rel))
         if found is None:
             return None
         results.append(found)
     return results
+
+
+def _new_values_relationship(
+    model: str, fresh: pa.Table, replaced: pa.Table, rel: Relationship, parents: Parents
+) -> CheckResult | None:
+    """The relationship over the rows of ``fresh`` whose value ``replaced`` did not hold."""
+    child, seen = fresh.column(rel.column), replaced.column(rel.column)
+    try:
+        held = pc.is_in(child, value_set=seen.cast(child.type).combine_chunks().drop_null())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _relationship(model, fresh, rel, parents(rel))
+    new = fresh.filter(pc.invert(pc.fill_null(held, False)))
+    if not pc.any(pc.is_valid(new.column(rel.column)), min_count=0).as_py():
+        return _result(model, "relationships", _label(rel), 0, [])
+    return _relationship(model, new, rel, parents(rel))
+
+
+def _label(rel: Relationship) -> str:
+    return f"{rel.column} -> {rel.to}.{rel.field}"
 
 
 def _has_columns(table: pa.Table, checks: Checks) -> bool:
@@ -135,5 +161,4 @@ def _relationship(
     known = pc.is_in(child, value_set=parent.drop_null())
     bad = child.filter(pc.and_(pc.is_valid(child), pc.invert(known)))
     examples = [str(v) for v in bad.slice(0, _EXAMPLES).to_pylist()]
-    label = f"{rel.column} -> {rel.to}.{rel.field}"
-    return _result(model, "relationships", label, len(bad), examples)
+    return _result(model, "relationships", _label(rel), len(bad), examples)

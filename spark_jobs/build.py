@@ -298,7 +298,7 @@ class SparkModelBuilder(IncrementalBuilds):
         try:
             if written.table is not None and written.fresh is not None:
                 results = arrow_checks.evaluate_incremental(
-                    model, written.table, written.fresh, parents, unchanged
+                    model, written.table, written.fresh, parents, unchanged, written.replaced
                 )
             elif written.table is not None:
                 results = arrow_checks.evaluate(model, written.table, parents)
@@ -335,9 +335,13 @@ class SparkModelBuilder(IncrementalBuilds):
 
     def _parent_values(self, project: Project, rel: Relationship) -> pa.Array | None:
         """The referenced column of a relationship's parent at its pinned version (live rows
-        of a raw replica), read with delta-rs; None when it cannot be read that way."""
+        of a raw replica): from the table this builder wrote when it is that version, else
+        read with delta-rs; None when it cannot be read that way."""
         kind = "ref" if rel.to in project.models else "raw"
         snap = self.snapshot(kind, rel.to)
+        kept = self._kept_rows(Path(snap.path), snap.version) if kind == "ref" else None
+        if kept is not None and rel.field in kept.column_names:  # written in this build
+            return kept.column(rel.field).combine_chunks()
         return column_values(snap.path, snap.version, rel.field, live_only=kind == "raw")
 
     def _restore(self, model: Model, target: Path, before: int | None) -> None:

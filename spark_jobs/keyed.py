@@ -83,6 +83,7 @@ class Written:
     recomputed: Any = None  # the recomputed rows as a DataFrame (MERGEd targets)
     table: pa.Table | None = None  # the whole new version (targets rewritten in the driver)
     fresh: pa.Table | None = None  # its recomputed rows, in the target's schema
+    replaced: pa.Table | None = None  # the rows they replaced (the old rows of those keys)
     finish: Callable[[], None] | None = None  # waits for the write of ``table`` (see _check)
     columns: tuple[str, ...] | None = None  # part-wise: the only columns recomputed
 
@@ -104,6 +105,16 @@ class KeySet:
     def view(self) -> str:
         self.frame()
         return self._name
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """What :meth:`IncrementalBuilds._replace_keys` did."""
+
+    whole: pa.Table  # the new version
+    fresh: pa.Table  # the recomputed rows in it (in the target's schema)
+    old: pa.Table  # the rows they replaced
+    finish: Callable[[], None]  # waits for the write
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +183,15 @@ class IncrementalBuilds:
             if outcome.narrow:
                 table = self._widen(model, target, before, found, table)
             logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
-            whole, fresh, finish = self._replace_keys(model, target, before, found, table, columns)
+            replaced = Replaced(*self._replace_keys(model, target, before, found, table, columns))
             return Written(
-                "incremental", count, table=whole, fresh=fresh, finish=finish, columns=columns
+                "incremental",
+                count,
+                table=replaced.whole,
+                fresh=replaced.fresh,
+                replaced=replaced.old,
+                finish=replaced.finish,
+                columns=columns,
             )
         keys = outcome.keys.frame() if outcome.keys is not None else self._keys_frame(found)
         if not outcome.inside:
@@ -435,13 +452,13 @@ class IncrementalBuilds:
         found: pa.Table,
         fresh: pa.Table,
         columns: tuple[str, ...] | None = None,
-    ) -> tuple[pa.Table, pa.Table, Callable[[], None]]:
+    ) -> tuple[pa.Table, pa.Table, pa.Table, Callable[[], None]]:
         """One overwrite with delta-rs in the driver: the current rows outside the key set
         plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
         which rewrites every file holding a key anyway when keys are spread over all files;
         Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version and a
-        call that waits for its write (and the recomputed rows in the target's schema in
-        between): the write, the changed rows (kept for the models of
+        call that waits for its write (and in between the recomputed rows in the target's
+        schema and the rows they replaced): the write, the changed rows (kept for the models of
         this build that read this one) and, when a later model reads this one, the hand-off
         of the new rows to Spark run in the background while the checks run in the caller."""
         from deltalake import write_deltalake
@@ -477,7 +494,7 @@ class IncrementalBuilds:
                 key = model.header.key[0]
                 self._fresh[model.name] = Fresh(after, key, keys.column(key), fresh, frame)
 
-        return whole, fresh, finish
+        return whole, fresh, replaced, finish
 
     def _keep(self, target: Path, version: int, table: pa.Table) -> None:
         """Keep the version just written for the next build (up to ``KEEP_ROWS`` rows over

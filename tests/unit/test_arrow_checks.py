@@ -128,3 +128,31 @@ def test_incremental_uniqueness_of_other_columns_reads_the_whole_table() -> None
     )
     assert results is not None
     assert [(r.check.kind, r.failures) for r in results] == [("unique", 1)]
+
+
+def test_an_unchanged_parent_is_read_only_for_values_the_replaced_rows_lacked() -> None:
+    """A value the replaced rows held passed against this parent version when they were
+    built; only new values are looked up, and the parent is not read when there are none."""
+    from spark_jobs.arrow_checks import evaluate_incremental
+
+    def rows(ids: list[int]) -> pa.Table:
+        n = len(ids)
+        return pa.table(
+            {"customer_id": pa.array(ids, pa.int64()), "orders": [1] * n, "industry": [None] * n}
+        )
+
+    def unreadable(rel: object) -> pa.Array:
+        raise AssertionError("the parent was read")
+
+    fresh, replaced = rows([1, 2]), rows([2, 1])
+    unchanged = {"f2_public_customers"}
+    same = evaluate_incremental(model(), fresh, fresh, unreadable, unchanged, replaced)
+    assert same is not None
+    assert [(r.check.kind, r.failures) for r in same][-1] == ("relationships", 0)
+    fresh = rows([1, 5, 6])
+    found = evaluate_incremental(model(), fresh, fresh, parents([1, 6]), unchanged, replaced)
+    assert found is not None
+    assert (found[-1].failures, found[-1].examples) == (1, ("5",))
+    changed = evaluate_incremental(model(), fresh, fresh, parents([6]), set(), replaced)
+    assert changed is not None  # the parent changed: every fresh row is looked up
+    assert (changed[-1].failures, changed[-1].examples) == (2, ("1", "5"))
