@@ -144,6 +144,7 @@ class SparkModelBuilder(IncrementalBuilds):
         self._fresh: dict[str, Fresh] = {}  # model -> rows it wrote in this build
         self._read_by_others: set[str] = set()  # models that later models of the build read
         self._kept: dict[str, Kept] = {}  # target -> the version this builder last wrote
+        self._splits: dict[tuple[str, int], tuple[pa.Table, pa.Table, pa.Table]] = {}
         self._keeping = threading.Lock()
 
     # -- inputs ---------------------------------------------------------------------------
@@ -205,6 +206,7 @@ class SparkModelBuilder(IncrementalBuilds):
         self._views.clear()
         self._changed.clear()
         self._targets.clear()
+        self._splits.clear()
         self._fresh.clear()
         forget_tables()
         forget_latest()

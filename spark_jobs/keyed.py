@@ -47,13 +47,13 @@ from spark_jobs.incremental import (
 from spark_jobs.project import SIGN, Model, quote, render
 from spark_jobs.tables import (
     PRESENT,
-    anti_join,
     count_rows,
     delta_ref,
     delta_version,
     latest_files,
     merge_sql,
     semi_join,
+    split_by_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class IncrementalBuilds:
     _fresh: dict[str, Fresh]  # model -> rows it wrote in this build
     _read_by_others: set[str]  # models of this build that later models of it read
     _kept: dict[str, Kept]  # target path -> the version this builder last wrote to it
+    _splits: dict[tuple[str, int], tuple[pa.Table, pa.Table, pa.Table]]  # see _split_target
     _keeping: threading.Lock  # guards _kept
     _io: ThreadPoolExecutor  # background delta-rs writes, diffs, hand-offs and reads
     snapshot: Callable[[str, str], InputSnapshot]
@@ -168,7 +169,8 @@ class IncrementalBuilds:
         if not changes:
             return Written("unchanged", 0)
         started = time.monotonic()
-        size = count_rows(target, before)
+        kept = self._kept_rows(target, before)
+        size = kept.num_rows if kept is not None else count_rows(target, before)
         if model.header.additive is not None and all(c.signed for c in changes.values()):
             outcome = Recomputed(*self._additive(model, target, before, changes))
         else:
@@ -270,7 +272,7 @@ class IncrementalBuilds:
         narrow plan: :meth:`_widen` copies the other columns in the driver), else by Spark."""
         view = f"capa_current__{model.name}"
         if in_driver:
-            rows = semi_join(self._target_rows(target, before), keys.table)
+            rows, _ = self._split_target(target, before, keys.table)
             self._handoff.frame(rows.select(list(model.header.key))).createOrReplaceTempView(view)
             return view
         key = quote(model.header.key[0])
@@ -287,7 +289,7 @@ class IncrementalBuilds:
         columns copied from the current rows of their keys (the plan gives one row per
         current row of the key set)."""
         key = model.header.key[0]
-        current = semi_join(self._target_rows(target, before), found)
+        current, _ = self._split_target(target, before, found)
         copied = current.drop_columns([c for c in narrow.column_names if c != key])
         narrow = narrow.set_column(
             narrow.schema.get_field_index(key),
@@ -295,6 +297,19 @@ class IncrementalBuilds:
             narrow.column(key).cast(copied.schema.field(key).type),
         )
         return copied.join(narrow, key, join_type="inner")
+
+    def _split_target(
+        self, target: Path, before: int, found: pa.Table
+    ) -> tuple[pa.Table, pa.Table]:
+        """(rows of the target at ``before`` whose key is in ``found``, the other rows), worked
+        out once per model build (the current rows, the copied columns and the rewrite all
+        need them)."""
+        key = (str(target), before)
+        cached = self._splits.get(key)
+        if cached is None or cached[0] is not found:
+            inside, outside = split_by_keys(self._target_rows(target, before), found)
+            cached = self._splits[key] = (found, inside, outside)
+        return cached[1], cached[2]
 
     def _target_rows(self, target: Path, before: int) -> pa.Table:
         """The target at ``before`` in the driver (plain Arrow types), read once per build
@@ -458,26 +473,27 @@ class IncrementalBuilds:
         which rewrites every file holding a key anyway when keys are spread over all files;
         Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version and a
         call that waits for its write (and in between the recomputed rows in the target's
-        schema and the rows they replaced): the write, the changed rows (kept for the models of
-        this build that read this one) and, when a later model reads this one, the hand-off
-        of the new rows to Spark run in the background while the checks run in the caller."""
+        schema and the rows they replaced): the write and, when a later model of this build
+        reads this one, the changed rows (its input changes) and the hand-off of the new rows
+        to Spark run in the background while the checks run in the caller."""
         from deltalake import write_deltalake
 
-        current = self._target_rows(target, before)
+        schema = self._target_rows(target, before).schema
+        replaced, others = self._split_target(target, before, found)
         del self._targets[(str(target), before)]  # this build writes the next version
-        schema = current.schema
+        del self._splits[(str(target), before)]
         keys = found.cast(pa.schema([schema.field(k) for k in found.column_names]))
         fresh = fresh.select(schema.names).cast(schema)
-        whole = pa.concat_tables([anti_join(current, keys), fresh])
+        whole = pa.concat_tables([others, fresh])
         write = self._io.submit(write_deltalake, str(target), whole, mode="overwrite")
-        replaced = semi_join(current, keys)
-        diff = self._io.submit(_rows_changed, replaced, fresh, model.header.key, columns)
-        single = len(model.header.key) == 1
-        frame = (
-            self._io.submit(self._handoff.frame, fresh)
-            if single and model.name in self._read_by_others
-            else None
+        read = model.name in self._read_by_others  # by a later model of this build
+        diff = (
+            self._io.submit(_rows_changed, replaced, fresh, model.header.key, columns)
+            if read
+            else _done(None)
         )
+        single = len(model.header.key) == 1
+        frame = self._io.submit(self._handoff.frame, fresh) if single and read else None
 
         def finish() -> None:
             started = time.monotonic()

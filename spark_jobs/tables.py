@@ -98,6 +98,16 @@ def semi_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
     return rows.join(keys, keys.column_names, join_type="left semi").select(rows.column_names)
 
 
+def split_by_keys(rows: pa.Table, keys: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(:func:`semi_join`, :func:`anti_join`) of ``rows`` and ``keys``, one lookup for both."""
+    if not keys.num_rows or not rows.num_rows:
+        return rows.schema.empty_table(), rows
+    if keys.num_columns == 1:
+        inside = _in_keys(rows, keys)
+        return rows.filter(inside), rows.filter(pc.invert(inside))
+    return semi_join(rows, keys), anti_join(rows, keys)
+
+
 def anti_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
     """``rows`` whose key (the columns of ``keys``) is not in ``keys`` (NULL keys kept)."""
     if not keys.num_rows or not rows.num_rows:

@@ -313,3 +313,20 @@ def test_keyed_diff_compares_only_the_recomputed_columns_when_told() -> None:
 
     assert pairs(everything) == [(1, -1), (1, 1), (2, -1), (2, 1), (3, -1), (4, 1)]
     assert pairs(recomputed) == [(1, -1), (1, 1), (3, -1), (4, 1)]  # key 2: only "copied"
+
+
+def test_split_by_keys_is_the_semi_join_and_the_anti_join() -> None:
+    import pyarrow as pa
+
+    from spark_jobs.tables import anti_join, semi_join, split_by_keys
+
+    rows = pa.table({"k": pa.array([1, 2, None, 4, 2], pa.int64()), "v": list("abcde")})
+    for keys in (
+        pa.table({"k": pa.array([2, 9], pa.int32())}),
+        pa.table({"k": pa.array([], pa.int64())}),
+    ):
+        inside, outside = split_by_keys(rows, keys)
+        assert inside.equals(semi_join(rows, keys)) and outside.equals(anti_join(rows, keys))
+    two = pa.table({"k": [1, 2, 2], "j": ["x", "y", "z"]})
+    inside, outside = split_by_keys(two, pa.table({"k": [2], "j": ["z"]}))
+    assert inside.to_pylist() == [{"k": 2, "j": "z"}] and outside.num_rows == 2
