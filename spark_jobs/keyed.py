@@ -59,7 +59,7 @@ from spark_jobs.tables import (
 logger = logging.getLogger(__name__)
 
 _KEY = "__capa_key"
-KEEP_ROWS = 5_000_000  # rows of written targets a builder keeps for its next build
+KEEP_ROWS = 1_000_000  # rows of written targets a builder keeps for its next build (over all)
 
 
 @dataclass(frozen=True, slots=True)
