@@ -290,13 +290,13 @@ class IncrementalBuilds:
         current row of the key set)."""
         key = model.header.key[0]
         current, _ = self._split_target(target, before, found)
-        copied = current.drop_columns([c for c in narrow.column_names if c != key])
-        narrow = narrow.set_column(
-            narrow.schema.get_field_index(key),
-            key,
-            narrow.column(key).cast(copied.schema.field(key).type),
-        )
-        return copied.join(narrow, key, join_type="inner")
+        recomputed = [c for c in narrow.column_names if c != key]
+        keys = current.column(key).combine_chunks()
+        rows = pc.index_in(narrow.column(key).cast(keys.type), value_set=keys)
+        widened = current.drop_columns(recomputed).take(rows)  # any column type (no join)
+        for name in recomputed:
+            widened = widened.append_column(narrow.schema.field(name), narrow.column(name))
+        return widened
 
     def _split_target(
         self, target: Path, before: int, found: pa.Table
@@ -316,9 +316,8 @@ class IncrementalBuilds:
         (in the background from its start when :meth:`_prefetch_target` asked for it)."""
         key = (str(target), before)
         if key not in self._targets:
-            self._targets[key] = _done(
-                self._kept_rows(target, before) or read_target(target, before)
-            )
+            kept = self._kept_rows(target, before)
+            self._targets[key] = _done(kept if kept is not None else read_target(target, before))
         return self._targets[key].result()
 
     def _kept_rows(self, target: Path, version: int) -> pa.Table | None:
