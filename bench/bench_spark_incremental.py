@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from capa.stack.base import process_cpu_seconds
 from capa.warehouse.local.delta_io import REPLICA_PROPERTIES
 from spark_jobs import sample
 from spark_jobs.build import WORKERS, SparkModelBuilder
@@ -94,17 +95,9 @@ def timed(builder: SparkModelBuilder, full: bool) -> tuple[float, list]:
 def cpu_seconds(spark: object) -> tuple[float, float]:
     """(this Python process, the Spark JVM) CPU seconds so far, from /proc (Linux; 0 when the
     JVM is not a child this process started)."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def of(pid: int) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / tick
-
     proc = getattr(spark.sparkContext._gateway, "proc", None)  # type: ignore[attr-defined]
-    return of(os.getpid()), of(proc.pid) if proc is not None else 0.0
+    jvm = process_cpu_seconds(proc.pid) if proc is not None else None
+    return process_cpu_seconds(os.getpid()) or 0.0, jvm or 0.0
 
 
 def cpu_timed(spark: object, builder: SparkModelBuilder, full: bool) -> tuple[float, list, dict]:

@@ -79,7 +79,7 @@ from spark_jobs.project import (
 from spark_jobs.schedule import run_in_order
 from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
-from spark_jobs.tables import count_rows, delta_ref, delta_version, forget_latest
+from spark_jobs.tables import count_rows, delta_ref, delta_version
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,6 @@ class SparkModelBuilder(IncrementalBuilds):
         self._splits.clear()
         self._fresh.clear()
         forget_tables()
-        forget_latest()
         models = project.order(select)
         self._read_by_others = {r for m in models for r in m.refs}
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="capa-io")
@@ -230,8 +229,8 @@ class SparkModelBuilder(IncrementalBuilds):
         input changed since or a model it reads is built in this build."""
         target = self.consumption / model.name
         version = delta_version(target)
-        state = load_state(self.consumption, model.name)
-        if version is None or not state or state.fingerprint != fingerprint(model):
+        state = self._resumable(model, version)
+        if version is None or state is None:
             return
         changed = any(
             m.kind == "ref" or delta_version(self._path("raw", n)) != m.version
@@ -239,6 +238,12 @@ class SparkModelBuilder(IncrementalBuilds):
         )
         if changed and count_rows(target, version) <= self.overwrite_below:
             self._prefetch_target(target, version)
+
+    def _resumable(self, model: Model, version: int | None) -> ModelState | None:
+        """The state of the model's last build when its table exists (``version``) and was
+        built from the same SQL and header: an incremental build can go on from it."""
+        state = load_state(self.consumption, model.name) if version is not None else None
+        return state if state and state.fingerprint == fingerprint(model) else None
 
     def _build_logged(self, project: Project, model: Model, full: bool) -> ModelReport:
         report = self.build_model(project, model, full=full)
@@ -250,9 +255,9 @@ class SparkModelBuilder(IncrementalBuilds):
         target = self.consumption / model.name
         before = delta_version(target)
         snaps = {n: self.snapshot("ref" if n in model.refs else "raw", n) for n in model.inputs}
-        state = load_state(self.consumption, model.name)
+        state = self._resumable(model, before)
         outcome = Written("full")
-        if not full and before is not None and state and state.fingerprint == fingerprint(model):
+        if not full and before is not None and state is not None:
             changes = input_changes(self.spark, model, snaps, state, self._changed)
             if changes is not None:
                 outcome = self._incremental(model, target, before, changes)
@@ -349,7 +354,7 @@ class SparkModelBuilder(IncrementalBuilds):
     def _restore(self, model: Model, target: Path, before: int | None) -> None:
         if before is None:
             shutil.rmtree(target, ignore_errors=True)
-            forget_latest(target)
+            forget_tables(target)
             clear_state(self.consumption, model.name)
         else:
             self.spark.sql(f"RESTORE TABLE {delta_ref(target)} TO VERSION AS OF {int(before)}")

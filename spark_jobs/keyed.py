@@ -185,7 +185,7 @@ class IncrementalBuilds:
             if outcome.narrow:
                 table = self._widen(model, target, before, found, table)
             logger.info("%s: %d keys recomputed in %.1fs", model.name, count, _since(started))
-            replaced = Replaced(*self._replace_keys(model, target, before, found, table, columns))
+            replaced = self._replace_keys(model, target, before, found, table, columns)
             return Written(
                 "incremental",
                 count,
@@ -466,13 +466,13 @@ class IncrementalBuilds:
         found: pa.Table,
         fresh: pa.Table,
         columns: tuple[str, ...] | None = None,
-    ) -> tuple[pa.Table, pa.Table, pa.Table, Callable[[], None]]:
+    ) -> Replaced:
         """One overwrite with delta-rs in the driver: the current rows outside the key set
         plus the recomputed rows (a small target is cheaper to rewrite once than to MERGE,
         which rewrites every file holding a key anyway when keys are spread over all files;
-        Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version and a
-        call that waits for its write (and in between the recomputed rows in the target's
-        schema and the rows they replaced): the write and, when a later model of this build
+        Spark's Delta writer adds ~1-2 s per commit). Returns the whole new version, the
+        recomputed rows in the target's schema, the rows they replaced and a call that waits
+        for the write: the write and, when a later model of this build
         reads this one, the changed rows (its input changes) and the hand-off of the new rows
         to Spark run in the background while the checks run in the caller."""
         from deltalake import write_deltalake
@@ -509,7 +509,7 @@ class IncrementalBuilds:
                 key = model.header.key[0]
                 self._fresh[model.name] = Fresh(after, key, keys.column(key), fresh, frame)
 
-        return whole, fresh, replaced, finish
+        return Replaced(whole, fresh, replaced, finish)
 
     def _keep(self, target: Path, version: int, table: pa.Table) -> None:
         """Keep the version just written for the next build (up to ``KEEP_ROWS`` rows over

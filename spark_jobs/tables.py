@@ -1,65 +1,25 @@
 """Delta tables and Arrow key sets: the small helpers the model builders share.
 
-Versions and row counts come from delta-rs (no Spark job); ``semi_join`` / ``anti_join`` keep
+Versions (:func:`spark_jobs.diff.delta_version`) and row counts come from delta-rs (no Spark
+job); ``semi_join`` / ``anti_join`` keep
 or drop the rows of an Arrow table whose key is in a key set; ``merge_sql`` is the Spark MERGE
 that replaces the rows of a key set in a large target.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_jobs.diff import open_table
+from spark_jobs.diff import delta_version, latest_files, open_table
+
+__all__ = ["delta_version", "latest_files"]  # kept here for the builders (see spark_jobs.diff)
 from spark_jobs.project import quote
 
 PRESENT = "__capa_present"  # set on the source rows of a MERGE; a key without one is deleted
-
-
-_LATEST: dict[str, Any] = {}  # path -> DeltaTable kept up to date, see delta_version
-_LATEST_LOCK = threading.Lock()
-
-
-def delta_version(path: Path) -> int | None:
-    """The table's latest version (None: not a Delta table yet). A table asked for before in
-    this build is brought up to date from its log (~0.5 ms) instead of opened again (~3 ms;
-    a build asks ~30 times)."""
-    from deltalake import DeltaTable
-
-    key = str(path)
-    with _LATEST_LOCK:
-        try:
-            table = _LATEST.get(key)
-            if table is None:
-                table = _LATEST[key] = DeltaTable(key)
-            else:
-                table.update_incremental()
-            return int(table.version())
-        except Exception:  # not a Delta table (yet), or it went away
-            _LATEST.pop(key, None)
-            return None
-
-
-def latest_files(path: Path) -> list[str] | None:
-    """The data files of the version :func:`delta_version` last returned for ``path``."""
-    with _LATEST_LOCK:
-        table = _LATEST.get(str(path))
-        return None if table is None else sorted(table.file_uris())
-
-
-def forget_latest(path: Path | None = None) -> None:
-    """Open the table (every table: ``None``) afresh at its next :func:`delta_version`: at
-    each build's start, and after a table was removed (its versions start again at 0)."""
-    with _LATEST_LOCK:
-        if path is None:
-            _LATEST.clear()
-        else:
-            _LATEST.pop(str(path), None)
 
 
 def count_rows(path: Path, version: int | None = None) -> int:

@@ -91,16 +91,29 @@ class PidRecord:
         )
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a live (non-zombie) ``pid`` in clock ticks since boot; None if gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after "pid (comm) " (state first); None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    if fields[0] in ("Z", "X"):
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a live (non-zombie) ``pid`` in clock ticks since boot; None if gone."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far (its threads included); None if gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cmdline(pid: int) -> str:

@@ -274,7 +274,7 @@ def test_delta_version_follows_new_commits_and_a_table_made_again(tmp_path: Path
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from spark_jobs.tables import delta_version, forget_latest, latest_files
+    from spark_jobs.diff import delta_version, forget_tables, latest_files
 
     path = tmp_path / "t"
     assert delta_version(path) is None
@@ -287,11 +287,11 @@ def test_delta_version_follows_new_commits_and_a_table_made_again(tmp_path: Path
     assert len(latest_files(path) or []) == 3
     shutil.rmtree(path)
     write_deltalake(str(path), rows)
-    forget_latest(path)  # what the builder does after removing a table
+    forget_tables(path)  # what the builder does after removing a table
     assert delta_version(path) == 0
     assert len(latest_files(path) or []) == 1
     shutil.rmtree(path)
-    forget_latest()  # what every build does first
+    forget_tables()  # what every build does first
     assert delta_version(path) is None
 
 

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from capa.stack.base import (
     StateDirs,
     is_our_process,
     port_in_use,
+    process_cpu_seconds,
     process_start_ticks,
     stop_pid,
 )
@@ -160,3 +162,17 @@ def test_demo_fails_at_once_when_the_apply_job_is_gone(tmp_path: Path) -> None:
     log.write_text("starting\nRuntimeError: Broker: Not coordinator\n")
     with pytest.raises(ServiceFailed, match="Not coordinator"):
         demo.wait_caught_up(timeout=60)
+
+
+def test_process_cpu_seconds_counts_a_busy_child_and_none_once_it_is_gone() -> None:
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    proc = subprocess.Popen([sys.executable, "-c", busy + "\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while (process_cpu_seconds(proc.pid) or 0) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (process_cpu_seconds(proc.pid) or 0) >= 0.25
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_cpu_seconds(proc.pid) is None
