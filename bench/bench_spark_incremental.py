@@ -9,7 +9,8 @@ Seeds a raw lakehouse (1M orders, 100k customers, ...), builds every model once 
 runs ``--warmup-rounds`` untimed rounds of (change 1% of the orders, incremental build), then
 ``--rounds`` timed rounds: change 1% of the orders again (updates incl. customer moves, 10% of
 them deletes, plus inserts), time an incremental build and a full rebuild of the same input
-and check both give the same tables. Prints a JSON line: the medians over the timed rounds
+and check both give the same tables (``--schedule serve``: every incremental build first, then
+the full rebuilds). Prints a JSON line: the medians over the timed rounds
 (the ratio is the median of the rounds' ratios) and every round (totals, per-model mode and
 seconds, CPU seconds of Python and of the JVM per build, load average before and after its
 two timed builds); the builder logs per-phase
@@ -145,6 +146,15 @@ def parse_args() -> argparse.Namespace:
         help=f"models built at once by both builders (default {WORKERS}, the builder's)",
     )
     parser.add_argument(
+        "--schedule",
+        choices=("interleaved", "serve"),
+        default="interleaved",
+        help="'interleaved' (default): each timed round changes the orders, then times an "
+        "incremental build and a full rebuild in turn; 'serve': all timed incremental builds "
+        "first with no full rebuild between them, as a served builder runs them, then "
+        "--warmup-rounds untimed and --rounds timed full rebuilds (the JIT of a JVM that only runs small builds differs, see docs/benchmarks.md)",
+    )
+    parser.add_argument(
         "--json-out",
         dest="json_out",
         default=None,
@@ -164,12 +174,58 @@ def timed_round(
     inc, full = builders
     changed = change(lake, args.orders, args.fraction, seed=2 + n)
     load_before = os.getloadavg()
-    inc_s, inc_reports, inc_cpu = cpu_timed(spark, inc, full=False)
-    full_s, full_reports, full_cpu = cpu_timed(spark, full, full=True)
-    load_after = os.getloadavg()
-    same = all(
-        identical(spark, inc.consumption / m, full.consumption / m) for m in load_project().models
-    )
+    incremental = cpu_timed(spark, inc, full=False)
+    rebuild = cpu_timed(spark, full, full=True)
+    load = (*load_before, *os.getloadavg())
+    return record(changed, incremental, rebuild, same_tables(spark, builders), load)
+
+
+def serve_rounds(
+    spark: object,
+    lake: sample.RawLakehouse,
+    builders: tuple[SparkModelBuilder, SparkModelBuilder],
+    args: argparse.Namespace,
+) -> list[dict]:
+    """``--schedule serve``: every timed incremental build first, each after its change and
+    with no full rebuild between them (as ``serve`` runs them), then ``--warmup-rounds``
+    untimed and as many timed full rebuilds of the last input (each path warmed by its own
+    kind of build); round n pairs the n-th of each, the tables are compared once at the end."""
+    inc, full = builders
+    builds = []
+    for n in range(args.rounds):
+        changed = change(lake, args.orders, args.fraction, seed=2 + n)
+        load_before = os.getloadavg()
+        builds.append((changed, cpu_timed(spark, inc, full=False), load_before))
+    for _ in range(args.warmup_rounds):
+        timed(full, full=True)
+    rebuilds = []
+    for _ in range(args.rounds):
+        load_before = os.getloadavg()
+        rebuilds.append((cpu_timed(spark, full, full=True), load_before))
+    same = same_tables(spark, builders)
+    pairs = zip(builds, rebuilds, strict=True)
+    return [
+        record(changed, incremental, rebuild, same, (*inc_load, *full_load))
+        for (changed, incremental, inc_load), (rebuild, full_load) in pairs
+    ]
+
+
+def same_tables(spark: object, builders: tuple[SparkModelBuilder, SparkModelBuilder]) -> bool:
+    inc, full = builders
+    models = load_project().models
+    return all(identical(spark, inc.consumption / m, full.consumption / m) for m in models)
+
+
+def record(
+    changed: int,
+    incremental: tuple[float, list, dict],
+    rebuild: tuple[float, list, dict],
+    same: bool,
+    load: tuple[float, ...],
+) -> dict:
+    """One timed round: both builds' seconds, CPU and per-model modes, their ratio."""
+    inc_s, inc_reports, inc_cpu = incremental
+    full_s, full_reports, full_cpu = rebuild
     return {
         "changed_events": changed,
         "incremental_s": round(inc_s, 2),
@@ -180,7 +236,7 @@ def timed_round(
         "keys": {r.model: r.keys for r in inc_reports},
         "incremental_models": per_model(inc_reports),
         "full_models": per_model(full_reports),
-        "load_avg": [round(v, 2) for v in (*load_before, *load_after)],
+        "load_avg": [round(v, 2) for v in load],
     }
 
 
@@ -201,7 +257,10 @@ def main() -> None:
         for round_ in range(args.warmup_rounds):
             change(lake, args.orders, args.fraction, seed=100 + round_)
             first_incremental.append(round(timed(inc, full=False)[0], 1))
-        rounds = [timed_round(spark, lake, (inc, full), args, n) for n in range(args.rounds)]
+        if args.schedule == "serve":
+            rounds = serve_rounds(spark, lake, (inc, full), args)
+        else:
+            rounds = [timed_round(spark, lake, (inc, full), args, n) for n in range(args.rounds)]
     result = summary(args, warm, first_incremental, rounds)
     print(json.dumps(result))
     if args.json_out:
@@ -214,6 +273,7 @@ def summary(args: argparse.Namespace, warm: float, first: list, rounds: list[dic
         "orders": args.orders,
         "fraction": args.fraction,
         "workers": args.workers,
+        "schedule": args.schedule,
         "warmup_full_s": round(warm, 1),
         "warmup_incremental_s": first,
         "incremental_s": statistics.median(r["incremental_s"] for r in rounds),
@@ -237,6 +297,7 @@ def write_json(args: argparse.Namespace, result: dict, warm: float) -> None:
                 "fraction": args.fraction,
                 "warmup_rounds": args.warmup_rounds,
                 "rounds": args.rounds,
+                "schedule": args.schedule,
             },
             {"incremental_build": result["incremental_s"], "warmup_full_build": warm},
             baselines={"incremental_build": result["full_s"]},
