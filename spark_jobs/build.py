@@ -53,11 +53,7 @@ from spark_jobs.checks import (
     model_checks,
     run_checks,
 )
-from spark_jobs.diff import (
-    column_values,
-    forget_tables,
-    open_table,
-)
+from spark_jobs.diff import column_values, delta_version, forget_tables, open_table
 from spark_jobs.incremental import (
     ChangeCache,
     Handoff,
@@ -79,7 +75,7 @@ from spark_jobs.project import (
 from spark_jobs.schedule import run_in_order
 from spark_jobs.session import add_session_arguments
 from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
-from spark_jobs.tables import count_rows, delta_ref, delta_version
+from spark_jobs.tables import count_rows, delta_ref
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +232,8 @@ class SparkModelBuilder(IncrementalBuilds):
             m.kind == "ref" or delta_version(self._path("raw", n)) != m.version
             for n, m in state.inputs.items()
         )
-        if changed and count_rows(target, version) <= self.overwrite_below:
-            self._prefetch_target(target, version)
+        if changed and self._target_size(target, version) <= self.overwrite_below:
+            self._target_future(target, version, background=True)
 
     def _resumable(self, model: Model, version: int | None) -> ModelState | None:
         """The state of the model's last build when its table exists (``version``) and was
@@ -473,21 +469,30 @@ def run_once(
     if target:
         builder = BigQueryModelBuilder(spark, target)
     else:
-        settings = (
-            Path(args.lakehouse).resolve(),
-            Path(args.consumption).resolve() if args.consumption else None,
-            args.rebuild_above,
-            getattr(args, "overwrite_below", OVERWRITE_BELOW),
-            getattr(args, "workers", WORKERS),
-        )
-        builder = (builders or {}).get(settings) or SparkModelBuilder(spark, *settings)
-        if builders is not None:
-            builders.pop(settings, None)
-            builders[settings] = builder  # the most recently used last
-            while len(builders) > SERVED_BUILDERS:
-                builders.pop(next(iter(builders)))
+        builder = _spark_builder(args, spark, builders)
     select = [s for s in args.select.split(",") if s] or None
     return builder.build(project, full=args.full, select=select)
+
+
+def _spark_builder(
+    args: argparse.Namespace, spark: Any, builders: dict[tuple[Any, ...], Any] | None
+) -> SparkModelBuilder:
+    """A builder for the arguments' settings: the serve mode's one for them when it has one
+    (it keeps up to ``SERVED_BUILDERS``, the least recently used dropped first), else new."""
+    settings = (
+        Path(args.lakehouse).resolve(),
+        Path(args.consumption).resolve() if args.consumption else None,
+        args.rebuild_above,
+        getattr(args, "overwrite_below", OVERWRITE_BELOW),
+        getattr(args, "workers", WORKERS),
+    )
+    if builders is None:
+        return SparkModelBuilder(spark, *settings)
+    builder = builders.pop(settings, None) or SparkModelBuilder(spark, *settings)
+    builders[settings] = builder  # the most recently used last
+    while len(builders) > SERVED_BUILDERS:
+        builders.pop(next(iter(builders)))
+    return builder
 
 
 def report_failure(exc: ChecksFailed) -> None:

@@ -34,7 +34,14 @@ import pyarrow.compute as pc
 from capa.errors import ConfigError
 from capa.warehouse.base import META_DELETED
 from spark_jobs import parts
-from spark_jobs.diff import keyed_rows_changed, open_table, rows_changed, spark_schema
+from spark_jobs.diff import (
+    delta_version,
+    keyed_rows_changed,
+    latest_files,
+    open_table,
+    rows_changed,
+    spark_schema,
+)
 from spark_jobs.incremental import (
     ChangeCache,
     Changes,
@@ -49,8 +56,6 @@ from spark_jobs.tables import (
     PRESENT,
     count_rows,
     delta_ref,
-    delta_version,
-    latest_files,
     merge_sql,
     semi_join,
     split_by_keys,
@@ -169,8 +174,7 @@ class IncrementalBuilds:
         if not changes:
             return Written("unchanged", 0)
         started = time.monotonic()
-        kept = self._kept_rows(target, before)
-        size = kept.num_rows if kept is not None else count_rows(target, before)
+        size = self._target_size(target, before)
         if model.header.additive is not None and all(c.signed for c in changes.values()):
             outcome = Recomputed(*self._additive(model, target, before, changes))
         else:
@@ -313,12 +317,28 @@ class IncrementalBuilds:
 
     def _target_rows(self, target: Path, before: int) -> pa.Table:
         """The target at ``before`` in the driver (plain Arrow types), read once per build
-        (in the background from its start when :meth:`_prefetch_target` asked for it)."""
-        key = (str(target), before)
+        (in the background from its start when the build prefetched it)."""
+        return self._target_future(target, before, background=False).result()
+
+    def _target_future(self, target: Path, version: int, *, background: bool) -> Future[pa.Table]:
+        """The target at ``version``: the table this builder kept, else read once per build,
+        here or (``background``: a prefetch at the build's start; the read, ~25 ms per 100k
+        rows, then overlaps the Spark jobs of the models built before it) in the background."""
+        key = (str(target), version)
         if key not in self._targets:
-            kept = self._kept_rows(target, before)
-            self._targets[key] = _done(kept if kept is not None else read_target(target, before))
-        return self._targets[key].result()
+            kept = self._kept_rows(target, version)
+            if kept is not None:
+                self._targets[key] = _done(kept)
+            elif background:
+                self._targets[key] = self._io.submit(read_target, target, version)
+            else:
+                self._targets[key] = _done(read_target(target, version))
+        return self._targets[key]
+
+    def _target_size(self, target: Path, version: int) -> int:
+        """Rows of the target at ``version`` (the kept table's when this builder has it)."""
+        kept = self._kept_rows(target, version)
+        return kept.num_rows if kept is not None else count_rows(target, version)
 
     def _kept_rows(self, target: Path, version: int) -> pa.Table | None:
         """The target at ``version`` when this builder wrote that version itself (a builder
@@ -329,18 +349,6 @@ class IncrementalBuilds:
         if sorted(open_table(str(target), version).file_uris()) != kept.files:
             return None
         return kept.table
-
-    def _prefetch_target(self, target: Path, version: int) -> None:
-        """Start reading the target at ``version`` in the background: an incremental build
-        replacing keys in the driver needs it, and the read (~25 ms per 100k rows) then
-        overlaps the Spark jobs of the models built before it."""
-        key = (str(target), version)
-        if key not in self._targets:
-            kept = self._kept_rows(target, version)
-            future = (
-                _done(kept) if kept is not None else self._io.submit(read_target, target, version)
-            )
-            self._targets[key] = future
 
     def _target_view(self, target: Path, version: int) -> str:
         view = f"capa_target__{target.name}"

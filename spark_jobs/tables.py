@@ -1,8 +1,6 @@
 """Delta tables and Arrow key sets: the small helpers the model builders share.
 
-Versions (:func:`spark_jobs.diff.delta_version`) and row counts come from delta-rs (no Spark
-job); ``semi_join`` / ``anti_join`` keep
-or drop the rows of an Arrow table whose key is in a key set; ``merge_sql`` is the Spark MERGE
+Row counts come from delta-rs (no Spark job); ``semi_join`` / ``anti_join`` keep or drop the rows of an Arrow table whose key is in a key set; ``merge_sql`` is the Spark MERGE
 that replaces the rows of a key set in a large target.
 """
 
@@ -14,9 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_jobs.diff import delta_version, latest_files, open_table
-
-__all__ = ["delta_version", "latest_files"]  # kept here for the builders (see spark_jobs.diff)
+from spark_jobs.diff import open_table
 from spark_jobs.project import quote
 
 PRESENT = "__capa_present"  # set on the source rows of a MERGE; a key without one is deleted
