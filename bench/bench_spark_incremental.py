@@ -47,8 +47,8 @@ SEED_CHUNK = 1_000_000  # rows per initial append
 def bulk(lake: sample.RawLakehouse, table: str, rows: Iterable[dict]) -> None:
     """First load without MERGE (an initial snapshot), in the raw-table contract: one append
     per ``SEED_CHUNK`` rows (a 1M-row table is one data file; 10M rows fit in memory)."""
-    rows = iter(rows)
-    while chunk := list(itertools.islice(rows, SEED_CHUNK)):
+    pending = iter(rows)
+    while chunk := list(itertools.islice(pending, SEED_CHUNK)):
         stamped = lake._stamp(chunk, "r", deleted=False)
         write_deltalake(
             str(lake.path(table)),
@@ -160,7 +160,8 @@ def parse_args() -> argparse.Namespace:
         help="'interleaved' (default): each timed round changes the orders, then times an "
         "incremental build and a full rebuild in turn; 'serve': all timed incremental builds "
         "first with no full rebuild between them, as a served builder runs them, then "
-        "--warmup-rounds untimed and --rounds timed full rebuilds (the JIT of a JVM that only runs small builds differs, see docs/benchmarks.md)",
+        "--warmup-rounds untimed and --rounds timed full rebuilds (the JIT of a JVM that "
+        "only runs small builds differs, see docs/benchmarks.md)",
     )
     parser.add_argument(
         "--json-out",
@@ -179,13 +180,24 @@ def timed_round(
     n: int,
 ) -> dict:
     """Change 1% of the orders, time an incremental build and a full rebuild, compare them."""
-    inc, full = builders
-    changed = change(lake, args.orders, args.fraction, seed=2 + n)
-    load_before = os.getloadavg()
-    incremental = cpu_timed(spark, inc, full=False)
-    rebuild = cpu_timed(spark, full, full=True)
+    changed, incremental, load_before = changed_build(spark, lake, builders[0], args, n)
+    rebuild = cpu_timed(spark, builders[1], full=True)
     load = (*load_before, *os.getloadavg())
     return record(changed, incremental, rebuild, same_tables(spark, builders), load)
+
+
+def changed_build(
+    spark: object,
+    lake: sample.RawLakehouse,
+    inc: SparkModelBuilder,
+    args: argparse.Namespace,
+    n: int,
+) -> tuple[int, tuple[float, list, dict], tuple[float, ...]]:
+    """Round ``n``'s change of the orders, then a timed incremental build: (changed events,
+    the build's seconds / reports / CPU, the load average before it)."""
+    changed = change(lake, args.orders, args.fraction, seed=2 + n)
+    load_before = os.getloadavg()
+    return changed, cpu_timed(spark, inc, full=False), load_before
 
 
 def serve_rounds(
@@ -199,11 +211,7 @@ def serve_rounds(
     untimed and as many timed full rebuilds of the last input (each path warmed by its own
     kind of build); round n pairs the n-th of each, the tables are compared once at the end."""
     inc, full = builders
-    builds = []
-    for n in range(args.rounds):
-        changed = change(lake, args.orders, args.fraction, seed=2 + n)
-        load_before = os.getloadavg()
-        builds.append((changed, cpu_timed(spark, inc, full=False), load_before))
+    builds = [changed_build(spark, lake, inc, args, n) for n in range(args.rounds)]
     for _ in range(args.warmup_rounds):
         timed(full, full=True)
     rebuilds = []

@@ -1,7 +1,8 @@
 """Delta tables and Arrow key sets: the small helpers the model builders share.
 
-Row counts come from delta-rs (no Spark job); ``semi_join`` / ``anti_join`` keep or drop the rows of an Arrow table whose key is in a key set; ``merge_sql`` is the Spark MERGE
-that replaces the rows of a key set in a large target.
+Row counts come from delta-rs (no Spark job); ``semi_join`` / ``anti_join`` keep or drop the
+rows of an Arrow table whose key is in a key set; ``merge_sql`` is the Spark MERGE that replaces
+the rows of a key set in a large target.
 """
 
 from __future__ import annotations
