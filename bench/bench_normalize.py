@@ -39,7 +39,7 @@ from connectors.datastream.files import read_avro_file
 from connectors.datastream.normalizer import DatastreamNormalizer
 from connectors.debezium.normalizer import DebeziumNormalizer
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 def debezium_lines(n: int, seed: int = 7) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+UPSTREAM_FIXTURES = ROOT / "tests" / "fixtures"
 CASES = ROOT / "tests" / "cases"
 
 _TIERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "bench": pytest.mark.bench}
@@ -23,7 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"{SHARED_FIXTURES} is missing: CI must run with ../shared beside the clone")
-    return SHARED_FIXTURES
+def upstream_fixtures() -> Path:
+    """Real upstream output (vendored; tests/fixtures/README.md says where each folder came from)."""
+    return UPSTREAM_FIXTURES

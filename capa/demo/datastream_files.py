@@ -1,7 +1,7 @@
 """Datastream-format change files for the demo's cloud-path F2 table ``public.shipments``.
 
 Same record layout as Datastream's PostgreSQL JSON output (see the real recorded files
-under ``../shared/fixtures/datastream_postgres_*``): a backfill file, then CDC files with
+under ``tests/fixtures/datastream_postgres_*``): a backfill file, then CDC files with
 LSN-ordered inserts, updates and deletes, laid out as
 ``<prefix>/public_shipments/yyyy/mm/dd/hh/mm/<file>.jsonl``.
 """

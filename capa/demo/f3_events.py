@@ -5,7 +5,7 @@ exact shape Debezium 3.6.3's SQL Server connector writes with the JSON converter
 schemas enabled: the envelope, source block (change_lsn / commit_lsn / event_serial_no),
 Connect schemas and encodings (decimal -> base64 unscaled bytes, datetime2(7) ->
 NanoTimestamp, datetimeoffset -> ZonedTimestamp) follow the record built with Debezium's
-own classes in ``../shared/fixtures/debezium_pg15_captured_here/sqlserver_example_schemas_enabled.json``.
+own classes in ``tests/fixtures/debezium_pg15_captured_here/sqlserver_example_schemas_enabled.json``.
 The row values and LSNs are generated (deterministic by seed).
 """
 

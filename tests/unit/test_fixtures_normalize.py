@@ -1,4 +1,4 @@
-"""Every file under ../shared/fixtures through the normalisers (Python API).
+"""Every file under tests/fixtures through the normalisers (Python API).
 
 Each record must become a canonical event, a counted skip, or a dead letter with a reason;
 the expected counts per file are listed here, and the real captured records are checked
@@ -105,18 +105,18 @@ def one(path: Path, **options: object) -> ChangeEvent:
     return event
 
 
-def test_every_fixture_file_is_listed(shared_fixtures: Path) -> None:
+def test_every_fixture_file_is_listed(upstream_fixtures: Path) -> None:
     found = {
-        str(p.relative_to(shared_fixtures))
-        for p in shared_fixtures.rglob("*")
+        str(p.relative_to(upstream_fixtures))
+        for p in upstream_fixtures.rglob("*")
         if p.is_file() and p.name not in DOC_FILES
     }
     assert found == set(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_fixture_file_normalises(shared_fixtures: Path, name: str) -> None:
-    results = outcomes(shared_fixtures / name)
+def test_fixture_file_normalises(upstream_fixtures: Path, name: str) -> None:
+    results = outcomes(upstream_fixtures / name)
     counts = (
         sum(isinstance(o, ChangeEvent) for o in results),
         sum(isinstance(o, Skip) for o in results),
@@ -141,8 +141,8 @@ def pg(shared: Path, name: str) -> Path:
     return shared / "debezium_pg15_captured_here" / name
 
 
-def test_pg_insert(shared_fixtures: Path) -> None:
-    event = one(pg(shared_fixtures, "pg_insert.json"))
+def test_pg_insert(upstream_fixtures: Path) -> None:
+    event = one(pg(upstream_fixtures, "pg_insert.json"))
     assert (event.source, event.source_kind, event.database) == ("f2", SourceKind.POSTGRES, "shop")
     assert (event.schema, event.table, event.op) == ("public", "orders", Op.INSERT)
     assert event.position == pg_position(26424584, snapshot=False) == "0000000001933508.1"
@@ -154,20 +154,20 @@ def test_pg_insert(shared_fixtures: Path) -> None:
     assert event.after["amount"] == "EJo=" and event.after["payload"] == '{"x": [1, 2, 3]}'
 
 
-def test_pg_insert_with_column_hints_decodes_precise_decimal(shared_fixtures: Path) -> None:
+def test_pg_insert_with_column_hints_decodes_precise_decimal(upstream_fixtures: Path) -> None:
     hints = {
         "public.orders": {"amount": "numeric(12,2)", "updated_at": "timestamptz", "payload": "json"}
     }
-    event = one(pg(shared_fixtures, "pg_insert.json"), column_types=hints)
+    event = one(pg(upstream_fixtures, "pg_insert.json"), column_types=hints)
     assert event.after is not None
     assert event.after["amount"] == Decimal("42.50")
     assert event.after["updated_at"] == datetime(2025, 6, 1, 10, tzinfo=UTC)
     assert isinstance(event.after["payload"], Json)
 
 
-def test_pg_precise_decimal_without_scale_is_dead_lettered(shared_fixtures: Path) -> None:
+def test_pg_precise_decimal_without_scale_is_dead_lettered(upstream_fixtures: Path) -> None:
     (letter,) = outcomes(
-        pg(shared_fixtures, "pg_insert.json"), column_types={"orders": {"amount": "numeric"}}
+        pg(upstream_fixtures, "pg_insert.json"), column_types={"orders": {"amount": "numeric"}}
     )
     assert isinstance(letter, DeadLetter)
     assert PRECISE_WITHOUT_SCALE in letter.reason and "amount" in letter.reason
@@ -218,26 +218,26 @@ def test_decimal_with_an_impossible_scale_is_dead_lettered() -> None:
     assert "decimal scale 99999999" in letter.reason
 
 
-def test_pg_snapshot_reads_use_snapshot_phase(shared_fixtures: Path) -> None:
-    first = one(pg(shared_fixtures, "pg_snapshot_read_first.json"))
-    last = one(pg(shared_fixtures, "pg_snapshot_read_last.json"))
+def test_pg_snapshot_reads_use_snapshot_phase(upstream_fixtures: Path) -> None:
+    first = one(pg(upstream_fixtures, "pg_snapshot_read_first.json"))
+    last = one(pg(upstream_fixtures, "pg_snapshot_read_last.json"))
     assert first.op is Op.READ and first.position == "00000000019334a8.0"
     assert last.op is Op.READ and last.position.endswith(".0") and last.table == "order_items"
 
 
-def test_pg_delete_default_replica_identity_before_holds_key(shared_fixtures: Path) -> None:
-    event = one(pg(shared_fixtures, "pg_delete_replica_identity_default.json"))
+def test_pg_delete_default_replica_identity_before_holds_key(upstream_fixtures: Path) -> None:
+    event = one(pg(upstream_fixtures, "pg_delete_replica_identity_default.json"))
     assert event.op is Op.DELETE and event.key == {"id": 1} and event.after is None
     assert event.before == {"id": 1, "order_id": None, "sku": None, "qty": None, "price": None}
 
 
-def test_pg_update_default_replica_identity_has_no_before(shared_fixtures: Path) -> None:
-    event = one(pg(shared_fixtures, "pg_update_replica_identity_default.json"))
+def test_pg_update_default_replica_identity_has_no_before(upstream_fixtures: Path) -> None:
+    event = one(pg(upstream_fixtures, "pg_update_replica_identity_default.json"))
     assert event.op is Op.UPDATE and event.before is None and event.key == {"id": 1}
 
 
-def test_pg_pk_update_is_delete_then_create_at_one_lsn(shared_fixtures: Path) -> None:
-    results = outcomes(pg(shared_fixtures, "pg_pk_update_delete_tombstone_create.json"))
+def test_pg_pk_update_is_delete_then_create_at_one_lsn(upstream_fixtures: Path) -> None:
+    results = outcomes(pg(upstream_fixtures, "pg_pk_update_delete_tombstone_create.json"))
     delete, tombstone, create = results
     assert isinstance(delete, ChangeEvent) and isinstance(create, ChangeEvent)
     assert tombstone == Skip("tombstone")
@@ -250,8 +250,8 @@ def test_pg_pk_update_is_delete_then_create_at_one_lsn(shared_fixtures: Path) ->
     assert delete.position == create.position and delete.event_id != create.event_id
 
 
-def test_pg_truncate(shared_fixtures: Path) -> None:
-    event = one(pg(shared_fixtures, "pg_truncate.json"))
+def test_pg_truncate(upstream_fixtures: Path) -> None:
+    event = one(pg(upstream_fixtures, "pg_truncate.json"))
     assert event.op is Op.TRUNCATE and event.key == {} and event.primary_key == ()
     assert event.table == "order_items" and event.before is None and event.after is None
 
@@ -266,28 +266,28 @@ def test_pg_truncate(shared_fixtures: Path) -> None:
         ("pg_tx_end.json", "transaction"),
     ],
 )
-def test_pg_non_change_records_are_skipped(shared_fixtures: Path, name: str, kind: str) -> None:
-    assert outcomes(pg(shared_fixtures, name)) == [Skip(kind)]
+def test_pg_non_change_records_are_skipped(upstream_fixtures: Path, name: str, kind: str) -> None:
+    assert outcomes(pg(upstream_fixtures, name)) == [Skip(kind)]
 
 
-def test_pg_decimal_modes(shared_fixtures: Path) -> None:
-    string = one(pg(shared_fixtures, "pg_update_decimal_string.json"))
-    double = one(pg(shared_fixtures, "pg_update_decimal_double.json"))
-    precise = one(pg(shared_fixtures, "pg_update_schemas_enabled_precise.json"))
+def test_pg_decimal_modes(upstream_fixtures: Path) -> None:
+    string = one(pg(upstream_fixtures, "pg_update_decimal_string.json"))
+    double = one(pg(upstream_fixtures, "pg_update_decimal_double.json"))
+    precise = one(pg(upstream_fixtures, "pg_update_schemas_enabled_precise.json"))
     assert string.after is not None and string.after["amount"] == "1234567890.14"  # no schema: text
     assert double.after is not None and double.after["amount"] == 1234567890.15
     assert precise.after is not None and precise.after["amount"] == Decimal("1234567890.13")
     assert precise.before is not None and precise.before["amount"] == Decimal("1234567890.12")
     assert precise.key == {"id": 2}
     hinted = one(
-        pg(shared_fixtures, "pg_update_decimal_string.json"),
+        pg(upstream_fixtures, "pg_update_decimal_string.json"),
         column_types={"orders": {"amount": "decimal"}},
     )
     assert hinted.after is not None and hinted.after["amount"] == Decimal("1234567890.14")
 
 
-def test_pg_typezoo_with_schema_is_fully_typed(shared_fixtures: Path) -> None:
-    event = one(pg(shared_fixtures, "pg_typezoo_schemas_enabled_precise.json"))
+def test_pg_typezoo_with_schema_is_fully_typed(upstream_fixtures: Path) -> None:
+    event = one(pg(upstream_fixtures, "pg_typezoo_schemas_enabled_precise.json"))
     row = event.after
     assert row is not None
     assert row["n_unconstrained"] == Decimal("3.14159265358979323846")
@@ -312,17 +312,17 @@ def test_pg_typezoo_with_schema_is_fully_typed(shared_fixtures: Path) -> None:
     assert line["after"]["by"] == "3q2+7w=="
 
 
-def test_pg_schemaless_typezoo_keeps_json_native_values(shared_fixtures: Path) -> None:
-    row = one(pg(shared_fixtures, "pg_typezoo_decimal_string.json")).after
+def test_pg_schemaless_typezoo_keeps_json_native_values(upstream_fixtures: Path) -> None:
+    row = one(pg(upstream_fixtures, "pg_typezoo_decimal_string.json")).after
     assert row is not None
     assert row["n_38_10"] == "12345678901234567890.0123456789" and row["dt"] == 19782
     assert row["ia"] == (1, 2, 3)
 
 
-def test_toast_placeholder_goes_to_unchanged(shared_fixtures: Path) -> None:
+def test_toast_placeholder_goes_to_unchanged(upstream_fixtures: Path) -> None:
     import json
 
-    record = json.loads(pg(shared_fixtures, "pg_update_replica_identity_full.json").read_text())
+    record = json.loads(pg(upstream_fixtures, "pg_update_replica_identity_full.json").read_text())
     record["value"]["after"]["payload"] = "__debezium_unavailable_value"
     event = get_normalizer("debezium-json").normalize(record)
     assert isinstance(event, ChangeEvent) and event.after is not None
@@ -333,8 +333,8 @@ def test_toast_placeholder_goes_to_unchanged(shared_fixtures: Path) -> None:
 # --- SQL Server ------------------------------------------------------------------------------
 
 
-def test_sqlserver_example_with_schema(shared_fixtures: Path) -> None:
-    event = one(pg(shared_fixtures, "sqlserver_example_schemas_enabled.json"))
+def test_sqlserver_example_with_schema(upstream_fixtures: Path) -> None:
+    event = one(pg(upstream_fixtures, "sqlserver_example_schemas_enabled.json"))
     assert event.source_kind is SourceKind.SQLSERVER and (event.schema, event.table) == (
         "dbo",
         "orders",
@@ -347,8 +347,8 @@ def test_sqlserver_example_with_schema(shared_fixtures: Path) -> None:
     assert event.key == {"id": 42}
 
 
-def test_sqlserver_2x_capture_positions_order_by_commit_then_change(shared_fixtures: Path) -> None:
-    path = shared_fixtures / "debezium_sqlserver_2x_capture_doc"
+def test_sqlserver_2x_capture_positions_order_by_commit_then_change(upstream_fixtures: Path) -> None:
+    path = upstream_fixtures / "debezium_sqlserver_2x_capture_doc"
     created, updated = events(next(path.glob("*.jsonl")), primary_keys={"dbo.customers": ["id"]})
     assert (created.op, updated.op) == (Op.INSERT, Op.UPDATE)
     assert created.position == "0000002b000005570005.0000002b000005570003.00000001"
@@ -356,9 +356,9 @@ def test_sqlserver_2x_capture_positions_order_by_commit_then_change(shared_fixtu
     assert created.key == updated.key == {"id": 1005}
 
 
-def test_sqlserver_playground_avro_json_unions(shared_fixtures: Path) -> None:
+def test_sqlserver_playground_avro_json_unions(upstream_fixtures: Path) -> None:
     path = (
-        shared_fixtures / "debezium_sqlserver_playground" / "server1.dbo.customers.avro-json.jsonl"
+        upstream_fixtures / "debezium_sqlserver_playground" / "server1.dbo.customers.avro-json.jsonl"
     )
     results = events(path, primary_keys={"customers": ["id"]})
     assert [e.op for e in results] == [Op.READ] * 4 + [Op.INSERT]
@@ -373,16 +373,16 @@ def test_sqlserver_playground_avro_json_unions(shared_fixtures: Path) -> None:
     assert results[4].commit_ts_us == 1571914677337000 and results[0].source == "server1"
 
 
-def test_sqlserver_doc_create_with_quoted_serial(shared_fixtures: Path) -> None:
-    event = one(shared_fixtures / "debezium_sqlserver_docs" / "value_create_with_schema.json.adoc")
+def test_sqlserver_doc_create_with_quoted_serial(upstream_fixtures: Path) -> None:
+    event = one(upstream_fixtures / "debezium_sqlserver_docs" / "value_create_with_schema.json.adoc")
     assert event.source == "server1" and event.position.endswith(".00000001")
 
 
 # --- Flink (Debezium 1.2, schemaless, no record keys) ------------------------------------------
 
 
-def test_flink_stream_without_keys(shared_fixtures: Path) -> None:
-    path = shared_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-schema-exclude.txt"
+def test_flink_stream_without_keys(upstream_fixtures: Path) -> None:
+    path = upstream_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-schema-exclude.txt"
     keyed = events(path, primary_keys={"inventory.products": ["id"]})
     assert [e.op.value for e in keyed] == ["r"] * 9 + ["u", "u", "c", "c", "u", "u", "d"]
     assert all(e.position.endswith(".0") for e in keyed[:9])
@@ -391,9 +391,9 @@ def test_flink_stream_without_keys(shared_fixtures: Path) -> None:
     assert all(e.key == {} and e.primary_key == () for e in unkeyed)  # key unknown: none invented
 
 
-def test_flink_delete_without_image_or_key_is_dead_lettered(shared_fixtures: Path) -> None:
+def test_flink_delete_without_image_or_key_is_dead_lettered(upstream_fixtures: Path) -> None:
     path = (
-        shared_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-replica-identity.txt"
+        upstream_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-replica-identity.txt"
     )
     letter = outcomes(path)[-1]
     assert isinstance(letter, DeadLetter) and letter.index == 15
@@ -403,20 +403,20 @@ def test_flink_delete_without_image_or_key_is_dead_lettered(shared_fixtures: Pat
 # --- Datastream ------------------------------------------------------------------------------
 
 
-def test_datastream_avro_record(shared_fixtures: Path) -> None:
-    event = one(shared_fixtures / "datastream_postgres_avro" / "bytearray.avro")
+def test_datastream_avro_record(upstream_fixtures: Path) -> None:
+    event = one(upstream_fixtures / "datastream_postgres_avro" / "bytearray.avro")
     assert (event.schema, event.table, event.op) == ("public", "source_table", Op.INSERT)
     assert event.position == pg_position("16/CB002DB0", snapshot=False) == "00000016cb002db0.1"
     assert event.primary_key == () and event.key == {}
     assert event.after is not None and event.after["binary_content"] == b"\xde\xad\xbe\xef"
     assert event.commit_ts_us == 1739315197151000 and event.transaction_id == "363552"
     assert event.source == "cvandermerwe-test-stream"
-    derived = one(shared_fixtures / "datastream_postgres_avro" / "bytearray.records.DERIVED.jsonl")
+    derived = one(upstream_fixtures / "datastream_postgres_avro" / "bytearray.records.DERIVED.jsonl")
     assert derived == event  # the derived JSON (with __bytes_hex__) gives the same event
 
 
-def test_datastream_cloudevent_and_extracted_agree(shared_fixtures: Path) -> None:
-    folder = shared_fixtures / "datastream_postgres_json_doc"
+def test_datastream_cloudevent_and_extracted_agree(upstream_fixtures: Path) -> None:
+    folder = upstream_fixtures / "datastream_postgres_json_doc"
     wrapped = one(folder / "cloudevent_with_datastream_pg_update.json", source="mage")
     bare = one(folder / "datastream_pg_update_record.EXTRACTED.json", source="mage")
     assert wrapped == bare
@@ -428,7 +428,7 @@ def test_datastream_cloudevent_and_extracted_agree(shared_fixtures: Path) -> Non
     assert wrapped.after is not None and isinstance(wrapped.after["variables"], Json)
 
 
-def test_datastream_and_debezium_agree_on_the_same_change(shared_fixtures: Path) -> None:
+def test_datastream_and_debezium_agree_on_the_same_change(upstream_fixtures: Path) -> None:
     cases = (
         Path(__file__).resolve().parents[1]
         / "cases"
@@ -441,7 +441,7 @@ def test_datastream_and_debezium_agree_on_the_same_change(shared_fixtures: Path)
         "pg_insert.json",
         "pg_delete_replica_identity_full.json",
     ]
-    debezium = [one(pg(shared_fixtures, n)) for n in names]
+    debezium = [one(pg(upstream_fixtures, n)) for n in names]
     for ds, dbz in zip(datastream, debezium, strict=True):
         assert (ds.position, ds.op, ds.key, ds.table, ds.transaction_id) == (
             dbz.position,

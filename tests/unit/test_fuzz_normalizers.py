@@ -18,7 +18,7 @@ from capa.events import ChangeEvent
 from connectors.base import NORMALIZERS, READERS, DeadLetter, RawRecord, Skip
 from connectors.datastream.files import read_avro_file, read_json_file
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 JSON_VALUES = st.recursive(

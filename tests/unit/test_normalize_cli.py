@@ -41,8 +41,8 @@ def lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def test_debezium_files_exit_0_with_events_and_skip_summary(shared_fixtures: Path) -> None:
-    folder = shared_fixtures / "debezium_pg15_captured_here"
+def test_debezium_files_exit_0_with_events_and_skip_summary(upstream_fixtures: Path) -> None:
+    folder = upstream_fixtures / "debezium_pg15_captured_here"
     result = capa(
         "--format",
         "debezium-json",
@@ -65,9 +65,9 @@ def test_debezium_files_exit_0_with_events_and_skip_summary(shared_fixtures: Pat
     assert event_from_json(out[2]).event_id == out[2]["event_id"]
 
 
-def test_typed_values_in_json_lines(shared_fixtures: Path) -> None:
+def test_typed_values_in_json_lines(upstream_fixtures: Path) -> None:
     path = (
-        shared_fixtures / "debezium_pg15_captured_here" / "pg_typezoo_schemas_enabled_precise.json"
+        upstream_fixtures / "debezium_pg15_captured_here" / "pg_typezoo_schemas_enabled_precise.json"
     )
     result = capa("--format", "debezium-json", "--source", "f9", path)
     assert result.returncode == 0, result.stderr
@@ -82,8 +82,8 @@ def test_typed_values_in_json_lines(shared_fixtures: Path) -> None:
     assert after["by"] == "3q2+7w==" and after["dt"] == "2024-02-29"
 
 
-def test_unparseable_doc_file_is_a_dead_letter_exit_3(shared_fixtures: Path) -> None:
-    path = shared_fixtures / "debezium_postgres_docs" / "value_update.json.adoc"
+def test_unparseable_doc_file_is_a_dead_letter_exit_3(upstream_fixtures: Path) -> None:
+    path = upstream_fixtures / "debezium_postgres_docs" / "value_update.json.adoc"
     result = capa("--format", "debezium-json", path)
     assert result.returncode == 3
     assert result.stdout == ""
@@ -92,8 +92,8 @@ def test_unparseable_doc_file_is_a_dead_letter_exit_3(shared_fixtures: Path) -> 
     assert base64.b64decode(letter["raw_base64"]) == path.read_bytes()
 
 
-def test_mixed_good_and_bad_records_exit_3(shared_fixtures: Path, tmp_path: Path) -> None:
-    good = (shared_fixtures / "debezium_pg15_captured_here" / "pg_insert.json").read_text()
+def test_mixed_good_and_bad_records_exit_3(upstream_fixtures: Path, tmp_path: Path) -> None:
+    good = (upstream_fixtures / "debezium_pg15_captured_here" / "pg_insert.json").read_text()
     bad = tmp_path / "mixed.jsonl"
     bad.write_text(
         json.dumps(json.loads(good)) + "\n{broken json\n" + json.dumps({"op": "z"}) + "\n"
@@ -106,8 +106,8 @@ def test_mixed_good_and_bad_records_exit_3(shared_fixtures: Path, tmp_path: Path
     assert letters[1]["text"] == '{"op": "z"}' and "op" in letters[1]["reason"]
 
 
-def test_datastream_avro_and_gzipped_jsonl(shared_fixtures: Path, tmp_path: Path) -> None:
-    folder = shared_fixtures / "datastream_postgres_avro"
+def test_datastream_avro_and_gzipped_jsonl(upstream_fixtures: Path, tmp_path: Path) -> None:
+    folder = upstream_fixtures / "datastream_postgres_avro"
     avro = capa("--format", "datastream-avro", folder / "bytearray.avro")
     assert avro.returncode == 0, avro.stderr
     gz = tmp_path / "records.jsonl.gz"
@@ -121,9 +121,9 @@ def test_datastream_avro_and_gzipped_jsonl(shared_fixtures: Path, tmp_path: Path
     )
 
 
-def test_datastream_avro_format_on_json_file_is_dead_letter(shared_fixtures: Path) -> None:
+def test_datastream_avro_format_on_json_file_is_dead_letter(upstream_fixtures: Path) -> None:
     path = (
-        shared_fixtures
+        upstream_fixtures
         / "datastream_postgres_json_doc"
         / "datastream_pg_update_record.EXTRACTED.json"
     )
@@ -146,7 +146,7 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert result.returncode == 2 and result.stdout == ""
 
 
-def test_primary_key_and_column_types_options(shared_fixtures: Path, tmp_path: Path) -> None:
+def test_primary_key_and_column_types_options(upstream_fixtures: Path, tmp_path: Path) -> None:
     hints = tmp_path / "types.json"
     hints.write_text(json.dumps({"public.orders": {"amount": "decimal(2)"}}))
     result = capa(
@@ -154,12 +154,12 @@ def test_primary_key_and_column_types_options(shared_fixtures: Path, tmp_path: P
         "debezium-json",
         "--column-types",
         hints,
-        shared_fixtures / "debezium_pg15_captured_here" / "pg_insert.json",
+        upstream_fixtures / "debezium_pg15_captured_here" / "pg_insert.json",
     )
     assert result.returncode == 0, result.stderr
     assert lines(result.stdout)[0]["after"]["amount"] == "42.50"
     flink = (
-        shared_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-schema-exclude.txt"
+        upstream_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-schema-exclude.txt"
     )
     keyed = capa("--format", "debezium-json", "--primary-key", "inventory.products=id", flink)
     assert keyed.returncode == 0, keyed.stderr

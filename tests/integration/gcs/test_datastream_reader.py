@@ -1,6 +1,6 @@
 """Datastream bucket reader against fake-gcs-server and the real Kafka broker.
 
-The bucket gets the real Datastream Avro file from ../shared/fixtures plus generated
+The bucket gets the real Datastream Avro file from tests/fixtures plus generated
 JSON-lines (plain and gzipped) files in Datastream's layout. The reader must put every
 change on Kafka, re-produce nothing after a restart, and dead-letter a corrupt file.
 """
@@ -104,10 +104,10 @@ def setup(
         producer.close()
 
 
-def upload_stream(setup: Setup, shared_fixtures: Path) -> None:
+def upload_stream(setup: Setup, upstream_fixtures: Path) -> None:
     setup.upload(
         "public_source_table/2025/02/11/23/06/4a7e_postgresql-cdc_1917478405_0_0.avro",
-        (shared_fixtures / AVRO_FIXTURE).read_bytes(),
+        (upstream_fixtures / AVRO_FIXTURE).read_bytes(),
     )
     setup.upload(
         "public_orders/2025/11/05/18/23/a1b2_postgresql-cdc_0_0.jsonl",
@@ -132,9 +132,9 @@ def upload_stream(setup: Setup, shared_fixtures: Path) -> None:
 
 
 def test_bucket_to_kafka_exactly_once_across_restarts(
-    setup: Setup, fake_gcs: Any, shared_fixtures: Path
+    setup: Setup, fake_gcs: Any, upstream_fixtures: Path
 ) -> None:
-    upload_stream(setup, shared_fixtures)
+    upload_stream(setup, upstream_fixtures)
     first = setup.reader(fake_gcs.client()).poll_once()
     assert (first.files, first.events, first.dead_letters) == (3, 5, 0)
     events = setup.events(5)
@@ -166,9 +166,9 @@ def test_bucket_to_kafka_exactly_once_across_restarts(
 
 
 def test_corrupt_files_go_to_the_dead_letter_topic(
-    setup: Setup, fake_gcs: Any, shared_fixtures: Path
+    setup: Setup, fake_gcs: Any, upstream_fixtures: Path
 ) -> None:
-    good = (shared_fixtures / AVRO_FIXTURE).read_bytes()
+    good = (upstream_fixtures / AVRO_FIXTURE).read_bytes()
     half = good[: len(good) - 40]  # half-written: the last block is cut
     setup.upload("public_source_table/2025/02/11/23/07/half.avro", half)
     setup.upload("public_orders/2025/11/05/18/23/bad.jsonl.gz", b"\x1f\x8b\x08\x00garbage")
