@@ -28,7 +28,7 @@ bench: setup      ## benchmarks; writes docs/benchmarks.md
 	$(BEAM)/python -m bench.run_all
 
 chaos: setup      ## long fault-injection run
-	$(BEAM)/python -m bench.chaos
+	$(BEAM)/python -m capa_app.chaos
 
 up: setup
 	$(BEAM)/capa up

@@ -35,8 +35,8 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from capa.stack.base import process_cpu_seconds
 from capa.warehouse.local.delta_io import REPLICA_PROPERTIES
+from capa_app.stack.base import process_cpu_seconds
 from spark_jobs import sample
 from spark_jobs.build import WORKERS, SparkModelBuilder
 from spark_jobs.project import load_project

@@ -3,7 +3,7 @@
     .venvs/beam/bin/python -m bench.bench_streaming [--rows 1000000] [--updates 200000]
         [--rate 2000] [--latency_s 60]
 
-Starts a throwaway Kafka broker (capa.stack.kafka, free ports, temp state dir), then:
+Starts a throwaway Kafka broker (capa_app.stack.kafka, free ports, temp state dir), then:
 
 1. backlog: ``--rows`` inserts produced, then the bounded job (subprocess, FnApiRunner)
    applies them into an empty local lakehouse: wall time to catch up (target <= 90 s at 1M),
@@ -38,8 +38,8 @@ from typing import Any
 from bench.common import add_json_out, make_result, write_result
 from capa.config import KafkaConfig
 from capa.events import ChangeEvent, Op, SourceKind
-from capa.stack.base import StateDirs, free_port
-from capa.stack.kafka import KafkaBroker, ensure_topics
+from capa_app.stack.base import StateDirs, free_port
+from capa_app.stack.kafka import KafkaBroker, ensure_topics
 from connectors.kafka.producer import KafkaChangeProducer
 
 ROOT = Path(__file__).resolve().parents[1]

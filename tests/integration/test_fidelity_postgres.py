@@ -37,9 +37,9 @@ from service_support import drop_capture, start_bridge
 from capa.codec import event_to_json
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Op
-from capa.stack.base import tail
-from capa.stack.kafka import ensure_topics
 from capa.warehouse import open_warehouse
+from capa_app.stack.base import tail
+from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]

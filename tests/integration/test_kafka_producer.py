@@ -10,7 +10,7 @@ from kafka_support import make_event, registry_fixture  # noqa: F401 - the 'regi
 
 from capa.config import KafkaConfig
 from capa.events import Op
-from capa.stack.kafka import ensure_topics
+from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
 from connectors.kafka.dlq import DeadLetter, dead_letter_from_message
 from connectors.kafka.producer import KafkaChangeProducer

@@ -23,9 +23,9 @@ import pytest
 from service_support import bridge_environment, start_bridge
 
 from capa.config import CapaSettings
-from capa.stack.base import tail, wait_for
-from capa.stack.kafka import ensure_topics
 from capa.warehouse import open_warehouse
+from capa_app.stack.base import tail, wait_for
+from capa_app.stack.kafka import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANGES = 10_500

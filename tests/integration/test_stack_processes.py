@@ -15,11 +15,11 @@ import pytest
 
 from capa.config import CapaSettings
 from capa.errors import EnvironmentProblem
-from capa.stack import Stack
-from capa.stack.base import StateDirs, process_start_ticks
-from capa.stack.kafka import KafkaBroker, ensure_topics
-from capa.stack.postgres import PostgresCluster, check_logical_wal, connect
-from capa.stack.throwaway import running_service, throwaway_settings, throwaway_state_dir
+from capa_app.stack import Stack
+from capa_app.stack.base import StateDirs, process_start_ticks
+from capa_app.stack.kafka import KafkaBroker, ensure_topics
+from capa_app.stack.postgres import PostgresCluster, check_logical_wal, connect
+from capa_app.stack.throwaway import running_service, throwaway_settings, throwaway_state_dir
 
 
 def capa_cli(
@@ -36,7 +36,7 @@ def capa_cli(
             **extra_env,
         }
     )
-    argv = [sys.executable, "-m", "capa.cli", *args]
+    argv = [sys.executable, "-m", "capa_app.cli", *args]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
 
 

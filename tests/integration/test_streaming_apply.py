@@ -24,8 +24,8 @@ import pytest
 from beam_jobs.kafka_io import KafkaOffsetCommitter, list_partitions
 from capa.config import KafkaConfig
 from capa.events import ChangeEvent, Op, SourceKind
-from capa.stack.kafka import ensure_topics
 from capa.warehouse import open_warehouse
+from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.dlq import dead_letter_from_message
 from connectors.kafka.producer import KafkaChangeProducer
 

@@ -21,7 +21,7 @@ from capa.codec import event_to_json
 from capa.events import ChangeEvent
 from capa.position import pg_position
 from capa.verify import pg_tables, verify_postgres_local
-from capa.workload import ACCOUNTS, TYPEZOO, Workload
+from capa_app.workload import ACCOUNTS, TYPEZOO, Workload
 
 
 @pytest.fixture()
@@ -77,7 +77,7 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
 
 def capa(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "capa.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "capa_app.cli", *args], capture_output=True, text=True, check=False
     )
 
 

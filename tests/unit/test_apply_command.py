@@ -6,9 +6,9 @@ import json
 
 from test_apply_cases import event, full_row
 
-from capa.cli import main
 from capa.codec import event_to_json
 from capa.events import Op
+from capa_app.cli import main
 
 
 def _write(path, events, extra_lines=()) -> None:

@@ -94,7 +94,7 @@ def test_no_inline_secrets(compose: dict[str, Any]) -> None:
 def test_postgres_has_logical_wal_and_the_sample_schema(compose: dict[str, Any]) -> None:
     postgres = compose["services"]["postgres"]
     assert "wal_level=logical" in postgres["command"]
-    assert any("capa/stack/sample_f2.sql" in v for v in postgres["volumes"])
+    assert any("capa_app/stack/sample_f2.sql" in v for v in postgres["volumes"])
 
 
 def test_sqlserver_runs_the_agent_and_the_cdc_script(compose: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ REQUIRED = {
 
 def capa(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "capa.cli", "normalize", *map(str, args)],
+        [sys.executable, "-m", "capa_app.cli", "normalize", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

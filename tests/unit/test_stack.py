@@ -1,4 +1,4 @@
-"""capa.stack without services: generated configs, PID handling, registry, env flattening."""
+"""capa_app.stack without services: generated configs, PID handling, registry, env flattening."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 
 from capa.config import KafkaConfig, PostgresConfig, load_settings
 from capa.errors import ConfigError
-from capa.stack import COMPONENTS, Stack, parse_components
-from capa.stack.base import (
+from capa_app.stack import COMPONENTS, Stack, parse_components
+from capa_app.stack.base import (
     PidRecord,
     StateDirs,
     is_our_process,
@@ -23,9 +23,9 @@ from capa.stack.base import (
     process_start_ticks,
     stop_pid,
 )
-from capa.stack.debezium import DebeziumBridge, settings_env
-from capa.stack.kafka import render_properties, server_properties
-from capa.stack.postgres import logical_wal_problems, server_settings
+from capa_app.stack.debezium import DebeziumBridge, settings_env
+from capa_app.stack.kafka import render_properties, server_properties
+from capa_app.stack.postgres import logical_wal_problems, server_settings
 
 
 def test_kafka_properties_single_node_kraft_on_loopback(tmp_path: Path) -> None:
@@ -152,8 +152,8 @@ def test_bridge_child_env_carries_settings_and_jvm_opts(tmp_path: Path) -> None:
 def test_demo_fails_at_once_when_the_apply_job_is_gone(tmp_path: Path) -> None:
     """Found running the demo: a dead apply job left the demo printing "N event(s) not yet
     applied" until a 300 s timeout; it now stops with the end of the job's log."""
-    from capa.demo.run import Demo, DemoOptions
     from capa.errors import ServiceFailed
+    from capa_app.demo.run import Demo, DemoOptions
 
     settings = load_settings(state_dir=tmp_path)
     demo = Demo(settings, DemoOptions())

@@ -46,7 +46,7 @@ import pytest
 from deltalake import DeltaTable
 from google.api_core.retry import Retry
 
-from capa.stack.base import free_port
+from capa_app.stack.base import free_port
 from spark_jobs import sample
 from spark_jobs.io_bigquery import BigQueryTarget, make_client
 from spark_jobs.project import MODELS_DIR, load_project

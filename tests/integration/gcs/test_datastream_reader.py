@@ -19,7 +19,7 @@ import pytest
 
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Op
-from capa.stack.kafka import ensure_topics
+from capa_app.stack.kafka import ensure_topics
 from connectors.datastream.reader import DatastreamBucketReader, build_reader
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
 from connectors.kafka.dlq import dead_letter_from_message

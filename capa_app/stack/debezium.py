@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from capa.config import CapaSettings
-from capa.stack.base import ComponentUnavailable, Service, StateDirs, spawn
+from capa_app.stack.base import ComponentUnavailable, Service, StateDirs, spawn
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The long fault-injection run (``make chaos``).
 
-    .venvs/beam/bin/python -m bench.chaos [--events 200000 --faults 24 --rate 400 --seed 1]
+    .venvs/beam/bin/python -m capa_app.chaos [--events 200000 --faults 24 --rate 400 --seed 1]
 
 Starts a throwaway stack (Kafka, PostgreSQL, Debezium bridge, streaming apply job) on free
 ports, runs the randomized workload (inserts, updates, deletes, primary-key updates,
@@ -19,16 +19,16 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from capa.chaos import ChaosPlan, ChaosReport, ChaosRun, chaos_settings, chaos_state_dir
+from capa_app.chaos.harness import ChaosPlan, ChaosReport, ChaosRun, chaos_settings, chaos_state_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Chaos"
 SETUP = (
     "A throwaway stack (Kafka, PostgreSQL, Debezium bridge, streaming apply job) on free "
-    "ports; the randomized workload (`capa/workload.py`, seed {seed}, {rate:.0f} changes/s, "
+    "ports; the randomized workload (`capa_app/workload.py`, seed {seed}, {rate:.0f} changes/s, "
     "inserts / updates / deletes / primary-key updates, {truncates} truncates) runs "
-    "while `capa/chaos.py` kills the apply job, the bridge and the broker with SIGKILL (by "
+    "while `capa_app/chaos/harness.py` kills the apply job, the bridge and the broker with SIGKILL (by "
     "PID record) at random points, keeps each down 0-{down:.0f} s and restarts it through "
     "its Service. After quiesce (a marker row past the workload confirmed by the replication "
     "slot, apply lag 0 twice) the oracle (`capa/verify.py`) compares every table: row count "
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def command_line(argv: list[str] | None) -> str:
     args = sys.argv[1:] if argv is None else argv
-    return " ".join([".venvs/beam/bin/python -m bench.chaos", *args])
+    return " ".join([".venvs/beam/bin/python -m capa_app.chaos", *args])
 
 
 def section_text(report: ChaosReport, command: str) -> str:
@@ -127,6 +127,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"updated {DOCS.relative_to(ROOT)} ({SECTION})")
     return 0 if report.ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

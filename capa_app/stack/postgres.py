@@ -4,7 +4,7 @@ The local cluster lives in ``<state>/data/postgres``, is created by ``initdb`` a
 ``postgres`` OS user when capa runs as root (initdb refuses root), listens on
 ``127.0.0.1:<port>`` only (no Unix socket), and runs with logical decoding enabled
 (``wal_level=logical``). Once healthy, database ``shop`` gets the small sample schema in
-``capa/stack/sample_f2.sql``.
+``capa_app/stack/sample_f2.sql``.
 
 With ``postgres.managed=false`` capa starts nothing and only verifies that the server at
 ``host:port`` can feed Debezium (logical WAL, replication slots, WAL senders).
@@ -23,7 +23,7 @@ from typing import Any
 
 from capa.config import PostgresConfig
 from capa.errors import EnvironmentProblem
-from capa.stack.base import EXTERNAL, STOPPED, ConfiguredService, StateDirs, port_open, spawn
+from capa_app.stack.base import EXTERNAL, STOPPED, ConfiguredService, StateDirs, port_open, spawn
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 from capa import console
 from capa.config import CapaSettings
 from capa.errors import CapaError, EnvironmentProblem, ServiceFailed
-from capa.stack import Stack
-from capa.stack.base import tail
+from capa_app.stack import Stack
+from capa_app.stack.base import tail
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ class Demo:
         console.info("    apply job has not applied a batch yet; continuing")
 
     def run_f2_workload(self) -> None:
-        from capa.demo.f2_shop import ShopWorkload
+        from capa_app.demo.f2_shop import ShopWorkload
 
         workload = ShopWorkload(self.settings.postgres.dsn(), seed=int(time.time()))
         workload.start(self.options.rate, self.options.seconds)
@@ -141,8 +141,8 @@ class Demo:
         workload.join()
 
     def ingest_datastream(self) -> None:
-        from capa.demo.datastream_files import shipment_files
-        from capa.stack.gcs import FakeGcsServer
+        from capa_app.demo.datastream_files import shipment_files
+        from capa_app.stack.gcs import FakeGcsServer
         from connectors.datastream.checkpoint import FileCheckpoint
         from connectors.datastream.normalizer import DatastreamNormalizer
         from connectors.datastream.reader import DatastreamBucketReader
@@ -178,7 +178,7 @@ class Demo:
         )
 
     def replay_f3(self) -> None:
-        from capa.demo.f3_events import InvoiceEvents
+        from capa_app.demo.f3_events import InvoiceEvents
         from connectors.debezium.normalizer import DebeziumNormalizer
         from connectors.kafka.producer import KafkaChangeProducer
 
@@ -200,7 +200,7 @@ class Demo:
 
     def load_crm(self) -> None:
         extract = self.stack.state.data / "crm-extract"
-        capa = [sys.executable, "-m", "capa.cli"]
+        capa = [sys.executable, "-m", "capa_app.cli"]
         _run(
             [
                 *capa,
@@ -282,7 +282,7 @@ class Demo:
     # --- summary ----------------------------------------------------------------------------
 
     def summarize(self) -> None:
-        from capa.demo.summary import summary_rows
+        from capa_app.demo.summary import summary_rows
 
         rows = summary_rows(self.settings, self.lakehouse, self.state.expected)
         self.state.summaries = rows

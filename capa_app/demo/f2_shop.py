@@ -1,4 +1,4 @@
-"""A live workload on the sample F2 shop (``capa/stack/sample_f2.sql``): new customers,
+"""A live workload on the sample F2 shop (``capa_app/stack/sample_f2.sql``): new customers,
 orders with items, status changes, price corrections and cancelled orders (deletes that
 cascade to their items). Runs in a thread at a target rate until stopped."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from capa.config import CapaSettings, KafkaConfig, PostgresConfig, load_settings
-from capa.stack.base import Service, free_port, tail
+from capa_app.stack.base import Service, free_port, tail
 
 S = TypeVar("S", bound=Service)
 

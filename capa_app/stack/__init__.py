@@ -1,7 +1,7 @@
 """The local stack: Kafka (KRaft), PostgreSQL (F2), the Debezium bridge and the streaming
 apply job as plain processes.
 
-No Docker: each component is a :class:`~capa.stack.base.Service` started from the machine's
+No Docker: each component is a :class:`~capa_app.stack.base.Service` started from the machine's
 own binaries / Maven jars, with one state directory (``settings.state_dir``) holding
 ``logs/``, ``data/`` and ``pids/``. ``capa up`` / ``capa status`` / ``capa down`` drive
 :class:`Stack`. Components are found through :data:`COMPONENTS`, a registry from name to
@@ -23,7 +23,7 @@ from typing import Any
 
 from capa.config import CapaSettings
 from capa.errors import ConfigError
-from capa.stack.base import NOT_AVAILABLE, ComponentUnavailable, Service, StateDirs
+from capa_app.stack.base import NOT_AVAILABLE, ComponentUnavailable, Service, StateDirs
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,13 @@ ServiceFactory = Callable[[StateDirs, CapaSettings], Service]
 
 
 def _kafka(state: StateDirs, settings: CapaSettings) -> Service:
-    from capa.stack.kafka import KafkaBroker
+    from capa_app.stack.kafka import KafkaBroker
 
     return KafkaBroker(state, settings.kafka)
 
 
 def _postgres(state: StateDirs, settings: CapaSettings) -> Service:
-    from capa.stack.postgres import ExternalPostgres, PostgresCluster
+    from capa_app.stack.postgres import ExternalPostgres, PostgresCluster
 
     if settings.postgres.managed:
         return PostgresCluster(state, settings.postgres)
@@ -45,19 +45,19 @@ def _postgres(state: StateDirs, settings: CapaSettings) -> Service:
 
 
 def _debezium(state: StateDirs, settings: CapaSettings) -> Service:
-    from capa.stack.debezium import DebeziumBridge
+    from capa_app.stack.debezium import DebeziumBridge
 
     return DebeziumBridge(state, settings)
 
 
 def _apply(state: StateDirs, settings: CapaSettings) -> Service:
-    from capa.stack.debezium import StreamingApplyJob
+    from capa_app.stack.debezium import StreamingApplyJob
 
     return StreamingApplyJob(state, settings)
 
 
 def _gcs(state: StateDirs, settings: CapaSettings) -> Service:
-    from capa.stack.gcs import FakeGcsServer
+    from capa_app.stack.gcs import FakeGcsServer
 
     return FakeGcsServer(state, settings.gcs)
 

@@ -18,7 +18,7 @@ from typing import Any
 import capa
 from capa.config import KafkaConfig
 from capa.errors import EnvironmentProblem
-from capa.stack.base import ConfiguredService, StateDirs, port_in_use, port_open, spawn
+from capa_app.stack.base import ConfiguredService, StateDirs, port_in_use, port_open, spawn
 
 logger = logging.getLogger(__name__)
 

@@ -1,19 +1,19 @@
 """Fault injection: a live pipeline under ``kill -9``, then the oracle.
 
 The driver starts a throwaway local stack (Kafka, PostgreSQL, the Debezium bridge and the
-streaming apply job, through :class:`capa.stack.Stack`), runs the randomized
-:class:`capa.workload.Workload` in a thread at a steady rate, and meanwhile kills one
+streaming apply job, through :class:`capa_app.stack.Stack`), runs the randomized
+:class:`capa_app.workload.Workload` in a thread at a steady rate, and meanwhile kills one
 component at a time with SIGKILL (by the PID of its Service record, never by name), keeps
 it down for a moment and restarts it through its Service. After the workload it quiesces
 (the replication slot has confirmed every WAL byte the workload wrote, and the apply job's
 committed offsets reach the end of the topic twice in a row) and compares every source
 table with its replica (:func:`capa.verify.verify_postgres_local`).
 
-    from capa.chaos import ChaosPlan, run_chaos
+    from capa_app.chaos.harness import ChaosPlan, run_chaos
     report = run_chaos(ChaosPlan(events=4_000, faults=3))
     assert report.ok, report.lines()
 
-``python -m bench.chaos`` is the long run; ``tests/integration/test_chaos.py`` the short one.
+``python -m capa_app.chaos`` is the long run; ``tests/integration/test_chaos.py`` the short one.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any
 
 from capa.config import CapaSettings, LocalWarehouseConfig
 from capa.errors import CapaError
-from capa.stack import Stack
-from capa.stack.base import Service, process_start_ticks, tail, wait_for
-from capa.stack.throwaway import throwaway_settings
 from capa.verify import TableDiff, verify_postgres_local
-from capa.workload import Workload
+from capa_app.stack import Stack
+from capa_app.stack.base import Service, process_start_ticks, tail, wait_for
+from capa_app.stack.throwaway import throwaway_settings
+from capa_app.workload import Workload
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ class ChaosRun:
         return None if row is None else row[0]
 
     def _lag(self) -> int | None:
-        from capa.demo.run import kafka_lag
+        from capa_app.demo.run import kafka_lag
 
         try:
             return kafka_lag(self.settings)
@@ -417,7 +417,7 @@ def chaos_state_dir(keep: bool = False) -> Iterator[Path]:
     """A temp state dir the ``postgres`` OS user can traverse; removed unless ``keep``."""
     import shutil
 
-    from capa.stack.throwaway import throwaway_state_dir
+    from capa_app.stack.throwaway import throwaway_state_dir
 
     path = throwaway_state_dir("capa-chaos-")
     try:

@@ -28,17 +28,17 @@ EXIT_USAGE = 2
 EXIT_DEAD_LETTERS = 3
 
 COMMANDS: dict[str, str] = {
-    "normalize": "capa.commands.normalize",
-    "apply": "capa.commands.apply",
-    "sql": "capa.commands.sql",
-    "up": "capa.commands.stack",
-    "status": "capa.commands.stack",
-    "down": "capa.commands.stack",
-    "demo": "capa.commands.demo",
-    "verify": "capa.commands.verify",
-    "ingest": "capa.commands.ingest",
-    "bridge": "capa.commands.ingest",
-    "crm": "capa.commands.crm",
+    "normalize": "capa_app.commands.normalize",
+    "apply": "capa_app.commands.apply",
+    "sql": "capa_app.commands.sql",
+    "up": "capa_app.commands.stack",
+    "status": "capa_app.commands.stack",
+    "down": "capa_app.commands.stack",
+    "demo": "capa_app.commands.demo",
+    "verify": "capa_app.commands.verify",
+    "ingest": "capa_app.commands.ingest",
+    "bridge": "capa_app.commands.ingest",
+    "crm": "capa_app.commands.crm",
 }
 
 

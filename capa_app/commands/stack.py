@@ -1,4 +1,4 @@
-"""``capa up`` / ``capa status`` / ``capa down``: the local stack (see :mod:`capa.stack`).
+"""``capa up`` / ``capa status`` / ``capa down``: the local stack (see :mod:`capa_app.stack`).
 
 capa up                         # kafka, postgres, debezium (bridge if present)
 capa up --only kafka,postgres
@@ -12,8 +12,8 @@ import argparse
 
 from capa import console
 from capa.config import load_settings
-from capa.stack import COMPONENTS, Stack, parse_components
-from capa.stack.base import NOT_AVAILABLE
+from capa_app.stack import COMPONENTS, Stack, parse_components
+from capa_app.stack.base import NOT_AVAILABLE
 
 _ONLY_HELP = f"comma-separated components (default all: {','.join(COMPONENTS)})"
 

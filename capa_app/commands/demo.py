@@ -1,4 +1,4 @@
-"""``capa demo``: the main job on the embedded default (see :mod:`capa.demo.run`)."""
+"""``capa demo``: the main job on the embedded default (see :mod:`capa_app.demo.run`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from capa.demo.run import Demo, DemoOptions
+    from capa_app.demo.run import Demo, DemoOptions
 
     options = DemoOptions(
         seconds=args.seconds,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from capa.config import GcsEmulatorConfig
-from capa.stack.base import ComponentUnavailable, ConfiguredService, spawn
+from capa_app.stack.base import ComponentUnavailable, ConfiguredService, spawn
 
 
 def emulator_binary() -> Path:

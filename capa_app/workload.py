@@ -5,7 +5,7 @@ several tables whose columns cover the PostgreSQL side of the fidelity matrix. V
 generated so that every type round-trips exactly through Debezium (string decimal mode)
 and the raw layer.
 
-    from capa.workload import Workload
+    from capa_app.workload import Workload
     wl = Workload(dsn, seed=7)
     wl.create_tables()
     wl.run(changes=10_000)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from capa.config import CapaSettings
-from capa.demo.run import TableSummary
 from capa.verify import compare, hash_rows, local_replica_row_hashes, verify_postgres_local
+from capa_app.demo.run import TableSummary
 
 
 def summary_rows(

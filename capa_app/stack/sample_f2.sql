@@ -1,5 +1,5 @@
 -- Sample schema of source F2 (a small shop), created in database "shop" by `capa up`
--- (capa/stack/postgres.py) and by the docker-compose PostgreSQL service.
+-- (capa_app/stack/postgres.py) and by the docker-compose PostgreSQL service.
 -- Idempotent: safe to run again on an existing database.
 
 CREATE TABLE IF NOT EXISTS "public"."customers" (
