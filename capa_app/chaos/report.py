@@ -126,4 +126,3 @@ def main(argv: list[str] | None = None) -> int:
         DOCS.write_text(replace_section(DOCS.read_text(), section_text(report, command_line(argv))))
         print(f"updated {DOCS.relative_to(ROOT)} ({SECTION})")
     return 0 if report.ok else 1
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from capa.verify import TableDiff
-from capa_app.chaos.report import SECTION, replace_section, section_text
 from capa_app.chaos.harness import FAULT_KINDS, ChaosPlan, ChaosReport, ChaosRun, chaos_settings
+from capa_app.chaos.report import SECTION, replace_section, section_text
 
 
 def test_schedule_hits_every_kind_once_per_round_inside_the_workload(tmp_path) -> None:
