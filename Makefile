@@ -21,7 +21,7 @@ test-integration: setup
 	$(BEAM)/python -m pytest -m "integration" -p no:cacheprovider
 
 lint: setup
-	$(BEAM)/ruff check capa connectors beam_jobs spark_jobs dags tests bench
+	$(BEAM)/ruff check capa capa_app connectors beam_jobs spark_jobs dags tests bench
 	$(BEAM)/mypy
 
 bench: setup      ## benchmarks; writes docs/benchmarks.md
