@@ -23,6 +23,7 @@ test-integration: setup
 lint: setup
 	$(BEAM)/ruff check capa capa_app connectors beam_jobs spark_jobs dags tests bench
 	$(BEAM)/mypy
+	$(BEAM)/lint-imports
 
 bench: setup      ## benchmarks; writes docs/benchmarks.md
 	$(BEAM)/python -m bench.run_all
