@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import apache_beam as beam
@@ -312,7 +312,9 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
         if not done:
             tracker.defer_remainder()
 
-    def _poll_round(self, consumer: Any, element: KafkaPartition, tracker: Any) -> Iterator[Any]:
+    def _poll_round(
+        self, consumer: Any, element: KafkaPartition, tracker: Any
+    ) -> Generator[KafkaBatch, None, bool]:
         """Yield batches until the budget is spent; return True when the range is finished."""
         assert self._consumers is not None
         deadline = time.monotonic() + self.budget_s

@@ -75,6 +75,7 @@ class ModelParts:
 
     model: str
     key: str  # output key column
+    key_source: str  # the driver column the key is (``c.customer_id [AS customer_id]``)
     driver: Part
     parts: tuple[Part, ...]  # joined parts, in join order
     columns: tuple[tuple[str, frozenset[str]], ...]  # output column -> aliases it reads
@@ -109,7 +110,7 @@ class ModelParts:
         tree.set("expressions", outputs)
         joins = [_rekey(j, self.driver.alias) for j in tree.args.get("joins") or []]
         if self.driver.alias in needed:  # the driver's own columns: join it on the key as well
-            joins.insert(0, _driver_join(self.tree, self.driver.alias, self.key))
+            joins.insert(0, _driver_join(self.tree, self.driver.alias, self.key_source, self.key))
         kept = [j for j in joins if j.alias_or_name in needed]
         tree.set("joins", kept)
         tree.set("from_", exp.From(this=exp.to_table(_TARGET_TOKEN).as_(CURRENT)))
@@ -176,7 +177,7 @@ def _split(model: Model, tree: Any) -> ModelParts | None:
     aliases = {driver.alias, *(p.alias for p in parts)}
     if len(aliases) != len(parts) + 1 or any(not reads <= aliases for _, reads in columns):
         return None
-    return ModelParts(model.name, key, driver, tuple(parts), tuple(columns), tree)
+    return ModelParts(model.name, key, key_source, driver, tuple(parts), tuple(columns), tree)
 
 
 def _cte_inputs(tree: Any) -> dict[str, frozenset[str]]:
@@ -266,11 +267,10 @@ def _rekey(join: Any, driver: str) -> Any:
     return join
 
 
-def _driver_join(tree: Any, driver: str, key: str) -> Any:
-    """``LEFT JOIN <driver relation> <driver> ON <driver>.<key column> = current.<key>``."""
+def _driver_join(tree: Any, driver: str, source: str, key: str) -> Any:
+    """``LEFT JOIN <driver relation> <driver> ON <driver>.<source> = current.<key>``."""
     from sqlglot import exp
 
-    source = _key_source(tree, key, driver)
     relation = tree.args["from_"].this.copy()
     on = exp.EQ(
         this=exp.column(source, table=driver),

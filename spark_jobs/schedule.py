@@ -12,7 +12,7 @@ Pure Python: no Spark import, unit-tested with plain callables.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -56,7 +56,7 @@ def run_in_order(models: Sequence[Model], build: Callable[[Model], R], workers: 
 
 
 def _ready(
-    waiting: dict[str, set[str]], done: dict[str, object], models: Sequence[Model], slots: int
+    waiting: dict[str, set[str]], done: Mapping[str, object], models: Sequence[Model], slots: int
 ) -> list[str]:
     """Up to ``slots`` waiting models whose refs are all built, in dependency order."""
     ready = [m.name for m in models if m.name in waiting and waiting[m.name] <= done.keys()]
