@@ -223,6 +223,8 @@ def require_key_values(event: ChangeEvent, primary_key: Sequence[str] | None = N
         return
     names = event.primary_key if primary_key is None else primary_key
     key = event.key
+    if all(key.get(name) is not None for name in names):
+        return  # the common case, without building a message
     missing = [name for name in names if name not in key]
     where = f"{event.op.name.lower()} on {_table_label(event)} at position {event.position}"
     if missing and event.op is Op.DELETE:
