@@ -233,3 +233,19 @@ def test_the_stream_decoder_keeps_spellings_apart_and_dead_letters_long_names(ro
     ]
     assert got.events == [] and [i for i, _ in got.errors] == [2]
     assert "over the limit" in got.errors[0][1]
+
+
+def test_a_crm_contract_with_an_unusable_object_name_fails_at_load(tmp_path: Path) -> None:
+    from connectors.crm.contract import load_contract
+    from connectors.crm.errors import CrmContractError
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text(
+        f"objects:\n  {'o' * MAX_RAW_NAME}:\n    primary_key: [id]\n    last_modified: ts\n"
+        "    columns:\n      id: {type: string}\n      ts: {type: timestamp}\n"
+    )
+    with pytest.raises(CrmContractError, match="over the limit of 230"):
+        load_contract(spec)
+    spec.write_text(spec.read_text().replace("o" * MAX_RAW_NAME, "Leads"))
+    assert raw_table_name("crm", "crm", "Leads") == "crm__crm___x4ceads"
+    assert list(load_contract(spec).objects) == ["Leads"]
