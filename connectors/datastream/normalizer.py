@@ -90,7 +90,8 @@ class DatastreamNormalizer:
             origin=self.origin,
             event_id=event_id_for(name, schema, table, position, op.value, key) or "",
         )
-        if row:  # a NULL key value is refused here; an empty delete is kept (see _key)
+        event.table_id  # noqa: B018 - an unusable raw table name (TableNameError) is refused here
+        if row:  # so is a NULL key value; an empty delete is kept (see _key)
             require_key_values(event)
         return event
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from capa.apply import require_key_values
+from capa.apply import check_applicable
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind
 from capa.position import mssql_position, pg_position
@@ -171,7 +171,7 @@ class DebeziumNormalizer:
             origin=self.origin,
             event_id=event_id_for(name, schema, table, position, op.value, key) or "",
         )
-        require_key_values(event)  # a NULL key value: refused here, with the apply rule's reason
+        check_applicable(event)  # a NULL key value or an unusable table name: refused here
         return event
 
     def _converters(

@@ -207,3 +207,15 @@ def _native_args() -> tuple[Any, ...]:
     from capa.codec import schema_fingerprint
 
     return schema_fingerprint(), _value
+
+
+def test_normalisers_refuse_a_table_whose_raw_name_is_unusable() -> None:
+    long = "t" * 240
+    record = debezium_record({"id": 1}, {"id": 1, "v": "a"})
+    record["value"]["source"]["table"] = long
+    with pytest.raises(DecodeError, match="over the limit of 230"):
+        DebeziumNormalizer().normalize(record)
+    stream = datastream_record({"id": 1, "v": "a"})
+    stream["source_metadata"]["table"] = long
+    with pytest.raises(DecodeError, match="over the limit of 230"):
+        DatastreamNormalizer("f2").normalize(stream)
