@@ -14,6 +14,10 @@ one atomic step per table (a Delta MERGE commit, a BigQuery MERGE script). The r
   its position) so later-arriving older events stay no-ops.
 * An update whose ``before`` image carries a different key moves the row: a delete of the
   old key plus an upsert of the new key (Debezium already sends delete + create).
+* Every change names its row by a value for each primary-key column: a NULL or missing
+  key value is a terminal error (:func:`require_key_values`; the event dead-letters) and
+  no row with a NULL key is ever written. Fast paths that skip the event model send such
+  records here (:mod:`capa.columnar`), normalisers refuse them first.
 * A truncate at position P removes every row with position < P and raises the table's
   truncate watermark to P; events at or below the watermark are no-ops from then on.
 
@@ -152,6 +156,8 @@ def fold_changes(
         plain = _plain_upsert(event, primary_key)
         if plain is not None:
             key, image = plain
+            if None in key:  # a NULL or missing key value: refused with its reason
+                require_key_values(event, primary_key)
             previous = state.get(key)
             if previous is None or event.position >= previous.position:
                 state[key] = _change(event, key, image, deleted=False, keep=())
@@ -188,9 +194,9 @@ _MISSING = object()
 
 def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChange]:
     """One event -> row changes (two for an update that moves the primary key)."""
+    require_key_values(event, primary_key)
     key = key_of(event.key, primary_key)
     if event.op is Op.DELETE:
-        _require_key_values(event, primary_key)
         image = dict(event.key) | dict(event.before or {})
         return [_change(event, key, image, deleted=True, keep=())]
     image = dict(event.after or {}) | dict(event.key)
@@ -202,14 +208,48 @@ def expand_event(event: ChangeEvent, primary_key: Sequence[str]) -> list[RowChan
     return [_change(event, old_key, old_image, deleted=True, keep=(), op=Op.DELETE), upsert]
 
 
-def _require_key_values(event: ChangeEvent, primary_key: Sequence[str]) -> None:
-    missing = [name for name in primary_key if name not in event.key]
-    if missing:
+def check_applicable(event: ChangeEvent) -> None:
+    """Raise DecodeError for an event no apply can ever write: its raw table name is unusable
+    (:class:`~capa.errors.TableNameError`) or a key value is NULL or missing. Decoders call
+    it so that such a record dead-letters alone, before its table's batch is planned."""
+    event.table_id  # noqa: B018 - raises TableNameError
+    require_key_values(event)
+
+
+def require_key_values(event: ChangeEvent, primary_key: Sequence[str] | None = None) -> None:
+    """Raise DecodeError unless ``event.key`` holds a non-NULL value for every primary-key
+    column (``primary_key``, default the event's own); truncates name no row."""
+    if event.op is Op.TRUNCATE:
+        return
+    names = event.primary_key if primary_key is None else primary_key
+    key = event.key
+    if all(key.get(name) is not None for name in names):
+        return  # the common case, without building a message
+    missing = [name for name in names if name not in key]
+    where = f"{event.op.name.lower()} on {_table_label(event)} at position {event.position}"
+    if missing and event.op is Op.DELETE:
         raise DecodeError(
-            f"delete on {event.table_id!r} at position {event.position} lacks the values of key "
-            f"column(s) {missing} (the source sent an empty payload), so the deleted row cannot be "
-            "identified; find the row at the source and replay it, or delete it by hand"
+            f"{where} lacks the values of key column(s) {missing} (the source sent an empty "
+            "payload), so the deleted row cannot be identified; find the row at the source "
+            "and replay it, or delete it by hand"
         )
+    if missing:
+        raise DecodeError(f"{where} lacks the values of key column(s) {missing}; {_KEY_FIX}")
+    nulls = [name for name in names if key[name] is None]
+    if nulls:
+        raise DecodeError(f"{where} has NULL in key column(s) {nulls}; {_KEY_FIX}")
+
+
+_KEY_FIX = (
+    "a replica row is identified by its primary key, so this change cannot be applied: "
+    "make the key columns NOT NULL at the source (or configure primary_keys that are) "
+    "and replay the row"
+)
+
+
+def _table_label(event: ChangeEvent) -> str:
+    # the source spelling, not the raw name: this also reports events whose name is invalid
+    return repr(f"{event.source}.{event.schema}.{event.table}")
 
 
 def _moved_from(event: ChangeEvent, primary_key: Sequence[str], key: KeyTuple) -> KeyTuple | None:
@@ -217,7 +257,14 @@ def _moved_from(event: ChangeEvent, primary_key: Sequence[str], key: KeyTuple) -
     if event.op is not Op.UPDATE or not all(name in before for name in primary_key):
         return None
     old = key_of(before, primary_key)
-    return old if old != key else None
+    if old == key:
+        return None
+    if None in old:
+        raise DecodeError(
+            f"update on {_table_label(event)} at position {event.position} moves the row from "
+            f"a key with NULL values {dict(zip(primary_key, old, strict=True))}; {_KEY_FIX}"
+        )
+    return old
 
 
 def _change(

@@ -8,7 +8,9 @@ is a *plain* change, for which the apply rules reduce to "the last event per key
 * an insert, snapshot read or update whose ``after`` image holds the key (same values);
   an update whose ``before`` image holds the whole key holds the same key (no key move);
 * a delete whose ``before`` image, when present, holds the key (same values);
-* no truncate, no TOAST ("unchanged") columns, one primary key and one column list.
+* no truncate, no TOAST ("unchanged") columns, one primary key and one column list;
+* a non-NULL value for every key column (a NULL key is refused by the apply rules, see
+  :func:`capa.apply.require_key_values`, on the event path where it dead-letters).
 
 Anything else (and any record that does not decode) stays on the event path, unchanged:
 :func:`split_plain` and the native decoder (``capa.native``) return it as *fallback*
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from capa.errors import DecodeError, TableNameError
 from capa.events import ChangeEvent, Column, Op, SourceKind, raw_table_name
 
 _SOURCE_KINDS = (SourceKind.POSTGRES, SourceKind.SQLSERVER, SourceKind.CRM)
@@ -90,19 +93,55 @@ def split_plain(events: Sequence[ChangeEvent]) -> tuple[list[TableColumns], list
             tables.append(_columns_of(chosen, indices))
         else:
             fallback.extend(indices)
-    return distinct_table_ids(tables, sorted(fallback))
+    tables, moved = applicable_tables(tables)
+    return tables, sorted([*fallback, *moved])
 
 
-def distinct_table_ids(
-    tables: list[TableColumns], fallback: list[int]
-) -> tuple[list[TableColumns], list[int]]:
-    """Tables whose names differ only in case share a raw table: those go to the event path."""
-    ids = [t.table_id for t in tables]
-    clash = {i for i in ids if ids.count(i) > 1}
-    if not clash:
-        return tables, fallback
-    moved = [i for t in tables if t.table_id in clash for i in t.indices]
-    return [t for t in tables if t.table_id not in clash], sorted([*fallback, *moved])
+def applicable_tables(tables: list[TableColumns]) -> tuple[list[TableColumns], list[int]]:
+    """(tables the column path can write, indices of the records of the others).
+
+    The native decoder checks the shape of a table's records but not the rules that need
+    their values: a table with a NULL key value, or whose raw name is invalid (too long),
+    goes to the event path, where the record gets its dead letter and reason. (Distinct
+    (source, schema, table) triples always have distinct raw names: no two tables merge.)
+    """
+    kept: list[TableColumns] = []
+    moved: list[int] = []
+    for table in tables:
+        if has_null_key(table) or not _has_valid_name(table):
+            moved.extend(table.indices)
+        else:
+            kept.append(table)
+    return kept, sorted(moved)
+
+
+def has_null_key(cols: TableColumns) -> bool:
+    """True if a record lacks a key column's value or holds NULL there (one C-level scan
+    per key column)."""
+    for name in cols.primary_key:
+        values = cols.images.get(name)
+        if values is None or None in values:
+            return True
+    return False
+
+
+def require_keys(cols: TableColumns) -> None:
+    """Raise DecodeError if a record of ``cols`` has a NULL or missing key value: callers
+    that bypass :func:`applicable_tables` still never write a NULL-key row."""
+    if has_null_key(cols):
+        raise DecodeError(
+            f"table {cols.table_id!r}: a column-wise batch holds a NULL or missing value in "
+            f"key column(s) {list(cols.primary_key)}; apply those records as events, where "
+            "each one is refused with its reason (capa.apply.require_key_values)"
+        )
+
+
+def _has_valid_name(cols: TableColumns) -> bool:
+    try:
+        cols.table_id  # noqa: B018 - raises TableNameError for an unusable name
+    except TableNameError:
+        return False
+    return True
 
 
 def all_plain(events: Sequence[ChangeEvent]) -> bool:
@@ -118,7 +157,7 @@ def is_plain(event: ChangeEvent) -> bool:
     key, primary_key = event.key, event.primary_key
     if event.op is Op.TRUNCATE or event.unchanged or not event.event_id:
         return False
-    if len(key) != len(primary_key) or not all(name in key for name in primary_key):
+    if len(key) != len(primary_key) or not all(key.get(name) is not None for name in primary_key):
         return False
     if event.op in _UPSERTS:
         if not event.after or not _holds_key(event.after, key):

@@ -53,6 +53,10 @@ class UnknownTableError(DecodeError):
     """The event names a table that is not configured / not known."""
 
 
+class TableNameError(DecodeError):
+    """A source table's (source, schema, table) gives no usable raw table name (too long)."""
+
+
 class SchemaDriftError(DecodeError):
     """A column changed type in a way that cannot be applied automatically."""
 

@@ -33,10 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Any, NoReturn
+
+from capa.errors import TableNameError
 
 
 class Op(str, Enum):
@@ -147,7 +151,7 @@ class ChangeEvent:
 
     @property
     def table_id(self) -> str:
-        """``<source>_<schema>_<table>``, lower case: the raw table's base name."""
+        """The raw table's name (:func:`raw_table_name`); raises TableNameError if too long."""
         return raw_table_name(self.source, self.schema, self.table)
 
     @property
@@ -160,8 +164,125 @@ class ChangeEvent:
         return stable_json([self.source, self.schema, self.table, key_items(self.key)]).encode()
 
 
+# --- table identity ---------------------------------------------------------------------------
+#
+# The names capa derives from a raw table's name ``N`` (every adapter appends these and only
+# these). A plain table name never ends in one of them, so no derived name is an encoding.
+CHANGELOG_SUFFIX = "_changelog"  # N_changelog: the append-only history
+ALL_ROWS_SUFFIX = "_all"  # raw.N_all: the DuckDB view of a replica with its tombstones
+STAGE_SUFFIX = "__stage_"  # N__stage_<hex id>: a BigQuery batch's staging table
+DERIVED_SUFFIXES = (CHANGELOG_SUFFIX, ALL_ROWS_SUFFIX, STAGE_SUFFIX)
+# Filesystems take names up to 255 bytes; the longest derived name adds 20 characters
+# (STAGE_SUFFIX + 12 hex digits), so every derived name of a valid raw name fits.
+MAX_RAW_NAME = 230
+
+_PLAIN_PART = re.compile(r"[a-z0-9]+")
+_PLAIN_TABLE = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_SEPARATOR = "__"
+_ESCAPE = re.compile(r"_x([0-9a-f]{2})")
+
+
+@lru_cache(maxsize=4096)
 def raw_table_name(source: str, schema: str, table: str) -> str:
-    return f"{source}_{schema}_{table}".lower()
+    """The raw table's name for a source table: the one, injective encoding.
+
+    * **Plain** triples keep ``<source>_<schema>_<table>``: source and schema match
+      ``[a-z0-9]+``, table matches ``[a-z0-9]+(_[a-z0-9]+)*`` and does not end in a
+      :data:`DERIVED_SUFFIXES` entry (``f2``, ``public``, ``orders`` -> ``f2_public_orders``).
+    * Every other triple is **escaped**: ``esc(source) + "__" + esc(schema) + "__" +
+      esc(table)``, where ``esc`` keeps ``[a-z0-9]`` and writes any other character as
+      ``_x`` + two lower-case hex digits per UTF-8 byte (``Orders`` ->
+      ``f2__public___x4frders``, ``x/..`` -> ``..._x2f_x2e_x2e``).
+
+    Why it is safe: the output alphabet is ``[a-z0-9_]`` (no path separator, no dot, no
+    case to fold); plain names never contain ``__`` while escaped ones always do, so the
+    two forms never meet; in an escaped component every ``_`` starts ``_x``, so reading
+    left to right ``__`` is always a separator and :func:`decode_raw_table_name` recovers
+    the triple; a derived name is never an encoding (``_changelog``/``_all`` after a plain
+    name makes a table ending in a reserved suffix, which is not plain; after an escaped
+    name, and ``__stage_<hex>`` after any, they put a ``_`` before a letter other than
+    ``x``, which no escaped name has). A name longer than :data:`MAX_RAW_NAME` raises
+    :class:`~capa.errors.TableNameError` (terminal: the events dead-letter).
+    """
+    if _is_plain(source, schema, table):
+        name = f"{source}_{schema}_{table}"
+    else:
+        name = _SEPARATOR.join(_escape(part) for part in (source, schema, table))
+    if len(name) > MAX_RAW_NAME:
+        raise TableNameError(
+            f"source table {source!r}.{schema!r}.{table!r} encodes to a raw table name of "
+            f"{len(name)} characters, over the limit of {MAX_RAW_NAME} (filesystem names); "
+            "rename the source, schema or table, or leave this table out of the capture"
+        )
+    return name
+
+
+def decode_raw_table_name(name: str) -> tuple[str, str, str]:
+    """The (source, schema, table) that :func:`raw_table_name` encodes as ``name``.
+
+    Raises ``ValueError`` for a name that is no encoding (a derived name such as
+    ``<name>_changelog``, or a non-canonical spelling).
+    """
+    if _SEPARATOR in name:
+        parts = tuple(_unescape(part) for part in _split_escaped(name))
+    else:
+        parts = tuple(name.split("_", 2))
+    if len(parts) != 3 or raw_table_name(*parts) != name:
+        raise ValueError(f"{name!r} is not a raw table name (no source table encodes to it)")
+    return parts  # type: ignore[return-value]
+
+
+def _is_plain(source: str, schema: str, table: str) -> bool:
+    return (
+        _PLAIN_PART.fullmatch(source) is not None
+        and _PLAIN_PART.fullmatch(schema) is not None
+        and _PLAIN_TABLE.fullmatch(table) is not None
+        and not table.endswith(DERIVED_SUFFIXES)
+    )
+
+
+def _escape(part: str) -> str:
+    # surrogatepass: a lone surrogate (valid in a JSON string) still has one spelling
+    return "".join(
+        char
+        if char in _SAFE
+        else "".join(f"_x{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
+        for char in part
+    )
+
+
+def _split_escaped(name: str) -> list[str]:
+    """Split at separators: inside an escaped component every ``_`` is followed by ``x``,
+    so the first ``_`` of each ``__`` met left to right starts a separator."""
+    parts, start, i = [], 0, 0
+    while i < len(name):
+        if name.startswith(_SEPARATOR, i):
+            parts.append(name[start:i])
+            i = start = i + len(_SEPARATOR)
+        else:
+            i += 1
+    parts.append(name[start:])
+    return parts
+
+
+def _unescape(part: str) -> str:
+    data = bytearray()
+    i = 0
+    while i < len(part):
+        match = _ESCAPE.match(part, i)
+        if match is not None:
+            data.append(int(match.group(1), 16))
+            i = match.end()
+        elif part[i] in _SAFE:
+            data += part[i].encode()
+            i += 1
+        else:
+            raise ValueError(f"{part!r} is not an escaped name component")
+    try:
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{part!r} escapes bytes that are not UTF-8: {exc}") from None
 
 
 def key_items(key: Mapping[str, Any]) -> list[list[Any]]:

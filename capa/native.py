@@ -52,6 +52,10 @@ names other than the primary-key names (each once), an upsert without ``after`` 
 with another value (a key move), or a delete whose non-empty ``before`` does not hold the key.
 Values compare by their encoding (union branch + payload), doubles as floats (NaN is never
 equal), arrays also as Python objects. Bad input never raises and a panic never reaches Python.
+
+Rules that need the values are checked on the returned tables in Python:
+:func:`capa.columnar.applicable_tables` sends a table with a NULL key value (or an unusable raw
+table name) back to the event path, where each such record dead-letters with its reason.
 """
 
 from __future__ import annotations

@@ -146,9 +146,10 @@ def local_replica_row_hashes(
     from capa.warehouse.local import delta_io
     from capa.warehouse.local.warehouse import LocalWarehouse
 
-    if delta_io.open_table(lakehouse / RAW_NAMESPACE / name) is None:
+    warehouse = LocalWarehouse(lakehouse)
+    if delta_io.open_table(warehouse.table_path(RAW_NAMESPACE, name)) is None:
         return None
-    replica = LocalWarehouse(lakehouse).rows(f"{RAW_NAMESPACE}.{name}", include_deleted=True)
+    replica = warehouse.rows(f"{RAW_NAMESPACE}.{name}", include_deleted=True)
     rows = [r for r in replica if not r.get(META_DELETED)]
     for row in rows:
         for meta in META_COLUMNS:

@@ -5,7 +5,10 @@ default and on-prem store) and ``bigquery``. Pick one through :func:`open_wareho
 
 Raw table contract (public; Spark models and ``capa sql`` rely on it):
 
-* ``raw.<source>_<schema>_<table>``: the replica, one row per primary key, with the
+* ``raw.<name>``: the replica of a source table, ``<name>`` being
+  :func:`capa.events.raw_table_name` of (source, schema, table): ``<source>_<schema>_<table>``
+  for plain lower-case names, an escaped spelling for any other (see "Table identity" in
+  docs/architecture.md). The replica is one row per primary key, with the
   source columns plus metadata columns ``_capa_position`` (string, byte-comparable),
   ``_capa_op`` (r/c/u/d), ``_capa_commit_ts`` (timestamp µs UTC), ``_capa_ingested_at``
   (timestamp µs UTC), ``_capa_event_id`` and ``_capa_deleted`` (bool). Deleted rows are
@@ -14,7 +17,10 @@ Raw table contract (public; Spark models and ``capa sql`` rely on it):
   lakehouse the replica's Delta table records a change data feed
   (``delta.enableChangeDataFeed``: pre/post images of every merged row), which incremental
   consumption builds read.
-* ``raw.<source>_<schema>_<table>_changelog``: append-only history, one row per event.
+* ``raw.<name>_changelog``: append-only history, one row per event.
+
+Adapters build every table name from that one ``<name>`` and the suffixes of
+:data:`capa.events.DERIVED_SUFFIXES`; no source spelling reaches a path or an identifier.
 
 Apply is idempotent: replaying any prefix or permutation of events gives the same replica.
 """
@@ -25,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from capa.events import CHANGELOG_SUFFIX as CHANGELOG_SUFFIX  # re-exported: adapters use it
 from capa.events import ChangeEvent
 
 META_POSITION = "_capa_position"
@@ -41,7 +48,6 @@ META_COLUMNS = (
     META_EVENT_ID,
     META_DELETED,
 )
-CHANGELOG_SUFFIX = "_changelog"
 CHANGE_FEED_PROPERTY = "delta.enableChangeDataFeed"  # local replicas: Delta change data feed
 RAW_NAMESPACE = "raw"
 

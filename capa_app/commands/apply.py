@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from capa import console
-from capa.apply import apply_isolating_failures
+from capa.apply import apply_isolating_failures, check_applicable
 from capa.codec import event_from_json
 from capa.errors import ConfigError, DecodeError
 from capa.events import ChangeEvent
@@ -82,7 +82,9 @@ def _events(stream: TextIO, counts: Counter[str]) -> Iterator[tuple[ChangeEvent,
             obj = json.loads(line)
             if not isinstance(obj, dict):
                 raise DecodeError(f"line is JSON {type(obj).__name__}, not an event object")
-            yield event_from_json(obj), line
+            event = event_from_json(obj)
+            check_applicable(event)  # a NULL key or an unusable table name: this line only
+            yield event, line
         except (json.JSONDecodeError, DecodeError) as exc:
             _dead_letter(counts, reason=str(exc), line=number, original=line)
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from capa.events import Column
+from capa.errors import TableNameError
+from capa.events import Column, raw_table_name
 from connectors.crm.errors import CrmContractError
 from connectors.crm.types import Parser, parser_for, source_type
 
@@ -121,6 +122,15 @@ class CrmContract(BaseModel):
         if clash:
             raise ValueError(f"object names {sorted(clash)} are reserved for capa's own tables")
         return value
+
+    @model_validator(mode="after")
+    def _usable_table_names(self) -> CrmContract:
+        for name in (*self.objects, *RESERVED_OBJECTS):
+            try:
+                raw_table_name(self.source, self.schema_, name)
+            except TableNameError as exc:
+                raise ValueError(exc.reason) from None
+        return self
 
     def object(self, name: str) -> ObjectContract:
         try:

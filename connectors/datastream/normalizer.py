@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from capa.apply import require_key_values
 from capa.codec import datetime_to_us, to_json_value
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind
@@ -72,7 +73,7 @@ class DatastreamNormalizer:
         name = self.source or _source_name(record.get("stream_name"))
         schema, table = _text(meta, "schema"), _text(meta, "table")
         position = pg_position(_lsn(record, meta, snapshot), snapshot=snapshot)
-        return ChangeEvent(
+        event = ChangeEvent(
             source=name,
             source_kind=SourceKind.POSTGRES,
             database=None,
@@ -89,6 +90,10 @@ class DatastreamNormalizer:
             origin=self.origin,
             event_id=event_id_for(name, schema, table, position, op.value, key) or "",
         )
+        event.table_id  # noqa: B018 - an unusable raw table name (TableNameError) is refused here
+        if row:  # so is a NULL key value; an empty delete is kept (see _key)
+            require_key_values(event)
+        return event
 
 
 def unwrap_transport(record: Any) -> Mapping[str, Any]:

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from capa.apply import check_applicable
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind
 from capa.position import mssql_position, pg_position
@@ -151,7 +152,7 @@ class DebeziumNormalizer:
             primary_key, key, before, after = (), {}, None, None
         name = self.source or _source_name(source, parts.topic)
         position = position_of(source, op)
-        return ChangeEvent(
+        event = ChangeEvent(
             source=name,
             source_kind=kind,
             database=_opt_str(source.get("db")),
@@ -170,6 +171,8 @@ class DebeziumNormalizer:
             origin=self.origin,
             event_id=event_id_for(name, schema, table, position, op.value, key) or "",
         )
+        check_applicable(event)  # a NULL key value or an unusable table name: refused here
+        return event
 
     def _converters(
         self, value_schema: Mapping[str, Any] | None, schema: str, table: str

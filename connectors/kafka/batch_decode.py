@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from capa.apply import check_applicable
 from capa.avro_reader import _value
 from capa.codec import schema_fingerprint
-from capa.columnar import TableColumns, distinct_table_ids, from_native, split_plain
+from capa.columnar import TableColumns, applicable_tables, from_native, split_plain
 from capa.errors import DecodeError
 from capa.events import ChangeEvent
 from connectors.kafka.wire import ChangeEventDecoder
@@ -56,16 +57,14 @@ class BatchDecoder:
         else:
             rows, rest = self.native(values, schema_fingerprint(), _value)
             native_tables = [from_native(row) for row in rows]
-        events, errors = self._decode_each(values, rest)
+        # native tables before decoding the rest: one with a NULL key value or an unusable
+        # name joins the event path, where each record is refused with its reason
+        native_tables, moved = applicable_tables(native_tables)
+        events, errors = self._decode_each(values, sorted([*rest, *moved]))
         split, others = split_plain([event for _, event in events])
         where = [index for index, _ in events]
         split = [replace(t, indices=[where[i] for i in t.indices]) for t in split]
-        tables, clashed = distinct_table_ids(native_tables + split, [])
-        leftovers = [events[i] for i in others]
-        if clashed:  # a raw table reached by two spellings: the event path merges them
-            again, _ = self._decode_each(values, clashed)
-            leftovers = sorted([*leftovers, *again], key=_index)
-        return DecodedBatch(tables, leftovers, errors)
+        return DecodedBatch(native_tables + split, [events[i] for i in others], errors)
 
     def _decode_each(
         self, values: Sequence[bytes | None], indices: Sequence[int]
@@ -75,11 +74,10 @@ class BatchDecoder:
         errors: list[tuple[int, str]] = []
         for index in indices:
             try:
-                events.append((index, decode(values[index])))
+                event = decode(values[index])
+                check_applicable(event)
             except DecodeError as exc:
                 errors.append((index, exc.reason))
+            else:
+                events.append((index, event))
         return events, errors
-
-
-def _index(item: tuple[int, ChangeEvent]) -> int:
-    return item[0]

@@ -34,3 +34,24 @@ def test_oracle_sees_pending_rows_and_hides_their_tombstones(tmp_path) -> None:
 
 def test_oracle_reports_an_absent_replica_as_none(tmp_path) -> None:
     assert local_replica_row_hashes(tmp_path, NAME, ("id",), COLUMNS) is None
+
+
+def test_oracle_finds_a_mixed_case_table_by_its_encoded_name(tmp_path) -> None:
+    """``Orders`` and ``orders`` are two replicas; verify names each as apply did."""
+    import dataclasses
+
+    from capa.events import raw_table_name
+
+    warehouse = LocalWarehouse(tmp_path, merge_on_read=True)
+    lower = event(Op.INSERT, 1, 10, after=full_row(1, 1))
+    upper = dataclasses.replace(
+        event(Op.INSERT, 2, 11, after=full_row(2, 2), table="Orders"), schema="Sales", event_id=""
+    )
+    warehouse.apply([lower, upper])
+    name = raw_table_name("f2", "Sales", "Orders")
+    assert name != NAME and (tmp_path / "_pending" / name).exists()
+    expected = hash_rows([full_row(2, 2)], ("id",), COLUMNS)
+    assert local_replica_row_hashes(tmp_path, name, ("id",), COLUMNS) == expected
+    assert local_replica_row_hashes(tmp_path, NAME, ("id",), COLUMNS) == hash_rows(
+        [full_row(1, 1)], ("id",), COLUMNS
+    )

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from capa.apply import TablePlan, plan_table
 from capa.codec import to_json_value, ts_us_to_iso
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
-from capa.events import ChangeEvent, iter_tables
+from capa.events import STAGE_SUFFIX, ChangeEvent, iter_tables
 from capa.warehouse import sql
 from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
@@ -217,7 +217,7 @@ class BigQueryWarehouse:
     ) -> tuple[str, ...]:
         from google.cloud import bigquery
 
-        stage = self._parts(f"{name}__stage_{uuid.uuid4().hex[:12]}")
+        stage = self._parts(f"{name}{STAGE_SUFFIX}{uuid.uuid4().hex[:12]}")
         keep = [bigquery.SchemaField(KEEP_PREFIX + c, "BOOL") for c in sorted(plan.keep_columns)]
         fields = {**replica, **changelog, STAGE: bigquery.SchemaField(STAGE, "STRING")} | {
             f.name: f for f in keep

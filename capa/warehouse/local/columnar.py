@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from capa.columnar import TableColumns
+from capa.columnar import TableColumns, require_keys
 from capa.warehouse.base import (
     META_COMMIT_TS,
     META_DELETED,
@@ -48,6 +48,7 @@ class ColumnPlan:
 
 
 def plan_columns(cols: TableColumns, watermark: str | None) -> ColumnPlan:
+    require_keys(cols)
     ids, positions = cols.event_ids, cols.positions
     distinct = _distinct(ids)
     pairs = list(zip(positions, ids, strict=True))

@@ -121,7 +121,7 @@ PRIMARY_KEY_PROPERTY = "capa.primaryKey"
 
 
 def pending_path(root: Path, name: str) -> Path:
-    return root / PENDING_NAMESPACE / name
+    return delta_io.path_under(root, PENDING_NAMESPACE, name)
 
 
 def open_pending(root: Path, name: str) -> DeltaTable | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 from deltalake import DeltaTable
 
+from capa.events import ALL_ROWS_SUFFIX
 from capa.warehouse.base import CHANGELOG_SUFFIX, META_DELETED, RAW_NAMESPACE
 from capa.warehouse.local import pending
 
@@ -59,7 +60,7 @@ def register_table(con: duckdb.DuckDBPyConnection, table_dir: Path, *, soft_dele
     con.execute(f"CREATE VIEW {target} AS SELECT * FROM {_quote(source)}{where}")
     if hides:
         con.execute(
-            f"CREATE VIEW {_quote(namespace)}.{_quote(name + '_all')}"
+            f"CREATE VIEW {_quote(namespace)}.{_quote(name + ALL_ROWS_SUFFIX)}"
             f" AS SELECT * FROM {_quote(source)}"
         )
 

@@ -319,7 +319,7 @@ class LocalWarehouse:
     # --- reading ---------------------------------------------------------------------
 
     def table_path(self, namespace: str, name: str) -> Path:
-        return self.root / namespace / name
+        return delta_io.path_under(self.root, namespace, name)
 
     def tables(self) -> list[str]:
         """Qualified names of the Delta tables under the root (``raw.x``, ``consumption.y``)."""
