@@ -37,6 +37,16 @@ class EnvironmentProblem(TerminalError):
     """The machine lacks something capa needs (Java, a free port, a binary...)."""
 
 
+def missing_google_credentials(service: str, cause: Exception) -> ConfigError:
+    """The error for a Google client built without Application Default Credentials."""
+    first = str(cause).split(". ")[0]
+    return ConfigError(
+        f"no Google credentials for {service} ({first}): set GOOGLE_APPLICATION_CREDENTIALS "
+        "or run `gcloud auth application-default login`; for a local emulator set its "
+        "endpoint (STORAGE_EMULATOR_HOST, bigquery:PROJECT@http://127.0.0.1:PORT)"
+    )
+
+
 # --- input decoding / normalisation -----------------------------------------------
 
 

@@ -11,12 +11,13 @@ line went to dead-letter, 2 for usage errors (missing input file, bad warehouse 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from capa import console
 from capa.apply import apply_isolating_failures
@@ -67,24 +68,71 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_DEAD_LETTERS if counts["dead_letter"] else EXIT_OK
 
 
-def _open(path: str) -> TextIO:
+# A line longer than this is dead-lettered unread (its first bytes kept): one runaway line
+# must not hold the whole input in memory. Canonical events are far smaller.
+MAX_LINE_BYTES = 16 << 20
+_KEPT_BYTES = 4096
+
+
+def _open(path: str) -> BinaryIO:
     if path == "-":
-        return open(sys.stdin.fileno(), encoding="utf-8", closefd=False)
-    return open(path, encoding="utf-8")
+        return open(sys.stdin.fileno(), "rb", closefd=False)
+    return open(path, "rb")
 
 
-def _events(stream: TextIO, counts: Counter[str]) -> Iterator[tuple[ChangeEvent, str]]:
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
+def _events(stream: BinaryIO, counts: Counter[str]) -> Iterator[tuple[ChangeEvent, str]]:
+    for number, raw in enumerate(_lines(stream), start=1):
+        if not raw.strip():
             continue
         counts["lines"] += 1
+        if len(raw) > MAX_LINE_BYTES:
+            _dead_letter(
+                counts,
+                reason=f"line is longer than {MAX_LINE_BYTES} bytes; not a canonical event",
+                line=number,
+                original=raw[:_KEPT_BYTES].decode("utf-8", "replace"),
+                truncated=True,
+            )
+            continue
         try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise DecodeError(f"line is JSON {type(obj).__name__}, not an event object")
-            yield event_from_json(obj), line
-        except (json.JSONDecodeError, DecodeError) as exc:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"line is not UTF-8 text: {exc}"
+            _dead_letter(counts, reason=reason, line=number, original_base64=_b64(raw))
+            continue
+        try:
+            yield _decode_line(line), line
+        except DecodeError as exc:
             _dead_letter(counts, reason=str(exc), line=number, original=line)
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    """Lines as bytes; a line over :data:`MAX_LINE_BYTES` is cut there and the rest of it
+    skipped (the caller sees its length and dead-letters it)."""
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := stream.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
+def _decode_line(line: str) -> ChangeEvent:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("not valid JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"line is JSON {type(obj).__name__}, not an event object")
+    try:
+        return event_from_json(obj)
+    except (RecursionError, ArithmeticError) as exc:  # values nested or sized past reason
+        raise DecodeError(f"not a canonical change event: {type(exc).__name__}") from None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _batches(
