@@ -82,6 +82,10 @@ class WarehouseTransientError(WarehouseError, TransientError):
     """A warehouse write may succeed on retry (e.g. commit conflict)."""
 
 
+class QueryRefused(TerminalError):
+    """A query the read-only SQL sandbox does not run (a write, a file, a setting...)."""
+
+
 class ServiceFailed(TerminalError):
     """A process capa started (the apply job, the bridge...) exited while it was needed."""
 
