@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "capa_app.commands.ingest",
     "bridge": "capa_app.commands.ingest",
     "crm": "capa_app.commands.crm",
+    "dlq": "capa_app.commands.dlq",
 }
 
 

@@ -15,12 +15,12 @@ import base64
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from capa import console
-from capa.apply import apply_isolating_failures
+from capa.apply import DeadLetter, apply_isolating_failures
 from capa.codec import event_from_json
 from capa.errors import ConfigError, DecodeError
 from capa.events import ChangeEvent
@@ -153,21 +153,30 @@ def _apply_batch(
 ) -> None:
     events = [event for event, _ in batch]
     lines = {event.event_id: line for event, line in batch}
-    reports: list[Any] = []
-    dead = apply_isolating_failures(lambda part: reports.append(warehouse.apply(part)), events)
-    for letter in dead:
+    for letter in apply_events(warehouse, events, counts):
         _dead_letter(
             counts,
             reason=letter.reason,
             event_id=letter.event.event_id,
             original=lines[letter.event.event_id],
         )
+
+
+def apply_events(
+    warehouse: Any, events: Sequence[ChangeEvent], counts: Counter[str]
+) -> list[DeadLetter]:
+    """Apply ``events`` (idempotent: stale positions are no-ops), isolating the ones the
+    warehouse rejects, which are returned; ``counts`` gets events / applied / stale /
+    changelog. The one apply path of the CLI (``capa apply``, ``capa dlq replay``)."""
+    reports: list[Any] = []
+    dead = apply_isolating_failures(lambda part: reports.append(warehouse.apply(part)), events)
     counts["events"] += len(events) - len(dead)
     for report in reports:
         for table in report.tables:
             counts["applied"] += table.applied
             counts["stale"] += table.stale
             counts["changelog"] += table.changelog_rows
+    return dead
 
 
 def _dead_letter(counts: Counter[str], **record: Any) -> None:
