@@ -179,6 +179,14 @@ USAGE_ERRORS = {
         1,
         "/proc/capa-x",
     ),
+    "crm-corrupt-manifest": (
+        ["crm", "load", "--extract", "{tmp}/extract", "--warehouse", "local:{tmp}/wh"],
+        1,
+        "manifest.json is invalid",
+    ),
+    "sql-empty": (["sql", "--warehouse", "local:{tmp}", ""], 2, "got 0"),
+    "dlq-bad-id": (["dlq", "show", "12"], 2, "'12'"),
+    "dlq-no-kafka": (["dlq", "list"], 1, "127.0.0.1:1"),
     "crm-corrupt-watermarks": (
         ["crm", "pull", "--api", "http://127.0.0.1:1", "--out", "{tmp}/x", "--state", "{input}"],
         1,
@@ -192,9 +200,12 @@ def test_bad_options_give_one_clear_line(case: str, tmp_path: Path) -> None:
     argv, code, quoted = USAGE_ERRORS[case]
     bad_input = tmp_path / "in.jsonl"
     bad_input.write_bytes(b"\xff{not json")
+    (tmp_path / "extract").mkdir()
+    (tmp_path / "extract" / "manifest.json").write_bytes(b"{not json")
     args = [a.format(input=bad_input, tmp=tmp_path) for a in argv]
 
-    result = capa(*args, env={"HOME": str(tmp_path)})
+    no_kafka = {"CAPA__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # nothing listens there
+    result = capa(*args, env={"HOME": str(tmp_path), **no_kafka})
 
     assert "Traceback" not in result.stderr
     assert result.returncode == code, result.stderr
