@@ -77,7 +77,7 @@ class Lakehouse:
         if not self.broken:
             return
         try:
-            named = duckdb.get_table_names(sql, qualified=True)
+            named = self.con.get_table_names(sql, qualified=True)
         except duckdb.Error:
             return  # not parseable: DuckDB's own error when it runs says why
         for name in sorted(named):
