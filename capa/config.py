@@ -276,7 +276,20 @@ def load_settings(**overrides: Any) -> CapaSettings:
     try:
         return CapaSettings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid capa configuration: {exc}") from exc
+        raise ConfigError(
+            f"invalid capa configuration: {describe_validation(exc)}; fix capa.yaml "
+            "($CAPA_CONFIG) or the CAPA__<SECTION>__<KEY> variable"
+        ) from exc
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field: problem (got 'value')`` per error."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or exc.title
+        got = f" (got {error['input']!r:.80})" if "input" in error else ""
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
+    return "; ".join(parts)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -285,7 +298,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        detail = " ".join(str(exc).split())  # one line: the parser's message spans several
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {detail}") from exc
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return loaded

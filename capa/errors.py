@@ -37,6 +37,16 @@ class EnvironmentProblem(TerminalError):
     """The machine lacks something capa needs (Java, a free port, a binary...)."""
 
 
+def missing_google_credentials(service: str, cause: Exception) -> ConfigError:
+    """The error for a Google client built without Application Default Credentials."""
+    first = str(cause).split(". ")[0]
+    return ConfigError(
+        f"no Google credentials for {service} ({first}): set GOOGLE_APPLICATION_CREDENTIALS "
+        "or run `gcloud auth application-default login`; for a local emulator set its "
+        "endpoint (STORAGE_EMULATOR_HOST, bigquery:PROJECT@http://127.0.0.1:PORT)"
+    )
+
+
 # --- input decoding / normalisation -----------------------------------------------
 
 
@@ -74,6 +84,10 @@ class WarehouseTerminalError(WarehouseError, TerminalError):
 
 class WarehouseTransientError(WarehouseError, TransientError):
     """A warehouse write may succeed on retry (e.g. commit conflict)."""
+
+
+class QueryRefused(TerminalError):
+    """A query the read-only SQL sandbox does not run (a write, a file, a setting...)."""
 
 
 class ServiceFailed(TerminalError):

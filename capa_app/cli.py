@@ -6,7 +6,9 @@ its parser and sets ``func`` (taking the parsed args, returning the exit code). 
 are imported lazily so ``capa --help`` never loads Beam, Spark or a JVM.
 
 Exit codes: 0 success, 2 usage error, 3 some input went to the dead-letter output,
-1 any other failure (always with a one-line message naming the problem and the fix).
+1 any other failure (always with a one-line message naming the problem and the fix),
+70 an unexpected internal error (a bug: one line, and the traceback with ``--debug`` or
+``CAPA_DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from capa import console
+from capa.config import describe_validation
 from capa.errors import CapaError
 from capa.runtime import tune_gc
 
@@ -26,6 +32,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERS = 3
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: distinct from every documented outcome
 
 COMMANDS: dict[str, str] = {
     "normalize": "capa_app.commands.normalize",
@@ -39,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "capa_app.commands.ingest",
     "bridge": "capa_app.commands.ingest",
     "crm": "capa_app.commands.crm",
+    "dlq": "capa_app.commands.dlq",
 }
 
 
@@ -47,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="capa", description="capa: streaming-first CDC replication"
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("CAPA_DEBUG", "") not in ("", "0"),
+        help="print the traceback of an unexpected error (also CAPA_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()
     for module_path in dict.fromkeys(COMMANDS.values()):
@@ -81,6 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.error("interrupted")
         return 130
+    except ValidationError as exc:  # an option value a typed config refused
+        console.error(f"invalid value: {describe_validation(exc)}")
+        return EXIT_USAGE
+    except Exception as exc:  # the last guard: a bug gets one line, not a traceback
+        return _unexpected(args, exc)
+
+
+def _unexpected(args: argparse.Namespace, exc: Exception) -> int:
+    if args.debug:
+        traceback.print_exc(file=sys.stderr)
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    console.error(
+        f"capa {args.command}: unexpected {type(exc).__name__}: {text} (a bug in capa; rerun "
+        "with --debug or CAPA_DEBUG=1 for the traceback and report it)"
+    )
+    return EXIT_INTERNAL
 
 
 def entry() -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from urllib.parse import urlparse
 
 from capa import console
+
+EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -23,7 +26,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = GeneratorConfig(
         accounts=args.accounts, seed=args.seed, dirt=args.dirt, load_id=args.load_id
     )
-    manifest = generate_extract(open_filestore(args.out), cfg)
+    try:
+        manifest = generate_extract(open_filestore(args.out), cfg)
+    except OSError as exc:
+        console.error(f"cannot write the CRM extract to {args.out!r}: {exc}; pick a writable --out")
+        return EXIT_FAILURE
     console.step(
         f"wrote CRM extract {manifest.load_id} ({len(manifest.files)} files) to {args.out}"
     )
@@ -40,15 +47,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
         save_watermarks,
     )
 
+    if urlparse(args.api).scheme not in ("http", "https"):
+        console.error(f"--api {args.api!r} is not an http(s) URL, e.g. http://127.0.0.1:8080")
+        return EXIT_USAGE
     contract = load_contract(args.contract)
     config = CrmApiConfig(
         base_url=args.api, objects=tuple(args.objects or sorted(contract.objects))
     )
     state = Path(args.state)
-    manifest, marks = CrmApiExtractor(config, contract).extract(
-        open_filestore(args.out), load_watermarks(state)
-    )
-    save_watermarks(state, marks)
+    try:
+        manifest, marks = CrmApiExtractor(config, contract).extract(
+            open_filestore(args.out), load_watermarks(state)
+        )
+        save_watermarks(state, marks)
+    except OSError as exc:
+        console.error(f"cannot write {exc.filename or args.out!r}: {exc.strerror or exc}")
+        return EXIT_FAILURE
     console.step(f"wrote CRM extract {manifest.load_id} to {args.out}; watermarks in {state}")
     return 0
 

@@ -34,11 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ds.add_argument("--source", help="source name stamped on events (default f3)")
     ds.add_argument("--checkpoint", type=Path, help="checkpoint JSON file")
     ds.add_argument("--once", action="store_true", help="one pass over the bucket, then exit")
-    ds.add_argument("--interval", type=float, help="seconds between polls")
+    ds.add_argument("--interval", type=_positive_seconds, help="seconds between polls")
     ds.set_defaults(func=run_datastream)
 
     bridge = subparsers.add_parser("bridge", help="run the Debezium bridge in the foreground")
     bridge.set_defaults(func=run_bridge)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0, e.g. 10")
+    return value
 
 
 def _datastream_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,12 @@
 Every Delta table under ``DIR/<namespace>/<name>`` is a view ``<namespace>.<name>``; raw
 replicas hide tombstones (``raw.<name>_all`` shows them), ``raw.<name>_changelog`` is the
 history. ``--json`` prints one JSON object per row (values as in ``capa normalize``);
-otherwise an aligned table. Exit 1 with DuckDB's message when the SQL fails.
+otherwise an aligned table.
+
+The local engine is read-only and sandboxed (:mod:`capa.warehouse.local.views`): one
+SELECT-like statement, no file or network access, no settings. Exit 1 with the engine's
+message when the SQL fails or names a table that cannot be read (the others still
+answer), 2 for a bad ``--warehouse`` or a statement the sandbox refuses.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from capa import console
 from capa.codec import to_json_value
-from capa.errors import ConfigError
+from capa.errors import ConfigError, QueryRefused, WarehouseError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -39,10 +44,17 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         rows = list(warehouse.query(args.query))
+    except QueryRefused as exc:
+        console.error(f"refused: {exc}")
+        return EXIT_USAGE
+    except WarehouseError as exc:
+        console.error(f"query failed: {exc}")
+        return EXIT_FAILURE
     except Exception as exc:  # the engine's own error types (duckdb.Error, google.api_core...)
         if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb", "google"):
             raise
-        console.error(f"query failed: {exc}")
+        detail = " ".join(str(exc).split("\n\nLINE")[0].split())  # DuckDB adds a caret block
+        console.error(f"query failed: {detail}")
         return EXIT_FAILURE
     finally:
         warehouse.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 from capa import console
 from capa.config import load_settings
 
-EXIT_MISMATCH = 4
+EXIT_FAILURE, EXIT_MISMATCH = 1, 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,13 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    import psycopg
+
     from capa.verify import verify_postgres_local
 
     settings = load_settings()
     dsn = args.dsn or settings.postgres.dsn()
     source = args.source or settings.debezium.source_name
     lakehouse = _lakehouse(args.warehouse, settings)
-    diffs = verify_postgres_local(dsn, source, args.schema, lakehouse)
+    try:
+        diffs = verify_postgres_local(dsn, source, args.schema, lakehouse)
+    except psycopg.Error as exc:
+        detail = " ".join(str(exc).split())
+        console.error(
+            f"cannot read the source PostgreSQL: {detail}; start it (capa up) or pass --dsn"
+        )
+        return EXIT_FAILURE
     console.table(
         ["table", "source rows", "replica rows", "missing", "extra", "different", "match"],
         [

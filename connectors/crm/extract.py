@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from capa.config import describe_validation
 from connectors.crm.contract import CrmContract
 from connectors.crm.errors import CrmExtractError
 from connectors.crm.filestore import FileStore
@@ -90,7 +91,11 @@ def _parse_manifest(store: FileStore) -> ExtractManifest:
     try:
         return ExtractManifest.model_validate_json(raw)
     except ValidationError as exc:
-        raise CrmExtractError(f"{store.url}/{MANIFEST} is invalid: {exc}", raw=raw) from exc
+        raise CrmExtractError(
+            f"{store.url}/{MANIFEST} is invalid: {describe_validation(exc)}; fix or remove it "
+            "(without it the files are found by name)",
+            raw=raw,
+        ) from exc
 
 
 def _infer_manifest(store: FileStore, contract: CrmContract) -> ExtractManifest:

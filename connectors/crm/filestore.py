@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
+from capa.errors import missing_google_credentials
 from connectors.crm.errors import CrmExtractError
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,12 @@ def _storage_client(storage: Any) -> Any:
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(project="capa-local", credentials=AnonymousCredentials())
-    return storage.Client()
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return storage.Client()
+    except DefaultCredentialsError as exc:
+        raise missing_google_credentials("Google Cloud Storage", exc) from None
 
 
 def _open_local(url: str) -> FileStore:

@@ -174,7 +174,10 @@ def _load_id(now: datetime, data: dict[str, bytes]) -> str:
 def load_watermarks(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser
+        data = None
     if not isinstance(data, dict):
         raise CrmApiError(
             f"watermark file {str(path)!r} must hold a JSON object; delete it to re-extract all"

@@ -46,7 +46,10 @@ def read_json_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
     try:
         text = unzipped.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        yield DeadLetter(name, None, f"file is not UTF-8 text: {exc}", unzipped)
+        if _looks_like_byte_lines(unzipped):  # one bad line must not take the others with it
+            yield from _byte_lines(unzipped, name)
+        else:
+            yield DeadLetter(name, None, f"file is not UTF-8 text: {exc}", unzipped)
         return
     if not text.strip():
         yield DeadLetter(name, None, "file is empty: no JSON record found", unzipped)
@@ -78,10 +81,25 @@ def _whole_document(doc: Any, name: str) -> Iterator[RawRecord]:
         yield RawRecord(name, 0, doc, None)
 
 
+_PROBE_LINES = 16
+
+
 def _looks_like_lines(text: str) -> bool:
-    """JSON lines: the first non-blank line is a complete JSON value on its own."""
+    """JSON lines: the first non-blank line is a complete JSON value on its own, or (the
+    first line being broken) one of the next few is a complete JSON object on its own
+    (a line of a pretty-printed document never is: it ends with a comma or a bracket)."""
     lines = [line for line in text.splitlines() if line.strip()]
-    return len(lines) > 1 and _loads(lines[0]) is not _FAIL
+    if len(lines) < 2:
+        return False
+    if _loads(lines[0]) is not _FAIL:
+        return True
+    return any(isinstance(_loads(line), dict) for line in lines[1:_PROBE_LINES])
+
+
+def _looks_like_byte_lines(data: bytes) -> bool:
+    """:func:`_looks_like_lines` for a file that is not all UTF-8 (bad lines are skipped)."""
+    text = "\n".join(line.decode("utf-8", "replace") for line in data.splitlines()[:_PROBE_LINES])
+    return _looks_like_lines(text)
 
 
 def _json_lines(text: str, name: str) -> Iterator[RawRecord | DeadLetter]:
@@ -89,13 +107,33 @@ def _json_lines(text: str, name: str) -> Iterator[RawRecord | DeadLetter]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        value = _loads(line)
-        raw = line.encode()
-        if value is _FAIL:
-            yield DeadLetter(name, index, f"line {index + 1} is not valid JSON", raw)
-        else:
-            yield RawRecord(name, index, value, raw)
+        yield _json_line(line, line.encode(), name, index)
         index += 1
+
+
+def _byte_lines(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
+    """JSON lines of a file holding bytes that are not UTF-8: each line decoded alone."""
+    index = 0
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8-sig" if index == 0 else "utf-8")
+        except UnicodeDecodeError as exc:
+            yield DeadLetter(name, index, f"line {index + 1} is not UTF-8 text: {exc}", raw)
+        else:
+            yield _json_line(line, raw, name, index)
+        index += 1
+
+
+def _json_line(line: str, raw: bytes, name: str, index: int) -> RawRecord | DeadLetter:
+    try:
+        return RawRecord(name, index, json.loads(line), raw)
+    except ValueError as exc:
+        reason = f"line {index + 1} is not valid JSON: {exc}"
+    except RecursionError:
+        reason = f"line {index + 1} is not valid JSON: nested too deeply"
+    return DeadLetter(name, index, reason, raw)
 
 
 def _json_stream(text: str, name: str) -> Iterator[RawRecord | DeadLetter]:

@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 from capa.config import CapaSettings
-from capa.errors import ConfigError, DecodeError
+from capa.errors import ConfigError, DecodeError, missing_google_credentials
 from capa.events import ChangeEvent
 from connectors.base import READERS, FileReader, Normalizer, normalize_one
 from connectors.base import DeadLetter as BaseDeadLetter
@@ -321,7 +321,12 @@ def storage_client(project: str | None) -> Any:
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(project=project or "capa-local", credentials=AnonymousCredentials())
-    return storage.Client(project=project)
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return storage.Client(project=project)
+    except DefaultCredentialsError as exc:
+        raise missing_google_credentials("Google Cloud Storage", exc) from None
 
 
 def build_reader(

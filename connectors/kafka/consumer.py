@@ -105,7 +105,12 @@ def read_dead_letters(messages: Iterable[Any]) -> list[DeadLetter]:
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, until: Any = None, timeout_s: float = 60.0
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Any = None,
+    timeout_s: float = 60.0,
+    client_settings: dict[str, Any] | None = None,
 ) -> list[Any]:
     """All messages of ``topic`` from the beginning (no consumer group: partitions assigned).
 
@@ -117,7 +122,12 @@ def read_topic(
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "capa-read-topic", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "capa-read-topic",
+            "enable.auto.commit": False,
+            **(client_settings or {}),
+        }
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

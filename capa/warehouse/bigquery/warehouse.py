@@ -25,7 +25,11 @@ from typing import Any, Literal
 
 from capa.apply import TablePlan, plan_table
 from capa.codec import to_json_value, ts_us_to_iso
-from capa.errors import WarehouseTerminalError, WarehouseTransientError
+from capa.errors import (
+    WarehouseTerminalError,
+    WarehouseTransientError,
+    missing_google_credentials,
+)
 from capa.events import STAGE_SUFFIX, ChangeEvent, iter_tables
 from capa.warehouse import sql
 from capa.warehouse.base import (
@@ -294,7 +298,12 @@ def _make_client(config: Any) -> Any:
     from google.cloud import bigquery
 
     if not config.api_endpoint:
-        return bigquery.Client(project=config.project, location=config.location)
+        from google.auth.exceptions import DefaultCredentialsError
+
+        try:
+            return bigquery.Client(project=config.project, location=config.location)
+        except DefaultCredentialsError as exc:
+            raise missing_google_credentials(f"BigQuery project {config.project!r}", exc) from None
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
 

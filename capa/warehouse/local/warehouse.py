@@ -370,8 +370,8 @@ class LocalWarehouse:
     ) -> Iterator[dict[str, Any]]:
         from capa.warehouse.local.views import connect
 
-        with connect(self.root, soft_deletes=self.soft_deletes) as con:
-            cursor = con.execute(sql, params) if params is not None else con.execute(sql)
+        with connect(self.root, soft_deletes=self.soft_deletes) as lake:
+            cursor = lake.execute(sql, params)
             names = [d[0] for d in cursor.description or ()]
             rows = cursor.fetchall()
         for row in rows:
