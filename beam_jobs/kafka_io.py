@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
+from capa import retry
 from capa.errors import ServiceUnavailable
+from capa.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +91,8 @@ def retry_while_unavailable(
     crash: "coordinator load in progress", NOT_COORDINATOR) waits for it instead of
     exiting; it gives up after ``patience_s``.
     """
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return call()
-        except ServiceUnavailable as exc:
-            if time.monotonic() + backoff_s > deadline:
-                raise
-            logger.warning("%s (%s); retrying in %.0fs", what, exc, backoff_s)
-            time.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 30.0)
+    policy = RetryPolicy(ServiceUnavailable, first_wait_s=backoff_s, patience_s=patience_s)
+    return retry.call(call, policy, what)
 
 
 def wait_for_partitions(
@@ -312,7 +306,9 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
         if not done:
             tracker.defer_remainder()
 
-    def _poll_round(self, consumer: Any, element: KafkaPartition, tracker: Any) -> Iterator[Any]:
+    def _poll_round(
+        self, consumer: Any, element: KafkaPartition, tracker: Any
+    ) -> Generator[KafkaBatch, None, bool]:
         """Yield batches until the budget is spent; return True when the range is finished."""
         assert self._consumers is not None
         deadline = time.monotonic() + self.budget_s
