@@ -25,17 +25,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.trigger import AccumulationMode, AfterWatermark
 from apache_beam.transforms.window import GlobalWindows
 
+from beam_jobs.apply_loop import Decoded, _column_stamps, _event_stamps
+from beam_jobs.apply_stats import ApplyStats, _spread
 from beam_jobs.kafka_io import KafkaBatch, KafkaPartition
 from beam_jobs.options import StreamingApplyOptions, build_options, pipelined_apply
-from beam_jobs.streaming_apply import (
-    ApplyBatchesFn,
-    ApplyStats,
-    ApplyToRaw,
-    Decoded,
-    _column_stamps,
-    _event_stamps,
-    _spread,
-)
+from beam_jobs.streaming_apply import ApplyBatchesFn, ApplyToRaw
 from capa.codec import encode_single_object
 from capa.columnar import split_plain
 from capa.errors import ConfigError

@@ -41,6 +41,7 @@ from capa.warehouse.base import (
     RAW_NAMESPACE,
     ApplyReport,
     TableReport,
+    WarehouseCapabilities,
 )
 from capa.warehouse.local import delta_io, pending
 from capa.warehouse.local.changelog import unseen_events, unseen_rows
@@ -73,6 +74,8 @@ COMMIT_RETRY = RetryPolicy(CommitFailedError, first_wait_s=0.05, attempts=4, jit
 
 class LocalWarehouse:
     """Delta tables in a directory (the ``local:DIR`` warehouse)."""
+
+    capabilities = WarehouseCapabilities(columns=True, compaction=True)
 
     def __init__(
         self,
