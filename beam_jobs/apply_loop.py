@@ -43,7 +43,7 @@ from capa.config import KafkaConfig
 from capa.errors import TerminalError, TransientError
 from capa.events import ChangeEvent, Op, iter_tables
 from capa.retry import RetryPolicy
-from capa.warehouse.base import Warehouse, column_writer, compactor
+from capa.warehouse.base import RAW_NAMESPACE, Warehouse, column_writer, compactor
 from connectors.kafka.batch_decode import BatchDecoder, DecodedBatch
 from connectors.kafka.dlq import DeadLetter
 from connectors.kafka.offsets import KafkaBatch, KafkaPartition
@@ -322,7 +322,9 @@ class ApplyLoop:
         for table, events in iter_tables([item.event for item in items]):
             for refused in apply_isolating_failures(self._apply_events, events):
                 item = by_event[id(refused.event)]
-                reason = f"warehouse refused the event for {table}: {refused.reason}"
+                reason = (
+                    f"warehouse refused the event for {RAW_NAMESPACE}.{table}: {refused.reason}"
+                )
                 letters.append(
                     _dead_letter(item.topic, item.partition, item.offset, item.raw, reason)
                 )
