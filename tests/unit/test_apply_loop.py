@@ -221,3 +221,19 @@ def test_refused_records_without_a_dead_letter_topic_stop_the_job_uncommitted(
     with pytest.raises(TerminalError, match="no dead-letter topic is configured"):
         run_loop(LocalWarehouse(tmp_path), [batch], committer, None)
     assert committer.commits == []
+
+
+def test_a_refused_event_on_the_event_path_is_isolated_too(tmp_path: Path) -> None:
+    """A TOAST update keeps its table off the column path: the events are bisected there."""
+    events = [make_event(k, k) for k in range(1, 21)]
+    toast = dataclasses.replace(
+        make_event(3, 30), op=Op.UPDATE, after={"id": 3, "qty": 30}, unchanged=("label",)
+    )
+    events += [toast, make_event(21, 31, QTY=1)]
+    warehouse = CountingWarehouse(tmp_path)
+    letters = RecordingDeadLetters()
+    run_loop(warehouse, [as_batch(events)], RecordingCommitter(tmp_path), letters)
+    assert "apply_columns" not in warehouse.calls
+    assert [d.location for d in letters.letters] == ["t/0@21"]
+    rows = {r["id"]: (r["qty"], r["label"]) for r in replica(tmp_path)}
+    assert sorted(rows) == list(range(1, 21)) and rows[3] == (30, "k3")  # the TOAST kept label

@@ -287,3 +287,20 @@ def test_pipelined_batch_is_recorded_by_the_next_idle_bundle(tmp_path: Any) -> N
     finally:
         fn.teardown()
     assert len(open_warehouse(f"local:{tmp_path / 'wh'}").rows(TABLE + "_changelog")) == 50
+
+
+def test_adapter_options_and_capabilities_come_from_the_typed_port(tmp_path: Any) -> None:
+    from beam_jobs.streaming_apply import _warehouse_options
+    from capa.warehouse.base import column_writer, compactor
+    from capa.warehouse.bigquery import BigQueryWarehouse
+
+    def options(spec: str) -> dict[str, Any]:
+        argv = ["--topic", "t", "--warehouse", spec, "--merge_on_read", "false"]
+        return _warehouse_options(build_options(argv)[0].view_as(StreamingApplyOptions))
+
+    assert options(f"local:{tmp_path}")["merge_on_read"] is False
+    assert options("bigquery:proj") == {}
+    local = open_warehouse(f"local:{tmp_path}")
+    assert column_writer(local) is local and compactor(local) is local
+    assert not BigQueryWarehouse.capabilities.columns
+    assert not BigQueryWarehouse.capabilities.compaction
