@@ -116,10 +116,13 @@ class StreamingApplyOptions(PipelineOptions):
             "--accept_offset_gap",
             "--accept-offset-gap",
             dest="accept_offset_gap",
-            action="store_true",
+            type=_flag,
+            nargs="?",
+            const=True,
             default=apply.accept_offset_gap,
             help="Resume past events that retention deleted before they were applied (logged "
-            "and counted); without it the job stops on such a gap.",
+            "and counted as offset_gap_events; true/false, bare flag = true); without it the "
+            "job stops on such a gap and names the topic, partition and lost events.",
         )
         parser.add_argument(
             "--status_file",
