@@ -43,7 +43,7 @@ class NoMetrics:
 
 
 class ApplyStats:
-    """Rates, lag and latency of the apply loop: Beam metrics, a log line, a status file."""
+    """Rates, lag and latency of the apply loop: metrics (a port), a log line, a status file."""
 
     def __init__(
         self, status_file: str | None, log_interval_s: float, metrics: ApplyMetrics | None = None
