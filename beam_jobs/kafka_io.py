@@ -1,4 +1,4 @@
-"""Kafka source for Beam as a splittable DoFn on confluent-kafka, plus the offset committer.
+"""Kafka source for Beam as a splittable DoFn on confluent-kafka.
 
 Why not ``ReadFromKafka``: it is cross-language and needs the Java expansion service jar at
 run time; this reader runs on every runner (FnApiRunner, Flink, Dataflow, Prism). See
@@ -7,74 +7,56 @@ docs/adr/0003-beam-runner-and-kafka-source.md.
 * Element: :class:`KafkaPartition` (topic, partition).
 * Restriction: an :class:`OffsetRange` of that partition, starting at the consumer group's
   committed offset (the apply job commits only after the warehouse committed), ending at
-  "infinity" (streaming) or at the end offset seen at start (``stop_at_end``).
+  "infinity" (streaming) or at the end offset seen at start (``stop_at_end``). A committed
+  offset that retention already passed stops the job unless the gap is accepted
+  (:meth:`~connectors.kafka.offsets.KafkaOffsetCommitter.resume_point`).
 * Each call polls up to ``max_records`` records or ``budget_s`` seconds, yields them as
   :class:`KafkaBatch` elements (one per ``consume`` call, up to 5,000 records: Beam's
   per-element cost is paid per batch, not per record) and defers the remainder
   (self-checkpoint), so every poll round is one bundle and downstream bundle-level work
   (apply + commit) runs once per round.
 
-The reader never commits offsets itself: :class:`KafkaOffsetCommitter` does, driven by
-the sink after a successful apply.
+The reader never commits offsets itself: :class:`KafkaOffsetCommitter`
+(:mod:`connectors.kafka.offsets`, re-exported here) does, driven by the sink after a
+successful apply.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 
+from capa import retry
 from capa.errors import ServiceUnavailable
+from capa.retry import RetryPolicy
+from connectors.kafka.offsets import (
+    KafkaBatch,
+    KafkaOffsetCommitter,
+    KafkaPartition,
+    make_consumer,
+)
+
+__all__ = [
+    "KafkaBatch",
+    "KafkaOffsetCommitter",
+    "KafkaPartition",
+    "ReadFromKafkaPartitions",
+    "list_partitions",
+    "retry_while_unavailable",
+    "wait_for_partitions",
+]
 
 logger = logging.getLogger(__name__)
 
+METRICS_NAMESPACE = "capa.apply"
 UNBOUNDED_END = 2**63 - 1
-_INVALID_OFFSET = -1001  # librdkafka OFFSET_INVALID: the group has no committed offset
-
-
-class KafkaPartition(NamedTuple):
-    topic: str
-    partition: int
-
-
-class KafkaBatch(NamedTuple):
-    """Consecutive records of one partition, in offset order (offsets may have gaps:
-    transaction markers); ``values[i]`` is the value at ``offsets[i]``."""
-
-    topic: str
-    partition: int
-    offsets: tuple[int, ...]
-    values: tuple[bytes | None, ...]
-
-    @property
-    def next_offset(self) -> int:
-        """The offset to commit once every record of the batch is safe."""
-        return self.offsets[-1] + 1
-
-
-def _client_settings(bootstrap: str, group: str, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "enable.partition.eof": False,
-        **(extra or {}),
-    }
-
-
-def make_consumer(bootstrap: str, group: str, extra: Mapping[str, Any] | None = None) -> Any:
-    """A confluent-kafka consumer that is never subscribed (assign/commit only)."""
-    from confluent_kafka import Consumer
-
-    return Consumer(_client_settings(bootstrap, group, extra))
 
 
 T = TypeVar("T")
@@ -89,16 +71,8 @@ def retry_while_unavailable(
     crash: "coordinator load in progress", NOT_COORDINATOR) waits for it instead of
     exiting; it gives up after ``patience_s``.
     """
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return call()
-        except ServiceUnavailable as exc:
-            if time.monotonic() + backoff_s > deadline:
-                raise
-            logger.warning("%s (%s); retrying in %.0fs", what, exc, backoff_s)
-            time.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 30.0)
+    policy = RetryPolicy(ServiceUnavailable, first_wait_s=backoff_s, patience_s=patience_s)
+    return retry.call(call, policy, what)
 
 
 def wait_for_partitions(
@@ -127,70 +101,20 @@ def list_partitions(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list
     return [KafkaPartition(topic, p) for p in sorted(found.partitions)]
 
 
-class KafkaOffsetCommitter:
-    """Reads and commits a consumer group's offsets and reads partition end offsets."""
-
-    def __init__(self, bootstrap: str, group: str, extra: Mapping[str, Any] | None = None) -> None:
-        self.bootstrap = bootstrap
-        self.group = group
-        self._consumer = make_consumer(bootstrap, group, extra)
-
-    def committed(self, partition: KafkaPartition, timeout_s: float = 15.0) -> int | None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        tp = TopicPartition(partition.topic, partition.partition)
-        try:
-            (result,) = self._consumer.committed([tp], timeout=timeout_s)
-        except KafkaException as exc:  # e.g. NOT_COORDINATOR while the broker starts
-            raise ServiceUnavailable(f"reading offsets of group {self.group!r}: {exc}") from exc
-        return None if result.offset == _INVALID_OFFSET or result.offset < 0 else result.offset
-
-    def watermarks(self, partition: KafkaPartition, timeout_s: float = 15.0) -> tuple[int, int]:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        tp = TopicPartition(partition.topic, partition.partition)
-        try:
-            low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
-        except KafkaException as exc:
-            raise ServiceUnavailable(f"reading the end offsets of {partition}: {exc}") from exc
-        return int(low), int(high)
-
-    def start_offset(self, partition: KafkaPartition) -> int:
-        """Where reading resumes: the committed offset, else the earliest retained one."""
-        committed = self.committed(partition)
-        low, _ = self.watermarks(partition)
-        return low if committed is None else max(committed, low)
-
-    def commit(self, next_offsets: Mapping[KafkaPartition, int]) -> None:
-        """Synchronously commit ``partition -> next offset to read`` for the group."""
-        from confluent_kafka import KafkaException, TopicPartition
-
-        if not next_offsets:
-            return
-        tps = [TopicPartition(p.topic, p.partition, o) for p, o in sorted(next_offsets.items())]
-        try:
-            results = self._consumer.commit(offsets=tps, asynchronous=False)
-        except KafkaException as exc:
-            raise ServiceUnavailable(f"committing offsets of group {self.group!r}: {exc}") from exc
-        failed = [r for r in results or () if r.error is not None]
-        if failed:
-            raise ServiceUnavailable(f"offset commit refused for {failed[0]}: {failed[0].error}")
-
-    def lag(self, next_offsets: Mapping[KafkaPartition, int]) -> int:
-        """Events between the given positions and the partitions' end offsets."""
-        return sum(max(self.watermarks(p)[1] - o, 0) for p, o in next_offsets.items())
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
 class KafkaOffsetRestrictions(RestrictionProvider):
-    """Offset range per partition: [committed, end-at-start) or [committed, infinity)."""
+    """Offset range per partition: [committed, end-at-start) or [committed, infinity).
 
-    def __init__(self, bootstrap: str, group: str, stop_at_end: bool) -> None:
+    A committed offset below the retained records stops the job (:class:`OffsetGapError`)
+    unless ``accept_gap``; an accepted gap is logged and counted (``offset_gap_events``).
+    """
+
+    def __init__(
+        self, bootstrap: str, group: str, stop_at_end: bool, *, accept_gap: bool = False
+    ) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.stop_at_end = stop_at_end
+        self.accept_gap = accept_gap
 
     def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
         start, end = retry_while_unavailable(
@@ -202,10 +126,12 @@ class KafkaOffsetRestrictions(RestrictionProvider):
     def _offsets(self, element: KafkaPartition) -> tuple[int, int]:
         committer = KafkaOffsetCommitter(self.bootstrap, self.group)
         try:
-            start = committer.start_offset(element)
+            start, expired = committer.resume_point(element, accept_gap=self.accept_gap)
             end = committer.watermarks(element)[1] if self.stop_at_end else UNBOUNDED_END
         finally:
             committer.close()
+        if expired:
+            Metrics.counter(METRICS_NAMESPACE, "offset_gap_events").inc(expired)
         return start, end
 
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
@@ -394,6 +320,7 @@ class ReadFromKafkaPartitions(beam.PTransform):
         group: str,
         *,
         stop_at_end: bool = False,
+        accept_gap: bool = False,
         max_records: int = 50_000,
         budget_s: float = 1.0,
         poll_timeout_s: float = 0.2,
@@ -401,7 +328,9 @@ class ReadFromKafkaPartitions(beam.PTransform):
         super().__init__()
         self.bootstrap = bootstrap
         self.topic = topic
-        self.restrictions = KafkaOffsetRestrictions(bootstrap, group, stop_at_end)
+        self.restrictions = KafkaOffsetRestrictions(
+            bootstrap, group, stop_at_end, accept_gap=accept_gap
+        )
         self.max_records = max_records
         self.budget_s = budget_s
         self.poll_timeout_s = poll_timeout_s

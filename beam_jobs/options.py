@@ -113,6 +113,18 @@ class StreamingApplyOptions(PipelineOptions):
             help="Stop once caught up to the end offsets seen at start (tests, backfills).",
         )
         parser.add_argument(
+            "--accept_offset_gap",
+            "--accept-offset-gap",
+            dest="accept_offset_gap",
+            type=_flag,
+            nargs="?",
+            const=True,
+            default=apply.accept_offset_gap,
+            help="Resume past events that retention deleted before they were applied (logged "
+            "and counted as offset_gap_events; true/false, bare flag = true); without it the "
+            "job stops on such a gap and names the topic, partition and lost events.",
+        )
+        parser.add_argument(
             "--status_file",
             default=str(settings.state_dir / "apply-status.json"),
             help="JSON status (lag, rates, latency) rewritten after each commit; '' to disable.",

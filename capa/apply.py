@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from capa.errors import DecodeError, TerminalError
+from capa.errors import CapaError, DecodeError, TransientError
 from capa.events import ChangeEvent, FrozenRow, Op
 
 KeyTuple = tuple[Any, ...]
@@ -356,20 +356,30 @@ class DeadLetter:
 def apply_isolating_failures(
     apply: Callable[[Sequence[ChangeEvent]], Any], events: Sequence[ChangeEvent]
 ) -> list[DeadLetter]:
-    """Apply ``events``; on a terminal error bisect the batch so only bad events dead-letter.
+    """Apply ``events``; on a failure bisect the batch so only the bad events dead-letter.
 
     Safe because apply is idempotent: parts that already succeeded are no-ops when replayed.
-    Transient errors propagate (the caller retries the whole batch).
+    A :class:`~capa.errors.TransientError` propagates (the caller retries, or stops without
+    committing); any other error (terminal, or one nobody classified: a writer library
+    refusing a value) rejects the events it comes from, so no single record can stop the
+    stream. Without failures this is one ``apply`` call.
     """
     if not events:
         return []
     try:
         apply(events)
         return []
-    except TerminalError as exc:
+    except TransientError:
+        raise
+    except Exception as exc:
         if len(events) == 1:
-            return [DeadLetter(events[0], str(exc))]
+            return [DeadLetter(events[0], rejection_reason(exc))]
     middle = len(events) // 2
     return apply_isolating_failures(apply, events[:middle]) + apply_isolating_failures(
         apply, events[middle:]
     )
+
+
+def rejection_reason(exc: BaseException) -> str:
+    """A dead letter's reason: capa's own message, or an unclassified error with its type."""
+    return str(exc) if isinstance(exc, CapaError) else f"{type(exc).__name__}: {exc}"

@@ -163,6 +163,12 @@ class ApplyConfig(_Section):
         "would not replay a batch still in flight when a worker dies.",
     )
     consumer_group: str = Field("capa-apply", description="Kafka consumer group of the apply job.")
+    accept_offset_gap: bool = Field(
+        False,
+        description="Resume past events that retention deleted before they were applied (the "
+        "group's committed offset is below the partition's low watermark): logged and counted. "
+        "Off: the apply job stops and names the topic, partition and number of lost events.",
+    )
     soft_deletes: bool = Field(
         False,
         description="Keep deleted rows visible with _capa_deleted=true instead of hiding them.",

@@ -18,26 +18,22 @@ if TYPE_CHECKING:
     from capa.warehouse.base import Warehouse
 
 
-def _local(config: Any, **options: Any) -> Warehouse:
+def _local(config: LocalWarehouseConfig, **options: Any) -> Warehouse:
     from capa.warehouse.local import LocalWarehouse
 
     settings = {
-        name: getattr(config, name)
-        for name in (
-            "merge_on_read",
-            "compact_interval_s",
-            "compact_pending_rows",
-            "change_data_feed",
-        )
-        if hasattr(config, name)
+        "merge_on_read": config.merge_on_read,
+        "compact_interval_s": config.compact_interval_s,
+        "compact_pending_rows": config.compact_pending_rows,
+        "change_data_feed": config.change_data_feed,
     }
-    return LocalWarehouse(config.path, **{**settings, **options})  # type: ignore[return-value]
+    return LocalWarehouse(config.path, **{**settings, **options})
 
 
-def _bigquery(config: Any, **options: Any) -> Warehouse:
+def _bigquery(config: BigQueryWarehouseConfig, **options: Any) -> Warehouse:
     from capa.warehouse.bigquery import BigQueryWarehouse
 
-    return BigQueryWarehouse(config, **options)  # type: ignore[return-value]
+    return BigQueryWarehouse(config, **options)
 
 
 WAREHOUSES: dict[str, Callable[..., Warehouse]] = {"local": _local, "bigquery": _bigquery}

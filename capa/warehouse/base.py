@@ -23,16 +23,23 @@ Adapters build every table name from that one ``<name>`` and the suffixes of
 :data:`capa.events.DERIVED_SUFFIXES`; no source spelling reaches a path or an identifier.
 
 Apply is idempotent: replaying any prefix or permutation of events gives the same replica.
+
+What an adapter can do beyond the :class:`Warehouse` methods is declared, typed, in its
+``capabilities`` (:class:`WarehouseCapabilities`); callers ask :func:`column_writer` and
+:func:`compactor` for the matching port instead of probing for methods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from capa.events import CHANGELOG_SUFFIX as CHANGELOG_SUFFIX  # re-exported: adapters use it
 from capa.events import ChangeEvent
+
+if TYPE_CHECKING:
+    from capa.columnar import TableColumns
 
 META_POSITION = "_capa_position"
 META_OP = "_capa_op"
@@ -71,9 +78,19 @@ class ApplyReport:
         return sum(t.events for t in self.tables)
 
 
+@dataclass(frozen=True, slots=True)
+class WarehouseCapabilities:
+    """What an adapter offers beyond :class:`Warehouse` (each flag names a port below)."""
+
+    columns: bool = False  # ColumnWriter: plain tables applied column-wise (the fast path)
+    compaction: bool = False  # Compactor: pending (merge-on-read) rows merged on demand
+
+
 @runtime_checkable
 class Warehouse(Protocol):
     """A raw/consumption store."""
+
+    capabilities: WarehouseCapabilities
 
     def apply(self, events: Sequence[ChangeEvent]) -> ApplyReport:
         """Apply a batch atomically per table; idempotent under replay and reordering."""
@@ -99,3 +116,29 @@ class Warehouse(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ColumnWriter(Protocol):
+    """A warehouse that applies plain tables given column-wise (``capabilities.columns``)."""
+
+    def apply_columns(self, tables: Sequence[TableColumns]) -> ApplyReport:
+        """The same result as ``apply`` on the tables' events, without an object per event."""
+        ...
+
+
+class Compactor(Protocol):
+    """A warehouse with deferred (merge-on-read) writes (``capabilities.compaction``)."""
+
+    def compact(self, table: str | None = None) -> int:
+        """Merge pending rows into the base tables (one table, or all); rows merged."""
+        ...
+
+
+def column_writer(warehouse: Warehouse) -> ColumnWriter | None:
+    """The warehouse as a :class:`ColumnWriter`, if it declares that capability."""
+    return cast(ColumnWriter, warehouse) if warehouse.capabilities.columns else None
+
+
+def compactor(warehouse: Warehouse) -> Compactor | None:
+    """The warehouse as a :class:`Compactor`, if it declares that capability."""
+    return cast(Compactor, warehouse) if warehouse.capabilities.compaction else None

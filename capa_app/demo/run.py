@@ -257,12 +257,14 @@ class Demo:
         compacted first. Compaction runs only while the job is stopped: one writer per table.
         """
         from capa.warehouse import open_warehouse
+        from capa.warehouse.base import compactor
 
         apply_job = self.stack.service("apply")
         apply_job.stop()
         warehouse = open_warehouse(f"local:{self.lakehouse}")
         try:
-            rows = warehouse.compact()  # type: ignore[attr-defined]
+            compacting = compactor(warehouse)
+            rows = compacting.compact() if compacting is not None else 0
         finally:
             warehouse.close()
         console.info(f"    {rows} pending row(s) compacted")

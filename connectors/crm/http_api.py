@@ -17,17 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from capa import retry
+from capa.retry import RetryPolicy
 from connectors.crm.contract import CrmContract
 from connectors.crm.errors import CrmApiError, CrmApiUnavailable
 from connectors.crm.extract import ExtractFile, ExtractManifest, write_extract
@@ -80,19 +82,13 @@ class CrmApiExtractor:
         return f"{root}/{urllib.parse.quote(obj)}?{urllib.parse.urlencode(query)}"
 
     def _get_json(self, url: str) -> Any:
-        delay = self.config.backoff_s
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                return _request(url, self.config.timeout_s)
-            except CrmApiUnavailable as exc:
-                if attempt == self.config.max_retries:
-                    raise
-                logger.warning(
-                    "CRM API %s failed (%s); retry %d in %.1fs", url, exc, attempt + 1, delay
-                )
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        policy = RetryPolicy(
+            CrmApiUnavailable,
+            first_wait_s=self.config.backoff_s,
+            max_wait_s=float("inf"),  # doubling, unbounded: max_retries keeps it short
+            attempts=self.config.max_retries + 1,
+        )
+        return retry.call(partial(_request, url, self.config.timeout_s), policy, f"CRM API {url}")
 
     def extract(
         self, store: FileStore, watermarks: dict[str, str], now: datetime | None = None

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Any
 
+from capa import retry
 from capa.config import KafkaConfig
 from capa.errors import ServiceUnavailable
 from capa.events import ChangeEvent
+from capa.retry import RetryPolicy
 from connectors.kafka.dlq import DeadLetter
 from connectors.kafka.wire import EventEncoder, build_encoder
 
@@ -183,18 +186,6 @@ def flush_with_retry(
     Returns only when everything is acknowledged. Raises :class:`DeliveryFailed` if
     ``stop`` is set while Kafka is still failing, so the caller does not commit.
     """
-    backoff = 0.5
-    while True:
-        try:
-            producer.flush(stop=stop)
-            return
-        except DeliveryFailed as exc:
-            if stop is not None and stop.is_set():
-                raise
-            logger.warning("%s; retrying in %.1fs", exc, backoff)
-            if stop is not None:
-                stop.wait(backoff)
-            else:
-                time.sleep(backoff)
-            backoff = min(backoff * 2, max_backoff_s)
-            resend()
+    policy = RetryPolicy(DeliveryFailed, first_wait_s=0.5, max_wait_s=max_backoff_s)
+    flush = partial(producer.flush, stop=stop)
+    retry.call(flush, policy, "Kafka flush", stop=stop, before_retry=resend)

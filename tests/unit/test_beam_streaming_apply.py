@@ -25,17 +25,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.trigger import AccumulationMode, AfterWatermark
 from apache_beam.transforms.window import GlobalWindows
 
+from beam_jobs.apply_loop import Decoded, _column_stamps, _event_stamps
+from beam_jobs.apply_stats import ApplyStats, _spread
 from beam_jobs.kafka_io import KafkaBatch, KafkaPartition
 from beam_jobs.options import StreamingApplyOptions, build_options, pipelined_apply
-from beam_jobs.streaming_apply import (
-    ApplyBatchesFn,
-    ApplyStats,
-    ApplyToRaw,
-    Decoded,
-    _column_stamps,
-    _event_stamps,
-    _spread,
-)
+from beam_jobs.streaming_apply import ApplyBatchesFn, ApplyToRaw
 from capa.codec import encode_single_object
 from capa.columnar import split_plain
 from capa.errors import ConfigError
@@ -293,3 +287,20 @@ def test_pipelined_batch_is_recorded_by_the_next_idle_bundle(tmp_path: Any) -> N
     finally:
         fn.teardown()
     assert len(open_warehouse(f"local:{tmp_path / 'wh'}").rows(TABLE + "_changelog")) == 50
+
+
+def test_adapter_options_and_capabilities_come_from_the_typed_port(tmp_path: Any) -> None:
+    from beam_jobs.streaming_apply import _warehouse_options
+    from capa.warehouse.base import column_writer, compactor
+    from capa.warehouse.bigquery import BigQueryWarehouse
+
+    def options(spec: str) -> dict[str, Any]:
+        argv = ["--topic", "t", "--warehouse", spec, "--merge_on_read", "false"]
+        return _warehouse_options(build_options(argv)[0].view_as(StreamingApplyOptions))
+
+    assert options(f"local:{tmp_path}")["merge_on_read"] is False
+    assert options("bigquery:proj") == {}
+    local = open_warehouse(f"local:{tmp_path}")
+    assert column_writer(local) is local and compactor(local) is local
+    assert not BigQueryWarehouse.capabilities.columns
+    assert not BigQueryWarehouse.capabilities.compaction

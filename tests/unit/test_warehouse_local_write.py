@@ -3,6 +3,7 @@ column-wise Arrow conversion (must equal the per-value conversion it replaces)."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from decimal import Decimal
@@ -91,7 +92,8 @@ def _racing_ensure_table(warehouse: LocalWarehouse, races: int, monkeypatch) -> 
         return table
 
     monkeypatch.setattr(delta_io, "ensure_table", ensure_then_race)
-    monkeypatch.setattr(warehouse_module, "COMMIT_BACKOFF_S", 0.0)
+    no_wait = dataclasses.replace(warehouse_module.COMMIT_RETRY, first_wait_s=0.0)
+    monkeypatch.setattr(warehouse_module, "COMMIT_RETRY", no_wait)
     return raced
 
 

@@ -42,6 +42,7 @@ from capa.warehouse.base import (
     META_POSITION,
     ApplyReport,
     TableReport,
+    WarehouseCapabilities,
 )
 from capa.warehouse.bigquery.types import bq_type, column_type, type_sql
 from capa.warehouse.types import ColumnType, infer_types, widen
@@ -64,6 +65,8 @@ META_TYPES = {
 
 class BigQueryWarehouse:
     """The ``bigquery:PROJECT`` warehouse (``api_endpoint`` for bqemulator)."""
+
+    capabilities = WarehouseCapabilities()  # events only; every write is a MERGE
 
     def __init__(self, config: Any, *, soft_deletes: bool = False, client: Any = None) -> None:
         from google.cloud.bigquery.retry import DEFAULT_RETRY

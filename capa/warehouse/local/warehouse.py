@@ -14,12 +14,12 @@ with backoff, then raised as :class:`~capa.errors.WarehouseTransientError`.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
+from capa import retry
 from capa.apply import TablePlan, plan_table
 from capa.columnar import TableColumns
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
 from capa.events import ChangeEvent, iter_tables
+from capa.retry import RetryPolicy
 from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
     META_DELETED,
@@ -39,6 +41,7 @@ from capa.warehouse.base import (
     RAW_NAMESPACE,
     ApplyReport,
     TableReport,
+    WarehouseCapabilities,
 )
 from capa.warehouse.local import delta_io, pending
 from capa.warehouse.local.changelog import unseen_events, unseen_rows
@@ -64,12 +67,15 @@ _Batch = Any  # a table's events (Sequence[ChangeEvent]) or its columns (TableCo
 
 __all__ = ["KEEP_PREFIX", "META_UNCHANGED", "LocalWarehouse"]
 _GUARD = f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
-COMMIT_ATTEMPTS = 4
-COMMIT_BACKOFF_S = 0.05
+# Another writer committed first: replan on the new version, a few times, jittered so that
+# two writers do not collide again.
+COMMIT_RETRY = RetryPolicy(CommitFailedError, first_wait_s=0.05, attempts=4, jitter=True)
 
 
 class LocalWarehouse:
     """Delta tables in a directory (the ``local:DIR`` warehouse)."""
+
+    capabilities = WarehouseCapabilities(columns=True, compaction=True)
 
     def __init__(
         self,
@@ -113,18 +119,14 @@ class LocalWarehouse:
     def _with_commit_retry(
         self, name: str, apply_once: Callable[[str, _Batch], TableReport], batch: _Batch
     ) -> TableReport:
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                return apply_once(name, batch)
-            except CommitFailedError as exc:
-                if attempt == COMMIT_ATTEMPTS:
-                    raise WarehouseTransientError(
-                        f"commit conflict on {name!r} after {attempt} attempts: {exc}"
-                    ) from exc
-                delay = COMMIT_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random())
-                logger.warning("commit conflict on %s (%s); retrying in %.2fs", name, exc, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            return retry.call(
+                partial(apply_once, name, batch), COMMIT_RETRY, f"commit conflict on {name!r}"
+            )
+        except CommitFailedError as exc:
+            raise WarehouseTransientError(
+                f"commit conflict on {name!r} after {COMMIT_RETRY.attempts} attempts: {exc}"
+            ) from exc
 
     def _apply_table_once(self, name: str, events: Sequence[ChangeEvent]) -> TableReport:
         replica_path = self.table_path(RAW_NAMESPACE, name)
