@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from capa.codec import event_to_json
-from capa.events import ChangeEvent
+from capa.events import ChangeEvent, raw_table_name
 from capa.position import pg_position
 from capa.verify import pg_tables, verify_postgres_local
 from capa_app.workload import ACCOUNTS, TYPEZOO, Workload
@@ -127,7 +127,7 @@ def test_verify_passes_on_equal_replica_and_names_every_mismatch(
     bad = capa(*verify)
     assert bad.returncode == 4, bad.stdout + bad.stderr
     diffs = {d.table: d for d in verify_postgres_local(postgres.dsn, "f2", schema, lakehouse)}
-    zoo = diffs[f"raw.f2_{schema}_wl_typezoo"]
+    zoo = diffs["raw." + raw_table_name("f2", schema, "wl_typezoo")]
     assert zoo.different == [(ids[0],)] and zoo.extra == [(ids[1],)]
-    assert diffs[f"raw.f2_{schema}_wl_accounts"].missing == [(999999,)]
+    assert diffs["raw." + raw_table_name("f2", schema, "wl_accounts")].missing == [(999999,)]
     assert "NO" in bad.stdout
