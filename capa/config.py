@@ -122,7 +122,12 @@ class DebeziumConfig(_Section):
         "decimals (scale from the schema); 'string' keeps the digits but arrives as text, "
         "because Debezium's string schema drops the decimal type; 'double' loses digits.",
     )
-    jvm_opts: str = Field("-Xmx384m", description="PYDBZ_JVM_OPTS for the embedded engine.")
+    jvm_opts: str = Field(
+        "-Xmx384m",
+        description="PYDBZ_JVM_OPTS for the embedded engine. The heap holds a captured row "
+        "several times over (value, JSON, the string for Python): 384m carries rows of 20 MB; "
+        "raise it for larger rows (see 'Large records' in docs/architecture.md).",
+    )
     snapshot_mode: str = Field(
         "initial", description="Debezium snapshot.mode (initial, no_data, when_needed ...)."
     )
