@@ -26,6 +26,7 @@ from service_support import drop_capture, start_bridge
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Json, Op
 from capa.position import parse_pg_lsn, pg_lsn_text
+from capa.warehouse import open_warehouse
 from capa_app.stack.base import tail, wait_for
 from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
@@ -222,12 +223,12 @@ def _slot_confirmed_past(dsn: str, slot: str, lsn: int) -> bool:
 
 
 def test_a_20_mb_row_is_a_dead_letter_and_capture_moves_past_it(
-    bridge: BridgeRun, postgres: Any
+    bridge: BridgeRun, postgres: Any, tmp_path: Path
 ) -> None:
     """Rows of 20 MB (over the 16 MiB default limit) and 10 MB (under it) between normal
-    rows: the normal rows and the 10 MB row arrive whole on the canonical topic, the 20 MB
-    row is a dead letter with table, key and position, the slot's confirmed_flush_lsn
-    moves past it and the bridge keeps running."""
+    rows: the normal rows and the 10 MB row arrive whole on the canonical topic (and apply
+    to a local replica), the 20 MB row is a dead letter with table, key and position, the
+    slot's confirmed_flush_lsn moves past it and the bridge keeps running."""
     dsn, table = postgres.dsn, bridge.table
     _insert(dsn, table, ["before-start"])  # id 1, snapshot read
     bridge.start()
@@ -243,6 +244,10 @@ def test_a_20_mb_row_is_a_dead_letter_and_capture_moves_past_it(
     assert by_id[2].after is not None and by_id[2].after["name"] == "before"
     assert by_id[5].after is not None and by_id[5].after["name"] == "after"
     assert by_id[4].after is not None and by_id[4].after["name"] == large  # 10 MiB, whole
+    warehouse = open_warehouse(f"local:{tmp_path / 'lake'}")
+    warehouse.apply(events)  # what the apply job does with them, minus Beam
+    replica = {r["id"]: r for r in warehouse.rows(f"raw.{events[0].table_id}")}
+    assert sorted(replica) == [1, 2, 4, 5] and replica[4]["name"] == large
 
     kafka = bridge.settings.kafka
     [message] = read_topic(kafka.bootstrap, kafka.dlq_topic, until=lambda m: len(m) >= 1)

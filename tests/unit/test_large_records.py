@@ -168,3 +168,18 @@ def test_corrupt_gzip_is_an_error_not_a_partial_read(data: bytes, error: Any) ->
         gunzip_bounded(data, MiB)
     letter = maybe_gunzip(data, "bad.jsonl.gz", MiB)
     assert not isinstance(letter, bytes) and letter.reason.startswith("corrupt gzip file")
+
+
+# --- the apply job's reader takes the same setting --------------------------------------------
+
+
+def test_the_apply_readers_fetches_are_sized_from_capas_configuration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from beam_jobs.kafka_io import ReadFromKafkaPartitions
+
+    monkeypatch.setenv("CAPA__KAFKA__MAX_MESSAGE_BYTES", str(32 * MiB))
+    configured = ReadFromKafkaPartitions("127.0.0.1:1", "t", "g")  # built where the job starts
+    assert configured.consumer_settings == consumer_settings(32 * MiB)
+    explicit = ReadFromKafkaPartitions("127.0.0.1:1", "t", "g", max_message_bytes=2 * MiB)
+    assert explicit.consumer_settings["max.partition.fetch.bytes"] == 2 * MiB + FRAMING_HEADROOM
