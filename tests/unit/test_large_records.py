@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import zlib
 from dataclasses import replace
@@ -83,6 +84,20 @@ def test_an_event_over_the_limit_is_dead_lettered_not_produced() -> None:
     assert producer.send(make_event(1)) is True
     assert producer.send(big_event(2 * MiB)) is False  # no exception out of produce()
     assert (producer.sent, producer.oversized, producer.dead_lettered) == (1, 1, 1)
+
+
+def test_an_event_the_client_refuses_in_produce_is_dead_lettered_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """librdkafka's own check (here set below capa's limit) raises MSG_SIZE_TOO_LARGE from
+    produce(); the producer turns that into a dead letter with Kafka's reason."""
+    config = KafkaConfig(port=free_port())  # capa's limit: 16 MiB
+    producer = KafkaChangeProducer(config, client_settings={"message.max.bytes": 1_000_000})
+    with caplog.at_level(logging.WARNING, logger="connectors.kafka.producer"):
+        assert producer.send(big_event(2 * MiB)) is False
+    assert (producer.sent, producer.oversized, producer.dead_lettered) == (0, 1, 1)
+    assert "Kafka producer refused the event" in caplog.text
+    assert "too large" in caplog.text.lower()
 
 
 def test_an_oversize_letter_names_table_key_position_and_sizes_not_the_payload() -> None:
