@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, TypeVar
 
 import apache_beam as beam
@@ -34,8 +34,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 
 from capa import retry
+from capa.config import load_settings
 from capa.errors import ServiceUnavailable
 from capa.retry import RetryPolicy
+from connectors.kafka.limits import consumer_settings
 from connectors.kafka.offsets import (
     KafkaBatch,
     KafkaOffsetCommitter,
@@ -147,9 +149,10 @@ class KafkaOffsetRestrictions(RestrictionProvider):
 class _PartitionConsumers:
     """One assigned consumer per partition, reused across bundles; re-seeks when needed."""
 
-    def __init__(self, bootstrap: str, group: str) -> None:
+    def __init__(self, bootstrap: str, group: str, settings: Mapping[str, Any]) -> None:
         self.bootstrap = bootstrap
         self.group = group
+        self.settings = {**settings, "fetch.wait.max.ms": 50}
         self._consumers: dict[KafkaPartition, Any] = {}
         self._next: dict[KafkaPartition, int] = {}
 
@@ -158,7 +161,7 @@ class _PartitionConsumers:
 
         consumer = self._consumers.get(partition)
         if consumer is None:
-            consumer = make_consumer(self.bootstrap, self.group, {"fetch.wait.max.ms": 50})
+            consumer = make_consumer(self.bootstrap, self.group, self.settings)
             self._consumers[partition] = consumer
         if self._next.get(partition) != offset:
             consumer.assign([TopicPartition(partition.topic, partition.partition, offset)])
@@ -192,11 +195,13 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
         max_records: int,
         budget_s: float,
         poll_timeout_s: float,
+        consumer_settings: Mapping[str, Any],
     ) -> None:
         self.restrictions = restrictions
         self.max_records = max_records
         self.budget_s = budget_s
         self.poll_timeout_s = poll_timeout_s
+        self.consumer_settings = dict(consumer_settings)
         self._consumers: _PartitionConsumers | None = None
 
     def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
@@ -212,7 +217,9 @@ class ReadKafkaPartitionFn(beam.DoFn, RestrictionProvider):
         return self.restrictions.split(element, restriction)
 
     def setup(self) -> None:
-        self._consumers = _PartitionConsumers(self.restrictions.bootstrap, self.restrictions.group)
+        self._consumers = _PartitionConsumers(
+            self.restrictions.bootstrap, self.restrictions.group, self.consumer_settings
+        )
 
     def teardown(self) -> None:
         if self._consumers is not None:
@@ -311,7 +318,12 @@ def _to_batch(element: KafkaPartition, messages: list[Any]) -> KafkaBatch:
 
 
 class ReadFromKafkaPartitions(beam.PTransform):
-    """Read every partition of ``topic`` as :class:`KafkaBatch` elements (in offset order)."""
+    """Read every partition of ``topic`` as :class:`KafkaBatch` elements (in offset order).
+
+    Fetches are sized for ``max_message_bytes`` (default: ``kafka.max_message_bytes`` of
+    capa's configuration, read where the pipeline is built), so the largest record capa
+    produces always fits one fetch.
+    """
 
     def __init__(
         self,
@@ -324,6 +336,7 @@ class ReadFromKafkaPartitions(beam.PTransform):
         max_records: int = 50_000,
         budget_s: float = 1.0,
         poll_timeout_s: float = 0.2,
+        max_message_bytes: int | None = None,
     ) -> None:
         super().__init__()
         self.bootstrap = bootstrap
@@ -334,6 +347,9 @@ class ReadFromKafkaPartitions(beam.PTransform):
         self.max_records = max_records
         self.budget_s = budget_s
         self.poll_timeout_s = poll_timeout_s
+        if max_message_bytes is None:
+            max_message_bytes = load_settings().kafka.max_message_bytes
+        self.consumer_settings = consumer_settings(max_message_bytes)
 
     def expand(self, pbegin: Any) -> Any:
         partitions = wait_for_partitions(self.bootstrap, self.topic)
@@ -343,6 +359,7 @@ class ReadFromKafkaPartitions(beam.PTransform):
             # One bundle polls every partition once: split the cadence between them.
             budget_s=self.budget_s / len(partitions),
             poll_timeout_s=min(self.poll_timeout_s, self.budget_s / len(partitions)),
+            consumer_settings=self.consumer_settings,
         )
         return (
             pbegin

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from capa.errors import ConfigError
@@ -47,9 +47,33 @@ class KafkaConfig(_Section):
     delivery_timeout_ms: int = Field(
         30_000, description="Producer delivery.timeout.ms: how long one record may stay unacked."
     )
-    dlq_max_value_bytes: int = Field(
-        900_000, description="Dead-letter values are cut to this size (header truncated=true)."
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest change event capa puts on Kafka: its encoded value + key, in bytes. "
+        "Every client and topic capa configures is sized from it (broker message.max.bytes and "
+        "topic max.message.bytes when capa creates them, producer message.max.bytes, consumer "
+        "fetch.max.bytes / max.partition.fetch.bytes, plus framing headroom); an event above it "
+        "becomes a dead letter (table, key, position, size) and capture moves past it. See "
+        "'Large records' in docs/architecture.md.",
     )
+    dlq_max_value_bytes: int = Field(
+        900_000,
+        ge=0,
+        description="Dead-letter values are cut to this size (header truncated=true, size = the "
+        "original length). Under 1 MB so a dead letter fits even a topic left at Kafka's default "
+        "limit; must stay below max_message_bytes.",
+    )
+
+    @model_validator(mode="after")
+    def _dead_letters_fit(self) -> KafkaConfig:
+        if self.dlq_max_value_bytes >= self.max_message_bytes:
+            raise ValueError(
+                f"kafka.dlq_max_value_bytes={self.dlq_max_value_bytes} must be below "
+                f"kafka.max_message_bytes={self.max_message_bytes}, or dead letters of large "
+                "records would be refused too; lower it (default 900000)"
+            )
+        return self
 
     @property
     def bootstrap(self) -> str:
@@ -98,7 +122,12 @@ class DebeziumConfig(_Section):
         "decimals (scale from the schema); 'string' keeps the digits but arrives as text, "
         "because Debezium's string schema drops the decimal type; 'double' loses digits.",
     )
-    jvm_opts: str = Field("-Xmx384m", description="PYDBZ_JVM_OPTS for the embedded engine.")
+    jvm_opts: str = Field(
+        "-Xmx384m",
+        description="PYDBZ_JVM_OPTS for the embedded engine. The heap holds a captured row "
+        "several times over (value, JSON, the string for Python): 384m carries rows of 20 MB; "
+        "raise it for larger rows (see 'Large records' in docs/architecture.md).",
+    )
     snapshot_mode: str = Field(
         "initial", description="Debezium snapshot.mode (initial, no_data, when_needed ...)."
     )
@@ -133,6 +162,13 @@ class DatastreamConfig(_Section):
     checkpoint_path: Path | None = Field(
         None,
         description="Checkpoint JSON (default <state_dir>/datastream/<source_name>.checkpoint.json).",
+    )
+    max_file_bytes: int = Field(
+        1 << 30,
+        ge=1024 * 1024,
+        description="Largest Datastream file the reader holds in memory, after gunzip. A file "
+        "(or a gzip stream that inflates) past it is dead-lettered whole, naming the file, and "
+        "marked done; it is never truncated. Datastream rotates files at 50 MB by default.",
     )
     late_file_grace_minutes: int = Field(
         120,

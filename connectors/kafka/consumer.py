@@ -15,13 +15,25 @@ from capa.config import KafkaConfig
 from capa.errors import DecodeError, ServiceUnavailable
 from capa.events import ChangeEvent
 from connectors.kafka.dlq import DeadLetter, dead_letter_from_message
+from connectors.kafka.limits import consumer_settings
 from connectors.kafka.wire import ChangeEventDecoder
 
 logger = logging.getLogger(__name__)
 
 
-def build_consumer(bootstrap: str, group_id: str, topics: Iterable[str], **overrides: Any) -> Any:
-    """A subscribed consumer: manual commits, earliest reset, read_committed."""
+_DEFAULT_MAX_MESSAGE_BYTES: int = KafkaConfig.model_fields["max_message_bytes"].default
+
+
+def build_consumer(
+    bootstrap: str,
+    group_id: str,
+    topics: Iterable[str],
+    *,
+    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+    **overrides: Any,
+) -> Any:
+    """A subscribed consumer: manual commits, earliest reset, read_committed, fetches sized
+    for capa's largest record (:mod:`connectors.kafka.limits`)."""
     from confluent_kafka import Consumer
 
     settings: dict[str, Any] = {
@@ -30,6 +42,7 @@ def build_consumer(bootstrap: str, group_id: str, topics: Iterable[str], **overr
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
+        **consumer_settings(max_message_bytes),
         **overrides,
     }
     consumer = Consumer(settings)
@@ -87,7 +100,12 @@ def iter_change_events(
     config: KafkaConfig, group_id: str, *, topic: str | None = None, idle_polls: int = 5
 ) -> Iterator[Consumed]:
     """Everything currently on ``topic`` (stops after ``idle_polls`` empty polls)."""
-    consumer = build_consumer(config.bootstrap, group_id, [topic or config.topic])
+    consumer = build_consumer(
+        config.bootstrap,
+        group_id,
+        [topic or config.topic],
+        max_message_bytes=config.max_message_bytes,
+    )
     decoder = ChangeEventDecoder.from_config(config)
     idle = 0
     try:
@@ -111,6 +129,7 @@ def read_topic(
     until: Any = None,
     timeout_s: float = 60.0,
     client_settings: dict[str, Any] | None = None,
+    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[Any]:
     """All messages of ``topic`` from the beginning (no consumer group: partitions assigned).
 
@@ -126,6 +145,7 @@ def read_topic(
             "bootstrap.servers": bootstrap,
             "group.id": "capa-read-topic",
             "enable.auto.commit": False,
+            **consumer_settings(max_message_bytes),
             **(client_settings or {}),
         }
     )

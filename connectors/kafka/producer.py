@@ -5,6 +5,14 @@ All events go to ONE shared topic (``kafka.topic``), keyed by ``event.kafka_key(
 The producer is idempotent with ``acks=all``; :meth:`KafkaChangeProducer.flush` waits for
 every acknowledgement and raises :class:`~capa.errors.TransientError` if any record was
 not acknowledged, so callers only commit their source offset after a clean flush.
+
+Size policy (:mod:`connectors.kafka.limits`): an event whose encoded value + key exceeds
+``kafka.max_message_bytes`` is never produced; it becomes a dead letter (table, key,
+position, sizes, the start of the original record). Should Kafka still refuse an event as
+too large (``MSG_SIZE_TOO_LARGE``: a broker or topic set lower than capa's limit), that
+event is dead-lettered the same way with Kafka's reason, in ``produce()`` or when its
+delivery report arrives, before ``flush`` returns. Either way the caller's batch completes
+and its source offset moves past the record: a large row never stalls capture.
 """
 
 from __future__ import annotations
@@ -12,15 +20,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from capa import retry
 from capa.config import KafkaConfig
-from capa.errors import ServiceUnavailable
+from capa.errors import ConfigError, ServiceUnavailable
 from capa.events import ChangeEvent
 from capa.retry import RetryPolicy
-from connectors.kafka.dlq import DeadLetter
+from connectors.kafka.dlq import DeadLetter, Provenance, oversize_letter
+from connectors.kafka.limits import producer_settings
 from connectors.kafka.wire import EventEncoder, build_encoder
 
 logger = logging.getLogger(__name__)
@@ -34,10 +44,21 @@ _BASE_SETTINGS: dict[str, Any] = {
 
 
 _STOP_GRACE_S = 5.0
+_MSG_SIZE_TOO_LARGE = 10  # librdkafka/Kafka error code, local (produce) and broker alike
 
 
 class DeliveryFailed(ServiceUnavailable):
     """Some records were not acknowledged by Kafka; resend them (the batch) later."""
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """An event Kafka refused as too large, waiting to be dead-lettered by ``flush``."""
+
+    event: ChangeEvent
+    provenance: Provenance | None
+    encoded: bytes
+    reason: str
 
 
 class KafkaChangeProducer:
@@ -60,21 +81,51 @@ class KafkaChangeProducer:
             **_BASE_SETTINGS,
             "bootstrap.servers": config.bootstrap,
             "delivery.timeout.ms": config.delivery_timeout_ms,
+            **producer_settings(config.max_message_bytes),
             **(client_settings or {}),
         }
         self._lock = threading.Lock()
         self._failures: list[str] = []
+        self._refused: list[_Refused] = []
         self._fatal = False
         self._producer: Any = None
+        self._kafka_exception: type[Exception] = Exception  # set with the client
         self.sent = 0
         self.dead_lettered = 0
+        self.oversized = 0
 
     # --- producing ---------------------------------------------------------------
 
-    def send(self, event: ChangeEvent) -> None:
-        """Queue one event (non-blocking unless the local queue is full)."""
-        self._produce(self.topic, self.encoder.encode(event), event.kafka_key(), None)
+    def send(self, event: ChangeEvent, provenance: Provenance | None = None) -> bool:
+        """Queue one event (non-blocking unless the local queue is full).
+
+        Returns False when the event is over ``max_message_bytes`` and was dead-lettered
+        instead; ``provenance`` says where it came from (location, original bytes).
+        """
+        value, key = self.encoder.encode(event), event.kafka_key()
+        size = len(value) + len(key)
+        if size > self.config.max_message_bytes:
+            reason = (
+                f"change event of {size} bytes (encoded value + key) is over "
+                f"kafka.max_message_bytes={self.config.max_message_bytes}; not produced"
+            )
+            self._dead_letter_oversize(_Refused(event, provenance, value, reason))
+            return False
+        report = partial(self._on_event_delivery, event, provenance)
+        refused = self._produce(self.topic, value, key, None, report)
+        if refused is not None:
+            self._dead_letter_oversize(_Refused(event, provenance, value, refused))
+            return False
         self.sent += 1
+        return True
+
+    def _dead_letter_oversize(self, refused: _Refused) -> None:
+        event, encoded = refused.event, refused.encoded
+        size = len(encoded) + len(event.kafka_key())
+        self.send_dead_letter(
+            oversize_letter(event, size, refused.reason, refused.provenance, encoded)
+        )
+        self.oversized += 1
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
         """Queue one dead letter: original bytes as value, reason + origin in headers."""
@@ -82,7 +133,14 @@ class KafkaChangeProducer:
         limit = self.config.dlq_max_value_bytes
         value = raw[:limit]
         headers = letter.headers(truncated=len(raw) > limit)
-        self._produce(self.dlq_topic, value, letter.kafka_key(), headers)
+        refused = self._produce(
+            self.dlq_topic, value, letter.kafka_key(), headers, self._on_delivery
+        )
+        if refused is not None:  # only if client settings put the limit below the cap
+            raise ConfigError(
+                f"a dead letter of {len(value)} bytes was refused ({refused}); lower "
+                "kafka.dlq_max_value_bytes below the producer's message.max.bytes"
+            )
         self.dead_lettered += 1
         logger.warning(
             "dead-lettered %s bytes from %s (%s): %s",
@@ -102,8 +160,13 @@ class KafkaChangeProducer:
             return
         timeout = timeout_s if timeout_s is not None else self.config.delivery_timeout_ms / 1000 + 5
         remaining = self._wait_for_acks(timeout, stop)
+        while not remaining and (refused := self._take_refused()):
+            for item in refused:  # refused as too large: dead letters, then wait for those
+                self._dead_letter_oversize(item)
+            remaining = self._wait_for_acks(timeout, stop)
         failures = self._take_failures()
         if remaining or failures:
+            self._take_refused()  # the caller resends the batch: they will be refused again
             if self._fatal:
                 self._reset()
             raise DeliveryFailed(
@@ -132,22 +195,46 @@ class KafkaChangeProducer:
 
     def _client(self) -> Any:
         if self._producer is None:
-            from confluent_kafka import Producer
+            from confluent_kafka import KafkaException, Producer
 
+            self._kafka_exception = KafkaException
             self._producer = Producer({**self._settings, "error_cb": self._on_error})
         return self._producer
 
     def _produce(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
-    ) -> None:
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        on_delivery: Any,
+    ) -> str | None:
+        """Queue one record; returns Kafka's reason if the client refuses it as too large."""
         client = self._client()
         while True:
             try:
-                client.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                client.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
                 client.poll(0)
-                return
+                return None
             except BufferError:  # local queue full: let deliveries drain, then retry
                 client.poll(0.1)
+            except self._kafka_exception as exc:
+                error = exc.args[0]
+                if error.code() != _MSG_SIZE_TOO_LARGE:
+                    raise
+                return f"Kafka producer refused the event: {error.str()}"
+
+    def _on_event_delivery(
+        self, event: ChangeEvent, provenance: Provenance | None, err: Any, msg: Any
+    ) -> None:
+        if err is not None and err.code() == _MSG_SIZE_TOO_LARGE:
+            refused = _Refused(
+                event, provenance, msg.value(), f"Kafka refused the event: {err.str()}"
+            )
+            with self._lock:
+                self._refused.append(refused)
+            return
+        self._on_delivery(err, msg)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -166,6 +253,11 @@ class KafkaChangeProducer:
         with self._lock:
             failures, self._failures = self._failures, []
         return failures
+
+    def _take_refused(self) -> list[_Refused]:
+        with self._lock:
+            refused, self._refused = self._refused, []
+        return refused
 
     def _reset(self) -> None:
         """After a fatal idempotence error the client must be replaced."""

@@ -40,9 +40,12 @@ resource "google_managed_kafka_topic" "canonical" {
   partition_count    = var.kafka_partitions
   replication_factor = 3
 
+  # capa's record-size limit (kafka.max_message_bytes, 16 MiB) + 64 KiB framing headroom
+  # (connectors/kafka/limits.py); larger events are dead-lettered before they are produced.
   configs = {
-    "cleanup.policy" = "delete"
-    "retention.ms"   = "604800000"
+    "cleanup.policy"    = "delete"
+    "retention.ms"      = "604800000"
+    "max.message.bytes" = "16842752"
   }
 }
 
@@ -56,7 +59,8 @@ resource "google_managed_kafka_topic" "dead_letter" {
   replication_factor = 3
 
   configs = {
-    "cleanup.policy" = "delete"
-    "retention.ms"   = "2592000000"
+    "cleanup.policy"    = "delete"
+    "retention.ms"      = "2592000000"
+    "max.message.bytes" = "16842752"
   }
 }

@@ -6,6 +6,7 @@ shares the session's PostgreSQL and Kafka with other tests without interference.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -24,9 +25,12 @@ from service_support import drop_capture, start_bridge
 
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Json, Op
+from capa.position import parse_pg_lsn, pg_lsn_text
+from capa.warehouse import open_warehouse
 from capa_app.stack.base import tail, wait_for
 from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
+from connectors.kafka.dlq import dead_letter_from_message
 
 
 @dataclass
@@ -191,4 +195,75 @@ def test_kill_9_mid_stream_loses_nothing(bridge: BridgeRun, postgres: Any) -> No
         if event.op is Op.INSERT:
             insert_ids.setdefault(event.key["id"], set()).add(event.event_id)
     assert all(len(ids) == 1 for ids in insert_ids.values())  # one change, one event_id
+    assert bridge.terminate() == 0
+
+
+# --- large rows (capa issue #19) -----------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _insert_returning_lsn(dsn: str, table: str, name: str) -> int:
+    """Insert one row (its own transaction); returns the WAL position after its commit."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "public"."{table}" (name) VALUES (%s)', (name,))
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return parse_pg_lsn(row[0])
+
+
+def _slot_confirmed_past(dsn: str, slot: str, lsn: int) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (pg_lsn_text(lsn), slot),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_20_mb_row_is_a_dead_letter_and_capture_moves_past_it(
+    bridge: BridgeRun, postgres: Any, tmp_path: Path
+) -> None:
+    """Rows of 20 MB (over the 16 MiB default limit) and 10 MB (under it) between normal
+    rows: the normal rows and the 10 MB row arrive whole on the canonical topic (and apply
+    to a local replica), the 20 MB row is a dead letter with table, key and position, the
+    slot's confirmed_flush_lsn moves past it and the bridge keeps running."""
+    dsn, table = postgres.dsn, bridge.table
+    _insert(dsn, table, ["before-start"])  # id 1, snapshot read
+    bridge.start()
+    bridge.events(until=lambda m: len(m) >= 1)
+    _insert(dsn, table, ["before"])  # id 2
+    huge, large = os.urandom(10 * MIB).hex(), os.urandom(5 * MIB).hex()  # 20 MiB and 10 MiB
+    after_huge = _insert_returning_lsn(dsn, table, huge)  # id 3
+    _insert_returning_lsn(dsn, table, large)  # id 4
+    _insert(dsn, table, ["after"])  # id 5
+    events = _row_events(bridge.events(until=lambda m: len(m) >= 4), table)
+    by_id = {e.key["id"]: e for e in events}
+    assert sorted(by_id) == [1, 2, 4, 5]
+    assert by_id[2].after is not None and by_id[2].after["name"] == "before"
+    assert by_id[5].after is not None and by_id[5].after["name"] == "after"
+    assert by_id[4].after is not None and by_id[4].after["name"] == large  # 10 MiB, whole
+    warehouse = open_warehouse(f"local:{tmp_path / 'lake'}")
+    warehouse.apply(events)  # what the apply job does with them, minus Beam
+    replica = {r["id"]: r for r in warehouse.rows(f"raw.{events[0].table_id}")}
+    assert sorted(replica) == [1, 2, 4, 5] and replica[4]["name"] == large
+
+    kafka = bridge.settings.kafka
+    [message] = read_topic(kafka.bootstrap, kafka.dlq_topic, until=lambda m: len(m) >= 1)
+    letter = dead_letter_from_message(message.value(), message.headers())
+    assert f"over kafka.max_message_bytes={16 * MIB}" in letter.reason
+    assert letter.origin == "debezium" and letter.source == bridge.settings.debezium.source_name
+    assert letter.extra["table"] == f"public.{table}" and letter.extra["key"] == '[["id",3]]'
+    assert letter.extra["op"] == "c" and int(letter.extra["event_size"]) > 20 * MIB
+    huge_lsn = int(letter.extra["position"].split(".")[0], 16)
+    assert by_id[2].position < letter.extra["position"] < by_id[4].position  # source order
+    assert len(message.value()) == kafka.dlq_max_value_bytes  # the record's start, cut
+    assert dict(message.headers())["capa.dlq.truncated"] == b"true"
+    assert int(dict(message.headers())["capa.dlq.size"]) > 20 * MIB  # the original's size
+
+    slot = bridge.settings.debezium.slot_name
+    assert huge_lsn < after_huge
+    assert wait_for(lambda: _slot_confirmed_past(dsn, slot, after_huge), timeout=60)
+    assert bridge.proc is not None and bridge.proc.poll() is None  # still running
     assert bridge.terminate() == 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
+from confluent_kafka.admin import NewTopic
 from kafka_support import make_event, registry_fixture  # noqa: F401 - the 'registry' fixture
 
 from capa.config import KafkaConfig
@@ -78,3 +81,67 @@ def test_dead_letters_carry_original_bytes_and_reason(kafka: Any) -> None:
     headers = dict(messages[1].headers())
     assert headers["capa.dlq.truncated"] == b"true"
     assert headers["capa.dlq.size"] == b"2048"
+
+
+# --- large records (capa issue #19) -------------------------------------------------------
+
+
+def big_event(pk: int, value_bytes: int) -> Any:
+    """An event whose row holds ``value_bytes`` of random hex (lz4 barely shrinks it)."""
+    event = make_event(pk)
+    after = dict(event.after or {}, doc=os.urandom(value_bytes // 2).hex())
+    return replace(event, after=after, event_id="")
+
+
+def dead_letters(config: KafkaConfig, count: int) -> list[Any]:
+    messages = read_topic(config.bootstrap, config.dlq_topic, until=lambda m: len(m) >= count)
+    return messages
+
+
+def test_an_event_over_the_limit_is_a_dead_letter_and_the_rest_is_produced(kafka: Any) -> None:
+    config = fresh_topics(kafka).model_copy(update={"max_message_bytes": 1024 * 1024})
+    producer = KafkaChangeProducer(config)
+    big = big_event(2, 2 * 1024 * 1024)  # the 2 MB row of the issue
+    assert [producer.send(e) for e in (make_event(1), big, make_event(3))] == [True, False, True]
+    producer.flush()  # no exception: the batch completes
+    producer.close()
+    events = read_topic(config.bootstrap, config.topic, until=lambda m: len(m) >= 2)
+    assert sorted(ChangeEventDecoder().decode(m.value()).key["id"] for m in events) == [1, 3]
+    [message] = dead_letters(config, 1)
+    letter = dead_letter_from_message(message.value(), message.headers())
+    headers = dict(message.headers())
+    assert "over kafka.max_message_bytes=1048576" in letter.reason
+    assert letter.extra["table"] == "public.orders" and letter.extra["key"] == '[["id",2]]'
+    assert letter.extra["position"] == big.position
+    assert int(letter.extra["event_size"]) > 2 * 1024 * 1024
+    assert len(message.value()) == config.dlq_max_value_bytes  # the start, not the payload
+    assert headers["capa.dlq.truncated"] == b"true"
+
+
+def test_an_event_the_broker_refuses_as_too_large_becomes_a_dead_letter(kafka: Any) -> None:
+    """The topic is set lower than capa's limit (someone else created it): Kafka refuses
+    the record on delivery; the producer dead-letters it with Kafka's reason and flush
+    returns normally instead of retrying the batch for ever."""
+    suffix = uuid.uuid4().hex[:10]
+    config = kafka.config.model_copy(
+        update={"topic": f"it.small.{suffix}", "dlq_topic": f"it.small.dlq.{suffix}"}
+    )
+    small_topic = NewTopic(config.topic, 1, 1, config={"max.message.bytes": "1048576"})
+    admin = kafka.admin()
+    for future in admin.create_topics([small_topic]).values():
+        future.result()
+    ensure_topics(kafka.admin(), {config.dlq_topic: 1})
+    producer = KafkaChangeProducer(config)
+    big = big_event(2, 4 * 1024 * 1024)  # under capa's 16 MiB, over the topic's 1 MiB
+    assert [producer.send(e) for e in (make_event(1), big, make_event(3))] == [True] * 3
+    producer.flush()
+    assert producer.oversized == 1
+    producer.send(make_event(4))  # the producer is still usable afterwards
+    producer.flush()
+    producer.close()
+    events = read_topic(config.bootstrap, config.topic, until=lambda m: len(m) >= 3)
+    assert sorted(ChangeEventDecoder().decode(m.value()).key["id"] for m in events) == [1, 3, 4]
+    [message] = dead_letters(config, 1)
+    letter = dead_letter_from_message(message.value(), message.headers())
+    assert "Kafka refused the event" in letter.reason and "too large" in letter.reason.lower()
+    assert letter.extra["key"] == '[["id",2]]' and letter.extra["position"] == big.position

@@ -422,6 +422,12 @@ def test_canonical_topic_on_managed_kafka() -> None:
     variables = config()["variable"]
     assert literal(variables["kafka_topic"]["default"]) == defaults.topic
     assert literal(variables["kafka_dlq_topic"]["default"]) == defaults.dlq_topic
+    from connectors.kafka.limits import topic_config
+
+    sized = topic_config(defaults.max_message_bytes)  # the same limit as topics capa creates
+    for name in ("canonical", "dead_letter"):
+        configs = resource("google_managed_kafka_topic", name)["configs"]
+        assert {k: literal(configs[k]) for k in sized} == sized
 
 
 def test_dataproc_specs_render_to_valid_batch_json() -> None:

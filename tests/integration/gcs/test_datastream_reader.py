@@ -228,3 +228,49 @@ def test_pubsub_notification_processes_the_named_object_once(setup: Setup, fake_
     [event] = setup.events(1)
     assert event.key["id"] == 9
     assert setup.reader(fake_gcs.client()).poll_once().files == 0  # poll mode agrees
+
+
+def test_oversize_records_and_files_are_dead_letters_and_reading_goes_on(
+    setup: Setup, fake_gcs: Any
+) -> None:
+    """capa issue #19: a record over kafka.max_message_bytes and a gzip file inflating past
+    datastream.max_file_bytes are dead letters; their files are done, later files are read."""
+    mib = 1024 * 1024
+    setup.kafka = setup.kafka.model_copy(update={"max_message_bytes": mib})
+    section = setup.settings.datastream.model_copy(update={"max_file_bytes": 4 * mib})
+    setup.settings = setup.settings.model_copy(update={"kafka": setup.kafka, "datastream": section})
+    huge = datastream_record(3, "INSERT", "BD/A0000300", "x" * (2 * mib))  # the 2 MB row
+    setup.upload(
+        "public_orders/2025/11/05/18/23/a_0_0.jsonl",
+        jsonl([datastream_record(1, "INSERT", "BD/A0000100", "new")]),
+    )
+    setup.upload(
+        "public_orders/2025/11/05/18/24/b_0_0.jsonl",
+        jsonl([datastream_record(2, "INSERT", "BD/A0000200", "new"), huge])
+        + jsonl([datastream_record(4, "INSERT", "BD/A0000400", "new")]),
+    )
+    bomb = gzip.compress(b" " * (64 * mib), compresslevel=9)  # 64 MiB of JSON whitespace
+    setup.upload("public_orders/2025/11/05/18/25/c_0_0.jsonl.gz", bomb)
+    setup.upload(
+        "public_orders/2025/11/05/18/26/d_0_0.jsonl",
+        jsonl([datastream_record(5, "INSERT", "BD/A0000500", "new")]),
+    )
+    stats = setup.reader(fake_gcs.client()).poll_once()
+    assert (stats.files, stats.events, stats.dead_letters) == (4, 4, 2)
+    assert sorted(e.key["id"] for e in setup.events(4)) == [1, 2, 4, 5]
+    messages = read_topic(setup.kafka.bootstrap, setup.kafka.dlq_topic, until=lambda m: len(m) >= 2)
+    letters = {
+        (d.location or "").split("/")[-1].split("#")[0]: (d, m)
+        for m in messages
+        for d in [dead_letter_from_message(m.value(), m.headers())]
+    }
+    record, record_msg = letters["b_0_0.jsonl"]
+    assert "over kafka.max_message_bytes=1048576" in record.reason
+    assert record.extra["table"] == "public.orders" and record.extra["key"] == '[["id",3]]'
+    assert record.extra["record_index"] == "1" and record.extra["position"]
+    assert int(record.extra["event_size"]) > 2 * mib
+    assert record.raw == json.dumps(huge).encode()[: setup.kafka.dlq_max_value_bytes]
+    assert dict(record_msg.headers())["capa.dlq.truncated"] == b"true"
+    whole, _ = letters["c_0_0.jsonl.gz"]
+    assert "inflates to more than 4194304 bytes" in whole.reason and whole.raw == bomb
+    assert setup.reader(fake_gcs.client()).poll_once().files == 0  # all four are done
