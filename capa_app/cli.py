@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "capa_app.commands.ingest",
     "bridge": "capa_app.commands.ingest",
     "crm": "capa_app.commands.crm",
+    "serve": "capa_app.commands.serve",
 }
 
 
