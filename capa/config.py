@@ -211,6 +211,35 @@ class ApplyConfig(_Section):
     )
 
 
+class ObserveConfig(_Section):
+    host: str = Field(
+        "127.0.0.1", description="Address the metrics endpoints and the status page bind to."
+    )
+    bridge_metrics_port: int | None = Field(
+        19410, description="Prometheus endpoint of the Debezium bridge (unset: none; 0: any)."
+    )
+    datastream_metrics_port: int | None = Field(
+        19411, description="Prometheus endpoint of the Datastream reader (unset: none; 0: any)."
+    )
+    apply_metrics_port: int | None = Field(
+        19412, description="Prometheus endpoint of the streaming apply job (unset: none; 0: any)."
+    )
+    serve_port: int = Field(
+        19480,
+        description="capa serve: status page, /api/status and /metrics (slots, builds).",
+    )
+    freshness_slo_s: float = Field(
+        300.0, gt=0, description="Default freshness objective: max age of a table's last apply."
+    )
+    table_freshness_slo_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-table freshness objectives, by table label (f2.public.orders).",
+    )
+    slot_wal_alert_bytes: int = Field(
+        1_073_741_824, description="Slot WAL retained above this shows red on the page."
+    )
+
+
 class CrmConfig(_Section):
     contract: Path | None = Field(
         None, description="CRM contract YAML (default: the bundled connectors/crm/contract.yaml)."
@@ -279,6 +308,9 @@ class CapaSettings(BaseSettings):
         default_factory=GcsEmulatorConfig, description="GCS emulator of the embedded default."
     )
     crm: CrmConfig = Field(default_factory=CrmConfig, description="CRM batch ingestion.")
+    observe: ObserveConfig = Field(
+        default_factory=ObserveConfig, description="Metrics endpoints and the status page."
+    )
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."
     )

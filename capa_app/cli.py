@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "bridge": "capa_app.commands.ingest",
     "crm": "capa_app.commands.crm",
     "dlq": "capa_app.commands.dlq",
+    "serve": "capa_app.commands.serve",
 }
 
 

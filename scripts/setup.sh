@@ -6,8 +6,9 @@
 #       .venvs/spark35 the Spark models' BigQuery mode on Spark 3.5 (tests against bqemulator)
 #       .venvs/airflow Airflow DAGs (Beam/Spark run as subprocesses of their own envs)
 #   - PostgreSQL 15 from Debian packages when missing
+#   - prometheus/promtool and chromium from Debian packages (observability tests), service not started
 #   - JVM jars from Maven Central (Kafka broker, Spark packages) via scripts/fetch_jars.sh
-# Usage: scripts/setup.sh [beam|spark|spark35|airflow|jars|postgres|all] ...
+# Usage: scripts/setup.sh [beam|spark|spark35|airflow|jars|postgres|observe|all] ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -76,6 +77,23 @@ ensure_postgres() {
     || die "apt-get install postgresql-15 failed"
 }
 
+ensure_observe() {  # prometheus + promtool (alert rule tests) and chromium (status page test)
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v chromium >/dev/null && return
+  step "installing prometheus and chromium from Debian packages"
+  command -v apt-get >/dev/null || die "prometheus/chromium missing and apt-get not available; install them"
+  export DEBIAN_FRONTEND=noninteractive
+  # The package enables a prometheus service listening on :9090; capa's tests start their
+  # own processes, so keep the package's service from starting (policy-rc.d exit 101 = deny).
+  local policy=/usr/sbin/policy-rc.d own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  local rc=0
+  { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null; } || rc=$?
+  [ -n "$own_policy" ] && rm -f "$policy"
+  [ $rc -eq 0 ] || die "apt-get install prometheus chromium failed"
+}
+
 ensure_java() {
   command -v java >/dev/null || die "java not found; install a JDK 17 (apt-get install openjdk-17-jdk-headless)"
   command -v mvn >/dev/null || die "mvn not found; install Maven (apt-get install maven)"
@@ -87,9 +105,10 @@ for t in "${targets[@]}"; do
     beam|spark|spark35|airflow) ensure_uv; make_env "$t" ;;
     jars) ensure_java; bash scripts/fetch_jars.sh ;;
     postgres) ensure_postgres ;;
-    all) ensure_uv; ensure_postgres; ensure_java
+    observe) ensure_observe ;;
+    all) ensure_uv; ensure_postgres; ensure_observe; ensure_java
          for e in beam spark spark35 airflow; do make_env "$e"; done
          bash scripts/fetch_jars.sh ;;
-    *) die "unknown setup target '$t' (beam|spark|spark35|airflow|jars|postgres|all)" ;;
+    *) die "unknown setup target '$t' (beam|spark|spark35|airflow|jars|postgres|observe|all)" ;;
   esac
 done

@@ -74,7 +74,15 @@ from spark_jobs.project import (
 )
 from spark_jobs.schedule import run_in_order
 from spark_jobs.session import add_session_arguments
-from spark_jobs.state import InputMark, ModelState, clear_state, fingerprint, load_state, save_state
+from spark_jobs.state import (
+    InputMark,
+    ModelState,
+    clear_state,
+    fingerprint,
+    load_state,
+    now_iso,
+    save_state,
+)
 from spark_jobs.tables import count_rows, delta_ref
 
 logger = logging.getLogger(__name__)
@@ -361,6 +369,7 @@ class SparkModelBuilder(IncrementalBuilds):
             fingerprint=fingerprint(model),
             target_version=version,
             inputs={n: self._mark(s) for n, s in snaps.items()},
+            built_at=now_iso(),
         )
 
     def _mark(self, snap: InputSnapshot) -> InputMark:

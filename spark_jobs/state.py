@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +37,11 @@ class ModelState(BaseModel):
     fingerprint: str = Field(description="Hash of the model file; a change forces a full build.")
     target_version: int = Field(description="Delta version of the consumption table written.")
     inputs: dict[str, InputMark] = Field(description="Input table -> what was read.")
+    built_at: str | None = Field(
+        None,
+        description="UTC time (ISO) the build finished; the metrics of `capa serve` read it "
+        "(None in state written before it was recorded).",
+    )
 
 
 def fingerprint(model: Model) -> str:
@@ -58,6 +65,20 @@ def save_state(consumption: Path, state: ModelState) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state.model_dump(), indent=2, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def now_iso() -> str:
+    """The ``built_at`` of a build finishing now."""
+    return datetime.now(UTC).isoformat()
+
+
+def iter_states(consumption: Path) -> Iterator[ModelState]:
+    """Every model's last successful build state under ``consumption`` (unreadable skipped)."""
+    for path in sorted((consumption / STATE_DIR).glob("*.json")):
+        try:
+            yield ModelState.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # being replaced right now, or foreign: the next read sees it
 
 
 def clear_state(consumption: Path, model: str) -> None:

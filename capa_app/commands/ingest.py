@@ -72,6 +72,13 @@ def run_datastream(args: argparse.Namespace) -> int:
     reader = build_reader(settings, stop=stop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if not args.once:  # a one-pass run ends before anything could scrape it
+        from capa import metrics
+
+        observe = settings.observe
+        port = metrics.serve_metrics(observe.host, observe.datastream_metrics_port)
+        if port:
+            console.info(f"metrics: http://{observe.host}:{port}/metrics")
     try:
         stats = reader.poll_once() if args.once else reader.run(section.poll_interval_s)
     finally:

@@ -70,6 +70,7 @@ class Demo:
         self.stack = Stack(settings)
         self.state = DemoState()
         self.lakehouse = Path(settings.warehouse.path).resolve()  # type: ignore[union-attr]
+        self._status_server: Any = None
 
     # --- orchestration --------------------------------------------------------------------
 
@@ -101,6 +102,11 @@ class Demo:
             self.options = DemoOptions(**{**self.options.__dict__, "keep_running": False})
             return 130
         finally:
+            if self._status_server is not None:
+                self._status_server.shutdown()
+                self._status_server.server_close()
+                if self.options.keep_running:
+                    console.info("status page stopped with the demo; keep watching: capa serve")
             if not self.options.keep_running:
                 stopped = self.stack.down()
                 console.info(
@@ -112,7 +118,25 @@ class Demo:
     def start_stack(self) -> None:
         for result in self.stack.up(strict=True):
             console.info(f"    {result.component}: {result.health} ({result.seconds:.1f}s)")
+        self._serve_status()
         self._wait_apply_streaming()
+
+    def _serve_status(self) -> None:
+        """The ``capa serve`` page in this process while the demo runs, and where to look."""
+        from capa_app.observe.server import StatusServer
+        from capa_app.observe.status import endpoints
+
+        try:
+            self._status_server = StatusServer(self.settings)
+        except OSError as exc:  # the port is taken (another capa serve): the demo goes on
+            console.info(f"    status page not started ({exc}); run: capa serve --port N")
+            return
+        self._status_server.start_background()
+        url = self._status_server.url
+        console.info(f"    status page: {url}/  (JSON: {url}/api/status)")
+        console.info(f"    metrics (Prometheus): slots and builds {url}/metrics")
+        for component, metrics_url in endpoints(self.settings).items():
+            console.info(f"      {component}: {metrics_url}")
 
     def _wait_apply_streaming(self, timeout: float = 120.0) -> None:
         """Until the apply job has applied its first batch (the bridge's snapshot), so the

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from capa.config import CapaSettings, KafkaConfig, PostgresConfig, load_settings
+from capa.config import CapaSettings, KafkaConfig, ObserveConfig, PostgresConfig, load_settings
 from capa_app.stack.base import Service, free_port, tail
 
 S = TypeVar("S", bound=Service)
@@ -30,7 +30,15 @@ def throwaway_settings(state_dir: Path) -> CapaSettings:
     """Settings for a stack in ``state_dir`` on free loopback ports."""
     kafka = KafkaConfig.model_validate({"port": free_port(), "controller_port": free_port()})
     postgres = PostgresConfig.model_validate({"port": free_port()})
-    return load_settings(state_dir=state_dir, kafka=kafka, postgres=postgres)
+    observe = ObserveConfig.model_validate(
+        {
+            "bridge_metrics_port": free_port(),
+            "datastream_metrics_port": free_port(),
+            "apply_metrics_port": free_port(),
+            "serve_port": free_port(),
+        }
+    )
+    return load_settings(state_dir=state_dir, kafka=kafka, postgres=postgres, observe=observe)
 
 
 def dump_log(service: Service, lines: int = 80) -> None:

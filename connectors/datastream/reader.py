@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from capa import metrics
 from capa.config import CapaSettings
 from capa.errors import ConfigError, DecodeError, missing_google_credentials
 from capa.events import ChangeEvent
@@ -45,6 +46,7 @@ from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 logger = logging.getLogger(__name__)
 
 ORIGIN = "datastream"
+COMPONENT = "datastream-reader"  # the ``component`` label of its metrics
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class FileOutcome:
     events: int = 0
     dead_letters: int = 0
     skipped: int = 0
+    reasons: list[str] = field(default_factory=list)  # of the per-record dead letters
+    skip_kinds: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +115,7 @@ class DatastreamBucketReader:
         self.grace = grace
         self.stop = stop or threading.Event()
         self.max_file_bytes = max_file_bytes
+        self._tables: dict[str, str] = {}  # table directory -> table label, from its events
 
     # --- poll mode -----------------------------------------------------------------
 
@@ -121,6 +126,7 @@ class DatastreamBucketReader:
             if self.stop.is_set():
                 break
             stats.add(self.process_object(ref))
+            metrics.metric("capa_datastream_files_pending").labels(self.source).dec()
         self.checkpoint.compact(self.grace)
         return stats
 
@@ -146,6 +152,7 @@ class DatastreamBucketReader:
                 ref = ObjectRef(self.bucket, blob.name, int(blob.generation))
                 if not self.checkpoint.is_done(ref.name, ref.generation):
                     refs.append(ref)
+        metrics.metric("capa_datastream_files_pending").labels(self.source).set(len(refs))
         return sorted(refs, key=lambda r: r.name)
 
     def _table_dirs(self) -> list[str]:
@@ -195,8 +202,11 @@ class DatastreamBucketReader:
         if data is None:
             return FileOutcome(ref, "missing")
         outcome = self._produce_file(ref, data)
-        flush_with_retry(self.producer, lambda: self._produce_file(ref, data), stop=self.stop)
+        flush_with_retry(
+            self.producer, lambda: self._produce_file(ref, data, count=False), stop=self.stop
+        )
         self.checkpoint.mark_done(ref.name, ref.generation)
+        metrics.metric("capa_datastream_files_processed").labels(self.source, outcome.status).inc()
         logger.info(
             "%s: %s, %d event(s), %d dead letter(s)",
             ref.uri,
@@ -218,12 +228,15 @@ class DatastreamBucketReader:
             logger.warning("%s no longer exists; nothing to read", ref.uri)
             return None
 
-    def _produce_file(self, ref: ObjectRef, data: bytes) -> FileOutcome:
+    def _produce_file(self, ref: ObjectRef, data: bytes, *, count: bool = True) -> FileOutcome:
+        """Produce one file's events; ``count=False`` (a re-send) leaves the metrics alone."""
         items = list(self.read_file(data, ref.name))
         broken = [i for i in items if isinstance(i, BaseDeadLetter) and _is_whole_file(i, data)]
         if broken or not items:
             reason = broken[0].reason if broken else "file holds no records"
             self.producer.send_dead_letter(self._letter(ref, f"unreadable file: {reason}", data))
+            if count:
+                metrics.record_dead_letter(COMPONENT, self._table_of(ref), reason)
             return FileOutcome(ref, "dead-lettered", dead_letters=1)
         outcome = FileOutcome(ref, "produced")
         for item in items:
@@ -231,10 +244,13 @@ class DatastreamBucketReader:
                 item if isinstance(item, BaseDeadLetter) else normalize_one(self.normalizer, item)
             )
             self._emit(ref, item, result, outcome)
+        if count:
+            self._count(ref, items, outcome)
         return outcome
 
     def _emit(self, ref: ObjectRef, item: Any, result: Any, outcome: FileOutcome) -> None:
         if isinstance(result, ChangeEvent):
+            self._learn_table(ref, result)
             if self.producer.send(result, self._provenance(ref, item)):
                 outcome.events += 1
             else:  # too large for Kafka: dead-lettered by the producer
@@ -244,8 +260,29 @@ class DatastreamBucketReader:
                 self._letter(ref, result.reason, result.raw, result.index)
             )
             outcome.dead_letters += 1
+            outcome.reasons.append(result.reason)
         else:  # Skip: not a row change
             outcome.skipped += 1
+            outcome.skip_kinds.append(result.kind)
+
+    def _learn_table(self, ref: ObjectRef, event: ChangeEvent) -> None:
+        directory = _table_directory(ref.name)
+        if directory not in self._tables:
+            self._tables[directory] = metrics.table_label(event.source, event.schema, event.table)
+
+    def _table_of(self, ref: ObjectRef) -> str:
+        """The table label of the file's directory (learnt from its events), else ``unknown``."""
+        return self._tables.get(_table_directory(ref.name), metrics.UNKNOWN_TABLE)
+
+    def _count(self, ref: ObjectRef, items: list[Any], outcome: FileOutcome) -> None:
+        table = self._table_of(ref)
+        metrics.record_received(COMPONENT, table, len(items))
+        if outcome.events:
+            metrics.record_produced(COMPONENT, table, outcome.events)
+        for reason in outcome.reasons:
+            metrics.record_dead_letter(COMPONENT, table, reason)
+        for kind in outcome.skip_kinds:
+            metrics.record_skipped(COMPONENT, kind)
 
     def _letter(
         self, ref: ObjectRef, reason: str, raw: bytes | None, index: int | None = None
@@ -263,6 +300,12 @@ def _letter_extra(ref: ObjectRef, index: int | None) -> dict[str, str]:
     if index is not None:
         extra["record_index"] = str(index)
     return extra
+
+
+def _table_directory(name: str) -> str:
+    """``<prefix>/<schema>_<table>`` of an object name (the part before ``yyyy/mm/...``)."""
+    parts = name.split("/")
+    return "/".join(parts[:-6]) if len(parts) > 6 else name.rsplit("/", 1)[0]
 
 
 def _is_whole_file(letter: BaseDeadLetter, data: bytes) -> bool:

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from capa import metrics
 from capa.config import CapaSettings, load_settings
 from capa.errors import CapaError
 from capa.events import ChangeEvent
@@ -45,6 +46,7 @@ from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 logger = logging.getLogger(__name__)
 
 ORIGIN = "debezium"
+COMPONENT = "debezium-bridge"  # the ``component`` label of its metrics
 
 
 def record_of(change: Any) -> dict[str, Any]:
@@ -92,21 +94,39 @@ class DebeziumKafkaBridge:
         logger.debug("batch of %d record(s) acknowledged", len(batch))
 
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
+        # count=False: a re-send after a failed flush; the metrics saw these records already
         for index, record in enumerate(batch):
             raw = RawRecord(record["destination"], index, record, raw_bytes(record))
-            self._emit(normalize_one(self.normalizer, raw), raw, count)
+            table = self._table(record["destination"])
+            if count:
+                metrics.record_received(COMPONENT, table)
+            self._emit(normalize_one(self.normalizer, raw), raw, table, count)
 
-    def _emit(self, outcome: Any, raw: RawRecord, count: bool) -> None:
+    def _table(self, destination: str) -> str:
+        """``f2.public.orders`` for a table's topic; heartbeats etc. are ``unknown``."""
+        parts = destination.split(".")
+        if len(parts) == 3 and parts[0] == self.source:
+            return destination
+        return metrics.UNKNOWN_TABLE
+
+    def _emit(self, outcome: Any, raw: RawRecord, table: str, count: bool) -> None:
         if isinstance(outcome, ChangeEvent):
             if self.producer.send(outcome, Provenance(raw.file, raw.raw_bytes)):
-                self.events += count
-            else:  # too large for Kafka: dead-lettered by the producer
-                self.dead_letters += count
+                if count:
+                    self.events += 1
+                    metrics.record_produced(COMPONENT, table)
+            elif count:  # too large for Kafka: dead-lettered by the producer
+                self.dead_letters += 1
+                metrics.record_dead_letter(COMPONENT, table, "record too large for Kafka")
         elif isinstance(outcome, Skip):
-            self.skipped += count
+            if count:
+                self.skipped += 1
+                metrics.record_skipped(COMPONENT, outcome.kind)
         elif isinstance(outcome, BaseDeadLetter):
             self.producer.send_dead_letter(self._letter(outcome))
-            self.dead_letters += count
+            if count:
+                self.dead_letters += 1
+                metrics.record_dead_letter(COMPONENT, table, outcome.reason)
 
     def _letter(self, letter: BaseDeadLetter) -> DeadLetter:
         return DeadLetter(
@@ -144,6 +164,8 @@ class BridgeProcess:
         log4j = write_log4j_config(state)
         os.chdir(state)  # pydbzengine logs to ./logs
         os.environ.setdefault("PYDBZ_JVM_OPTS", self.settings.debezium.jvm_opts)
+        observe = self.settings.observe
+        metrics.serve_metrics(observe.host, observe.bridge_metrics_port)
         props = debezium_properties(self.settings)
         self.engine = EmbeddedDebezium(props, self.handler, jvm_opts=jvm_options(log4j))
         self.engine.start()

@@ -1,0 +1,1 @@
+"""Observability of a running capa: the state exporter and the status page (``capa serve``)."""
