@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from beam_jobs.apply_stats import ApplyStats
-from capa import retry
+from beam_jobs.apply_stats import ApplyStats, spread
+from capa import metrics, retry
 from capa.apply import apply_isolating_failures, rejection_reason
 from capa.columnar import TableColumns
 from capa.config import KafkaConfig
@@ -64,7 +64,9 @@ class OffsetCommitter(Protocol):
 
     def commit(self, next_offsets: dict[KafkaPartition, int]) -> None: ...
 
-    def lag(self, next_offsets: dict[KafkaPartition, int]) -> int: ...
+    def partition_lags(
+        self, next_offsets: dict[KafkaPartition, int]
+    ) -> dict[KafkaPartition, int]: ...
 
     def close(self) -> None: ...
 
@@ -140,11 +142,67 @@ def _column_stamps(tables: Sequence[TableColumns]) -> list[int]:
     ]
 
 
+# At most this many commit stamps per table and batch go into the latency histogram: the
+# distribution is kept (evenly spread over the sorted latencies) without a Python call per event.
+LATENCY_HISTOGRAM_SAMPLES = 256
+
+
+def _export_tables(work: _Work, recent: Callable[[Sequence[int]], list[int]]) -> None:
+    """Per-table Prometheus figures of one applied batch (:mod:`capa.metrics`): events
+    applied, commit-to-visible latencies (snapshot reads and old history left out, as in the
+    stats) and the events the warehouse refused, by reason."""
+    refused = {letter.location: letter.reason for letter in work.letters}
+    tally = _TableTally()
+    read = Op.READ.value
+    for t in work.decoded.tables:
+        label = metrics.table_label(t.source, t.schema, t.table)
+        if not refused:  # the usual batch: whole columns, no per-record work here
+            tally.counts[label] = tally.counts.get(label, 0) + len(t.indices)
+            tally.stamps.setdefault(label, []).extend(_column_stamps([t]))
+            continue
+        for i, ts, op in zip(t.indices, t.commit_ts_us, t.ops, strict=True):
+            where = _location(*work.records.locate(i))
+            tally.add(label, None if op == read else ts, refused.get(where))
+    for item in work.items:
+        e = item.event
+        label = metrics.table_label(e.source, e.schema, e.table)
+        ts = None if e.op is Op.READ else e.commit_ts_us
+        tally.add(label, ts, refused.get(_location(item.topic, item.partition, item.offset)))
+    for label in tally.counts.keys() | tally.letters.keys():
+        metrics.record_applied(
+            label,
+            tally.counts.get(label, 0),
+            spread(recent(tally.stamps.get(label, [])), LATENCY_HISTOGRAM_SAMPLES),
+            tally.letters.get(label),
+            now=work.visible_at,
+        )
+
+
+@dataclass(slots=True)
+class _TableTally:
+    counts: dict[str, int] = field(default_factory=dict)
+    stamps: dict[str, list[int]] = field(default_factory=dict)
+    letters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, label: str, commit_ts_us: int | None, refused: str | None) -> None:
+        if refused is not None:
+            by_reason = self.letters.setdefault(label, {})
+            by_reason[refused] = by_reason.get(refused, 0) + 1
+            return
+        self.counts[label] = self.counts.get(label, 0) + 1
+        if commit_ts_us is not None:
+            self.stamps.setdefault(label, []).append(commit_ts_us)
+
+
+def _location(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}@{offset}"
+
+
 def _dead_letter(
     topic: str, partition: int, offset: int, raw: bytes | None, reason: str
 ) -> DeadLetter:
     """A DeadLetter for the record at ``topic/partition@offset``."""
-    location = f"{topic}/{partition}@{offset}"
+    location = _location(topic, partition, offset)
     return DeadLetter(reason=reason, raw=raw, origin=ORIGIN, location=location)
 
 
@@ -356,6 +414,7 @@ class ApplyLoop:
         applied = work.decoded.decoded - work.refused
         stamps = _column_stamps(work.decoded.tables) + _event_stamps(work.items)
         self.stats.record_batch(applied, stamps, work.seconds, work.visible_at)
+        _export_tables(work, self.stats.recent)
         if work.letters:
             self.stats.record_dead_letters(len(work.letters))
         if self._committer is not None:
@@ -374,7 +433,10 @@ class ApplyLoop:
             return
         self._last_lag_check = now
         try:
-            self.stats.record_lag(self._committer.lag(offsets))
+            lags = self._committer.partition_lags(offsets)
+            self.stats.record_lag(sum(lags.values()))
+            for partition, lag in lags.items():
+                metrics.record_lag(partition.topic, partition.partition, lag)
         except TransientError as exc:  # lag is informative only
             logger.debug("lag check failed: %s", exc)
 

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +73,19 @@ class ApplyStats:
         self.metrics.count("events_applied", applied)
         self.metrics.count("batches", 1)
         self.metrics.distribution("batch_latency_ms", int(seconds * 1000))
-        horizon_us = (self.started - HISTORY_HORIZON_S) * 1e6
-        stamps = [ts for ts in commit_stamps if ts >= horizon_us]  # see HISTORY_HORIZON_S
+        stamps = self.recent(commit_stamps)
         if not stamps:
             return
         latencies = [visible_at - ts / 1e6 for ts in stamps]
         self.latencies.extend(latencies)
-        for latency in _spread(latencies, LATENCY_METRIC_SAMPLES):
+        for latency in spread(latencies, LATENCY_METRIC_SAMPLES):
             self.metrics.distribution("commit_to_visible_ms", int(latency * 1000))
         self.last_commit_ts_us = max(self.last_commit_ts_us or 0, max(stamps))
+
+    def recent(self, commit_stamps: Sequence[int]) -> list[int]:
+        """The commit stamps that count for latency (see HISTORY_HORIZON_S)."""
+        horizon_us = (self.started - HISTORY_HORIZON_S) * 1e6
+        return [ts for ts in commit_stamps if ts >= horizon_us]
 
     def record_dead_letters(self, count: int) -> None:
         self.dead_letters += count
@@ -152,7 +156,10 @@ HISTORY_HORIZON_S = 3600.0
 LATENCY_METRIC_SAMPLES = 64
 
 
-def _spread(values: Sequence[float], most: int) -> Sequence[float]:
+T = TypeVar("T", int, float)
+
+
+def spread(values: Sequence[T], most: int) -> Sequence[T]:
     if len(values) <= most:
         return values
     ordered = sorted(values)

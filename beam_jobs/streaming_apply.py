@@ -58,6 +58,16 @@ logger = logging.getLogger(__name__)
 # --- DoFns -------------------------------------------------------------------------------
 
 
+def _serve_metrics() -> None:
+    """The job's Prometheus endpoint and freshness objectives (``observe`` config)."""
+    from capa import metrics
+    from capa.config import load_settings
+
+    observe = load_settings().observe
+    metrics.configure_slos(observe.freshness_slo_s, observe.table_freshness_slo_s)
+    metrics.serve_metrics(observe.host, observe.apply_metrics_port)
+
+
 class BeamApplyMetrics:
     """The apply loop's metrics as Beam metrics (namespace ``capa.apply``)."""
 
@@ -107,6 +117,7 @@ class ApplyBatchesFn(beam.DoFn):
 
         if decode_batch is None:
             logger.warning("capa_native is not installed: decoding in Python (slower)")
+        _serve_metrics()
         self._loop = ApplyLoop(
             open_warehouse(self.warehouse_spec, **self.warehouse_options),
             ChangeEventDecoder.from_config(

@@ -307,6 +307,8 @@ def serve_metrics(host: str, port: int | None) -> int | None:
     """
     if port is None:
         return None
+    if port and (host, port) in _serving:  # one endpoint per process (DoFn setups repeat)
+        return _serving[(host, port)]
     import prometheus_client as prom
 
     try:
@@ -315,8 +317,12 @@ def serve_metrics(host: str, port: int | None) -> int | None:
         logger.warning("metrics endpoint %s:%s not started: %s", host, port, exc)
         return None
     bound = int(server.server_address[1])
+    _serving[(host, port)] = bound
     logger.info("metrics on http://%s:%d/metrics", host, bound)
     return bound
+
+
+_serving: dict[tuple[str, int], int] = {}
 
 
 def snapshot_family(name: str) -> Any:

@@ -144,9 +144,11 @@ class KafkaOffsetCommitter:
         if failed:
             raise ServiceUnavailable(f"offset commit refused for {failed[0]}: {failed[0].error}")
 
-    def lag(self, next_offsets: Mapping[KafkaPartition, int]) -> int:
-        """Events between the given positions and the partitions' end offsets."""
-        return sum(max(self.watermarks(p)[1] - o, 0) for p, o in next_offsets.items())
+    def partition_lags(
+        self, next_offsets: Mapping[KafkaPartition, int]
+    ) -> dict[KafkaPartition, int]:
+        """Per partition, the events between the given position and the end offset."""
+        return {p: max(self.watermarks(p)[1] - o, 0) for p, o in next_offsets.items()}
 
     def close(self) -> None:
         self._consumer.close()

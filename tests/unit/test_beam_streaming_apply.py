@@ -26,7 +26,7 @@ from apache_beam.transforms.trigger import AccumulationMode, AfterWatermark
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.apply_loop import Decoded, _column_stamps, _event_stamps
-from beam_jobs.apply_stats import ApplyStats, _spread
+from beam_jobs.apply_stats import ApplyStats, spread
 from beam_jobs.kafka_io import KafkaBatch, KafkaPartition
 from beam_jobs.options import StreamingApplyOptions, build_options, pipelined_apply
 from beam_jobs.streaming_apply import ApplyBatchesFn, ApplyToRaw
@@ -42,10 +42,18 @@ TABLE = "raw.f2_public_items"
 def make_event(key: int, seq: int, op: Op = Op.UPDATE) -> ChangeEvent:
     after = None if op is Op.DELETE else {"id": key, "qty": seq, "label": f"k{key}-s{seq}"}
     return ChangeEvent(
-        source="f2", source_kind=SourceKind.POSTGRES, database="shop", schema="public",
-        table="items", op=op, position=f"{seq:016x}.1", commit_ts_us=1_700_000_000_000_000 + seq,
-        primary_key=("id",), key={"id": key},
-        before={"id": key} if op is Op.DELETE else None, after=after,
+        source="f2",
+        source_kind=SourceKind.POSTGRES,
+        database="shop",
+        schema="public",
+        table="items",
+        op=op,
+        position=f"{seq:016x}.1",
+        commit_ts_us=1_700_000_000_000_000 + seq,
+        primary_key=("id",),
+        key={"id": key},
+        before={"id": key} if op is Op.DELETE else None,
+        after=after,
     )
 
 
@@ -72,17 +80,20 @@ def batches(events: list[ChangeEvent], first_offset: int = 0, size: int = 7) -> 
     """The events as the Kafka reader emits them: batches of consecutive offsets."""
     values = [encode_single_object(e) for e in events]
     return [
-        KafkaBatch("t", 0, tuple(range(first_offset + i, first_offset + i + len(chunk))),
-                   tuple(chunk))
+        KafkaBatch(
+            "t", 0, tuple(range(first_offset + i, first_offset + i + len(chunk))), tuple(chunk)
+        )
         for i in range(0, len(values), size)
-        for chunk in [values[i:i + size]]
+        for chunk in [values[i : i + size]]
     ]
 
 
 def replica(root: str) -> list[dict[str, Any]]:
     rows = open_warehouse(f"local:{root}").rows(TABLE)
-    return sorted(({k: v for k, v in r.items() if k != "_capa_ingested_at"} for r in rows),
-                  key=lambda r: r["id"])
+    return sorted(
+        ({k: v for k, v in r.items() if k != "_capa_ingested_at"} for r in rows),
+        key=lambda r: r["id"],
+    )
 
 
 def fn_api_pipeline() -> TestPipeline:
@@ -114,19 +125,31 @@ class RecordingDeadLetters:
 
 def test_poison_records_are_dead_lettered_and_the_rest_applied(tmp_path: Any) -> None:
     good, later = make_event(1, 1, Op.INSERT), make_event(2, 2, Op.INSERT)
-    batch = KafkaBatch("t", 0, (0, 1, 2, 3),
-                       (encode_single_object(good), b"\x00\x00garbage", None,
-                        encode_single_object(later)))
+    batch = KafkaBatch(
+        "t",
+        0,
+        (0, 1, 2, 3),
+        (encode_single_object(good), b"\x00\x00garbage", None, encode_single_object(later)),
+    )
     RecordingDeadLetters.letters.clear()
     AuditingCommitter.commits.clear()
     root = str(tmp_path / "wh")
     with fn_api_pipeline() as p:
-        _ = p | beam.Create([batch]) | ApplyToRaw(
-            f"local:{root}", committer=AuditingCommitter(root),
-            dead_letters=RecordingDeadLetters(), max_batch_events=100)
+        _ = (
+            p
+            | beam.Create([batch])
+            | ApplyToRaw(
+                f"local:{root}",
+                committer=AuditingCommitter(root),
+                dead_letters=RecordingDeadLetters(),
+                max_batch_events=100,
+            )
+        )
     letters = [(d.location, d.raw, d.origin, bool(d.reason)) for d in RecordingDeadLetters.letters]
-    assert letters == [("t/0@1", b"\x00\x00garbage", "beam-apply", True),
-                       ("t/0@2", None, "beam-apply", True)]
+    assert letters == [
+        ("t/0@1", b"\x00\x00garbage", "beam-apply", True),
+        ("t/0@2", None, "beam-apply", True),
+    ]
     assert [r["id"] for r in replica(root)] == [1, 2]
     assert AuditingCommitter.commits == [(4, 2)]  # committed past the poison, after the apply
 
@@ -137,8 +160,13 @@ def test_poison_without_a_dead_letter_topic_stops_the_job(tmp_path: Any) -> None
         pytest.raises(Exception, match="no dead-letter topic is configured"),
         fn_api_pipeline() as p,
     ):
-        _ = p | beam.Create([batch]) | ApplyToRaw(
-            f"local:{tmp_path}", committer=None, dead_letters=None, max_batch_events=100)
+        _ = (
+            p
+            | beam.Create([batch])
+            | ApplyToRaw(
+                f"local:{tmp_path}", committer=None, dead_letters=None, max_batch_events=100
+            )
+        )
 
 
 def _stream(batches: list[list[KafkaBatch]]) -> TestStream:
@@ -151,18 +179,28 @@ def _stream(batches: list[list[KafkaBatch]]) -> TestStream:
 def _apply(root: str, batches: list[list[KafkaBatch]], **kwargs: Any) -> None:
     pipelined = kwargs.pop("pipelined", False)
     with streaming_test_pipeline() as p:
-        reports = p | _stream(batches) | ApplyToRaw(
-            f"local:{root}", committer=kwargs.pop("committer", None), dead_letters=None,
-            max_batch_events=kwargs.pop("max_batch_events", 10_000), status_file=None,
-            pipelined=pipelined,
+        reports = (
+            p
+            | _stream(batches)
+            | ApplyToRaw(
+                f"local:{root}",
+                committer=kwargs.pop("committer", None),
+                dead_letters=None,
+                max_batch_events=kwargs.pop("max_batch_events", 10_000),
+                status_file=None,
+                pipelined=pipelined,
+            )
         )
         if pipelined:  # reports trail by one batch; the last one is only logged at teardown
             return
         total = (
             reports
             | beam.Map(lambda r: r["events"])
-            | beam.WindowInto(GlobalWindows(), trigger=AfterWatermark(),
-                              accumulation_mode=AccumulationMode.DISCARDING)
+            | beam.WindowInto(
+                GlobalWindows(),
+                trigger=AfterWatermark(),
+                accumulation_mode=AccumulationMode.DISCARDING,
+            )
             | beam.CombineGlobally(sum).without_defaults()
         )
         assert_that(total, equal_to([sum(len(b.offsets) for bundle in batches for b in bundle)]))
@@ -179,8 +217,12 @@ def test_replayed_and_reordered_bundles_give_the_in_order_replica(
     # redelivered duplicates, reordered batches of 1-7 records
     chaos = batches(events) + batches(rng.sample(events, 150), first_offset=400, size=3)
     rng.shuffle(chaos)
-    _apply(str(tmp_path / "chaos"), [chaos[:40], chaos[40:80], chaos[80:]],
-           max_batch_events=64, pipelined=pipelined)
+    _apply(
+        str(tmp_path / "chaos"),
+        [chaos[:40], chaos[40:80], chaos[80:]],
+        max_batch_events=64,
+        pipelined=pipelined,
+    )
 
     expected = replica(str(tmp_path / "ordered"))
     assert expected, "the in-order apply produced no rows"
@@ -206,8 +248,8 @@ class AuditingCommitter:
         AuditingCommitter.commits.append((next_offset, len(changelog)))
         assert not self.closed, "offsets committed after the job closed"
 
-    def lag(self, offsets: dict[KafkaPartition, int]) -> int:
-        return 0
+    def partition_lags(self, offsets: dict[KafkaPartition, int]) -> dict[KafkaPartition, int]:
+        return dict.fromkeys(offsets, 0)
 
     def close(self) -> None:
         self.closed = True
@@ -220,8 +262,13 @@ def test_offsets_are_committed_only_after_the_warehouse_holds_the_batch(
     events = [make_event(k, k + 1, Op.INSERT) for k in range(90)]
     AuditingCommitter.commits.clear()
     root = str(tmp_path / "wh")
-    _apply(root, [batches(events[:30]), batches(events[30:], first_offset=30)],
-           committer=AuditingCommitter(root), max_batch_events=25, pipelined=pipelined)
+    _apply(
+        root,
+        [batches(events[:30]), batches(events[30:], first_offset=30)],
+        committer=AuditingCommitter(root),
+        max_batch_events=25,
+        pipelined=pipelined,
+    )
     commits = AuditingCommitter.commits
     assert len(commits) >= 4, commits  # max_batch_events=25 cuts the bundles
     # Each commit's next offset never runs ahead of the events visible in the changelog.
@@ -262,18 +309,24 @@ def test_latency_figures_count_live_changes_only() -> None:
 
 def test_spread_keeps_the_extremes_and_bounds_the_sample() -> None:
     values = [float(v) for v in range(1000)]
-    sample = _spread(values, 64)
+    sample = spread(values, 64)
     assert len(sample) == 64
     assert (sample[0], sample[-1]) == (0.0, 999.0)
-    assert _spread(values[:10], 64) == values[:10]
+    assert spread(values[:10], 64) == values[:10]
 
 
 def test_pipelined_batch_is_recorded_by_the_next_idle_bundle(tmp_path: Any) -> None:
     """A batch applied in the background shows in the status file once the next bundle
     ends, even when that bundle read nothing (an idle topic must not hide it)."""
     status = tmp_path / "status.json"
-    fn = ApplyBatchesFn(f"local:{tmp_path / 'wh'}", committer=None, dead_letters=None,
-                        max_batch_events=10_000, status_file=str(status), pipelined=True)
+    fn = ApplyBatchesFn(
+        f"local:{tmp_path / 'wh'}",
+        committer=None,
+        dead_letters=None,
+        max_batch_events=10_000,
+        status_file=str(status),
+        pipelined=True,
+    )
     fn.setup()
     try:
         fn.start_bundle()
