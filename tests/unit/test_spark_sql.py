@@ -274,25 +274,25 @@ def test_delta_version_follows_new_commits_and_a_table_made_again(tmp_path: Path
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from spark_jobs.diff import delta_version, forget_tables, latest_files
+    from spark_jobs.diff import DeltaTables
 
+    tables = DeltaTables()  # one build's handles
     path = tmp_path / "t"
-    assert delta_version(path) is None
+    assert tables.version(path) is None
     rows = pa.table({"k": [1, 2]})
     write_deltalake(str(path), rows)
-    assert delta_version(path) == 0
+    assert tables.version(path) == 0
     write_deltalake(str(path), rows, mode="append")
     write_deltalake(str(path), rows, mode="append")
-    assert delta_version(path) == 2  # the kept handle reads the new commits
-    assert len(latest_files(path) or []) == 3
+    assert tables.version(path) == 2  # the kept handle reads the new commits
+    assert len(tables.at(path, 2).file_uris()) == 3
     shutil.rmtree(path)
     write_deltalake(str(path), rows)
-    forget_tables(path)  # what the builder does after removing a table
-    assert delta_version(path) == 0
-    assert len(latest_files(path) or []) == 1
+    tables.forget(path)  # what the builder does after removing a table
+    assert tables.version(path) == 0
+    assert len(tables.at(path, 0).file_uris()) == 1
     shutil.rmtree(path)
-    forget_tables()  # what every build does first
-    assert delta_version(path) is None
+    assert DeltaTables().version(path) is None  # the next build's handles
 
 
 def test_keyed_diff_compares_only_the_recomputed_columns_when_told() -> None:
