@@ -95,11 +95,14 @@ def changed_rows(
     new_version: int,
     identity: Sequence[str] | None,
     tables: DeltaTables | None = None,
+    key: Sequence[str] | None = None,
 ) -> pa.Table | None:
     """Rows added or removed between ``old_version`` and ``new_version`` (see module doc).
 
-    ``identity``: columns naming a row version (``None``: the whole row). ``tables``: the
-    build's table handles (else the versions are opened here).
+    ``identity``: columns naming a row version (``None``: the whole row). ``key``: columns
+    each version is unique on (a model table's key): rows are then paired by key and compared
+    column by column (:func:`keyed_rows_changed`) instead of by a string per row. ``tables``:
+    the build's table handles (else the versions are opened here).
     """
     tables = tables or DeltaTables()
     old, new = tables.at(path, old_version), tables.at(path, new_version)
@@ -108,8 +111,12 @@ def changed_rows(
     schema = spark_schema(new.to_pyarrow_dataset().schema)
     removed, added = _files_only_in(old, new), _files_only_in(new, old)
     columns = list(identity) if identity else schema.names
-    if any(c not in schema.names for c in columns):
+    if any(c not in schema.names for c in [*columns, *(key or ())]):
         return None
+    if key:
+        keyed = keyed_rows_changed(_rows(removed, schema), _rows(added, schema), key)
+        if keyed is not None:
+            return keyed
     left, right = _read(removed, columns, schema), _read(added, columns, schema)
     if left is None or right is None:
         return None
@@ -313,11 +320,16 @@ def _relative_paths(table: Any) -> list[str]:
     return [str(p) for p in actions.column("path").to_pylist()]
 
 
+def _rows(dataset: ds.Dataset, schema: pa.Schema) -> pa.Table:
+    """Every row of ``dataset`` in ``schema``."""
+    present = [c for c in schema.names if c in dataset.schema.names]
+    return _conform(dataset.to_table(columns=present), schema, schema.names)
+
+
 def _read(dataset: ds.Dataset, columns: list[str], schema: pa.Schema) -> pa.Table | None:
     """Every row of ``dataset`` in ``schema`` plus its identity string (``_ID``, from
     ``columns``), or None for nested identity columns."""
-    present = [c for c in schema.names if c in dataset.schema.names]
-    data = _conform(dataset.to_table(columns=present), schema, schema.names)
+    data = _rows(dataset, schema)
     ids = fingerprint(data.select(columns))
     return None if ids is None else data.append_column(_ID, ids)
 

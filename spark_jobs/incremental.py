@@ -200,10 +200,12 @@ def _not_in(candidates: Any, old: Any) -> Any:
 def changed_ref_rows(ctx: BuildContext, snap: InputSnapshot, mark: InputMark) -> Changes:
     """Rows of a model table that differ between the versions (old and new values).
 
-    By whole-row comparison of the files that differ (an overwrite that kept most rows as
-    they were yields just the changed ones); from the change data feed otherwise (unsigned).
+    By comparison of the rows of the files that differ, paired by the model's key (an
+    overwrite that kept most rows as they were yields just the changed ones); from the change
+    data feed otherwise (unsigned).
     """
-    rows = changed_rows(snap.path, mark.version, snap.version, None, ctx.tables)
+    key = ctx.project.models[snap.name].header.key
+    rows = changed_rows(snap.path, mark.version, snap.version, None, ctx.tables, key)
     if rows is not None:
         return Changes(rows)
     return Changes(

@@ -124,12 +124,13 @@ class KeyedRecompute:
 
 
 class Additive:
-    """New row of a key = current row + SQL(rows added) - SQL(rows removed), per column.
+    """New row of a key = current row + the change of its sums over the changed input rows.
 
     Exact for a model whose every non-key column is a sum over input rows (``COUNT(*)``,
-    ``SUM(x)``, sums of those): such a column over the new rows equals the column over the old
-    rows plus the column over the added rows minus the column over the removed ones. Keys whose
-    new row fails the header's ``exists`` condition are deleted.
+    ``COUNT(x)``, ``SUM(x)`` and sums of those): the model's SQL is weighted by the engine's
+    sign of each changed row (:func:`signed_sql`: +1 added row version, -1 removed one), so over
+    the changed rows it gives the change per key. No input is read beyond its changed rows.
+    Keys whose new row fails the header's ``exists`` condition are deleted.
     """
 
     def build(self, ctx: BuildContext, run: ModelRun) -> Written:
@@ -137,41 +138,63 @@ class Additive:
         assert additive is not None
         if not all(c.signed for c in run.changes.values()):  # a change data feed read
             return KeyedRecompute().build(ctx, run)
-        added = ctx.spark.sql(model.render(_changed_resolver(ctx, run, added=True)))
-        removed = ctx.spark.sql(model.render(_changed_resolver(ctx, run, added=False)))
+        delta = ctx.spark.sql(render(signed_sql(model), _signed_resolver(ctx, run)))
         key = list(model.header.key)
-        sums = [f for f in added.schema.fields if f.name not in key]
+        sums = [f for f in delta.schema.fields if f.name not in key]
         numeric = ("Decimal", "Long", "Integer", "Short", "Byte", "Double", "Float")
         bad = [f.name for f in sums if not type(f.dataType).__name__.startswith(numeric)]
         if bad:
             raise ConfigError(f"model {model.name!r} is additive but {bad} are not numeric sums")
-        views = {"a": added, "r": removed, "t": _target_frame(ctx, run)}
-        for alias, frame in views.items():
-            frame.createOrReplaceTempView(f"capa_{alias}__{model.name}")
-        a, r, t = (quote(f"capa_{alias}__{model.name}") for alias in views)
-        change = [f"coalesce(a.{quote(k)}, r.{quote(k)}) AS {quote(k)}" for k in key] + [
-            f"coalesce(a.{quote(f.name)}, 0) - coalesce(r.{quote(f.name)}, 0) AS {quote(f.name)}"
+        current = _target_frame(ctx, run)
+        types = {f.name: f.dataType.simpleString() for f in current.schema.fields}
+        d, t = f"capa_delta__{model.name}", f"capa_current__{model.name}"
+        delta.createOrReplaceTempView(d)
+        current.createOrReplaceTempView(t)
+        columns = [f"d.{quote(k)}" for k in key] + [
+            f"CAST(coalesce(t.{quote(f.name)}, 0) + coalesce(d.{quote(f.name)}, 0) "
+            f"AS {types[f.name]}) AS {quote(f.name)}"
             for f in sums
         ]
-        new = [f"d.{quote(k)}" for k in key] + [
-            f"CAST(coalesce(t.{quote(f.name)}, 0) + d.{quote(f.name)} "
-            f"AS {f.dataType.simpleString()}) AS {quote(f.name)}"
-            for f in sums
-        ]
-        delta = f"SELECT {', '.join(change)} FROM {a} a FULL JOIN {r} r ON {_on('a', 'r', key)}"
-        rows = f"SELECT {', '.join(new)} FROM ({delta}) d LEFT JOIN {t} t ON {_on('t', 'd', key)}"
-        merged = ctx.spark.sql(
-            f"SELECT *, ({additive.exists}) AS {PRESENT} FROM ({rows})"
-        ).toArrow()
-        found = merged.select(key).cast(_key_schema(ctx, run))
+        rows = f"SELECT {', '.join(columns)} FROM {quote(d)} d LEFT JOIN {quote(t)} t ON "
+        rows += " AND ".join(f"t.{quote(k)} <=> d.{quote(k)}" for k in key)
+        merged = ctx.spark.sql(f"SELECT *, ({additive.exists}) AS {PRESENT} FROM ({rows})")
+        table = merged.toArrow()
+        found = table.select(key).cast(_key_schema(ctx, run))
         if found.num_rows == 0:
             return Written("unchanged", 0)
-        kept = merged.filter(pc.fill_null(merged.column(PRESENT), False)).select(added.columns)
+        kept = table.filter(pc.fill_null(table.column(PRESENT), False)).select(delta.columns)
         target = Target(ctx, run, found, _size(ctx, run))
         if target.split is None:
             keys = KeySet(ctx, found, f"capa_keys__{model.name}")
             return target.merge(ctx.handoff.frame(kept), keys, None)
         return target.rewrite(kept)
+
+
+def signed_sql(model: Model) -> str:
+    """The SQL of an additive model with every aggregate weighted by the sign of its row:
+    ``COUNT(*)`` -> ``SUM(_capa_sign)``, ``COUNT(x)`` -> ``SUM(IF(x IS NULL, 0, _capa_sign))``,
+    ``SUM(x)`` -> ``SUM(x * _capa_sign)``. Any other aggregate, or one over a join (a row of
+    the result would come from two input rows), is not a sum over input rows: ConfigError."""
+    from sqlglot import exp
+
+    def weigh(node: Any) -> Any:
+        if not isinstance(node, exp.AggFunc):
+            return node
+        select = node.find_ancestor(exp.Select)
+        plain = isinstance(node, exp.Count | exp.Sum) and not isinstance(node.this, exp.Distinct)
+        if not plain or (select is not None and select.args.get("joins")):
+            raise ConfigError(
+                f"model {model.name!r} is additive, but {node.sql(dialect='spark')} is not a "
+                "COUNT or SUM over the rows of one input"
+            )
+        if isinstance(node.this, exp.Star):
+            return exp.maybe_parse(f"SUM({SIGN})", dialect="spark")
+        value = node.this.sql(dialect="spark")
+        if isinstance(node, exp.Count):
+            return exp.maybe_parse(f"SUM(IF(({value}) IS NULL, 0, {SIGN}))", dialect="spark")
+        return exp.maybe_parse(f"SUM(({value}) * {SIGN})", dialect="spark")
+
+    return parts.template_sql(parts.parse_template(model.sql).transform(weigh))
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -335,28 +358,24 @@ def _keyed_resolver(ctx: BuildContext, model: Model, keys: KeySet) -> Callable[[
     return resolve
 
 
-def _changed_resolver(
-    ctx: BuildContext, run: ModelRun, *, added: bool
-) -> Callable[[str, str], str]:
-    """Template resolver of an additive run: each input is its rows added since the last
-    build (``added``) or removed since (deleted rows of raw replicas left out either way); an
-    unchanged input has no rows."""
+def _signed_resolver(ctx: BuildContext, run: ModelRun) -> Callable[[str, str], str]:
+    """Template resolver of an additive run: each input is its signed changed rows (deleted
+    rows of raw replicas left out), an unchanged input no rows."""
     from pyspark.sql import functions as F
 
     model = run.model
-    side = "added" if added else "removed"
 
     def resolve(kind: str, name: str) -> str:
         if kind == "raw_history":
             raise ConfigError(f"model {model.name!r}: additive models cannot read raw_history")
-        view = f"capa_{side}__{model.name}__{name}"
+        view = f"capa_signed__{model.name}__{name}"
         change = run.changes.get(name)
         if change is None:  # no rows, only the schema: no file of the input is listed
             snap = ctx.pin("ref" if kind == "ref" else "raw", name)
             frame = empty_version(ctx.spark, ctx.tables.at(snap.path, snap.version))
+            frame = frame.withColumn(SIGN, F.lit(1))
         else:
-            signs = F.col(SIGN) > 0 if added else F.col(SIGN) < 0
-            frame = change.frame(ctx.handoff).where(signs).drop(SIGN)
+            frame = change.frame(ctx.handoff)
             if kind == "raw":
                 frame = frame.where(f"NOT coalesce({quote(META_DELETED)}, false)")
         frame.createOrReplaceTempView(view)
@@ -382,10 +401,6 @@ def _key_schema(ctx: BuildContext, run: ModelRun) -> pa.Schema:
     table = ctx.tables.at(run.target, run.before)
     schema = spark_schema(table.to_pyarrow_dataset().schema)
     return pa.schema([schema.field(k) for k in run.model.header.key])
-
-
-def _on(left: str, right: str, key: list[str]) -> str:
-    return " AND ".join(f"{left}.{quote(k)} <=> {right}.{quote(k)}" for k in key)
 
 
 def _since(started: float) -> float:

@@ -154,3 +154,22 @@ def test_additive_header_and_bare_column_mappings(tmp_path: Path) -> None:
     bad = HEADER.replace("--   checks:", "--   additive: {}\n--   checks:")
     with pytest.raises(ConfigError, match="exists"):
         parse_model(write(tmp_path, "m", bad))
+
+
+def test_additive_sql_is_weighted_by_the_engine_sign_and_other_aggregates_are_refused() -> None:
+    from spark_jobs.strategies import signed_sql
+
+    sales = signed_sql(load_project().models["sales_daily"])
+    assert "SUM(_capa_sign) AS orders" in sales
+    assert "SUM((CAST(amount AS DECIMAL(18, 2))) * _capa_sign) AS order_amount" in sales
+    assert "COUNT(" not in sales and "{{ raw('f2_public_orders') }}" in sales
+    counted = parse_model_text("SELECT k AS customer_id, COUNT(x) AS n FROM {{ raw('t1') }}")
+    assert "SUM(IF((x) IS NULL, 0, _capa_sign)) AS n" in signed_sql(counted)
+    for bad in (
+        "SELECT k AS customer_id, MAX(x) AS m FROM {{ raw('t1') }} GROUP BY k",
+        "SELECT k AS customer_id, COUNT(DISTINCT x) AS m FROM {{ raw('t1') }} GROUP BY k",
+        "SELECT a.k AS customer_id, SUM(b.x) AS m FROM {{ raw('t1') }} a "
+        "JOIN {{ raw('t2') }} b ON a.k = b.k GROUP BY a.k",
+    ):
+        with pytest.raises(ConfigError, match="is additive, but"):
+            signed_sql(parse_model_text(bad))

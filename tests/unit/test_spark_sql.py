@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
 from spark_jobs.checks import model_checks
 from spark_jobs.project import SIGN, load_project
 from spark_jobs.state import InputMark, ModelState, load_state, save_state
@@ -189,6 +191,38 @@ def test_diff_by_whole_row_ignores_rewritten_but_equal_rows(tmp_path: Path) -> N
         (2, "changed", 1),
         (4, "a4", -1),
     ]
+
+
+def test_diff_by_key_equals_the_whole_row_diff(tmp_path: Path) -> None:
+    """A model table's versions are each unique on its key: pairing rows by key gives what
+    the whole-row comparison gives."""
+    from spark_jobs.diff import changed_rows
+
+    path = tmp_path / "model"
+    before = [{"id": i, "v": None if i == 1 else f"a{i}", "_capa_event_id": None} for i in range(6)]
+    _replica(path, before)
+    after = [dict(r) for r in before if r["id"] != 4] + [
+        {"id": 9, "v": "n", "_capa_event_id": None}
+    ]
+    after[1]["v"] = "was null"
+    _replica(path, after)
+    by_key = changed_rows(str(path), 0, 1, None, key=["id"])
+    whole = changed_rows(str(path), 0, 1, None)
+    assert by_key is not None and whole is not None
+
+    def signed(rows: pa.Table) -> list[tuple[object, ...]]:
+        return sorted((r["id"], str(r["v"]), r[SIGN]) for r in rows.to_pylist())
+
+    assert (
+        signed(by_key)
+        == signed(whole)
+        == [
+            (1, "None", -1),
+            (1, "was null", 1),
+            (4, "a4", -1),
+            (9, "n", 1),
+        ]
+    )
 
 
 def _arrow(rows: list[dict[str, object]]) -> object:
