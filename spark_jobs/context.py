@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from capa.errors import ConfigError
 from capa.warehouse.base import META_DELETED
 from spark_jobs.diff import DeltaTables
@@ -35,6 +38,15 @@ class BuildSettings:
     workers: int  # models built at once
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenRows:
+    """The rows a model rewrote in the driver in this build (see :meth:`BuildContext.wrote`)."""
+
+    version: int  # the table version they made
+    keys: pa.Table  # every key recomputed (a key without a row was deleted)
+    rows: pa.Table  # the new rows of those keys
+
+
 class BuildContext:
     """Everything the models of one build share (see module doc). Use it as a context
     manager: :meth:`close` removes the hand-off folder."""
@@ -43,10 +55,11 @@ class BuildContext:
         self.spark, self.settings, self.project = spark, settings, project
         self.tables = DeltaTables()
         self.handoff = Handoff(spark, settings.consumption / TMP_DIR)
-        self._lock = threading.RLock()  # guards the three dicts below
+        self._lock = threading.RLock()  # guards the four below
         self._pinned: dict[tuple[str, str], InputSnapshot] = {}
         self._views: set[str] = set()
         self._changes: dict[tuple[str, int, int], Changes] = {}
+        self._written: dict[str, WrittenRows] = {}
 
     def __enter__(self) -> BuildContext:
         return self
@@ -111,3 +124,32 @@ class BuildContext:
             if key not in self._changes:
                 self._changes[key] = diff()
             return self._changes[key]
+
+    def wrote(
+        self, model: str, before: int, after: int, rows: WrittenRows, changed: Changes
+    ) -> None:
+        """Model ``model`` rewrote its table from ``before`` to ``after`` in the driver: a
+        later model of the build takes the changed rows from here instead of diffing the two
+        versions, and the new rows of the keys from :meth:`rows_written` instead of reading
+        the table."""
+        with self._lock:
+            self._changes[(model, before, after)] = changed
+            self._written[model] = rows
+
+    def rows_written(self, model: str, keys: pa.Array) -> pa.Table | None:
+        """The rows ``model`` wrote in this build for ``keys`` (values of its one-column key),
+        when they are all of its rows for those keys: it recomputed every one of them, and
+        its table is still at the version it wrote (pinned for this build)."""
+        written = self._written.get(model)
+        if written is None or self.pin("ref", model).version != written.version:
+            return None
+        recomputed = written.keys.column(0)
+        try:
+            wanted = keys.cast(recomputed.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        if not pc.all(pc.is_in(wanted, value_set=recomputed), min_count=0).as_py():
+            return None
+        name = written.keys.column_names[0]
+        rows = written.rows
+        return rows.filter(pc.is_in(rows.column(name), value_set=wanted))

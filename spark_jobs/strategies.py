@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 from capa.errors import ConfigError
 from capa.warehouse.base import META_DELETED
 from spark_jobs import parts
-from spark_jobs.context import BuildContext
-from spark_jobs.diff import spark_schema
+from spark_jobs.context import BuildContext, WrittenRows
+from spark_jobs.diff import keyed_rows_changed, rows_changed, spark_schema
 from spark_jobs.incremental import Changes, affected_keys, empty_version
 from spark_jobs.project import SIGN, Model, quote, render
 from spark_jobs.tables import PRESENT, count_rows, delta_ref, merge_sql, semi_join, split_by_keys
@@ -293,6 +293,7 @@ class Target:
         fresh = fresh.select(schema.names).cast(schema)
         whole = pa.concat_tables([self.split.outside, fresh])
         write_deltalake(str(self.run.target), whole, mode="overwrite")
+        self._hand_over(fresh, columns)
         count = self.found.num_rows
         return Written(
             "incremental",
@@ -302,6 +303,20 @@ class Target:
             replaced=self.split.inside,
             columns=columns,
         )
+
+    def _hand_over(self, fresh: pa.Table, columns: tuple[str, ...] | None) -> None:
+        """Tell the build context what this rewrite changed (:meth:`BuildContext.wrote`)."""
+        assert self.split is not None and self.run.before is not None
+        after = self.ctx.tables.version(self.run.target)
+        key = self.run.model.header.key
+        old = self.split.inside
+        changed = keyed_rows_changed(old, fresh, key, columns)
+        changed = rows_changed(old, fresh) if changed is None else changed
+        if after is None or changed is None:
+            return
+        keys = self.found.cast(pa.schema([fresh.schema.field(k) for k in key]))
+        rows = WrittenRows(after, keys, fresh)
+        self.ctx.wrote(self.run.model.name, self.run.before, after, rows, Changes(changed))
 
     def merge(self, recomputed: Any, keys: KeySet, columns: tuple[str, ...] | None) -> Written:
         """Spark MERGE: recomputed rows upserted, keys without a row deleted."""
@@ -345,10 +360,16 @@ def _keyed_resolver(ctx: BuildContext, model: Model, keys: KeySet) -> Callable[[
 
     def resolve(kind: str, name: str) -> str:
         expr = model.key_expression(name) if kind != "raw_history" else None
-        view = ctx.resolve(kind, name)
         if expr is None:
-            return view
+            return ctx.resolve(kind, name)
         keyed = f"capa_keyed__{model.name}__{name}"
+        own_key = ctx.project.models[name].header.key if kind == "ref" else ()
+        if own_key == (model.mapped_column(name),):  # the ref's rows of the key set ...
+            written = ctx.rows_written(name, keys.table.column(0))
+            if written is not None:  # ... as this build wrote them: no read of its table
+                ctx.handoff.frame(written).createOrReplaceTempView(keyed)
+                return quote(keyed)
+        view = ctx.resolve(kind, name)
         ctx.spark.sql(
             f"SELECT /*+ BROADCAST(k) */ v.* FROM {view} v LEFT SEMI JOIN "
             f"(SELECT {key} AS {_KEY} FROM {quote(keys.view())}) k ON ({expr}) = k.{_KEY}"
