@@ -159,7 +159,7 @@ def parse_args() -> argparse.Namespace:
         default="interleaved",
         help="'interleaved' (default): each timed round changes the orders, then times an "
         "incremental build and a full rebuild in turn; 'serve': all timed incremental builds "
-        "first with no full rebuild between them, as a served builder runs them, then "
+        "first with no full rebuild between them, as the serve mode runs them, then "
         "--warmup-rounds untimed and --rounds timed full rebuilds (the JIT of a JVM that "
         "only runs small builds differs, see docs/benchmarks.md)",
     )

@@ -1,9 +1,9 @@
 """A model's data-quality checks evaluated in Arrow, on a table the driver already holds.
 
-An incremental build that rewrites its target in the driver (``_replace_keys`` in
-:mod:`spark_jobs.build`) holds every row of the new version in memory. Its checks then cost
-milliseconds here instead of one Spark query, whose fixed cost (~0.5 s per model, measured) was
-a third of a small incremental build. The checks, their labels and failure counts are those of
+An incremental build that rewrites its target in the driver (``Target.rewrite`` in
+:mod:`spark_jobs.strategies`) holds every row of the new version in memory. Its checks then run
+here instead of as one Spark query, whose fixed cost per model is large against a small
+incremental build. The checks, their labels and failure counts are those of
 :mod:`spark_jobs.checks`: :func:`evaluate` over a whole table, :func:`evaluate_incremental`
 over what the Spark path's incremental checks read (the recomputed rows where that suffices,
 see :func:`spark_jobs.checks.incremental_checks`). Examples are the

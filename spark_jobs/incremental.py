@@ -14,8 +14,9 @@ of the replica: the build sees them once compacted, as a later version, like any
 For a model table (``ref``) the changed rows are the rows that differ between its two versions
 (whole-row comparison of the differing files; the change data feed as a fallback).
 
-Changed rows carry ``_capa_sign`` (+1 new row version, -1 replaced or removed one; the change
-data feed fallback has none), which additive models sum directly. Each model header maps every
+Changed rows carry the engine's ``_capa_sign`` column (+1 new row version, -1 replaced or
+removed one; the change data feed fallback has none); the additive strategy splits them by it
+(:mod:`spark_jobs.strategies`), model SQL never sees it. Each model header maps every
 input's changed rows to model keys (``incremental:``); a bare column mapping is read from the
 Arrow rows, any other runs as Spark SQL. ``None`` from :func:`input_changes` means "cannot
 tell, rebuild fully" (an input without a mapping, a vacuumed old version, a new input).
@@ -29,21 +30,23 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from capa.warehouse.base import META_EVENT_ID, META_INGESTED_AT
-from spark_jobs.diff import changed_rows, feed_rows, open_table, plain_files, spark_schema
+from spark_jobs.diff import changed_rows, feed_rows, plain_files, spark_schema
 from spark_jobs.project import SIGN, Model, quote
 from spark_jobs.state import InputMark, ModelState
+
+if TYPE_CHECKING:
+    from spark_jobs.context import BuildContext
 
 logger = logging.getLogger(__name__)
 _FEW = 50_000  # up to this many candidate rows are matched by value instead of a join
@@ -59,11 +62,12 @@ class InputSnapshot:
     version: int
 
 
-def read_version(spark: Any, path: str, version: int) -> Any:
-    """The table at ``version``: its Parquet files as listed by delta-rs, read by Spark with
-    the Delta schema (Spark's Delta reader replays the log of every new version first, ~0.5-1 s
-    per table and version); Spark's Delta reader when the version is not plain Parquet."""
-    found = plain_files(path, version)
+def read_version(spark: Any, table: Any, path: str, version: int) -> Any:
+    """The Delta table at ``path`` and ``version`` (``table``: that version opened with
+    delta-rs): its Parquet files, read by Spark with the Delta schema (Spark's Delta reader
+    would replay the log of every new version first); Spark's Delta reader when the version is
+    not plain Parquet."""
+    found = plain_files(table)
     if found is None:
         return spark.read.format("delta").option("versionAsOf", version).load(path)
     from pyspark.sql.types import StructType
@@ -75,20 +79,20 @@ def read_version(spark: Any, path: str, version: int) -> Any:
     return spark.read.schema(schema).parquet(*files)
 
 
-def empty_version(spark: Any, path: str, version: int) -> Any:
-    """No rows, in the schema of the table at ``version``: a local relation made from the
-    Delta schema (Spark lists no file and runs no Python worker; ``createDataFrame([])``
-    with a StructType costs ~0.25 s, measured)."""
-    schema = pa.schema(open_table(path, version).to_pyarrow_dataset().schema)
+def empty_version(spark: Any, table: Any) -> Any:
+    """No rows, in the schema of the opened Delta ``table``: a local relation made from the
+    Delta schema (Spark lists no file and runs no Python worker, unlike ``createDataFrame([])``
+    with a StructType)."""
+    schema = pa.schema(table.to_pyarrow_dataset().schema)
     return spark.createDataFrame(spark_schema(schema).empty_table())
 
 
 class Handoff:
     """Arrow tables handed to Spark as Parquet files in one folder (removed by :meth:`close`).
 
-    Cheaper than ``createDataFrame`` above a few thousand rows (0.3 s vs 1.1 s for 190k
-    orders, measured), and the planner knows the size (broadcast joins); a DataFrame made by
-    ``createDataFrame`` from Arrow has no size estimate.
+    Cheaper than ``createDataFrame`` above a few thousand rows, and the planner knows the size
+    (broadcast joins); a DataFrame made by ``createDataFrame`` from Arrow has no size
+    estimate.
     """
 
     def __init__(self, spark: Any, folder: Path) -> None:
@@ -103,8 +107,7 @@ class Handoff:
         path = self.folder / f"{os.getpid()}-{next(self._count)}"
         path.mkdir(parents=True)
         plain = table.cast(spark_schema(table.schema))
-        # read once, whole: no statistics or dictionaries (19k rows of 15 columns: 6 ms
-        # instead of 14 ms, and a smaller file, measured)
+        # read once, whole: statistics and dictionaries would only cost time
         pq.write_table(
             plain, path / "part-00000.parquet", use_dictionary=False, write_statistics=False
         )
@@ -144,45 +147,23 @@ class Changes:
         return self._frame
 
 
-class ChangeCache:
-    """The changed rows per (input, old version, new version) for one build: each pair is
-    diffed once, also when models building in parallel threads ask for it at the same time."""
-
-    def __init__(self) -> None:
-        self._rows: dict[tuple[str, int, int], Changes] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int, int], compute: Callable[[], Changes]) -> Changes:
-        with self._lock:  # diffs take 0.01-0.05 s: one at a time costs nothing measurable
-            if key not in self._rows:
-                self._rows[key] = compute()
-            return self._rows[key]
-
-    def put(self, key: tuple[str, int, int], changes: Changes) -> None:
-        with self._lock:
-            self._rows[key] = changes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-
-
-def changed_raw_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Changes:
+def changed_raw_rows(ctx: BuildContext, snap: InputSnapshot, mark: InputMark) -> Changes:
     """Rows written since the last build plus the row versions they replaced, signed.
 
     From the replica's change data feed (capa creates replicas with one); else from the data
     files that differ between the two versions, by ``_capa_event_id`` (both in the driver,
     :mod:`spark_jobs.diff`); with Spark when delta-rs cannot read the table.
     """
-    rows = feed_rows(snap.path, mark.version, snap.version, META_EVENT_ID)
+    versions = (snap.path, mark.version, snap.version)
+    rows = feed_rows(*versions, META_EVENT_ID, ctx.tables)
     if rows is None:
-        rows = changed_rows(snap.path, mark.version, snap.version, [META_EVENT_ID])
+        rows = changed_rows(*versions, [META_EVENT_ID], ctx.tables)
     if rows is not None:
         return Changes(rows)
-    return Changes(changed_raw_rows_spark(spark, snap, mark).localCheckpoint(eager=True))
+    return Changes(changed_raw_rows_spark(ctx, snap, mark).localCheckpoint(eager=True))
 
 
-def changed_raw_rows_spark(spark: Any, snap: InputSnapshot, mark: InputMark) -> Any:
+def changed_raw_rows_spark(ctx: BuildContext, snap: InputSnapshot, mark: InputMark) -> Any:
     """Rows written since the last build (sign +1) plus the row versions they replaced (-1),
     with Spark.
 
@@ -192,8 +173,8 @@ def changed_raw_rows_spark(spark: Any, snap: InputSnapshot, mark: InputMark) -> 
     """
     from pyspark.sql import functions as F
 
-    current = read_version(spark, snap.path, snap.version)
-    old = read_version(spark, snap.path, mark.version)
+    current = ctx.read(snap.path, snap.version)
+    old = ctx.read(snap.path, mark.version)
     candidates = current
     if mark.max_ingested_at is not None:
         since = datetime.fromisoformat(mark.max_ingested_at)
@@ -216,17 +197,19 @@ def _not_in(candidates: Any, old: Any) -> Any:
     return candidates.join(F.broadcast(seen), on=META_EVENT_ID, how="left_anti")
 
 
-def changed_ref_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Changes:
+def changed_ref_rows(ctx: BuildContext, snap: InputSnapshot, mark: InputMark) -> Changes:
     """Rows of a model table that differ between the versions (old and new values).
 
-    By whole-row comparison of the files that differ (an overwrite that kept most rows as
-    they were yields just the changed ones); from the change data feed otherwise (unsigned).
+    By comparison of the rows of the files that differ, paired by the model's key (an
+    overwrite that kept most rows as they were yields just the changed ones); from the change
+    data feed otherwise (unsigned).
     """
-    rows = changed_rows(snap.path, mark.version, snap.version, None)
+    key = ctx.project.models[snap.name].header.key
+    rows = changed_rows(snap.path, mark.version, snap.version, None, ctx.tables, key)
     if rows is not None:
         return Changes(rows)
     return Changes(
-        spark.read.format("delta")
+        ctx.spark.read.format("delta")
         .option("readChangeFeed", "true")
         .option("startingVersion", mark.version + 1)
         .option("endingVersion", snap.version)
@@ -235,26 +218,18 @@ def changed_ref_rows(spark: Any, snap: InputSnapshot, mark: InputMark) -> Change
     )
 
 
-_CHANGED_ROWS: dict[str, Callable[[Any, InputSnapshot, InputMark], Changes]] = {
+_CHANGED_ROWS: dict[str, Callable[[BuildContext, InputSnapshot, InputMark], Changes]] = {
     "raw": changed_raw_rows,
     "ref": changed_ref_rows,
 }
 
 
 def input_changes(
-    spark: Any,
-    model: Model,
-    snaps: dict[str, InputSnapshot],
-    state: ModelState,
-    cache: ChangeCache | None = None,
+    ctx: BuildContext, model: Model, snaps: dict[str, InputSnapshot], state: ModelState
 ) -> dict[str, Changes] | None:
     """The changed rows of every input that changed since the last build, or None when a
     full build is needed (an input new to the state or without a mapping, a failed diff).
-
-    ``cache`` keeps the changed rows per input and version pair, so models of one build that
-    read the same input diff it once.
-    """
-    cache = ChangeCache() if cache is None else cache
+    Each input and version pair is diffed once per build (:meth:`BuildContext.changes`)."""
     out = {}
     for name, snap in snaps.items():
         mark = state.inputs.get(name)
@@ -267,17 +242,17 @@ def input_changes(
             logger.info("%s: %s changed and has no incremental mapping: full", model.name, name)
             return None
         try:
-            diff = functools.partial(_diffed, spark, snap, mark)
-            out[name] = cache.get((name, mark.version, snap.version), diff)
+            diff = functools.partial(_diffed, ctx, snap, mark)
+            out[name] = ctx.changes((name, mark.version, snap.version), diff)
         except Exception as exc:  # vacuumed version, CDF not enabled ...: rebuild instead
             logger.warning("%s: cannot diff %s (%s): full rebuild", model.name, name, exc)
             return None
     return out
 
 
-def _diffed(spark: Any, snap: InputSnapshot, mark: InputMark) -> Changes:
+def _diffed(ctx: BuildContext, snap: InputSnapshot, mark: InputMark) -> Changes:
     started = time.monotonic()
-    changes = _CHANGED_ROWS[snap.kind](spark, snap, mark)
+    changes = _CHANGED_ROWS[snap.kind](ctx, snap, mark)
     logger.info("%s: changes diffed in %.1fs", snap.name, time.monotonic() - started)
     return changes
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from capa.errors import ConfigError, WarehouseTerminalError, WarehouseTransientError
 from capa.warehouse.base import META_DELETED
-from spark_jobs.project import SIGN, Model, Project, quote
+from spark_jobs.project import Model, Project, quote
 
 logger = logging.getLogger(__name__)
 
@@ -240,17 +240,6 @@ class BigQueryModelBuilder:
             self._views.add(view)
         return quote(view)
 
-    def resolve_signed(self, kind: str, name: str) -> str:
-        """:meth:`resolve` plus ``_capa_sign`` = 1 per row, for additive models' sums."""
-        from pyspark.sql import functions as F
-
-        plain = self.resolve(kind, name)
-        view = f"capa_bq_{kind}_signed__{name}"
-        if kind != "raw_history" and view not in self._views:
-            self.spark.table(plain).withColumn(SIGN, F.lit(1)).createOrReplaceTempView(view)
-            self._views.add(view)
-        return plain if kind == "raw_history" else quote(view)
-
     def resolve_table(self, name: str, project: Project) -> str:
         return self.resolve("ref" if name in project.models else "raw", name)
 
@@ -274,8 +263,7 @@ class BigQueryModelBuilder:
         started = time.monotonic()
         # persisted, not checkpointed: executors of a Dataproc batch come and go (dynamic
         # allocation), and lost blocks must be recomputable from their lineage.
-        resolve = self.resolve_signed if model.header.additive is not None else self.resolve
-        df = self.spark.sql(model.render(resolve)).persist()
+        df = self.spark.sql(model.render(self.resolve)).persist()
         rows = int(df.count())
         view = f"capa_bq_check__{model.name}"
         df.createOrReplaceTempView(view)

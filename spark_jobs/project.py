@@ -5,10 +5,10 @@ A model is ``spark_jobs/models/<name>.sql``: a leading ``--`` comment block whos
 Inside the SQL, ``{{ raw('f2_public_orders') }}`` names a raw replica (current rows, deletes
 hidden) and ``{{ ref('customer_360') }}`` another model; dependency order comes from the refs.
 Inside an ``incremental`` mapping query, ``{{ rows }}`` names the changed input rows and
-``{{ raw_history('t') }}`` the raw table including tombstones. Every ``raw``/``ref`` relation
-has a column ``_capa_sign`` (1 per row); a model declaring ``additive:`` writes its sums with
-it (``SUM(_capa_sign)``, ``SUM(_capa_sign * amount)``) so that the same SQL over signed changed
-rows gives the change per key (see :class:`Additive`).
+``{{ raw_history('t') }}`` the raw table including tombstones. The header also chooses how the
+model is rebuilt when its inputs change (:attr:`ModelHeader.strategy`, the names of
+:data:`spark_jobs.strategies.STRATEGIES`). Model SQL is plain Spark SQL over the inputs' own
+columns; the engine's columns (``_capa_sign`` on changed rows) never reach it.
 
 This module is pure Python (pydantic + yaml): Airflow and the unit tests import it without Spark.
 """
@@ -32,7 +32,7 @@ _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CALL = re.compile(r"\{\{\s*(raw|ref|raw_history)\(\s*'([^']*)'\s*\)\s*\}\}")
 _ROWS = re.compile(r"\{\{\s*rows\s*\}\}")
 _ANY_TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
-SIGN = "_capa_sign"  # +1 / -1 per input row of an additive model (1 in full builds)
+SIGN = "_capa_sign"  # on changed input rows: +1 new row version, -1 replaced or removed one
 
 
 class Relationship(BaseModel):
@@ -66,14 +66,13 @@ class Checks(BaseModel):
 
 
 class Additive(BaseModel):
-    """``additive:`` of a model header: the model is maintained as target + signed delta.
+    """``additive:`` of a model header: the model is maintained as current rows + change.
 
-    Every non-key output column must be a sum over input rows written with the sign column
-    ``_capa_sign`` (``SUM(_capa_sign)`` for a count, ``SUM(_capa_sign * x)`` for a sum; any
-    expression that is linear in the input rows). In a full build every input row has sign 1,
-    so the SQL gives the ordinary result. In an incremental build the inputs are only their
-    changed rows: the new row versions with sign +1 and the replaced / deleted ones with -1,
-    and the output of the same SQL is the change per key, added to the current row.
+    Every non-key output column must be a sum over input rows (``COUNT(*)``, ``SUM(x)``, and
+    sums or COALESCEs to 0 of those): then the column over the new input rows is the column
+    over the old rows, plus the model's SQL over the rows added since, minus the same SQL over
+    the rows removed since, and an incremental build reads only the changed rows (see
+    :class:`spark_jobs.strategies.Additive`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -101,6 +100,14 @@ class ModelHeader(BaseModel):
         description="Maintain by signed sums instead of recomputing keys (see Additive); "
         "the incremental mappings still name the keys for checks and fallbacks.",
     )
+
+    @property
+    def strategy(self) -> str:
+        """How an incremental build rebuilds the model: ``additive`` (an ``additive:``
+        block), ``keyed`` (``incremental:`` mappings), else ``full``."""
+        if self.additive is not None:
+            return "additive"
+        return "keyed" if self.incremental else "full"
 
     @field_validator("key")
     @classmethod

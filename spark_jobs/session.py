@@ -46,7 +46,7 @@ SPARK_CONF: dict[str, str] = {
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     # Generated code is cached per query shape; the default 100 entries are too few for one
     # session that builds every model fully and incrementally (the serve mode, notebooks):
-    # each build recompiled ~30 classes (~0.3 s of Janino plus the JIT's work, measured).
+    # each build would compile its query classes again.
     "spark.sql.codegen.cache.maxEntries": "2000",
 }
 

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_jobs.diff import open_table
 from spark_jobs.project import quote
 
 PRESENT = "__capa_present"  # set on the source rows of a MERGE; a key without one is deleted
 
 
-def count_rows(path: Path, version: int | None = None) -> int:
-    """Rows of the table (at ``version``, else its latest version)."""
-    from deltalake import DeltaTable
-
-    table = DeltaTable(str(path)) if version is None else open_table(str(path), version)
+def count_rows(table: Any) -> int:
+    """Rows of an opened Delta table (from its file statistics when they have them)."""
     return int(table.to_pyarrow_dataset().count_rows())
 
 
@@ -50,7 +47,7 @@ def semi_join(rows: pa.Table, keys: pa.Table) -> pa.Table:
     """``rows`` whose key (the columns of ``keys``) is in ``keys``."""
     if not keys.num_rows or not rows.num_rows:
         return rows.schema.empty_table()
-    if keys.num_columns == 1:  # a hash-set lookup: ~5x cheaper than a join, measured
+    if keys.num_columns == 1:  # a hash-set lookup: cheaper than a join
         return rows.filter(_in_keys(rows, keys))
     return rows.join(keys, keys.column_names, join_type="left semi").select(rows.column_names)
 

@@ -3,8 +3,7 @@
 -- "Open" orders are the ones not cancelled (status NULL counts as open). active_days counts
 -- the distinct order dates as SIZE(COLLECT_SET(...)), which equals COUNT(DISTINCT ...) (both
 -- skip NULLs) in one aggregation pass: COUNT(DISTINCT) beside other aggregates makes Spark
--- expand every row and aggregate twice (0.65-0.8 s against 0.40-0.45 s for the keyed
--- recompute of 19k customers over 1M orders, measured).
+-- expand every row and aggregate twice.
 -- capa:
 --   key: [customer_id]
 --   incremental:

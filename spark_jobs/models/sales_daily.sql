@@ -1,6 +1,6 @@
 -- Daily sales across sources: F2 orders (not cancelled) and F3 invoices, per UTC day.
--- Additive: every column is a sum of _capa_sign (1 per current row in a full build; +1 / -1
--- per new / replaced row version in an incremental one), so a build adds the change per day.
+-- Additive: every column is a count or a sum over input rows, so an incremental build adds the
+-- day's sums over the rows added since the last build and subtracts those over the rows removed.
 -- capa:
 --   key: [sales_date]
 --   incremental:
@@ -12,15 +12,15 @@
 --     not_null: [sales_date, orders, order_amount, invoices, invoice_amount, total_amount]
 --     unique: [sales_date]
 WITH orders AS (
-  SELECT CAST(ordered_at AS DATE) AS sales_date, SUM(_capa_sign) AS orders,
-         SUM(CAST(_capa_sign * amount AS DECIMAL(18, 2))) AS order_amount
+  SELECT CAST(ordered_at AS DATE) AS sales_date, COUNT(*) AS orders,
+         SUM(CAST(amount AS DECIMAL(18, 2))) AS order_amount
   FROM {{ raw('f2_public_orders') }}
   WHERE ordered_at IS NOT NULL AND (status IS NULL OR status <> 'cancelled')
   GROUP BY CAST(ordered_at AS DATE)
 ),
 invoices AS (
-  SELECT CAST(issued_at AS DATE) AS sales_date, SUM(_capa_sign) AS invoices,
-         SUM(CAST(_capa_sign * amount AS DECIMAL(18, 2))) AS invoice_amount
+  SELECT CAST(issued_at AS DATE) AS sales_date, COUNT(*) AS invoices,
+         SUM(CAST(amount AS DECIMAL(18, 2))) AS invoice_amount
   FROM {{ raw('f3_dbo_invoices') }}
   WHERE issued_at IS NOT NULL
   GROUP BY CAST(issued_at AS DATE)

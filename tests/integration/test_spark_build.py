@@ -251,14 +251,13 @@ def test_only_the_columns_of_changed_parts_are_recomputed(
         assert_same_tables(inc, full)
 
 
-def test_a_served_builder_reuses_its_written_tables_only_while_they_are_unchanged(
+def test_a_served_build_reads_tables_made_again_to_the_same_versions_anew(
     spark_server: SparkServer, tmp_path: Path
 ) -> None:
-    """The serve mode keeps one builder per lakehouse, and a builder keeps the small tables it
-    wrote for its next incremental build. Here the kept version goes stale: the consumption
-    folder is removed and built again (by full builds, which keep nothing) up to the same
-    version numbers, from other input. The next incremental build must read the new tables,
-    not the kept rows of the old ones: it still equals a full build."""
+    """One serve process runs many builds, each with its own build context: nothing one build
+    read or wrote may leak into the next. Here the consumption folder is removed and built
+    again up to the same version numbers, from other input. The next incremental build must
+    read the new tables, not anything of the old ones: it still equals a full build."""
     lake = sample.seed(tmp_path / "lh", customers=40, orders=200, invoices=80)
     inc, full = tmp_path / "incremental", tmp_path / "full"
     ok(spark_server.build(lake.root, inc), spark_server)  # version 0, full

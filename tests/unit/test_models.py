@@ -139,12 +139,37 @@ def test_key_expression_only_for_plain_single_key_mappings() -> None:
 def test_additive_header_and_bare_column_mappings(tmp_path: Path) -> None:
     sales = load_project().models["sales_daily"]
     assert sales.header.additive is not None and sales.header.additive.exists
-    assert "_capa_sign" in sales.sql
+    assert "_capa_sign" not in sales.sql  # the additive strategy splits changed rows by sign
+    assert sales.header.strategy == "additive"
     assert sales.mapped_column("f2_public_orders") is None  # an expression, not a column
     c360 = load_project().models["customer_360"]
-    assert c360.header.additive is None
+    assert c360.header.additive is None and c360.header.strategy == "keyed"
     assert c360.mapped_column("customer_orders") == "customer_id"
     assert c360.mapped_column("crm_crm_contacts") is None  # a SELECT over {{ rows }}
+    plain = parse_model_text("SELECT 1 AS customer_id FROM {{ raw('t1') }}")
+    assert plain.header.strategy == "full"  # no mapping: any change rebuilds it
+    from spark_jobs.strategies import STRATEGIES
+
+    assert {"full", "keyed", "additive"} == set(STRATEGIES)
     bad = HEADER.replace("--   checks:", "--   additive: {}\n--   checks:")
     with pytest.raises(ConfigError, match="exists"):
         parse_model(write(tmp_path, "m", bad))
+
+
+def test_additive_sql_is_weighted_by_the_engine_sign_and_other_aggregates_are_refused() -> None:
+    from spark_jobs.strategies import signed_sql
+
+    sales = signed_sql(load_project().models["sales_daily"])
+    assert "SUM(_capa_sign) AS orders" in sales
+    assert "SUM((CAST(amount AS DECIMAL(18, 2))) * _capa_sign) AS order_amount" in sales
+    assert "COUNT(" not in sales and "{{ raw('f2_public_orders') }}" in sales
+    counted = parse_model_text("SELECT k AS customer_id, COUNT(x) AS n FROM {{ raw('t1') }}")
+    assert "SUM(IF((x) IS NULL, 0, _capa_sign)) AS n" in signed_sql(counted)
+    for bad in (
+        "SELECT k AS customer_id, MAX(x) AS m FROM {{ raw('t1') }} GROUP BY k",
+        "SELECT k AS customer_id, COUNT(DISTINCT x) AS m FROM {{ raw('t1') }} GROUP BY k",
+        "SELECT a.k AS customer_id, SUM(b.x) AS m FROM {{ raw('t1') }} a "
+        "JOIN {{ raw('t2') }} b ON a.k = b.k GROUP BY a.k",
+    ):
+        with pytest.raises(ConfigError, match="is additive, but"):
+            signed_sql(parse_model_text(bad))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
 from spark_jobs.checks import model_checks
 from spark_jobs.project import SIGN, load_project
 from spark_jobs.state import InputMark, ModelState, load_state, save_state
@@ -191,6 +193,38 @@ def test_diff_by_whole_row_ignores_rewritten_but_equal_rows(tmp_path: Path) -> N
     ]
 
 
+def test_diff_by_key_equals_the_whole_row_diff(tmp_path: Path) -> None:
+    """A model table's versions are each unique on its key: pairing rows by key gives what
+    the whole-row comparison gives."""
+    from spark_jobs.diff import changed_rows
+
+    path = tmp_path / "model"
+    before = [{"id": i, "v": None if i == 1 else f"a{i}", "_capa_event_id": None} for i in range(6)]
+    _replica(path, before)
+    after = [dict(r) for r in before if r["id"] != 4] + [
+        {"id": 9, "v": "n", "_capa_event_id": None}
+    ]
+    after[1]["v"] = "was null"
+    _replica(path, after)
+    by_key = changed_rows(str(path), 0, 1, None, key=["id"])
+    whole = changed_rows(str(path), 0, 1, None)
+    assert by_key is not None and whole is not None
+
+    def signed(rows: pa.Table) -> list[tuple[object, ...]]:
+        return sorted((r["id"], str(r["v"]), r[SIGN]) for r in rows.to_pylist())
+
+    assert (
+        signed(by_key)
+        == signed(whole)
+        == [
+            (1, "None", -1),
+            (1, "was null", 1),
+            (4, "a4", -1),
+            (9, "n", 1),
+        ]
+    )
+
+
 def _arrow(rows: list[dict[str, object]]) -> object:
     import pyarrow as pa
 
@@ -274,25 +308,25 @@ def test_delta_version_follows_new_commits_and_a_table_made_again(tmp_path: Path
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from spark_jobs.diff import delta_version, forget_tables, latest_files
+    from spark_jobs.diff import DeltaTables
 
+    tables = DeltaTables()  # one build's handles
     path = tmp_path / "t"
-    assert delta_version(path) is None
+    assert tables.version(path) is None
     rows = pa.table({"k": [1, 2]})
     write_deltalake(str(path), rows)
-    assert delta_version(path) == 0
+    assert tables.version(path) == 0
     write_deltalake(str(path), rows, mode="append")
     write_deltalake(str(path), rows, mode="append")
-    assert delta_version(path) == 2  # the kept handle reads the new commits
-    assert len(latest_files(path) or []) == 3
+    assert tables.version(path) == 2  # the kept handle reads the new commits
+    assert len(tables.at(path, 2).file_uris()) == 3
     shutil.rmtree(path)
     write_deltalake(str(path), rows)
-    forget_tables(path)  # what the builder does after removing a table
-    assert delta_version(path) == 0
-    assert len(latest_files(path) or []) == 1
+    tables.forget(path)  # what the builder does after removing a table
+    assert tables.version(path) == 0
+    assert len(tables.at(path, 0).file_uris()) == 1
     shutil.rmtree(path)
-    forget_tables()  # what every build does first
-    assert delta_version(path) is None
+    assert DeltaTables().version(path) is None  # the next build's handles
 
 
 def test_keyed_diff_compares_only_the_recomputed_columns_when_told() -> None:
