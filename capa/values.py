@@ -15,8 +15,8 @@ timestamp ``infinity`` / after 9999             ``TIMESTAMP_MAX`` = 9999-12-31 2
 timestamp ``-infinity`` / BC                    ``TIMESTAMP_MIN`` = 0001-01-01 00:00:00
 timestamptz: the same instants, in UTC          ``TIMESTAMPTZ_MAX`` / ``TIMESTAMPTZ_MIN``
 real / double ``NaN``, ``Infinity``             the same IEEE float (every store holds them)
-numeric ``NaN``, ``Infinity``, ``-Infinity``    NULL (no DECIMAL type has them; the normaliser
-                                                logs once per column, see ``docs/type-mapping.md``)
+numeric ``NaN``, ``Infinity``, ``-Infinity``    NULL (no DECIMAL type has them; Debezium's
+                                                precise mode already sends NULL)
 ==============================================  ==============================================
 
 So ``infinity`` and 9999-12-31 are one value in the replica: a query that treats the

@@ -207,7 +207,7 @@ _COLUMNS_SQL = """
       JOIN pg_type t ON t.oid = a.atttypid
       JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
       LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
-     WHERE a.attrelid = format('%%I.%%I', %s, %s)::regclass
+     WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass
        AND a.attnum > 0 AND NOT a.attisdropped
      ORDER BY a.attnum
 """

@@ -469,6 +469,7 @@ HINT_CONVERTERS: dict[str, Converter] = {
     "bytes": to_bytes,
     "interval": iso_duration,
     "string": to_str,
+    "unknown_text": bytes_text,  # a type without a Debezium converter, schemaless
 }
 _HINT_DECIMAL = re.compile(r"^(?:decimal|numeric)\((?:\d+\s*,\s*)?(\d+)\)$")
 

@@ -495,12 +495,12 @@ def _comparable(event: ChangeEvent) -> dict[str, Any]:
     return {k: data[k] for k in ("op", "key", "after", "unchanged", "kinds", "columns")}
 
 
-def _check_golden(events: list[ChangeEvent]) -> None:
+def _check_golden(events: list[ChangeEvent], path: Path = GOLDEN) -> None:
     """The canonical events equal the golden file (positions/times vary per run)."""
     if WRITE_GOLDEN:
         lines = [json.dumps(event_to_json(e), ensure_ascii=False, sort_keys=True) for e in events]
-        GOLDEN.write_text("\n".join(lines) + "\n")
-    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+        path.write_text("\n".join(lines) + "\n")
+    golden = [json.loads(line) for line in path.read_text().splitlines()]
     keys = ("op", "key", "after", "unchanged", "kinds", "columns")
     got = [json.dumps(_comparable(e), sort_keys=True) for e in events]
     assert got == [json.dumps({k: g[k] for k in keys}, sort_keys=True) for g in golden]

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 from service_support import drop_capture
-from test_fidelity_postgres import Fidelity
+from test_fidelity_postgres import GOLDEN, Fidelity, _check_golden
 
 from capa.config import CapaSettings
 from capa.values import (
@@ -294,6 +294,7 @@ def test_special_values_and_unknown_types_replicate_whole(special: Fidelity) -> 
     assert [e.key["id"] for e in events] == [1, 2, 3, 4, 5]
     assert not special.dead_letters()
     assert {c.name: c.source_type for c in events[0].columns}["c_box"] == "box"
+    _check_golden(events, GOLDEN.with_name("postgres_special_events.jsonl"))
 
     warehouse = open_warehouse(f"local:{special.warehouse}")
     warehouse.apply(events)

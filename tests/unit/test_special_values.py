@@ -40,7 +40,7 @@ from capa.verify_source import (
     pg_timetz,
 )
 from connectors.debezium.normalizer import DebeziumNormalizer
-from connectors.debezium.values import field_converter
+from connectors.debezium.values import field_converter, hint_converter
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "fidelity"
 SPECIAL = CASES / "debezium_pg15_special_values.jsonl"
@@ -215,6 +215,10 @@ def test_bytea_with_its_source_type_stays_bytes() -> None:
     }
     assert field_converter(bytea)("AP8=") == b"\x00\xff"
     assert field_converter({"type": "bytes", "field": "b"})("AP8=") == b"\x00\xff"
+
+
+def test_unknown_text_hint_for_schemaless_input() -> None:
+    assert hint_converter("unknown_text")("KDMuMCw0LjApLCgxLjAsMi4wKQ==") == "(3.0,4.0),(1.0,2.0)"
 
 
 def test_debezium_arrays_of_special_values() -> None:
