@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import struct
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
@@ -103,8 +104,30 @@ _BOUNDS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def is_special_decimal(value: Decimal) -> bool:
-    return not value.is_finite()
+def float32_value(value: float) -> float:
+    """A ``real`` (IEEE float32) as the float64 of its shortest round-trip decimal text.
+
+    That is the text PostgreSQL prints; sources send other texts of the same float32 (Java's
+    ``Float.toString`` gives ``-1.17549435E-38`` for ``-1.1754944e-38``; Avro readers give
+    ``0.10000000149011612`` for ``0.1``), so every path maps to this one value.
+    """
+    if not math.isfinite(value):
+        return value
+    single = _as_float32(value)
+    if single is None:  # beyond float32: not a real; keep what was sent
+        return value
+    for digits in range(1, 10):
+        text = f"{single:.{digits}g}"
+        if _as_float32(float(text)) == single:
+            return float(text)
+    return single
+
+
+def _as_float32(value: float) -> float | None:
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:  # a rounded text just past the float32 maximum
+        return None
 
 
 def iso_duration_text(micros: int) -> str:

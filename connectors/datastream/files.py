@@ -210,6 +210,8 @@ def _field_hint(kind: Any) -> str:
     if _has_json_logical(kind):
         return "json"
     logical = _non_null(kind)
+    if logical == "float":  # a real: canonicalised as on every path (capa.values)
+        return "float32"
     if isinstance(logical, Mapping) and logical.get("logicalType") in TEMPORAL_LOGICAL:
         return str(logical["logicalType"])
     return ""

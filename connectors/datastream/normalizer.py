@@ -30,7 +30,7 @@ from capa.codec import datetime_to_us, to_json_value
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind
 from capa.position import pg_position
-from capa.values import date_from_days, timestamp_from_us
+from capa.values import date_from_days, float32_value, timestamp_from_us
 from connectors.base import Skip, checked_ts_us, event_id_for
 
 _BACKFILL = "postgresql-backfill"
@@ -201,6 +201,8 @@ def _value(value: Any, hint: str | None, depth: int) -> Any:
         return Json(value)
     if type(value) is int and hint in _TEMPORAL:
         return _TEMPORAL[hint](value)
+    if hint == "float32" and type(value) is float:
+        return float32_value(value)
     if isinstance(value, dict):
         return _mapping_value(value, hint, depth)
     if isinstance(value, list):

@@ -42,6 +42,7 @@ from capa.errors import DecodeError
 from capa.events import Json
 from capa.values import (
     date_from_days,
+    float32_value,
     infinity_sign,
     iso_duration_text,
     saturated,
@@ -91,6 +92,11 @@ def to_float(value: Any) -> float:
     if value in ("NaN", "Infinity", "-Infinity"):
         return float(value)
     raise _bad(value, "floating-point number")
+
+
+def to_float32(value: Any) -> float:
+    """A Connect ``float`` (PostgreSQL real, SQL Server real): see capa.values.float32_value."""
+    return float32_value(to_float(value))
 
 
 def to_bool(value: Any) -> bool:
@@ -330,8 +336,8 @@ PRIMITIVE: dict[str, Converter] = {
     "int16": to_int,
     "int32": to_int,
     "int64": to_int,
-    "float": to_float,
-    "float32": to_float,
+    "float": to_float32,
+    "float32": to_float32,
     "double": to_float,
     "float64": to_float,
     "boolean": to_bool,

@@ -10,7 +10,7 @@ text-search types, bit strings, network types, money, arrays of them, domains an
 Each special cell is checked against the documented canonical value (``capa.values``,
 docs/type-mapping.md), every column must exist in raw (none vanishes), and ``capa verify``
 (the oracle, same comparison rule) must find every row equal except the one the matrix
-documents as not exact (a BC date: Debezium drops the era), which it must name by key and
+documents as not exact (4713 BC: Debezium sends it as 4713 AD), which it must name by key and
 column - and the ``capa verify`` command must print that.
 """
 
@@ -156,8 +156,8 @@ SPECIAL_ROWS: dict[int, dict[str, Any]] = {
         "c_numr": "empty",
         "c_date_arr": "{5874897-12-31}",
     },
-    4: {  # BC: timestamps saturate; the date arrives as the same year AD (documented)
-        "c_date": "0044-03-15 BC",
+    4: {  # BC: timestamps saturate; 4713 BC arrives as 4713 AD (documented)
+        "c_date": "4713-01-01 BC",
         "c_ts": "4713-01-01 00:00:00 BC",
         "c_tstz": "4713-01-01 00:00:00+00 BC",
         "c_real": "0",
@@ -169,7 +169,7 @@ SPECIAL_ROWS: dict[int, dict[str, Any]] = {
         "c_tstzr": "[2020-01-01 00:00:00+00,2021-01-01 00:00:00+00)",
         "c_dr": "[2020-01-01,2021-01-01)",
         "c_numr": "[1,2)",
-        "c_date_arr": "{0001-01-01,9999-12-31}",
+        "c_date_arr": "{0044-03-15 BC,0001-01-01,9999-12-31}",
     },
 }
 INF = float("inf")
@@ -206,10 +206,11 @@ EXPECTED_RAW: dict[int, dict[str, Any]] = {  # the documented canonical values (
         "c_date_arr": [DATE_MAX],
     },
     4: {
-        "c_date": date(44, 3, 15),  # NOT exact: Debezium drops the era of a BC date
+        "c_date": date(4713, 1, 1),  # NOT exact: Debezium sends 4713 BC as 4713 AD
         "c_ts": TIMESTAMP_MIN,
         "c_tstz": TIMESTAMPTZ_MIN,
-        "c_date_arr": [date(1, 1, 1), date(9999, 12, 31)],
+        # 44 BC arrives before year 1 and saturates (measured; Debezium is not consistent)
+        "c_date_arr": [DATE_MIN, date(1, 1, 1), date(9999, 12, 31)],
     },
 }
 

@@ -94,7 +94,7 @@ ROWS = [
     (1, 2_147_483_647, TS_POS, TS_POS, math.nan, math.inf),
     (2, -2_147_483_648, -TS_POS, -TS_POS, -math.inf, -math.inf),
     (3, 999_999_999, 9_223_372_036_854_775_807, 9_223_372_036_854_775_807, math.inf, math.nan),
-    (4, 19_000, 1_700_000_000_000_000, 1_700_000_000_000_000, 0.5, 0.25),
+    (4, 19_000, 1_700_000_000_000_000, 1_700_000_000_000_000, 0.5, 0.1),
 ]
 
 
@@ -149,3 +149,4 @@ def test_datastream_float_specials_are_kept() -> None:
     rows = _events()
     assert comparable(rows[1]["c_double"]) == "NaN" and rows[1]["c_real"] == math.inf
     assert rows[2]["c_double"] == -math.inf and math.isnan(rows[3]["c_real"])
+    assert rows[4]["c_real"] == 0.1  # the float32 as its shortest text, as from Debezium

@@ -25,6 +25,7 @@ from capa.values import (
     TIMESTAMPTZ_MAX,
     TIMESTAMPTZ_MIN,
     comparable,
+    float32_value,
 )
 from capa.verify import differing_columns
 from capa.verify_source import (
@@ -84,6 +85,13 @@ def test_pg_numeric_specials_are_null_and_floats_keep_theirs() -> None:
     assert pg_numeric("43.750") == Decimal("43.750")
     assert math.isnan(float("NaN")) and comparable(float("NaN")) == comparable(float("nan"))
     assert comparable(float("inf")) == "Infinity" != comparable(float("-inf"))
+
+
+def test_real_is_the_float64_of_its_shortest_float32_text() -> None:
+    assert float32_value(-1.17549435e-38) == -1.1754944e-38  # Java's Float.toString text
+    assert float32_value(0.10000000149011612) == 0.1  # an Avro reader's float
+    assert float32_value(3.4028235e38) == 3.4028235e38
+    assert math.isnan(float32_value(math.nan)) and float32_value(math.inf) == math.inf
 
 
 def test_pg_time_kinds() -> None:
