@@ -29,6 +29,8 @@ from capa.values import (
 )
 from capa.verify import differing_columns
 from capa.verify_source import (
+    SourceColumn,
+    column_reader,
     java_double,
     pg_bits,
     pg_date,
@@ -39,6 +41,7 @@ from capa.verify_source import (
     pg_timestamp,
     pg_timestamptz,
     pg_timetz,
+    reader,
 )
 from connectors.debezium.normalizer import DebeziumNormalizer
 from connectors.debezium.values import field_converter, hint_converter
@@ -131,6 +134,18 @@ def test_geometric_text_is_the_jdbc_drivers() -> None:
     assert pg_point("(1.5,2.5)") == Json(
         '{"x":1.5,"y":2.5,"wkb":"AQEAAAAAAAAAAAD4PwAAAAAAAARA","srid":null}'
     )
+
+
+def test_each_source_type_gets_its_reader() -> None:
+    assert reader("bit", "b", 1)[0] == "({c} = B'1')"  # Debezium's boolean for bit(1)
+    assert reader("bit", "b", 10)[1] is pg_bits
+    assert reader("int4", "b")[0] == "{c}" and reader("uuid", "b")[0] == "{c}"
+    assert reader("int4range", "r")[0].startswith("CASE") and reader("mood", "e")[1] is str
+    template, parse = column_reader(SourceColumn("a", "_box", "b", "box", "b", -1))
+    assert "unnest" in template
+    assert parse(["(3,4),(1,2)", None]) == ["(3.0,4.0),(1.0,2.0)", None]
+    template, parse = column_reader(SourceColumn("a", "_date", "b", "date", "b", -1))
+    assert parse(["infinity", "2020-01-01"]) == [DATE_MAX, date(2020, 1, 1)]
 
 
 def test_comparable_is_one_rule_for_numbers_times_and_bytes() -> None:
