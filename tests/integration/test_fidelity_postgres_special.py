@@ -221,7 +221,8 @@ def special(
     capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path
 ) -> Iterator[Fidelity]:
     suffix = uuid.uuid4().hex[:8]
-    schema, table = f"fidsv_{suffix}", f"sv_{suffix}"
+    # a fixed schema: the golden file records a domain's source type, which names it
+    schema, table = "fidsv", f"sv_{suffix}"
     state = tmp_path / "state"
     state.mkdir()
     kafka_config = kafka.config.model_copy(
@@ -256,6 +257,7 @@ def special(
 def _create_table(dsn: str, schema: str, table: str) -> None:
     columns = ", ".join(f'"{n}" {t.format(s=_q(schema))}' for n, t in TYPES.items())
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {_q(schema)} CASCADE")
         conn.execute(f"CREATE SCHEMA {_q(schema)}")
         conn.execute(f"CREATE DOMAIN {_q(schema)}.dom_box AS box")
         conn.execute(f"CREATE DOMAIN {_q(schema)}.dom_int AS integer CHECK (VALUE > 0)")
