@@ -24,6 +24,12 @@ Python type        meaning
 ``tuple``          arrays (of any of the above)
 =================  ==========================================================
 
+Values no store can hold (PostgreSQL ``infinity`` dates and timestamps, years outside
+1..9999, numeric ``NaN``) are mapped to documented canonical values by :mod:`capa.values`
+(saturated to 0001-01-01 / 9999-12-31 23:59:59.999999; numeric ``NaN`` is NULL). Columns
+of source types without a canonical kind (geometric types, ``tsquery`` ...) are ``str``:
+the source's text, with the type in :class:`Column`.
+
 A column whose value the source did not send (PostgreSQL TOAST placeholder
 ``__debezium_unavailable_value``) is absent from ``after`` and listed in
 ``unchanged``: appliers keep the previous value.

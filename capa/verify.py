@@ -1,25 +1,34 @@
 """The oracle: compare replicas with their PostgreSQL source.
 
 For each table: row count, then a per-row hash over the primary key and all source
-columns, both sides normalised to the canonical JSON value form
-(:func:`capa.codec.to_json_value`), so a mismatch means the replica really differs.
+columns. Both sides are first brought to canonical values (:mod:`capa.events`) and then to
+their comparable form by :func:`capa.values.comparable`, the one rule the fidelity tests
+use too, so a mismatch means the replica really differs. For rows that differ, a second
+pass names the differing columns.
+
+The source is read per column type (:data:`SOURCE_TYPES`): types whose Python form differs
+from the canonical value, or that psycopg cannot load at all (``infinity`` dates, ranges
+with an ``infinity`` bound), are read as PostgreSQL text and parsed here, with the same
+special-value rules as the normalisers (:mod:`capa.values`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from capa.codec import to_json_value
 from capa.events import raw_table_name, stable_json
+from capa.values import comparable
+from capa.verify_source import SourceColumn, source_columns, source_rows
 from capa.warehouse.base import META_COLUMNS, META_DELETED, RAW_NAMESPACE
 
 logger = logging.getLogger(__name__)
+
+Key = tuple[Any, ...]
 
 
 @dataclass
@@ -30,6 +39,8 @@ class TableDiff:
     missing: list[Any] = field(default_factory=list)  # keys in source, not in replica
     extra: list[Any] = field(default_factory=list)  # keys in replica, not in source
     different: list[Any] = field(default_factory=list)  # keys whose row hash differs
+    # key -> names of the columns that differ (filled for the keys in ``different``)
+    columns: dict[Any, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -41,28 +52,25 @@ class TableDiff:
 
 
 def row_hash(row: Mapping[str, Any], columns: Iterable[str]) -> str:
-    canonical = [[name, _normal(row.get(name))] for name in sorted(columns)]
+    canonical = [[name, comparable(row.get(name))] for name in sorted(columns)]
     return hashlib.blake2b(stable_json(canonical).encode(), digest_size=16).hexdigest()
 
 
-def _normal(value: Any) -> Any:
-    """Canonical comparable form. Decimals compare by value (``12.30`` == ``12.300``): the
-    replica's scale is a property of its column type, checked by the fidelity tests."""
-    if isinstance(value, memoryview | bytearray):
-        value = bytes(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Decimal) and value.is_finite():
-        return format(value.normalize(), "f")
-    if isinstance(value, list | tuple):
-        return [_normal(v) for v in value]
-    return to_json_value(value)
+def row_key(row: Mapping[str, Any], pk: tuple[str, ...]) -> Key:
+    return tuple(comparable(row[k]) for k in pk)
 
 
 def hash_rows(
     rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], columns: list[str]
 ) -> dict[Any, str]:
-    return {tuple(_normal(r[k]) for k in pk): row_hash(r, columns) for r in rows}
+    return {row_key(r, pk): row_hash(r, columns) for r in rows}
+
+
+def differing_columns(
+    source: Mapping[str, Any], replica: Mapping[str, Any], columns: Iterable[str]
+) -> list[str]:
+    """The columns whose values are not the same value (by :func:`comparable`)."""
+    return [c for c in sorted(columns) if comparable(source.get(c)) != comparable(replica.get(c))]
 
 
 def compare(
@@ -75,6 +83,29 @@ def compare(
         :limit
     ]
     return diff
+
+
+def rows_with_keys(
+    rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], keys: Collection[Key]
+) -> dict[Key, Mapping[str, Any]]:
+    wanted = set(keys)
+    return {k: r for r in rows if (k := row_key(r, pk)) in wanted}
+
+
+def name_differences(
+    diff: TableDiff,
+    source: Callable[[], Iterable[Mapping[str, Any]]],
+    replica: Callable[[], Iterable[Mapping[str, Any]]],
+    pk: tuple[str, ...],
+    columns: list[str],
+) -> None:
+    """Fill ``diff.columns`` for the differing keys (a second read of both sides)."""
+    if not diff.different:
+        return
+    src = rows_with_keys(source(), pk, diff.different)
+    rep = rows_with_keys(replica(), pk, diff.different)
+    for key in diff.different:
+        diff.columns[key] = differing_columns(src.get(key, {}), rep.get(key, {}), columns)
 
 
 # --- PostgreSQL side ---------------------------------------------------------------
@@ -115,30 +146,24 @@ def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ..
     return [(name, tuple(pk), list(cols)) for name, cols, pk in rows if pk]
 
 
+def pg_rows(dsn: str, schema: str, table: str) -> Iterator[dict[str, Any]]:
+    """Every row of ``schema.table`` as canonical values (see :mod:`capa.verify_source`)."""
+    with _pg_connect(dsn) as conn:
+        typed: list[SourceColumn] = source_columns(conn, schema, table)
+        yield from source_rows(conn, schema, table, typed)
+
+
 def pg_row_hashes(
     dsn: str, schema: str, table: str, pk: tuple[str, ...], columns: list[str]
 ) -> dict[Any, str]:
-    from psycopg import sql
-
-    query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-    with _pg_connect(dsn) as conn:
-        cur = conn.cursor(row_factory=_dict_row())
-        return hash_rows(cur.execute(query), pk, columns)
-
-
-def _dict_row() -> Any:
-    from psycopg.rows import dict_row
-
-    return dict_row
+    return hash_rows(pg_rows(dsn, schema, table), pk, columns)
 
 
 # --- replica side (local lakehouse) ------------------------------------------------------
 
 
-def local_replica_row_hashes(
-    lakehouse: Path, name: str, pk: tuple[str, ...], columns: list[str]
-) -> dict[Any, str] | None:
-    """Row hashes of ``raw.<name>`` in a local lakehouse, tombstones excluded; None if absent.
+def local_replica_rows(lakehouse: Path, name: str) -> list[dict[str, Any]] | None:
+    """The live rows of ``raw.<name>`` without capa's meta columns; None if absent.
 
     Read as every reader sees the replica: the base table plus its merge-on-read pending
     log (``LocalWarehouse.rows``), not the base Delta table alone.
@@ -154,18 +179,42 @@ def local_replica_row_hashes(
     for row in rows:
         for meta in META_COLUMNS:
             row.pop(meta, None)
-    return hash_rows(rows, pk, columns)
+    return rows
 
 
-def verify_postgres_local(dsn: str, source: str, schema: str, lakehouse: Path) -> list[TableDiff]:
-    """Compare every PostgreSQL table of ``schema`` with its replica in ``lakehouse``."""
+def local_replica_row_hashes(
+    lakehouse: Path, name: str, pk: tuple[str, ...], columns: list[str]
+) -> dict[Any, str] | None:
+    """Row hashes of ``raw.<name>`` in a local lakehouse, tombstones excluded; None if absent."""
+    rows = local_replica_rows(lakehouse, name)
+    return None if rows is None else hash_rows(rows, pk, columns)
+
+
+def verify_postgres_local(
+    dsn: str,
+    source: str,
+    schema: str,
+    lakehouse: Path,
+    tables: Collection[str] | None = None,
+) -> list[TableDiff]:
+    """Compare every PostgreSQL table of ``schema`` (or only ``tables``) with its replica."""
     diffs = []
     for table, pk, columns in sorted(pg_tables(dsn, schema)):
+        if tables is not None and table not in tables:
+            continue
         name = raw_table_name(source, schema, table)
         src = pg_row_hashes(dsn, schema, table, pk, columns)
         rep = local_replica_row_hashes(lakehouse, name, pk, columns)
         if rep is None:
             logger.info("no replica for %s yet", name)
             rep = {}
-        diffs.append(compare(f"{RAW_NAMESPACE}.{name}", src, rep))
+        diff = compare(f"{RAW_NAMESPACE}.{name}", src, rep)
+        name_differences(
+            diff,
+            lambda t=table: pg_rows(dsn, schema, t),  # type: ignore[misc]
+            lambda n=name: local_replica_rows(lakehouse, n) or [],  # type: ignore[misc]
+            pk,
+            columns,
+        )
+        diffs.append(diff)
     return diffs

@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     for d in diffs:
         if not d.ok:
             console.info(f"{d.table}: missing {d.missing} extra {d.extra} different {d.different}")
+        for key in d.different:
+            columns = ", ".join(d.columns.get(key, [])) or "?"
+            console.info(f"{d.table}: key {list(key)} differs in column(s) {columns}")
     return 0 if all(d.ok for d in diffs) else EXIT_MISMATCH
 
 

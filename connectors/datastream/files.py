@@ -215,6 +215,11 @@ def read_avro_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
     try:
         reader = fastavro.reader(io.BytesIO(data))
         hints = payload_hints(reader.writer_schema)
+        if TEMPORAL_LOGICAL & set(hints.values()):
+            # fastavro's date/timestamp readers fail on numbers outside years 1..9999
+            # (PostgreSQL infinity), and with them the rest of the file: read the numbers
+            # instead and let the normaliser convert them (saturating, see capa.values).
+            reader = fastavro.reader(io.BytesIO(plain_temporal_header(data)))
     except Exception as exc:  # fastavro raises many types on corrupt headers
         yield DeadLetter(name, None, f"corrupt Avro header: {type(exc).__name__}: {exc}", data)
         return
@@ -234,7 +239,9 @@ def read_avro_file(data: bytes, name: str) -> Iterator[RawRecord | DeadLetter]:
 
 
 def payload_hints(schema: Any) -> dict[str, str]:
-    """Column -> hint (``json``) for ``payload`` fields of a Datastream writer schema."""
+    """Column -> hint for ``payload`` fields of a Datastream writer schema: ``json``, or the
+    temporal logical type (``date``, ``timestamp-micros`` ...) so that a value fastavro
+    leaves as a number (out of Python's range: ``infinity``) can be saturated."""
     if not isinstance(schema, Mapping):
         return {}
     for top in schema.get("fields") or ():
@@ -242,11 +249,56 @@ def payload_hints(schema: Any) -> dict[str, str]:
             payload = _non_null(top.get("type"))
             if isinstance(payload, Mapping):
                 return {
-                    str(f.get("name")): "json"
+                    str(f.get("name")): hint
                     for f in payload.get("fields") or ()
-                    if _has_json_logical(f.get("type"))
+                    if (hint := _field_hint(f.get("type")))
                 }
     return {}
+
+
+TEMPORAL_LOGICAL = frozenset(
+    {"date", "timestamp-micros", "timestamp-millis", "local-timestamp-micros"}
+    | {"local-timestamp-millis"}
+)
+
+
+def plain_temporal_header(data: bytes) -> bytes:
+    """The same container file with temporal logical types removed from its schema.
+
+    Only the header's ``avro.schema`` changes: a logical type does not change the binary
+    encoding, so the blocks that follow are kept byte for byte.
+    """
+    import fastavro
+    from fastavro.read import HEADER_SCHEMA
+
+    buf = io.BytesIO(data)
+    header: Any = fastavro.schemaless_reader(buf, HEADER_SCHEMA)  # type: ignore[call-arg]
+    schema = json.loads(header["meta"]["avro.schema"])
+    header["meta"]["avro.schema"] = json.dumps(_without_temporal_logical(schema)).encode()
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, HEADER_SCHEMA, header)
+    return out.getvalue() + data[buf.tell() :]
+
+
+def _without_temporal_logical(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_without_temporal_logical(s) for s in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    if schema.get("logicalType") in TEMPORAL_LOGICAL:
+        return {k: v for k, v in schema.items() if k != "logicalType"}
+    return {k: _without_temporal_logical(v) for k, v in schema.items()}
+
+
+def _field_hint(kind: Any) -> str:
+    if _has_json_logical(kind):
+        return "json"
+    logical = _non_null(kind)
+    if logical == "float":  # a real: canonicalised as on every path (capa.values)
+        return "float32"
+    if isinstance(logical, Mapping) and logical.get("logicalType") in TEMPORAL_LOGICAL:
+        return str(logical["logicalType"])
+    return ""
 
 
 def _non_null(kind: Any) -> Any:

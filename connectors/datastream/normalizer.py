@@ -31,6 +31,7 @@ from capa.codec import datetime_to_us, to_json_value
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind
 from capa.position import pg_position
+from capa.values import date_from_days, float32_value, timestamp_from_us
 from connectors.base import Skip, checked_ts_us, event_id_for
 
 _BACKFILL = "postgresql-backfill"
@@ -203,6 +204,10 @@ def _value(value: Any, hint: str | None, depth: int) -> Any:
         return None
     if hint == "json" and isinstance(value, str):
         return Json(value)
+    if type(value) is int and hint in _TEMPORAL:
+        return _TEMPORAL[hint](value)
+    if hint == "float32" and type(value) is float:
+        return float32_value(value)
     if isinstance(value, dict):
         return _mapping_value(value, hint, depth)
     if isinstance(value, list):
@@ -210,6 +215,17 @@ def _value(value: Any, hint: str | None, depth: int) -> Any:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC)
     return value
+
+
+# Avro temporal logical types whose number fastavro could not turn into a Python value
+# (outside years 1..9999, e.g. PostgreSQL ``infinity``): saturated as capa.values says.
+_TEMPORAL: dict[str, Any] = {
+    "date": date_from_days,
+    "local-timestamp-micros": timestamp_from_us,
+    "local-timestamp-millis": lambda ms: timestamp_from_us(ms * 1000),
+    "timestamp-micros": lambda us: timestamp_from_us(us).replace(tzinfo=UTC),
+    "timestamp-millis": lambda ms: timestamp_from_us(ms * 1000).replace(tzinfo=UTC),
+}
 
 
 def _mapping_value(value: Mapping[str, Any], hint: str | None, depth: int) -> Any:

@@ -63,6 +63,11 @@ def debezium_properties(settings: CapaSettings) -> dict[str, str]:
         "snapshot.mode": dbz.snapshot_mode,
         "decimal.handling.mode": dbz.decimal_handling_mode,
         "skipped.operations": "none",
+        # Columns of types without a Debezium converter (geometric, tsquery, multirange,
+        # pg_lsn ...) are otherwise dropped with only a WARN line; with these two they arrive
+        # as their text, tagged with the source type (connectors/debezium/values.py).
+        "include.unknown.datatypes": "true",
+        "datatype.propagate.source.type": ".+",
         "provide.transaction.metadata": "false",
         "heartbeat.interval.ms": str(dbz.heartbeat_interval_ms),
         "poll.interval.ms": str(dbz.poll_interval_ms),

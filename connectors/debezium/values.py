@@ -15,6 +15,15 @@ Three ways to learn a column's type, best first:
    string: run Debezium with ``decimal.handling.mode=string`` or give a hint.
 
 Every converter raises :class:`~capa.errors.DecodeError` (quoting the value) on bad input.
+
+Special values (measured with Debezium 3.6.3, PostgreSQL 15) map to the saturated values of
+:mod:`capa.values`: ``infinity`` dates arrive as fixed day counts (:data:`PG_DATE_INFINITY`),
+``infinity`` timestamps as PostgreSQL JDBC's sentinel microseconds, ``infinity``
+timestamptz as the text ``"infinity"``; real/double ``NaN``/``Infinity`` as strings.
+Columns of types Debezium has no converter for (geometric types, ``tsquery``, multiranges,
+``pg_lsn`` ...) arrive with ``include.unknown.datatypes=true`` as bytes holding the value's
+text; with ``datatype.propagate.source.type`` the schema names their source type, and they
+become text (:func:`source_text_converter`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,14 @@ from typing import Any
 
 from capa.errors import DecodeError
 from capa.events import Json
+from capa.values import (
+    date_from_days,
+    float32_value,
+    infinity_sign,
+    iso_duration_text,
+    saturated,
+    timestamp_from_us,
+)
 
 Converter = Callable[[Any], Any]
 
@@ -40,10 +57,16 @@ PRECISE_WITHOUT_SCALE = (
     "precise decimal without schema: scale unknown; set decimal.handling.mode=string"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_NAIVE = datetime(1970, 1, 1)
-_EPOCH_DATE = date(1970, 1, 1)
 _DECIMAL_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_MAX_DAYS = 3_000_000  # beyond year 9999 -> not representable as a Python date
+# Debezium 3.6.3's day counts for PostgreSQL date 'infinity' / '-infinity' (both negative:
+# it converts pgjdbc's millisecond sentinels through an overflowing date computation).
+PG_DATE_INFINITY = {-622191234: 1, -625821272: -1}
+# pgjdbc's PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY, which Debezium sends as µs/ms/ns.
+PG_TIMESTAMP_INFINITY = {9223372036825200000: 1, -9223372036832400000: -1}
+# PostgreSQL's earliest timestamp (4714-11-24 BC) in µs: anything lower that is not the
+# -infinity sentinel is a far-future value (after year 294247) whose µs overflowed int64.
+_PG_MIN_US = -210866803200000000
+_SOURCE_TYPE = "__debezium.source.column.type"
 
 
 def _bad(value: Any, what: str) -> DecodeError:
@@ -69,6 +92,11 @@ def to_float(value: Any) -> float:
     if value in ("NaN", "Infinity", "-Infinity"):
         return float(value)
     raise _bad(value, "floating-point number")
+
+
+def to_float32(value: Any) -> float:
+    """A Connect ``float`` (PostgreSQL real, SQL Server real): see capa.values.float32_value."""
+    return float32_value(to_float(value))
 
 
 def to_bool(value: Any) -> bool:
@@ -191,21 +219,24 @@ def _scaled_delta(value: Any, per_second: int) -> timedelta:
 
 
 def epoch_date(value: Any) -> date:
+    """Days since epoch -> date; ``infinity`` and dates outside 0001..9999 saturate."""
     days = to_int(value)
-    if not -_MAX_DAYS < days < _MAX_DAYS:
-        raise _bad(value, "date (days since epoch out of range)")
-    try:
-        return _EPOCH_DATE + timedelta(days=days)
-    except OverflowError:
-        raise _bad(value, "date (days since epoch out of range)") from None
+    if days in PG_DATE_INFINITY:
+        return saturated(PG_DATE_INFINITY[days], "date")
+    return date_from_days(days)
 
 
 def naive_timestamp(per_second: int) -> Converter:
+    """Epoch ticks -> naive datetime; ``infinity`` and years outside 1..9999 saturate."""
+
     def convert(value: Any) -> datetime:
-        try:
-            return _EPOCH_NAIVE + _scaled_delta(value, per_second)
-        except OverflowError:
-            raise _bad(value, "timestamp (out of range)") from None
+        ticks = to_int(value)
+        if ticks in PG_TIMESTAMP_INFINITY:
+            return saturated(PG_TIMESTAMP_INFINITY[ticks], "timestamp")
+        micros = ticks * 1_000_000 // per_second
+        if micros < _PG_MIN_US:
+            return saturated(1, "timestamp")
+        return timestamp_from_us(micros)
 
     return convert
 
@@ -222,8 +253,17 @@ def time_of_day(per_second: int) -> Converter:
     return convert
 
 
+# ISO years outside 1..9999 as Debezium writes them: "+294276-12-31T...", "-4712-01-01T...",
+# "0000-01-01T..." (1 BC).
+_EXTENDED_YEAR = re.compile(r"^([+-])?(\d{4,})-\d\d-\d\dT")
+
+
 def zoned_timestamp(value: Any) -> datetime:
+    """ISO-8601 with zone -> UTC datetime; ``infinity`` and years outside 1..9999 saturate."""
     text = to_str(value)
+    sign = infinity_sign(text) or _extended_year_sign(text)
+    if sign:
+        return saturated(sign, "timestamptz")
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -236,16 +276,19 @@ def zoned_timestamp(value: Any) -> datetime:
         raise _bad(value, "ISO-8601 timestamp with zone (out of range)") from None
 
 
+def _extended_year_sign(text: str) -> int:
+    match = _EXTENDED_YEAR.match(text)
+    if not match:
+        return 0
+    sign, year = match.group(1), int(match.group(2))
+    if sign == "-" or year == 0:
+        return -1
+    return 1 if year > 9999 else 0
+
+
 def iso_duration(value: Any) -> str:
     """MicroDuration (µs; Debezium counts a month as 30.4375 days) -> ISO-8601 duration text."""
-    micros = to_int(value)
-    sign, micros = ("-", -micros) if micros < 0 else ("", micros)
-    days, rest = divmod(micros, 86_400_000_000)
-    hours, rest = divmod(rest, 3_600_000_000)
-    minutes, rest = divmod(rest, 60_000_000)
-    seconds, frac = divmod(rest, 1_000_000)
-    sec = f"{seconds}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(seconds)
-    return f"{sign}P{days}DT{hours}H{minutes}M{sec}S"
+    return iso_duration_text(to_int(value))
 
 
 def to_uuid(value: Any) -> uuid.UUID:
@@ -293,8 +336,8 @@ PRIMITIVE: dict[str, Converter] = {
     "int16": to_int,
     "int32": to_int,
     "int64": to_int,
-    "float": to_float,
-    "float32": to_float,
+    "float": to_float32,
+    "float32": to_float32,
     "double": to_float,
     "float64": to_float,
     "boolean": to_bool,
@@ -315,6 +358,9 @@ def field_converter(field: Mapping[str, Any]) -> Converter:
     if name in LOGICAL:
         return LOGICAL[name]
     kind = field.get("type")
+    unknown = source_text_converter(field)
+    if unknown is not None:
+        return unknown
     if kind == "array":
         return array_of(field_converter(field.get("items") or {"type": "string"}))
     if isinstance(kind, str) and kind.lower() in PRIMITIVE:
@@ -322,6 +368,39 @@ def field_converter(field: Mapping[str, Any]) -> Converter:
     raise DecodeError(
         f"unknown Connect type {kind!r} (logical {name!r}) for field {field.get('field')!r}"
     )
+
+
+def source_type(field: Mapping[str, Any]) -> str:
+    """The column's source type name (``datatype.propagate.source.type``), "" if not sent."""
+    params = field.get("parameters")
+    value = params.get(_SOURCE_TYPE) if isinstance(params, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def source_text_converter(field: Mapping[str, Any]) -> Converter | None:
+    """For a column of a type Debezium has no converter for, the converter to its text.
+
+    Such a column arrives (``include.unknown.datatypes=true``) as plain bytes - or an array
+    of them - holding the value's text; only its propagated source type tells it from
+    ``bytea``. None for every other column.
+    """
+    declared = source_type(field).lower()
+    if not declared or declared.lstrip("_") == "bytea" or field.get("name"):
+        return None
+    if field.get("type") == "bytes":
+        return bytes_text
+    items = field.get("items")
+    if field.get("type") != "array" or not isinstance(items, Mapping):
+        return None
+    return array_of(bytes_text) if items.get("type") == "bytes" and not items.get("name") else None
+
+
+def bytes_text(value: Any) -> str:
+    """Base64 bytes holding UTF-8 text (an unknown-type value) -> the text."""
+    try:
+        return to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(value, "base64 UTF-8 text of an unknown-type value") from None
 
 
 def _decimal_scale(field: Mapping[str, Any]) -> int:
@@ -356,6 +435,9 @@ def schema_converters(struct: Mapping[str, Any] | None) -> dict[str, Converter]:
 def schema_type_name(field: Mapping[str, Any]) -> str:
     """A readable source-type label for :class:`~capa.events.Column`."""
     name, kind = field.get("name"), str(field.get("type", ""))
+    if source_text_converter(field) is not None:  # an unknown type, kept as its text
+        declared = source_type(field).lower()
+        return f"{declared[1:]}[]" if declared.startswith("_") else declared
     if name == "org.apache.kafka.connect.data.Decimal":
         params = field.get("parameters")
         params = params if isinstance(params, dict) else {}
@@ -393,6 +475,7 @@ HINT_CONVERTERS: dict[str, Converter] = {
     "bytes": to_bytes,
     "interval": iso_duration,
     "string": to_str,
+    "unknown_text": bytes_text,  # a type without a Debezium converter, schemaless
 }
 _HINT_DECIMAL = re.compile(r"^(?:decimal|numeric)\((?:\d+\s*,\s*)?(\d+)\)$")
 

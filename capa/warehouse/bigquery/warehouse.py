@@ -18,6 +18,7 @@ WarehouseTerminalError (4xx: bad SQL, bad data) or WarehouseTransientError (5xx,
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -348,11 +349,19 @@ def _json_row(values: Mapping[str, Any], columns: set[str]) -> dict[str, Any]:
         if name in columns:
             converted = to_json_value(value)
             row[name] = (
-                [v for v in converted if v is not None]
+                [_finite_json(v) for v in converted if v is not None]
                 if isinstance(converted, list)
-                else converted
+                else _finite_json(converted)
             )
     return row
+
+
+def _finite_json(value: Any) -> Any:
+    """NaN/Infinity as the strings BigQuery's JSON row parser takes (it rejects the bare
+    tokens); "nan"/"inf"/"-inf" is what google-cloud-bigquery's own insert_rows sends."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _stage_rows(plan: TablePlan, columns: set[str]) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Fidelity matrix, BigQuery: the same canonical events through the BigQuery adapter (bqemulator).
 
-Inputs are the fidelity goldens: tests/cases/fidelity/postgres_events.jsonl (canonical events
-captured from the real Debezium bridge by tests/integration/test_fidelity_postgres.py, whose
+Inputs are the fidelity goldens: tests/cases/fidelity/postgres_events.jsonl and
+postgres_special_events.jsonl (canonical events captured from the real Debezium bridge by
+tests/integration/test_fidelity_postgres.py and test_fidelity_postgres_special.py, whose
 raw values are proven equal to PostgreSQL's) and sqlserver_records.json (Debezium's own SQL
 Server encodings, proven in tests/unit/test_fidelity_sqlserver.py). Each set is applied to
 the local warehouse and to BigQuery; every BigQuery value must equal the local raw value
@@ -39,8 +40,8 @@ CASES = Path(__file__).resolve().parents[2] / "cases" / "fidelity"
 NOT_CHECKABLE = {"c_decimal_38_0": "BIGNUMERIC(38, 0): bqemulator's BIGNUMERIC is broken"}
 
 
-def _postgres_events() -> list[ChangeEvent]:
-    lines = (CASES / "postgres_events.jsonl").read_text().splitlines()
+def _postgres_events(name: str = "postgres_events.jsonl") -> list[ChangeEvent]:
+    lines = (CASES / name).read_text().splitlines()
     return [event_from_json(json.loads(line)) for line in lines]
 
 
@@ -89,10 +90,12 @@ def _json_equal(local: Any, remote: Any) -> bool:
     return json.loads(local) == remote_doc
 
 
-@pytest.fixture(params=["postgres", "sqlserver"])
+@pytest.fixture(params=["postgres", "postgres-special", "sqlserver"])
 def case(request: Any) -> tuple[str, list[ChangeEvent]]:
     if request.param == "postgres":
         return "postgres", _postgres_events()
+    if request.param == "postgres-special":  # tests/integration/test_fidelity_postgres_special.py
+        return "postgres_special", _postgres_events("postgres_special_events.jsonl")
     return "sqlserver", _without(_sqlserver_events(), set(NOT_CHECKABLE))
 
 
