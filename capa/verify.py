@@ -3,12 +3,16 @@
 For each table: row count, then a per-row hash over the primary key and all source
 columns, both sides normalised to the canonical JSON value form
 (:func:`capa.codec.to_json_value`), so a mismatch means the replica really differs.
+A table without a primary key is compared as a multiset: each row is named by its hash
+and its occurrence number among equal rows, so a duplicate too many or too few shows up
+as an extra or missing ``(hash, n)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,6 +21,7 @@ from typing import Any
 
 from capa.codec import to_json_value
 from capa.events import raw_table_name, stable_json
+from capa.keyless import KEYLESS_COLUMNS
 from capa.warehouse.base import META_COLUMNS, META_DELETED, RAW_NAMESPACE
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,11 @@ def _normal(value: Any) -> Any:
 def hash_rows(
     rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], columns: list[str]
 ) -> dict[Any, str]:
+    """Row key -> row hash; for a keyless table (empty ``pk``) the key is (hash, n), n
+    counting the equal rows before it, so the dicts compare as multisets."""
+    if not pk:
+        counts: Counter[str] = Counter(row_hash(r, columns) for r in rows)
+        return {(h, n): h for h, count in counts.items() for n in range(count)}
     return {tuple(_normal(r[k]) for k in pk): row_hash(r, columns) for r in rows}
 
 
@@ -95,7 +105,7 @@ def _json_text(data: str | bytes | memoryview) -> str:
 
 
 def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ...], list[str]]]:
-    """(table, pk columns, all columns) for every table with a primary key."""
+    """(table, pk columns, all columns) for every table; pk is () for a keyless table."""
     sql = """
         SELECT c.table_name,
                array_agg(c.column_name::text ORDER BY c.ordinal_position) AS cols,
@@ -112,7 +122,7 @@ def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ..
     """
     with _pg_connect(dsn) as conn:
         rows = conn.execute(sql, [schema]).fetchall()
-    return [(name, tuple(pk), list(cols)) for name, cols, pk in rows if pk]
+    return [(name, tuple(pk or ()), list(cols)) for name, cols, pk in rows]
 
 
 def pg_row_hashes(
@@ -152,7 +162,7 @@ def local_replica_row_hashes(
     replica = warehouse.rows(f"{RAW_NAMESPACE}.{name}", include_deleted=True)
     rows = [r for r in replica if not r.get(META_DELETED)]
     for row in rows:
-        for meta in META_COLUMNS:
+        for meta in (*META_COLUMNS, *KEYLESS_COLUMNS):
             row.pop(meta, None)
     return hash_rows(rows, pk, columns)
 

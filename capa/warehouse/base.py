@@ -59,6 +59,7 @@ class TableReport:
     applied: int  # rows inserted/updated/deleted in the replica
     stale: int  # events older than the applied position: no-ops
     changelog_rows: int  # new rows appended to the changelog (duplicates skipped)
+    unmatched: int = 0  # keyless changes that matched no replica row (see capa.keyless)
 
 
 @dataclass(frozen=True, slots=True)
