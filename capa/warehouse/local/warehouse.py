@@ -491,14 +491,16 @@ def _keyless_target(path: Path, plan: TablePlan) -> KeylessTarget:
     if table is None:
         return KeylessTarget()
     if ROW_ID not in delta_io.table_types(table):
+        if not table.to_pyarrow_dataset().count_rows():
+            return KeylessTarget()  # created by a truncate: no row written yet
         raise WarehouseTerminalError(
             f"raw.{path.name} was replicated with a primary key, but its source table now has "
             "none; restore the key at the source, or drop the replica and resync"
         )
     hashes, lowest = batch_needs(plan.keyless)
-    columns = [ROW_ID, ROW_HASH, META_POSITION, META_EVENT_ID, META_DELETED]
+    read = [ROW_ID, ROW_HASH, META_POSITION, META_EVENT_ID, META_DELETED]
     # cast: delta-rs may read strings as string_view, which the compute kernels mix badly
-    data = table.to_pyarrow_dataset().to_table(columns=columns)
+    data = table.to_pyarrow_dataset().to_table(columns=read)
     position = data[META_POSITION].cast(pa.string())
     wanted = pc.greater_equal(position, pa.scalar(lowest or "", pa.string()))
     if hashes:
