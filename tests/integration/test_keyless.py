@@ -66,7 +66,7 @@ def capture(
         )
     log = tmp_path / "bridge.log"
     proc = start_bridge(settings, log)
-    yield {"settings": settings, "schema": schema, "table": table, "proc": proc}
+    yield {"settings": settings, "schema": schema, "table": table, "proc": proc, "log": log}
     if proc.poll() is None:
         proc.kill()
         proc.wait(30)
@@ -158,3 +158,6 @@ def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
     (diff,) = verify_postgres_local(postgres.dsn, settings.debezium.source_name, schema, lakehouse)
     assert len(diff.missing) == 1 and not diff.extra and not diff.different
     assert capture["proc"].poll() is None  # the bridge kept streaming throughout
+    lines = capture["log"].read_text().splitlines()
+    told = [line for line in lines if "captured tables without a primary key" in line]
+    assert len(told) == 1 and f"{schema}.{table} (REPLICA IDENTITY DEFAULT)" in told[0], told

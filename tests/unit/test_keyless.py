@@ -330,3 +330,27 @@ def test_verify_compares_keyless_tables_as_multisets() -> None:
     assert not short.ok and len(short.missing) == 1 and not short.extra
     extra = compare("raw.t", source, hash_rows([{"msg": "a"}] * 3 + [{"msg": "b"}], (), columns))
     assert not extra.ok and len(extra.extra) == 1 and not extra.missing
+
+
+# --- the bridge's one warning about replica identities --------------------------------------------
+
+
+def test_the_bridge_names_captured_keyless_tables_without_full_identity_once() -> None:
+    from connectors.debezium.identity import KeylessTable, captured, identity_warning
+
+    tables = [
+        KeylessTable("public", "app_log", "d"),
+        KeylessTable("public", "audit", "f"),
+        KeylessTable("public", "events", "i"),
+        KeylessTable("other", "app_log", "n"),
+    ]
+    chosen = captured(tables, "public\\.app_log, public\\.a.*,public.events")
+    assert [t.name for t in chosen] == ["public.app_log", "public.audit", "public.events"]
+    assert captured(tables, None) == tables
+    message = identity_warning(chosen)
+    assert message is not None
+    assert "public.app_log (REPLICA IDENTITY DEFAULT)" in message
+    assert "public.events (REPLICA IDENTITY USING INDEX)" in message
+    assert 'ALTER TABLE "public"."app_log" REPLICA IDENTITY FULL' in message
+    assert "audit" not in message  # FULL: its updates and deletes are matched
+    assert identity_warning([tables[1]]) is None
