@@ -74,8 +74,8 @@ class KeylessStep:
     adds (its own event id, the new image)."""
 
     event: ChangeEvent
-    removed: tuple[str, FrozenRow] | None
-    added: FrozenRow | None
+    removed: tuple[str, Mapping[str, Any]] | None
+    added: Mapping[str, Any] | None
     matched: bool  # False: it had to remove an occurrence and found none
 
 
@@ -108,7 +108,9 @@ def resolve_keyless(events: Sequence[ChangeEvent], target: KeylessTarget) -> lis
     return steps
 
 
-def _remove(event: ChangeEvent, live: dict[str, list[Occurrence]]) -> tuple[str, FrozenRow] | None:
+def _remove(
+    event: ChangeEvent, live: dict[str, list[Occurrence]]
+) -> tuple[str, Mapping[str, Any]] | None:
     """Take the oldest live occurrence equal to ``event.before`` below the event's position."""
     before = event.before
     if not before:
@@ -119,7 +121,7 @@ def _remove(event: ChangeEvent, live: dict[str, list[Occurrence]]) -> tuple[str,
     return occurrences.pop(0).row_id, before
 
 
-def _image(event: ChangeEvent) -> FrozenRow | None:
+def _image(event: ChangeEvent) -> Mapping[str, Any] | None:
     """The new row: ``after``, with TOAST-unchanged columns taken from a full ``before``."""
     after = event.after
     if after is None or not event.unchanged:
