@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import slot_inactive, start_bridge
+from service_support import ROOT, bridge_environment, slot_inactive, start_bridge
 
 from capa.codec import event_to_json
 from capa.config import CapaSettings
@@ -106,17 +107,10 @@ def apply_file(path: Path, events: list[ChangeEvent], lakehouse: Path) -> None:
     assert applied.returncode == 0, applied.stdout + applied.stderr
 
 
-def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
-    capture: dict[str, Any], postgres: Any, tmp_path: Path
-) -> None:
-    settings, schema, table = capture["settings"], capture["schema"], capture["table"]
-    q = f'"{schema}"."{table}"'
-    snapshot = events_until(settings, lambda found: len(found) >= len(SEED_ROWS))
-    assert [e.op for e in snapshot] == [Op.READ] * len(SEED_ROWS)
-    assert len({e.position for e in snapshot}) == 1  # one snapshot position ...
-    assert len({e.event_id for e in snapshot}) == len(SEED_ROWS)  # ... and no id shared
-
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+def change_the_table(dsn: str, q: str) -> None:
+    """More duplicates; an UPDATE PostgreSQL refuses; then with REPLICA IDENTITY FULL
+    updates and deletes of one duplicate (by ctid) and of all of them; an end marker."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
         conn.cursor().executemany(
             f"INSERT INTO {q} VALUES (%s, %s, %s)",
             [("info", "tick", None)] * 4 + [("debug", f"m{n % 5}", n % 5) for n in range(40)],
@@ -132,6 +126,22 @@ def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
         conn.execute(f"UPDATE {q} SET level = 'info' WHERE msg = 'm3'")  # all 8 duplicates
         conn.execute(f"DELETE FROM {q} WHERE msg = 'disk'")  # both duplicates
         conn.execute(f"INSERT INTO {q} VALUES ('end', 'end', 0)")
+
+
+EXPECTED_ROWS = len(SEED_ROWS) + 44 - 1 - 2 + 1
+
+
+def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
+    capture: dict[str, Any], postgres: Any, tmp_path: Path
+) -> None:
+    settings, schema, table = capture["settings"], capture["schema"], capture["table"]
+    q = f'"{schema}"."{table}"'
+    snapshot = events_until(settings, lambda found: len(found) >= len(SEED_ROWS))
+    assert [e.op for e in snapshot] == [Op.READ] * len(SEED_ROWS)
+    assert len({e.position for e in snapshot}) == 1  # one snapshot position ...
+    assert len({e.event_id for e in snapshot}) == len(SEED_ROWS)  # ... and no id shared
+
+    change_the_table(postgres.dsn, q)
     events = events_until(
         settings,
         lambda found: any(e.after is not None and e.after.get("msg") == "end" for e in found),
@@ -149,7 +159,7 @@ def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
     ok = capa(*verify, *where)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     (diff,) = verify_postgres_local(postgres.dsn, settings.debezium.source_name, schema, lakehouse)
-    assert diff.ok and diff.source_rows == diff.replica_rows == len(SEED_ROWS) + 44 - 1 - 2 + 1
+    assert diff.ok and diff.source_rows == diff.replica_rows == EXPECTED_ROWS
 
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:  # one duplicate more
         conn.execute(f"INSERT INTO {q} VALUES ('info', 'tick', NULL)")
@@ -161,3 +171,40 @@ def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
     lines = capture["log"].read_text().splitlines()
     told = [line for line in lines if "captured tables without a primary key" in line]
     assert len(told) == 1 and f"{schema}.{table} (REPLICA IDENTITY DEFAULT)" in told[0], told
+
+
+def test_keyless_table_streams_through_the_apply_job(
+    capture: dict[str, Any], kafka: Any, postgres: Any, tmp_path: Path
+) -> None:
+    """The same changes through the streaming apply job (native decode, merge-on-read), as the
+    pipeline e2e test runs it: the replica converges to the source multiset, no dead letter."""
+    settings, schema, table = capture["settings"], capture["schema"], capture["table"]
+    events_until(settings, lambda found: len(found) >= len(SEED_ROWS))  # publication made
+    change_the_table(postgres.dsn, f'"{schema}"."{table}"')
+    lakehouse, status, log = tmp_path / "wh", tmp_path / "status.json", tmp_path / "apply.log"
+    argv = [
+        *(sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap),
+        *("--topic", settings.kafka.topic, "--dlq_topic", settings.kafka.dlq_topic),
+        *("--warehouse", f"local:{lakehouse}", "--consumer_group", f"kl-{uuid.uuid4().hex[:8]}"),
+        *("--status_file", str(status), "--log_interval_s", "1"),
+    ]
+    with log.open("ab") as out:
+        job = subprocess.Popen(
+            argv, cwd=ROOT, env=bridge_environment(settings), stdout=out, stderr=subprocess.STDOUT
+        )
+    source = settings.debezium.source_name
+    try:
+        deadline, diff = time.monotonic() + 150, None
+        while time.monotonic() < deadline and (diff is None or not diff.ok):
+            assert job.poll() is None, f"the apply job exited: {tail(log, 40)}"
+            time.sleep(2)
+            (diff,) = verify_postgres_local(postgres.dsn, source, schema, lakehouse)
+        assert diff is not None and diff.ok, (diff, tail(log, 40))
+        assert diff.replica_rows == EXPECTED_ROWS
+        wait_for(
+            lambda: status.exists() and json.loads(status.read_text()).get("events_applied"), 30
+        )
+        assert json.loads(status.read_text())["dead_letters"] == 0
+    finally:
+        job.kill()
+        job.wait(30)
