@@ -31,8 +31,9 @@ one atomic step per table (a Delta MERGE commit, a BigQuery MERGE script). The r
   no-op, so redelivering any prefix is harmless. A change whose ``before`` matches no live
   occurrence (the source lacks ``REPLICA IDENTITY FULL``, or the replica never held the
   row) is *unmatched*: the changelog keeps it, an update still adds its new image (a row
-  that exists at the source exists in the replica), and the plan lists it in
-  ``unmatched`` so the adapter marks the table diverged and tells the operator once. Keyless
+  that exists at the source exists in the replica), an unmatched delete leaves a tombstone
+  of its own (so its redelivery is a no-op too), and the plan lists it in ``unmatched`` so
+  the adapter marks the table diverged and tells the operator once. Keyless
   events are applied in position order (one Kafka partition per table: their Kafka key has
   no key values), not in any permutation; a delete never removes a later insert.
 
@@ -169,6 +170,11 @@ def resolve_plan(plan: TablePlan, target: KeylessTarget) -> TablePlan:
             )
         if not step.matched:
             unmatched.append(event)
+            if step.added is None:  # a tombstone of its own: its id marks it applied
+                image = with_identity(event.before or {}, event.event_id)
+                changes[(event.event_id,)] = _change(
+                    event, (event.event_id,), image, deleted=True, keep=()
+                )
     return replace(
         plan,
         primary_key=KEYLESS_KEY,

@@ -222,6 +222,18 @@ def test_changes_without_a_before_image_are_kept_and_told_once(
     assert '"count": 5' in table.metadata().configuration[UNMATCHED_PROPERTY]
 
 
+def test_an_unmatched_delete_is_counted_once_also_when_redelivered(tmp_path: Path) -> None:
+    a, b = IMAGES[0], IMAGES[1]
+    events = [keyless(Op.INSERT, 10, after=a), keyless(Op.DELETE, 11, before=b)]
+    warehouse = LocalWarehouse(tmp_path)
+    reports = [warehouse.apply(events), warehouse.apply(events), warehouse.apply(events[1:])]
+    assert [r.tables[0].unmatched for r in reports] == [1, 0, 0]
+    assert multiset(warehouse.rows(REPLICA)) == Counter({image_key(a): 1})
+    table = open_table(warehouse.table_path("raw", "f2_public_log"))
+    assert table is not None
+    assert '"count": 1' in table.metadata().configuration[UNMATCHED_PROPERTY]
+
+
 def test_a_delete_removes_one_duplicate_and_the_oldest_first() -> None:
     a = IMAGES[0]
     events = [keyless(Op.INSERT, 10 + n, after=a) for n in range(3)]
