@@ -20,6 +20,22 @@ one atomic step per table (a Delta MERGE commit, a BigQuery MERGE script). The r
   records here (:mod:`capa.columnar`), normalisers refuse them first.
 * A truncate at position P removes every row with position < P and raises the table's
   truncate watermark to P; events at or below the watermark are no-ops from then on.
+* **Keyless tables** (an empty primary key; only adapters that pass ``keyless=True`` to
+  :func:`plan_table` accept them) replicate as a multiset, exactly as the source holds
+  duplicates (mechanics in :mod:`capa.keyless`). Each occurrence of a row is one replica
+  row keyed by ``_capa_row_id``, the ``event_id`` of the insert, read or update that added
+  it. An update or delete removes one live occurrence whose image equals its ``before``
+  image (the oldest below its position) by a tombstone carrying its ``event_id``; an update
+  then adds its new image. The batch is resolved against what the replica holds
+  (:func:`resolve_plan`): an event whose id is already a row id or tombstone id there is a
+  no-op, so redelivering any prefix is harmless. A change whose ``before`` matches no live
+  occurrence (the source lacks ``REPLICA IDENTITY FULL``, or the replica never held the
+  row) is *unmatched*: the changelog keeps it, an update still adds its new image (a row
+  that exists at the source exists in the replica), an unmatched delete leaves a tombstone
+  of its own (so its redelivery is a no-op too), and the plan lists it in ``unmatched`` so
+  the adapter marks the table diverged and tells the operator once. Keyless
+  events are applied in position order (one Kafka partition per table: their Kafka key has
+  no key values), not in any permutation; a delete never removes a later insert.
 
 Together: applying any permutation of a set of events, with any duplicates and in any
 batching, gives the replica that applying them once in position order gives. The one
@@ -34,12 +50,22 @@ by the property tests and as the executable specification of the adapters' MERGE
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
 from capa.errors import CapaError, DecodeError, TransientError
 from capa.events import ChangeEvent, FrozenRow, Op
+from capa.keyless import (
+    KEYLESS_KEY,
+    ROW_HASH,
+    ROW_ID,
+    KeylessTarget,
+    Occurrence,
+    batch_needs,
+    resolve_keyless,
+    with_identity,
+)
 
 KeyTuple = tuple[Any, ...]
 
@@ -68,6 +94,13 @@ class TablePlan:
     events: int  # events received (with duplicates)
     stale: int  # distinct events at or below the truncate watermark
     source_types: Mapping[str, str] = field(default_factory=dict)
+    keyless: tuple[ChangeEvent, ...] = ()  # a keyless table's live events (resolve_plan)
+    unmatched: tuple[ChangeEvent, ...] = ()  # resolved keyless changes that matched no row
+
+    @property
+    def needs_target(self) -> bool:
+        """True for a keyless plan not yet resolved against its replica."""
+        return not self.primary_key and bool(self.keyless)
 
     @property
     def keep_columns(self) -> frozenset[str]:
@@ -84,19 +117,23 @@ _POSITION_ORDER = attrgetter("position", "event_id")
 _NO_COLUMNS: frozenset[str] = frozenset()
 
 
-def plan_table(events: Sequence[ChangeEvent], watermark: str | None = None) -> TablePlan:
-    """Plan one table's batch against its current truncate ``watermark``."""
+def plan_table(
+    events: Sequence[ChangeEvent], watermark: str | None = None, *, keyless: bool = False
+) -> TablePlan:
+    """Plan one table's batch against its current truncate ``watermark``. ``keyless``: the
+    caller resolves keyless plans (:func:`resolve_plan`); without it a table without a
+    primary key is refused (DecodeError), so an adapter never drops its rows silently."""
     if not events:
         raise ValueError("plan_table needs at least one event")
     distinct = distinct_events(events)
-    primary_key = _primary_key(distinct)
+    primary_key = _primary_key(distinct, keyless=keyless)
     truncates = [e.position for e in distinct if e.op is Op.TRUNCATE]
     new_watermark = max([*truncates, *([watermark] if watermark else [])], default=None)
     live = [e for e in distinct if e.op is not Op.TRUNCATE]
     if new_watermark is not None:
         live = [e for e in live if e.position > new_watermark]
     stale = len(distinct) - len(truncates) - len(live)
-    folded = fold_changes(live, primary_key)
+    folded = fold_changes(live, primary_key) if primary_key else {}
     return TablePlan(
         table=distinct[0].table_id,
         primary_key=primary_key,
@@ -106,14 +143,70 @@ def plan_table(events: Sequence[ChangeEvent], watermark: str | None = None) -> T
         events=len(events),
         stale=stale,
         source_types=_source_types(distinct),
+        keyless=() if primary_key else tuple(live),
     )
+
+
+def resolve_plan(plan: TablePlan, target: KeylessTarget) -> TablePlan:
+    """A keyless plan resolved against what its replica holds (``target``, read for the
+    needs of :func:`capa.keyless.batch_needs`): a keyed plan on ``_capa_row_id`` with one
+    row change per touched occurrence, plus the unmatched events. Other plans unchanged."""
+    if not plan.needs_target:
+        return plan
+    changes: dict[KeyTuple, RowChange] = {}
+    unmatched: list[ChangeEvent] = []
+    for step in resolve_keyless(plan.keyless, target):
+        event = step.event
+        if step.removed is not None:
+            row_id, before = step.removed
+            image = with_identity(before, row_id)
+            changes[(row_id,)] = _change(
+                event, (row_id,), image, deleted=True, keep=(), op=Op.DELETE
+            )
+        if step.added is not None:
+            image = with_identity(step.added, event.event_id)
+            changes[(event.event_id,)] = _change(
+                event, (event.event_id,), image, deleted=False, keep=()
+            )
+        if not step.matched:
+            unmatched.append(event)
+            if step.added is None:  # a tombstone of its own: its id marks it applied
+                image = with_identity(event.before or {}, event.event_id)
+                changes[(event.event_id,)] = _change(
+                    event, (event.event_id,), image, deleted=True, keep=()
+                )
+    return replace(
+        plan,
+        primary_key=KEYLESS_KEY,
+        changes=tuple(sorted(changes.values(), key=_POSITION_ORDER)),
+        source_types={**plan.source_types, ROW_ID: "text", ROW_HASH: "text"},
+        unmatched=tuple(unmatched),
+    )
+
+
+def keyless_target(plan: TablePlan, rows: Iterable[Mapping[str, Any]]) -> KeylessTarget:
+    """The :class:`KeylessTarget` of ``plan`` from replica rows (any superset of the rows
+    at or above the batch's lowest position and the live rows of the hashes it removes)."""
+    hashes, lowest = batch_needs(plan.keyless)
+    cut = plan.truncate_position  # rows below it are gone once the plan is written
+    applied: set[str] = set()
+    live: dict[str, list[Occurrence]] = {}
+    for row in rows:
+        position = row["_capa_position"]
+        if cut is not None and position < cut:
+            continue
+        if lowest is not None and position >= lowest:
+            applied.update((row[ROW_ID], row["_capa_event_id"]))
+        if not row["_capa_deleted"] and row[ROW_HASH] in hashes:
+            live.setdefault(row[ROW_HASH], []).append(Occurrence(position, row[ROW_ID]))
+    return KeylessTarget(frozenset(applied), live)
 
 
 def _after(position: str, watermark: str | None) -> bool:
     return watermark is None or position > watermark
 
 
-def _primary_key(events: Sequence[ChangeEvent]) -> tuple[str, ...]:
+def _primary_key(events: Sequence[ChangeEvent], *, keyless: bool) -> tuple[str, ...]:
     keyed = [e for e in events if e.op is not Op.TRUNCATE]
     keys = {e.primary_key for e in keyed}
     if len(keys) > 1:
@@ -122,10 +215,11 @@ def _primary_key(events: Sequence[ChangeEvent]) -> tuple[str, ...]:
             "a primary-key change needs a new raw table (or a migration) before replay"
         )
     primary_key = keys.pop() if keys else ()
-    if keyed and not primary_key:
+    if keyed and not primary_key and not keyless:
         raise DecodeError(
-            f"table {keyed[0].table_id!r} has no primary key; capa replicates rows by key: "
-            "add a primary key at the source"
+            f"table {keyed[0].table_id!r} has no primary key and this warehouse does not "
+            "replicate keyless tables yet: add a primary key at the source, or use the local "
+            "warehouse"
         )
     return primary_key
 
@@ -317,7 +411,10 @@ class ReplicaState:
     watermark: str | None = None
 
     def apply(self, plan: TablePlan) -> int:
-        """Apply a plan; returns the number of rows written."""
+        """Apply a plan (a keyless one is resolved against these rows first); returns the
+        number of rows written."""
+        if plan.needs_target:
+            plan = resolve_plan(plan, keyless_target(plan, self.rows.values()))
         if plan.truncate_position and _after(plan.truncate_position, self.watermark):
             self.watermark = plan.truncate_position
             self.rows = {
@@ -334,7 +431,10 @@ class ReplicaState:
         row = dict(change.values)
         row.update({name: (current or {}).get(name) for name in change.keep})
         row.update(
-            _capa_position=change.position, _capa_deleted=change.deleted, _capa_op=change.op.value
+            _capa_position=change.position,
+            _capa_deleted=change.deleted,
+            _capa_op=change.op.value,
+            _capa_event_id=change.event_id,
         )
         self.rows[change.key] = row
         return True

@@ -299,17 +299,40 @@ def compute_event_id(event: ChangeEvent) -> str:
     """Deterministic id: the same source change gives the same id on every path.
 
     It depends only on what identifies the change at the source (source, table,
-    position, operation, key), never on the path, arrival time or redelivery.
+    position, operation, and the key, or for a keyless table the row image: see
+    :func:`identity_of`), never on the path, arrival time or redelivery.
     """
-    ident = [
-        event.source,
-        event.schema,
-        event.table,
-        event.position,
-        event.op.value,
-        key_items(event.key),
-    ]
-    return hashlib.blake2b(stable_json(ident).encode(), digest_size=16).hexdigest()
+    identity = identity_of(event.primary_key, event.key, event.row, event.op)
+    ident = [event.source, event.schema, event.table, event.position, event.op.value]
+    try:
+        text = stable_json([*ident, key_items(identity)])
+    except TypeError:  # a keyless image with a value outside the canonical domain: the id
+        # stays computable, the codec refuses the event with its reason when it is encoded
+        text = json.dumps([*ident, list(identity.items())], sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def identity_of(
+    primary_key: tuple[str, ...],
+    key: Mapping[str, Any],
+    row: Mapping[str, Any] | None,
+    op: Op,
+) -> Mapping[str, Any]:
+    """What names the changed row in the event id: the key; for a keyless table (no
+    primary key) the row image, so that the rows of one snapshot (which share its position)
+    get distinct ids. Duplicate rows of one snapshot still share an id: normalisers number
+    them (:func:`occurrence_id`)."""
+    if primary_key or op is Op.TRUNCATE or row is None:
+        return key
+    return row
+
+
+def occurrence_id(event_id: str, ordinal: int) -> str:
+    """The id of the ``ordinal``-th (from 0) event of a keyless snapshot that repeats
+    another's (same table, position and image): the first keeps ``event_id``."""
+    if ordinal == 0:
+        return event_id
+    return hashlib.blake2b(f"{event_id}#{ordinal}".encode(), digest_size=16).hexdigest()
 
 
 def stable_json(obj: Any) -> str:

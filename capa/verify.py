@@ -10,18 +10,23 @@ The source is read per column type (:data:`SOURCE_TYPES`): types whose Python fo
 from the canonical value, or that psycopg cannot load at all (``infinity`` dates, ranges
 with an ``infinity`` bound), are read as PostgreSQL text and parsed here, with the same
 special-value rules as the normalisers (:mod:`capa.values`).
+A table without a primary key is compared as a multiset: each row is named by its hash
+and its occurrence number among equal rows, so a duplicate too many or too few shows up
+as an extra or missing ``(hash, n)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capa.events import raw_table_name, stable_json
+from capa.keyless import KEYLESS_COLUMNS
 from capa.values import comparable
 from capa.verify_source import SourceColumn, source_columns, source_rows
 from capa.warehouse.base import META_COLUMNS, META_DELETED, RAW_NAMESPACE
@@ -63,6 +68,11 @@ def row_key(row: Mapping[str, Any], pk: tuple[str, ...]) -> Key:
 def hash_rows(
     rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], columns: list[str]
 ) -> dict[Any, str]:
+    """Row key -> row hash; for a keyless table (empty ``pk``) the key is (hash, n), n
+    counting the equal rows before it, so the dicts compare as multisets."""
+    if not pk:
+        counts: Counter[str] = Counter(row_hash(r, columns) for r in rows)
+        return {(h, n): h for h, count in counts.items() for n in range(count)}
     return {row_key(r, pk): row_hash(r, columns) for r in rows}
 
 
@@ -126,7 +136,7 @@ def _json_text(data: str | bytes | memoryview) -> str:
 
 
 def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ...], list[str]]]:
-    """(table, pk columns, all columns) for every table with a primary key."""
+    """(table, pk columns, all columns) for every table; pk is () for a keyless table."""
     sql = """
         SELECT c.table_name,
                array_agg(c.column_name::text ORDER BY c.ordinal_position) AS cols,
@@ -143,7 +153,7 @@ def pg_tables(dsn: str, schema: str = "public") -> list[tuple[str, tuple[str, ..
     """
     with _pg_connect(dsn) as conn:
         rows = conn.execute(sql, [schema]).fetchall()
-    return [(name, tuple(pk), list(cols)) for name, cols, pk in rows if pk]
+    return [(name, tuple(pk or ()), list(cols)) for name, cols, pk in rows]
 
 
 def pg_rows(dsn: str, schema: str, table: str) -> Iterator[dict[str, Any]]:
@@ -177,7 +187,7 @@ def local_replica_rows(lakehouse: Path, name: str) -> list[dict[str, Any]] | Non
     replica = warehouse.rows(f"{RAW_NAMESPACE}.{name}", include_deleted=True)
     rows = [r for r in replica if not r.get(META_DELETED)]
     for row in rows:
-        for meta in META_COLUMNS:
+        for meta in (*META_COLUMNS, *KEYLESS_COLUMNS):
             row.pop(meta, None)
     return rows
 

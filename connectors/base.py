@@ -15,12 +15,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from capa.errors import DecodeError
-from capa.events import ChangeEvent, stable_json
+from capa.events import ChangeEvent, Op, occurrence_id, stable_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,39 @@ def event_id_for(
         return None
     ident = [source, schema, table, position, op, [[k, v] for k, v in key.items()]]
     return hashlib.blake2b(stable_json(ident).encode(), digest_size=16).hexdigest()
+
+
+class SnapshotOrdinals:
+    """Numbers the repeats of a keyless snapshot row, so duplicate rows stay distinct.
+
+    The rows of one snapshot share its position, and a keyless row is named by its image
+    (:func:`capa.events.identity_of`), so two equal rows of a table without a primary key
+    would share an event id and collapse into one. A normaliser reads a snapshot in order,
+    once per run, so the n-th repeat of (table, position, image) gets
+    :func:`capa.events.occurrence_id` ``(id, n)``; a snapshot read again from its start
+    numbers its rows the same way. State: one counter per keyless table while it is in a
+    snapshot, dropped at its first streamed change.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], tuple[str, Counter[str]]] = {}
+
+    def number(self, event: ChangeEvent) -> ChangeEvent:
+        if event.primary_key or event.op is Op.TRUNCATE:
+            return event
+        table = (event.source, event.schema, event.table)
+        if event.op is not Op.READ:
+            self._seen.pop(table, None)
+            return event
+        position, counts = self._seen.get(table, ("", Counter()))
+        if position != event.position:
+            counts = Counter()
+            self._seen[table] = (event.position, counts)
+        ordinal = counts[event.event_id]
+        counts[event.event_id] += 1
+        if ordinal == 0:
+            return event
+        return replace(event, event_id=occurrence_id(event.event_id, ordinal))
 
 
 class Normalizer(Protocol):

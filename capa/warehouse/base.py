@@ -8,7 +8,8 @@ Raw table contract (public; Spark models and ``capa sql`` rely on it):
 * ``raw.<name>``: the replica of a source table, ``<name>`` being
   :func:`capa.events.raw_table_name` of (source, schema, table): ``<source>_<schema>_<table>``
   for plain lower-case names, an escaped spelling for any other (see "Table identity" in
-  docs/architecture.md). The replica is one row per primary key, with the
+  docs/architecture.md). The replica is one row per primary key (for a table without
+  one: per occurrence of a row, keyed by ``_capa_row_id``, see :mod:`capa.keyless`), with the
   source columns plus metadata columns ``_capa_position`` (string, byte-comparable),
   ``_capa_op`` (r/c/u/d), ``_capa_commit_ts`` (timestamp µs UTC), ``_capa_ingested_at``
   (timestamp µs UTC), ``_capa_event_id`` and ``_capa_deleted`` (bool). Deleted rows are
@@ -66,6 +67,7 @@ class TableReport:
     applied: int  # rows inserted/updated/deleted in the replica
     stale: int  # events older than the applied position: no-ops
     changelog_rows: int  # new rows appended to the changelog (duplicates skipped)
+    unmatched: int = 0  # keyless changes that matched no replica row (see capa.keyless)
 
 
 @dataclass(frozen=True, slots=True)

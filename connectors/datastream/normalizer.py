@@ -29,10 +29,10 @@ from uuid import UUID
 from capa.apply import require_key_values
 from capa.codec import datetime_to_us, to_json_value
 from capa.errors import DecodeError
-from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind
+from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind, identity_of
 from capa.position import pg_position
 from capa.values import date_from_days, float32_value, timestamp_from_us
-from connectors.base import Skip, checked_ts_us, event_id_for
+from connectors.base import Skip, SnapshotOrdinals, checked_ts_us, event_id_for
 
 _BACKFILL = "postgresql-backfill"
 _CDC = "postgresql-cdc"
@@ -47,7 +47,8 @@ _MAX_DEPTH = 64
 
 
 class DatastreamNormalizer:
-    """Datastream record (dict from JSON or Avro) -> :class:`ChangeEvent` (pure, no I/O).
+    """Datastream record (dict from JSON or Avro) -> :class:`ChangeEvent` (no I/O; its only
+    state numbers duplicate rows of a keyless backfill, see :class:`SnapshotOrdinals`).
 
     ``source`` names the source; without it the stream name's last path part is used
     (``projects/p/locations/l/streams/f2`` -> ``f2``), else ``"datastream"``.
@@ -57,6 +58,7 @@ class DatastreamNormalizer:
 
     def __init__(self, source: str | None = None) -> None:
         self.source = source
+        self._ordinals = SnapshotOrdinals()  # duplicate rows of a keyless backfill
 
     def normalize(self, record: Any, hints: Mapping[str, str] | None = None) -> ChangeEvent | Skip:
         record = unwrap_transport(record)
@@ -89,12 +91,15 @@ class DatastreamNormalizer:
             after=None if op is Op.DELETE else row,
             transaction_id=None if meta.get("tx_id") is None else str(meta["tx_id"]),
             origin=self.origin,
-            event_id=event_id_for(name, schema, table, position, op.value, key) or "",
+            event_id=event_id_for(
+                name, schema, table, position, op.value, identity_of(primary_key, key, row, op)
+            )
+            or "",
         )
         event.table_id  # noqa: B018 - an unusable raw table name (TableNameError) is refused here
         if row:  # so is a NULL key value; an empty delete is kept (see _key)
             require_key_values(event)
-        return event
+        return self._ordinals.number(event)
 
 
 def unwrap_transport(record: Any) -> Mapping[str, Any]:

@@ -39,6 +39,7 @@ from connectors.debezium.engine import (
     jvm_options,
     write_log4j_config,
 )
+from connectors.debezium.identity import warn_about_keyless_tables
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
@@ -167,6 +168,7 @@ class BridgeProcess:
         observe = self.settings.observe
         metrics.serve_metrics(observe.host, observe.bridge_metrics_port)
         props = debezium_properties(self.settings)
+        warn_about_keyless_tables(self.settings.postgres.dsn(), props.get("table.include.list"))
         self.engine = EmbeddedDebezium(props, self.handler, jvm_opts=jvm_options(log4j))
         self.engine.start()
         logger.info("bridge running: %s -> %s", self.settings.debezium.source_name, kafka.topic)

@@ -19,9 +19,9 @@ from typing import Any
 
 from capa.apply import check_applicable
 from capa.errors import DecodeError
-from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind
+from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind, identity_of
 from capa.position import mssql_position, pg_position
-from connectors.base import Skip, checked_ts_us, event_id_for
+from connectors.base import Skip, SnapshotOrdinals, checked_ts_us, event_id_for
 from connectors.debezium import envelope
 from connectors.debezium.values import (
     UNAVAILABLE,
@@ -86,7 +86,8 @@ CONNECTORS: dict[str, tuple[SourceKind, Callable[..., str], Callable[..., str | 
 
 
 class DebeziumNormalizer:
-    """Debezium JSON record -> :class:`ChangeEvent` | :class:`Skip` (pure, no I/O).
+    """Debezium JSON record -> :class:`ChangeEvent` | :class:`Skip` (no I/O; its only state
+    numbers duplicate rows of a keyless snapshot, see :class:`SnapshotOrdinals`).
 
     ``source`` overrides ``source.name``; ``column_types`` maps ``"schema.table"`` (or
     ``"table"``) to ``{column: hint}`` for schemaless input; ``primary_keys`` maps the
@@ -108,6 +109,7 @@ class DebeziumNormalizer:
         }
         self._primary_keys = {t: tuple(cols) for t, cols in (primary_keys or {}).items()}
         self._schema_cache: dict[Any, tuple[dict[str, Converter], tuple[Column, ...]]] = {}
+        self._ordinals = SnapshotOrdinals()  # duplicate rows of a keyless snapshot
 
     # --- entry point -------------------------------------------------------------------------
 
@@ -169,10 +171,18 @@ class DebeziumNormalizer:
             unchanged=unchanged,
             transaction_id=transaction_of(source, payload.get("transaction")),
             origin=self.origin,
-            event_id=event_id_for(name, schema, table, position, op.value, key) or "",
+            event_id=event_id_for(
+                name,
+                schema,
+                table,
+                position,
+                op.value,
+                _identity(primary_key, key, op, before, after),
+            )
+            or "",
         )
         check_applicable(event)  # a NULL key value or an unusable table name: refused here
-        return event
+        return self._ordinals.number(event)
 
     def _converters(
         self, value_schema: Mapping[str, Any] | None, schema: str, table: str
@@ -222,6 +232,16 @@ class DebeziumNormalizer:
                 )
             return names, {n: image[n] for n in names}
         return (), {}
+
+
+def _identity(
+    primary_key: tuple[str, ...],
+    key: Mapping[str, Any],
+    op: Op,
+    before: FrozenRow | None,
+    after: FrozenRow | None,
+) -> Mapping[str, Any]:
+    return identity_of(primary_key, key, before if op is Op.DELETE else after, op)
 
 
 def _key_value(

@@ -13,11 +13,13 @@ with backoff, then raised as :class:`~capa.errors.WarehouseTransientError`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -29,14 +31,23 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from capa import retry
-from capa.apply import TablePlan, plan_table
+from capa.apply import TablePlan, keyless_target, plan_table, resolve_plan
 from capa.columnar import TableColumns
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
 from capa.events import ChangeEvent, iter_tables
+from capa.keyless import (
+    ROW_HASH,
+    ROW_ID,
+    UNMATCHED_PROPERTY,
+    KeylessTarget,
+    batch_needs,
+    unmatched_reason,
+)
 from capa.retry import RetryPolicy
 from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
     META_DELETED,
+    META_EVENT_ID,
     META_POSITION,
     RAW_NAMESPACE,
     ApplyReport,
@@ -130,18 +141,26 @@ class LocalWarehouse:
 
     def _apply_table_once(self, name: str, events: Sequence[ChangeEvent]) -> TableReport:
         replica_path = self.table_path(RAW_NAMESPACE, name)
-        plan = plan_table(events, delta_io.read_watermark(delta_io.open_table(replica_path)))
+        plan = plan_table(
+            events, delta_io.read_watermark(delta_io.open_table(replica_path)), keyless=True
+        )
+        if plan.needs_target:
+            self._compact_table(name)  # a keyless batch is resolved against the whole replica
+            plan = resolve_plan(plan, _keyless_target(replica_path, plan))
         replica_columns = image_columns([c.values for c in plan.changes])
         log_columns = image_columns(changelog_images(plan.changelog))
         types = batch_types(plan, replica_columns, log_columns)
         ingested = datetime.now(UTC)
         with _write_errors(name, self.root):
             appended = self._append_changelog(plan, log_columns, types, ingested)
-            if self.merge_on_read and not plan.truncate_position:
+            if self.merge_on_read and not plan.truncate_position and not plan.keyless:
                 return self._append_pending(plan, replica_columns, types, ingested, appended)
             self._compact_table(name)  # a merge (or truncate) applies on top of a compact base
             metrics = self._merge_replica(replica_path, plan, replica_columns, types, ingested)
-        return _merged_report(name, plan.events, plan.stale, len(plan.changes), appended, metrics)
+            if plan.unmatched:
+                _record_unmatched(DeltaTable(str(replica_path)), name, plan.unmatched)
+        report = _merged_report(name, plan.events, plan.stale, len(plan.changes), appended, metrics)
+        return replace(report, unmatched=len(plan.unmatched))
 
     def _apply_columns_once(self, name: str, cols: TableColumns) -> TableReport:
         """Both Delta writes (the changelog append, and the pending append or the replica
@@ -465,6 +484,54 @@ def _merged_report(
     applied = upserted + int(metrics.get("num_target_rows_deleted", 0))
     logger.debug("applied %s: %d events, %d rows written", name, events, applied)
     return TableReport(name, events, applied, stale + changes - upserted, appended)
+
+
+def _keyless_target(path: Path, plan: TablePlan) -> KeylessTarget:
+    """What a keyless replica holds for ``plan``: only the rows that can matter are read
+    (at or above the batch's lowest position, or live with a hash the batch removes)."""
+    table = delta_io.open_table(path)
+    if table is None:
+        return KeylessTarget()
+    if ROW_ID not in delta_io.table_types(table):
+        if not table.to_pyarrow_dataset().count_rows():
+            return KeylessTarget()  # created by a truncate: no row written yet
+        raise WarehouseTerminalError(
+            f"raw.{path.name} was replicated with a primary key, but its source table now has "
+            "none; restore the key at the source, or drop the replica and resync"
+        )
+    hashes, lowest = batch_needs(plan.keyless)
+    read = [ROW_ID, ROW_HASH, META_POSITION, META_EVENT_ID, META_DELETED]
+    # cast: delta-rs may read strings as string_view, which the compute kernels mix badly
+    data = table.to_pyarrow_dataset().to_table(columns=read)
+    position = data[META_POSITION].cast(pa.string())
+    wanted = pc.greater_equal(position, pa.scalar(lowest or "", pa.string()))
+    if hashes:
+        held = pc.is_in(data[ROW_HASH].cast(pa.string()), pa.array(sorted(hashes), pa.string()))
+        wanted = pc.or_(wanted, pc.and_(held, pc.invert(data[META_DELETED])))
+    return keyless_target(plan, data.filter(wanted).to_pylist())
+
+
+def _record_unmatched(table: DeltaTable, name: str, unmatched: Sequence[ChangeEvent]) -> None:
+    """Mark the replica diverged (a table property with the count, the first position and
+    the reason) and tell the operator once: a warning when the table first diverges, never
+    one per event; the events themselves are in the changelog."""
+    config = table.metadata().configuration
+    previous = json.loads(config.get(UNMATCHED_PROPERTY) or "null")
+    first = unmatched[0]
+    record = previous or {"first_position": first.position, "reason": unmatched_reason(first)}
+    record["count"] = int(record.get("count", 0)) + len(unmatched)
+    table.alter.set_table_properties(
+        {UNMATCHED_PROPERTY: json.dumps(record)}, raise_if_not_exists=False
+    )
+    if previous is None:
+        logger.warning(
+            "raw.%s no longer matches its source: %s (first at position %s; later ones are "
+            "counted in the table property %s, not logged)",
+            name,
+            record["reason"],
+            record["first_position"],
+            UNMATCHED_PROPERTY,
+        )
 
 
 def _key_predicate(primary_key: Sequence[str]) -> str:

@@ -1,0 +1,210 @@
+"""A table without a primary key, end to end: real PostgreSQL -> Debezium bridge -> canonical
+Kafka topic -> ``capa apply`` (local Delta replica) -> ``capa verify`` (multiset comparison).
+
+The table holds duplicate rows from the start (so Debezium's snapshot carries equal rows at
+one position), more duplicates are streamed, and with ``REPLICA IDENTITY FULL`` updates and
+deletes of single duplicates (by ``ctid``) and of all of them replicate; redelivering the
+whole stream changes nothing. Also recorded: what PostgreSQL does to an UPDATE of a keyless
+table with the default replica identity once capa's publication includes it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from service_support import ROOT, bridge_environment, slot_inactive, start_bridge
+
+from capa.codec import event_to_json
+from capa.config import CapaSettings
+from capa.events import ChangeEvent, Op
+from capa.verify import verify_postgres_local
+from capa_app.stack.base import tail, wait_for
+from capa_app.stack.kafka import ensure_topics
+from connectors.kafka.consumer import ChangeEventDecoder, read_topic
+
+SEED_ROWS = [("info", "boot", 1)] * 3 + [("warn", "disk", 2)] * 2 + [("info", "tick", None)]
+
+
+@pytest.fixture()
+def capture(
+    capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
+    suffix = uuid.uuid4().hex[:8]
+    schema, table = f"kl_{suffix}", "app_log"
+    state = tmp_path / "state"
+    state.mkdir()
+    kafka_config = kafka.config.model_copy(
+        update={"topic": f"it.keyless.{suffix}", "dlq_topic": f"it.keyless.dlq.{suffix}"}
+    )
+    debezium = capa_settings.debezium.model_copy(
+        update={
+            "source_name": f"kl{suffix}",
+            "engine_name": f"capa-kl-{suffix}",
+            "slot_name": f"capa_kl_{suffix}",
+            "publication": f"capa_kl_{suffix}",
+            "table_include_list": f"{schema}.{table}",
+            "heartbeat_interval_ms": 1000,
+        }
+    )
+    settings = capa_settings.model_copy(
+        update={"state_dir": state, "kafka": kafka_config, "debezium": debezium}
+    )
+    ensure_topics(kafka.admin(), {kafka_config.topic: 3, kafka_config.dlq_topic: 1})
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}"."{table}" (level text, msg text, n integer)')
+        conn.cursor().executemany(
+            f'INSERT INTO "{schema}"."{table}" VALUES (%s, %s, %s)', SEED_ROWS
+        )
+    log = tmp_path / "bridge.log"
+    proc = start_bridge(settings, log)
+    yield {"settings": settings, "schema": schema, "table": table, "proc": proc, "log": log}
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+    sys.stderr.write(f"\n----- bridge log tail ({log}) -----\n{tail(log, 60)}\n")
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        wait_for(lambda: slot_inactive(conn, debezium.slot_name), timeout=30)
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND NOT active",
+            (debezium.slot_name,),
+        )
+        conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def events_until(settings: CapaSettings, done: Any) -> list[ChangeEvent]:
+    decoder = ChangeEventDecoder()
+    found: list[ChangeEvent] = []
+
+    def enough(messages: list[Any]) -> bool:
+        found[:] = [decoder.decode(m.value()) for m in messages]
+        return done(found)
+
+    read_topic(settings.kafka.bootstrap, settings.kafka.topic, until=enough, timeout_s=150)
+    return found
+
+
+def capa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "capa_app.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def apply_file(path: Path, events: list[ChangeEvent], lakehouse: Path) -> None:
+    path.write_text("".join(json.dumps(event_to_json(e)) + "\n" for e in events))
+    applied = capa("apply", "--input", str(path), "--warehouse", f"local:{lakehouse}")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+
+
+def change_the_table(dsn: str, q: str) -> None:
+    """More duplicates; an UPDATE PostgreSQL refuses; then with REPLICA IDENTITY FULL
+    updates and deletes of one duplicate (by ctid) and of all of them; an end marker."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.cursor().executemany(
+            f"INSERT INTO {q} VALUES (%s, %s, %s)",
+            [("info", "tick", None)] * 4 + [("debug", f"m{n % 5}", n % 5) for n in range(40)],
+        )
+        # PostgreSQL itself refuses this while the table is in the publication without a
+        # replica identity: the operator must set REPLICA IDENTITY FULL (docs/architecture.md)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="replica identity"):
+            conn.execute(f"UPDATE {q} SET n = 9 WHERE msg = 'boot'")
+        conn.execute(f"ALTER TABLE {q} REPLICA IDENTITY FULL")
+        one_boot = f"SELECT ctid FROM {q} WHERE msg = 'boot' LIMIT 1"
+        conn.execute(f"UPDATE {q} SET n = 7 WHERE ctid = ({one_boot})")  # one of 3 duplicates
+        conn.execute(f"DELETE FROM {q} WHERE ctid = ({one_boot})")  # another one
+        conn.execute(f"UPDATE {q} SET level = 'info' WHERE msg = 'm3'")  # all 8 duplicates
+        conn.execute(f"DELETE FROM {q} WHERE msg = 'disk'")  # both duplicates
+        conn.execute(f"INSERT INTO {q} VALUES ('end', 'end', 0)")
+
+
+EXPECTED_ROWS = len(SEED_ROWS) + 44 - 1 - 2 + 1
+
+
+def test_keyless_table_with_duplicates_replicates_and_verifies_as_a_multiset(
+    capture: dict[str, Any], postgres: Any, tmp_path: Path
+) -> None:
+    settings, schema, table = capture["settings"], capture["schema"], capture["table"]
+    q = f'"{schema}"."{table}"'
+    snapshot = events_until(settings, lambda found: len(found) >= len(SEED_ROWS))
+    assert [e.op for e in snapshot] == [Op.READ] * len(SEED_ROWS)
+    assert len({e.position for e in snapshot}) == 1  # one snapshot position ...
+    assert len({e.event_id for e in snapshot}) == len(SEED_ROWS)  # ... and no id shared
+
+    change_the_table(postgres.dsn, q)
+    events = events_until(
+        settings,
+        lambda found: any(e.after is not None and e.after.get("msg") == "end" for e in found),
+    )
+    ops = [e.op for e in events]
+    assert ops.count(Op.UPDATE) == 1 + 8 and ops.count(Op.DELETE) == 1 + 2
+    assert all(e.before is not None for e in events if e.op in (Op.UPDATE, Op.DELETE))
+
+    lakehouse = tmp_path / "lake"
+    apply_file(tmp_path / "first.jsonl", events[: len(events) // 2], lakehouse)
+    apply_file(tmp_path / "all.jsonl", events, lakehouse)  # redelivers the first half
+    apply_file(tmp_path / "again.jsonl", events, lakehouse)  # and everything again
+    verify = ("verify", "--dsn", postgres.dsn, "--source", settings.debezium.source_name)
+    where = ("--schema", schema, "--warehouse", f"local:{lakehouse}")
+    ok = capa(*verify, *where)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (diff,) = verify_postgres_local(postgres.dsn, settings.debezium.source_name, schema, lakehouse)
+    assert diff.ok and diff.source_rows == diff.replica_rows == EXPECTED_ROWS
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:  # one duplicate more
+        conn.execute(f"INSERT INTO {q} VALUES ('info', 'tick', NULL)")
+    bad = capa(*verify, *where)
+    assert bad.returncode == 4, bad.stdout + bad.stderr
+    (diff,) = verify_postgres_local(postgres.dsn, settings.debezium.source_name, schema, lakehouse)
+    assert len(diff.missing) == 1 and not diff.extra and not diff.different
+    assert capture["proc"].poll() is None  # the bridge kept streaming throughout
+    lines = capture["log"].read_text().splitlines()
+    told = [line for line in lines if "captured tables without a primary key" in line]
+    assert len(told) == 1 and f"{schema}.{table} (REPLICA IDENTITY DEFAULT)" in told[0], told
+
+
+def test_keyless_table_streams_through_the_apply_job(
+    capture: dict[str, Any], kafka: Any, postgres: Any, tmp_path: Path
+) -> None:
+    """The same changes through the streaming apply job (native decode, merge-on-read), as the
+    pipeline e2e test runs it: the replica converges to the source multiset, no dead letter."""
+    settings, schema, table = capture["settings"], capture["schema"], capture["table"]
+    events_until(settings, lambda found: len(found) >= len(SEED_ROWS))  # publication made
+    change_the_table(postgres.dsn, f'"{schema}"."{table}"')
+    lakehouse, status, log = tmp_path / "wh", tmp_path / "status.json", tmp_path / "apply.log"
+    argv = [
+        *(sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap),
+        *("--topic", settings.kafka.topic, "--dlq_topic", settings.kafka.dlq_topic),
+        *("--warehouse", f"local:{lakehouse}", "--consumer_group", f"kl-{uuid.uuid4().hex[:8]}"),
+        *("--status_file", str(status), "--log_interval_s", "1"),
+    ]
+    with log.open("ab") as out:
+        job = subprocess.Popen(
+            argv, cwd=ROOT, env=bridge_environment(settings), stdout=out, stderr=subprocess.STDOUT
+        )
+    source = settings.debezium.source_name
+    try:
+        deadline, diff = time.monotonic() + 150, None
+        while time.monotonic() < deadline and (diff is None or not diff.ok):
+            assert job.poll() is None, f"the apply job exited: {tail(log, 40)}"
+            time.sleep(2)
+            (diff,) = verify_postgres_local(postgres.dsn, source, schema, lakehouse)
+        assert diff is not None and diff.ok, (diff, tail(log, 40))
+        assert diff.replica_rows == EXPECTED_ROWS
+        wait_for(
+            lambda: status.exists() and json.loads(status.read_text()).get("events_applied"), 30
+        )
+        assert json.loads(status.read_text())["dead_letters"] == 0
+    finally:
+        job.kill()
+        job.wait(30)
