@@ -62,7 +62,10 @@ class PostgresConfig(_Section):
     database: str = Field("shop", description="Database captured as source F2.")
     user: str = Field("postgres", description="Login role used by Debezium and the workload.")
     password: SecretStr = Field(
-        SecretStr(""), description="Password (from env CAPA__POSTGRES__PASSWORD; empty for trust)."
+        SecretStr(""),
+        description="Password of `user` (env CAPA__POSTGRES__PASSWORD). Unset with a managed "
+        "cluster: generated once into <state_dir>/secrets/postgres.password (mode 0600) and "
+        "read from there by every client.",
     )
     bin_dir: Path = Field(
         Path("/usr/lib/postgresql/15/bin"), description="Directory holding initdb/pg_ctl."
@@ -72,11 +75,24 @@ class PostgresConfig(_Section):
         description="capa up starts a throwaway local cluster (true) or checks an existing server "
         "at host:port for logical WAL (false).",
     )
+    data_root: Path = Field(
+        Path("/var/lib/capa"),
+        description="Managed cluster, capa run as root: when the postgres OS user cannot enter "
+        "the state dir (e.g. a clone under /root), the cluster lives in "
+        "<data_root>/<hash of the state dir>/postgres instead, recorded in the state dir.",
+    )
 
-    def dsn(self) -> str:
-        secret = self.password.get_secret_value()
-        auth = f" password={secret}" if secret else ""
-        return f"host={self.host} port={self.port} dbname={self.database} user={self.user}{auth}"
+    def dsn(self, dbname: str | None = None) -> str:
+        """libpq conninfo of ``dbname`` (default the configured database), quoted by psycopg."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=dbname or self.database,
+            user=self.user,
+            password=self.password.get_secret_value() or None,
+        )
 
 
 class DebeziumConfig(_Section):
@@ -272,11 +288,40 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 
 def load_settings(**overrides: Any) -> CapaSettings:
-    """Load settings (overrides > env > YAML > defaults); :class:`ConfigError` if invalid."""
+    """Load settings (overrides > env > YAML > defaults); :class:`ConfigError` if invalid.
+
+    A managed PostgreSQL without a configured password gets the one ``capa up`` generated
+    in the state directory (:func:`postgres_password_file`), if it exists yet.
+    """
     try:
-        return CapaSettings(**overrides)
+        settings = CapaSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"invalid capa configuration: {exc}") from exc
+    return with_postgres_password(settings, read_postgres_password(settings))
+
+
+def postgres_password_file(state_dir: Path) -> Path:
+    """Where the generated password of the managed PostgreSQL lives (mode 0600)."""
+    return state_dir / "secrets" / "postgres.password"
+
+
+def read_postgres_password(settings: CapaSettings) -> str | None:
+    """The state dir's generated password, if the cluster is managed, unset in config, and
+    the file exists."""
+    if not settings.postgres.managed or settings.postgres.password.get_secret_value():
+        return None
+    try:
+        return postgres_password_file(settings.state_dir).read_text().rstrip("\n")
+    except FileNotFoundError:
+        return None
+
+
+def with_postgres_password(settings: CapaSettings, password: str | None) -> CapaSettings:
+    """``settings`` whose ``postgres.password`` is ``password`` (unchanged if None)."""
+    if password is None:
+        return settings
+    postgres = settings.postgres.model_copy(update={"password": SecretStr(password)})
+    return settings.model_copy(update={"postgres": postgres})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

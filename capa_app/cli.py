@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "up": "capa_app.commands.stack",
     "status": "capa_app.commands.stack",
     "down": "capa_app.commands.stack",
+    "clean": "capa_app.commands.stack",
     "demo": "capa_app.commands.demo",
     "verify": "capa_app.commands.verify",
     "ingest": "capa_app.commands.ingest",

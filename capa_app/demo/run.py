@@ -65,9 +65,9 @@ class DemoState:
 
 class Demo:
     def __init__(self, settings: CapaSettings, options: DemoOptions) -> None:
-        self.settings = settings
         self.options = options
         self.stack = Stack(settings)
+        self.settings = self.stack.provision()  # the PostgreSQL password the workload needs
         self.state = DemoState()
         self.lakehouse = Path(settings.warehouse.path).resolve()  # type: ignore[union-attr]
 

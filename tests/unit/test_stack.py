@@ -176,3 +176,54 @@ def test_process_cpu_seconds_counts_a_busy_child_and_none_once_it_is_gone() -> N
         proc.kill()
         proc.wait()
     assert process_cpu_seconds(proc.pid) is None
+
+
+# --- PostgreSQL password and DSN --------------------------------------------------------
+
+AWKWARD_PASSWORD = "we ird'\"\\pa ss= word"
+
+
+def test_dsn_is_built_by_libpq_rules_so_any_password_survives() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    config = PostgresConfig.model_validate({"port": 6543, "password": AWKWARD_PASSWORD})
+    parsed = conninfo_to_dict(config.dsn())
+    assert parsed == {
+        "host": "127.0.0.1",
+        "port": "6543",
+        "dbname": "shop",
+        "user": "postgres",
+        "password": AWKWARD_PASSWORD,
+    }
+    assert conninfo_to_dict(config.dsn("postgres"))["dbname"] == "postgres"
+    assert "password" not in conninfo_to_dict(PostgresConfig().dsn())
+    assert AWKWARD_PASSWORD not in repr(config)  # SecretStr: never in logs or reprs
+
+
+def test_generated_password_is_private_created_once_and_read_by_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capa.config import postgres_password_file
+    from capa_app.stack.postgres import provision_password
+
+    state = tmp_path / "state"
+    assert load_settings(state_dir=state).postgres.password.get_secret_value() == ""
+    first = provision_password(load_settings(state_dir=state)).postgres.password
+    path = postgres_password_file(state)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(first.get_secret_value()) >= 24
+    again = provision_password(load_settings(state_dir=state)).postgres.password
+    assert again == first  # reused on restart, never regenerated
+    assert load_settings(state_dir=state).postgres.password == first  # plain clients see it
+    monkeypatch.setenv("CAPA__POSTGRES__PASSWORD", "from-env")
+    assert load_settings(state_dir=state).postgres.password.get_secret_value() == "from-env"
+
+
+def test_an_external_server_never_gets_the_generated_password(tmp_path: Path) -> None:
+    from capa_app.stack.postgres import provision_password
+
+    provision_password(load_settings(state_dir=tmp_path))
+    external = PostgresConfig.model_validate({"managed": False})
+    settings = load_settings(state_dir=tmp_path, postgres=external)
+    assert settings.postgres.password.get_secret_value() == ""
+    assert provision_password(settings) == settings
