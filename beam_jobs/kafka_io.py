@@ -29,7 +29,9 @@ import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
+from capa.config import KafkaConfig, load_settings
 from capa.errors import ServiceUnavailable
+from connectors.kafka.clients import client_config
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +59,25 @@ class KafkaBatch(NamedTuple):
         return self.offsets[-1] + 1
 
 
+def job_kafka_config(bootstrap: str) -> KafkaConfig:
+    """The configured Kafka security (``CAPA__KAFKA__*`` / capa.yaml of the process running
+    this step) for the job's ``--bootstrap``."""
+    return load_settings().kafka.model_copy(update={"bootstrap_servers": bootstrap})
+
+
 def _client_settings(bootstrap: str, group: str, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "enable.partition.eof": False,
-        **(extra or {}),
-    }
+    return client_config(
+        job_kafka_config(bootstrap),
+        {
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            **(extra or {}),
+        },
+    )
 
 
 def make_consumer(bootstrap: str, group: str, extra: Mapping[str, Any] | None = None) -> Any:

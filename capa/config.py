@@ -4,18 +4,25 @@ One :class:`CapaSettings` object, read from (lowest to highest precedence) field
 defaults, an optional YAML file (``capa.yaml`` or ``$CAPA_CONFIG``) and environment
 variables named ``CAPA__<SECTION>__<KEY>`` (e.g. ``CAPA__KAFKA__PORT=29092``).
 Secrets are :class:`pydantic.SecretStr` and never logged.
+
+``CAPA__*`` is capa's only settings convention. ``CAPA_CONFIG`` is not a setting but names
+the file settings come from. Code that runs outside these settings (Airflow DAG files) reads
+its ``CAPA__...`` variables with :func:`env_setting`, which still accepts an older name.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from capa.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
@@ -50,10 +57,65 @@ class KafkaConfig(_Section):
     dlq_max_value_bytes: int = Field(
         900_000, description="Dead-letter values are cut to this size (header truncated=true)."
     )
+    dlq_retry_attempts: int = Field(
+        5,
+        ge=1,
+        description="A flush carrying dead letters is tried at most this many times, then a "
+        "transient error is raised (the caller does not commit) instead of retrying forever.",
+    )
+    dlq_retry_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="... or for at most this many seconds (checked between attempts).",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Client security.protocol of every producer, consumer and admin."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (required with SASL_PLAINTEXT / SASL_SSL)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (env CAPA__KAFKA__SASL_PASSWORD or a secret store)."
+    )
+    ssl_ca_location: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates (SSL, SASL_SSL)."
+    )
+    ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    ssl_key_location: Path | None = Field(None, description="Client private key (PEM).")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of the client private key, if it is encrypted."
+    )
+    sasl_port: int | None = Field(
+        None,
+        description="Local broker only: also listen with SASL_PLAINTEXT (PLAIN) on this port, "
+        "its one user being sasl_username/sasl_password; SASL clients bootstrap from it.",
+    )
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"kafka.security_protocol={self.security_protocol!r} needs "
+                    f"{', '.join('kafka.' + m for m in missing)} "
+                    f"(e.g. CAPA__KAFKA__{missing[0].upper()})"
+                )
+        return self
 
     @property
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or f"{self.host}:{self.port}"
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        sasl = self.security_protocol == "SASL_PLAINTEXT" and self.sasl_port is not None
+        return f"{self.host}:{self.sasl_port if sasl else self.port}"
 
 
 class PostgresConfig(_Section):
@@ -185,6 +247,20 @@ class ApplyConfig(_Section):
     )
 
 
+class SparkConfig(_Section):
+    master: str = Field("local[2]", description="Master of local Spark sessions (builds, tests).")
+    jars_dir: Path | None = Field(
+        None,
+        description="Delta Lake jars for local sessions (default <repo>/.cache/jars/spark from "
+        "`bash scripts/fetch_jars.sh spark`).",
+    )
+    bigquery_jars_dir: Path | None = Field(
+        None,
+        description="spark-bigquery-connector jars for a local session's BigQuery mode "
+        "(default <repo>/.cache/jars/spark-bigquery).",
+    )
+
+
 class CrmConfig(_Section):
     contract: Path | None = Field(
         None, description="CRM contract YAML (default: the bundled connectors/crm/contract.yaml)."
@@ -242,6 +318,9 @@ class CapaSettings(BaseSettings):
     )
 
     state_dir: Path = Field(Path(".state"), description="Logs, data and PIDs of the local stack.")
+    log_level: str = Field(
+        "INFO", description="Log level of capa's long-running processes (the Debezium bridge)."
+    )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
     postgres: PostgresConfig = Field(default_factory=PostgresConfig, description="Source F2.")
     debezium: DebeziumConfig = Field(default_factory=DebeziumConfig, description="CDC engine.")
@@ -253,6 +332,9 @@ class CapaSettings(BaseSettings):
         default_factory=GcsEmulatorConfig, description="GCS emulator of the embedded default."
     )
     crm: CrmConfig = Field(default_factory=CrmConfig, description="CRM batch ingestion.")
+    spark: SparkConfig = Field(
+        default_factory=SparkConfig, description="Local Spark sessions (consumption builds)."
+    )
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."
     )
@@ -334,3 +416,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return loaded
+
+
+def env_setting(name: str, default: str, *, deprecated: str | None = None) -> str:
+    """Env ``name`` (a ``CAPA__...`` variable), else the ``deprecated`` older name (with a
+    warning), else ``default``: for code that runs outside :class:`CapaSettings` (DAG files)."""
+    if name in os.environ:
+        return os.environ[name]
+    if deprecated is not None and deprecated in os.environ:
+        logger.warning("env %s is deprecated; set %s instead", deprecated, name)
+        return os.environ[deprecated]
+    return default

