@@ -227,3 +227,53 @@ def test_an_external_server_never_gets_the_generated_password(tmp_path: Path) ->
     settings = load_settings(state_dir=tmp_path, postgres=external)
     assert settings.postgres.password.get_secret_value() == ""
     assert provision_password(settings) == settings
+
+
+# --- one environment convention ---------------------------------------------------------
+
+
+def test_env_setting_prefers_the_capa_name_and_still_reads_a_deprecated_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from capa.config import env_setting
+
+    assert env_setting("CAPA__DAGS__X", "dflt", deprecated="CAPA_X") == "dflt"
+    monkeypatch.setenv("CAPA_X", "old")
+    assert env_setting("CAPA__DAGS__X", "dflt", deprecated="CAPA_X") == "old"
+    assert "CAPA_X is deprecated; set CAPA__DAGS__X" in caplog.text
+    monkeypatch.setenv("CAPA__DAGS__X", "new")
+    assert env_setting("CAPA__DAGS__X", "dflt", deprecated="CAPA_X") == "new"
+
+
+def test_spark_and_log_settings_follow_the_capa_convention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CAPA__SPARK__MASTER", "local[1]")
+    monkeypatch.setenv("CAPA__SPARK__JARS_DIR", "/opt/delta")
+    monkeypatch.setenv("CAPA__LOG_LEVEL", "DEBUG")
+    settings = load_settings()
+    assert (settings.spark.master, settings.spark.jars_dir) == ("local[1]", Path("/opt/delta"))
+    assert settings.log_level == "DEBUG"
+
+
+def test_capa_code_reads_no_env_variable_outside_the_convention() -> None:
+    """Every os.environ / getenv read in capa's packages names a CAPA__ setting, CAPA_CONFIG
+    (which file the settings come from) or a third-party variable."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    allowed_third_party = {"STORAGE_EMULATOR_HOST", "PYDBZ_JVM_OPTS", "SPARK_LOCAL_IP"}
+    allowed_third_party |= {"PYSPARK_PYTHON"}
+    read = re.compile(r"""(?:environ(?:\.get|\.setdefault)?[\[(]|getenv\()\s*f?["']([A-Z_]+)""")
+    found = set()
+    for package in ("capa", "capa_app", "connectors", "beam_jobs", "spark_jobs", "dags"):
+        for path in (root / package).rglob("*.py"):
+            found |= set(read.findall(path.read_text()))
+    stray = {
+        name
+        for name in found
+        if name not in allowed_third_party
+        and name != "CAPA_CONFIG"
+        and not name.startswith("CAPA__")
+    }
+    assert stray == set()
