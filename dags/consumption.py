@@ -7,7 +7,7 @@ files (``spark_jobs.project``, pure Python). Settings are Airflow Variables, rea
 through templates, with defaults from the environment and then the repository layout (the
 env names before ``CAPA__...``, ``CAPA_<NAME>``, still work but are deprecated):
 
-* ``capa_lakehouse``   (env ``CAPA__WAREHOUSE__PATH``, default ``<repo>/.state/lakehouse``)
+* ``capa_lakehouse``   (env ``CAPA__DAGS__LAKEHOUSE``, default ``<repo>/.state/lakehouse``)
 * ``capa_spark_python`` (env ``CAPA__DAGS__SPARK_PYTHON``, default
   ``<repo>/.venvs/spark/bin/python``)
 * ``capa_freshness_minutes`` (env ``CAPA__DAGS__FRESHNESS_MINUTES``, default 60)
@@ -30,15 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 SKIPPED = 99  # exit code that marks a task skipped
 
 
-# Env defaults follow CAPA__SECTION__KEY: the lakehouse is capa's warehouse.path, the rest
-# are DAG settings; the older CAPA_<NAME> still works (deprecated).
-ENV_NAMES = {"lakehouse": "CAPA__WAREHOUSE__PATH"}
-
-
 def setting(name: str, default: str) -> str:
-    """Jinja: Airflow Variable ``capa_<name>``, else env (:data:`ENV_NAMES`, else
-    ``CAPA__DAGS__<NAME>``), else ``default``."""
-    env = ENV_NAMES.get(name, f"CAPA__DAGS__{name.upper()}")
+    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA__DAGS__<NAME>`` (the older
+    ``CAPA_<NAME>`` still works, deprecated), else ``default``."""
+    env = f"CAPA__DAGS__{name.upper()}"
     fallback = env_setting(env, default, deprecated=f"CAPA_{name.upper()}").replace("'", "")
     return "{{ var.value.get('capa_" + name + "', '" + fallback + "') }}"
 
