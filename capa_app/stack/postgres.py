@@ -113,6 +113,7 @@ def provision_password(settings: CapaSettings) -> CapaSettings:
         return with_postgres_password(settings, existing)
     path = postgres_password_file(settings.state_dir)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)  # also when it existed: it holds secrets only
     password = secrets.token_urlsafe(24)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
