@@ -104,7 +104,9 @@ def test_debezium_bridge_captures_with_the_awkward_password(
     log = tmp_path / "bridge.log"
     proc = start_bridge(settings, log)
     try:
-        messages = read_topic(kafka.bootstrap, topics["topic"], until=lambda m: len(m) >= 1)
+        messages = read_topic(  # JVM start + snapshot: as slow as test_bridge's on a busy box
+            kafka.bootstrap, topics["topic"], until=lambda m: len(m) >= 1, timeout_s=150
+        )
         events = [ChangeEventDecoder().decode(m.value()) for m in messages]
         assert [(e.op, e.after) for e in events] == [
             (Op.READ, {"id": 1, "name": AWKWARD_PASSWORD})
