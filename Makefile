@@ -38,6 +38,6 @@ status:
 down:
 	$(BEAM)/capa down
 
-clean:
-	-$(BEAM)/capa down
+clean:            ## stop the stack, delete .state (and a cluster kept outside it)
+	-$(BEAM)/capa clean
 	rm -rf .state

@@ -4,10 +4,15 @@ One :class:`CapaSettings` object, read from (lowest to highest precedence) field
 defaults, an optional YAML file (``capa.yaml`` or ``$CAPA_CONFIG``) and environment
 variables named ``CAPA__<SECTION>__<KEY>`` (e.g. ``CAPA__KAFKA__PORT=29092``).
 Secrets are :class:`pydantic.SecretStr` and never logged.
+
+``CAPA__*`` is capa's only settings convention. ``CAPA_CONFIG`` is not a setting but names
+the file settings come from. Code that runs outside these settings (Airflow DAG files) reads
+its ``CAPA__...`` variables with :func:`env_setting`, which still accepts an older name.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from capa.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
@@ -64,6 +71,42 @@ class KafkaConfig(_Section):
         "original length). Under 1 MB so a dead letter fits even a topic left at Kafka's default "
         "limit; must stay below max_message_bytes.",
     )
+    dlq_retry_attempts: int = Field(
+        5,
+        ge=1,
+        description="A flush carrying dead letters is tried at most this many times, then a "
+        "transient error is raised (the caller does not commit) instead of retrying forever.",
+    )
+    dlq_retry_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="... or for at most this many seconds (checked between attempts).",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Client security.protocol of every producer, consumer and admin."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (required with SASL_PLAINTEXT / SASL_SSL)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (env CAPA__KAFKA__SASL_PASSWORD or a secret store)."
+    )
+    ssl_ca_location: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the brokers' certificates (SSL, SASL_SSL)."
+    )
+    ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS."
+    )
+    ssl_key_location: Path | None = Field(None, description="Client private key (PEM).")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of the client private key, if it is encrypted."
+    )
+    sasl_port: int | None = Field(
+        None,
+        description="Local broker only: also listen with SASL_PLAINTEXT (PLAIN) on this port, "
+        "its one user being sasl_username/sasl_password; SASL clients bootstrap from it.",
+    )
 
     @model_validator(mode="after")
     def _dead_letters_fit(self) -> KafkaConfig:
@@ -75,9 +118,28 @@ class KafkaConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"kafka.security_protocol={self.security_protocol!r} needs "
+                    f"{', '.join('kafka.' + m for m in missing)} "
+                    f"(e.g. CAPA__KAFKA__{missing[0].upper()})"
+                )
+        return self
+
     @property
     def bootstrap(self) -> str:
-        return self.bootstrap_servers or f"{self.host}:{self.port}"
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        sasl = self.security_protocol == "SASL_PLAINTEXT" and self.sasl_port is not None
+        return f"{self.host}:{self.sasl_port if sasl else self.port}"
 
 
 class PostgresConfig(_Section):
@@ -86,7 +148,10 @@ class PostgresConfig(_Section):
     database: str = Field("shop", description="Database captured as source F2.")
     user: str = Field("postgres", description="Login role used by Debezium and the workload.")
     password: SecretStr = Field(
-        SecretStr(""), description="Password (from env CAPA__POSTGRES__PASSWORD; empty for trust)."
+        SecretStr(""),
+        description="Password of `user` (env CAPA__POSTGRES__PASSWORD). Unset with a managed "
+        "cluster: generated once into <state_dir>/secrets/postgres.password (mode 0600) and "
+        "read from there by every client.",
     )
     bin_dir: Path = Field(
         Path("/usr/lib/postgresql/15/bin"), description="Directory holding initdb/pg_ctl."
@@ -96,11 +161,24 @@ class PostgresConfig(_Section):
         description="capa up starts a throwaway local cluster (true) or checks an existing server "
         "at host:port for logical WAL (false).",
     )
+    data_root: Path = Field(
+        Path("/var/lib/capa"),
+        description="Managed cluster, capa run as root: when the postgres OS user cannot enter "
+        "the state dir (e.g. a clone under /root), the cluster lives in "
+        "<data_root>/<hash of the state dir>/postgres instead, recorded in the state dir.",
+    )
 
-    def dsn(self) -> str:
-        secret = self.password.get_secret_value()
-        auth = f" password={secret}" if secret else ""
-        return f"host={self.host} port={self.port} dbname={self.database} user={self.user}{auth}"
+    def dsn(self, dbname: str | None = None) -> str:
+        """libpq conninfo of ``dbname`` (default the configured database), quoted by psycopg."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=dbname or self.database,
+            user=self.user,
+            password=self.password.get_secret_value() or None,
+        )
 
 
 class DebeziumConfig(_Section):
@@ -240,6 +318,20 @@ class ObserveConfig(_Section):
     )
 
 
+class SparkConfig(_Section):
+    master: str = Field("local[2]", description="Master of local Spark sessions (builds, tests).")
+    jars_dir: Path | None = Field(
+        None,
+        description="Delta Lake jars for local sessions (default <repo>/.cache/jars/spark from "
+        "`bash scripts/fetch_jars.sh spark`).",
+    )
+    bigquery_jars_dir: Path | None = Field(
+        None,
+        description="spark-bigquery-connector jars for a local session's BigQuery mode "
+        "(default <repo>/.cache/jars/spark-bigquery).",
+    )
+
+
 class CrmConfig(_Section):
     contract: Path | None = Field(
         None, description="CRM contract YAML (default: the bundled connectors/crm/contract.yaml)."
@@ -297,6 +389,9 @@ class CapaSettings(BaseSettings):
     )
 
     state_dir: Path = Field(Path(".state"), description="Logs, data and PIDs of the local stack.")
+    log_level: str = Field(
+        "INFO", description="Log level of capa's long-running processes (the Debezium bridge)."
+    )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka broker and topics.")
     postgres: PostgresConfig = Field(default_factory=PostgresConfig, description="Source F2.")
     debezium: DebeziumConfig = Field(default_factory=DebeziumConfig, description="CDC engine.")
@@ -310,6 +405,9 @@ class CapaSettings(BaseSettings):
     crm: CrmConfig = Field(default_factory=CrmConfig, description="CRM batch ingestion.")
     observe: ObserveConfig = Field(
         default_factory=ObserveConfig, description="Metrics endpoints and the status page."
+    )
+    spark: SparkConfig = Field(
+        default_factory=SparkConfig, description="Local Spark sessions (consumption builds)."
     )
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."
@@ -346,14 +444,19 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 
 def load_settings(**overrides: Any) -> CapaSettings:
-    """Load settings (overrides > env > YAML > defaults); :class:`ConfigError` if invalid."""
+    """Load settings (overrides > env > YAML > defaults); :class:`ConfigError` if invalid.
+
+    A managed PostgreSQL without a configured password gets the one ``capa up`` generated
+    in the state directory (:func:`postgres_password_file`), if it exists yet.
+    """
     try:
-        return CapaSettings(**overrides)
+        settings = CapaSettings(**overrides)
     except ValidationError as exc:
         raise ConfigError(
             f"invalid capa configuration: {describe_validation(exc)}; fix capa.yaml "
             "($CAPA_CONFIG) or the CAPA__<SECTION>__<KEY> variable"
         ) from exc
+    return with_postgres_password(settings, read_postgres_password(settings))
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -364,6 +467,31 @@ def describe_validation(exc: ValidationError) -> str:
         got = f" (got {error['input']!r:.80})" if "input" in error else ""
         parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
     return "; ".join(parts)
+
+
+
+def postgres_password_file(state_dir: Path) -> Path:
+    """Where the generated password of the managed PostgreSQL lives (mode 0600)."""
+    return state_dir / "secrets" / "postgres.password"
+
+
+def read_postgres_password(settings: CapaSettings) -> str | None:
+    """The state dir's generated password, if the cluster is managed, unset in config, and
+    the file exists."""
+    if not settings.postgres.managed or settings.postgres.password.get_secret_value():
+        return None
+    try:
+        return postgres_password_file(settings.state_dir).read_text().rstrip("\n")
+    except FileNotFoundError:
+        return None
+
+
+def with_postgres_password(settings: CapaSettings, password: str | None) -> CapaSettings:
+    """``settings`` whose ``postgres.password`` is ``password`` (unchanged if None)."""
+    if password is None:
+        return settings
+    postgres = settings.postgres.model_copy(update={"password": SecretStr(password)})
+    return settings.model_copy(update={"postgres": postgres})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -377,3 +505,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return loaded
+
+
+def env_setting(name: str, default: str, *, deprecated: str | None = None) -> str:
+    """Env ``name`` (a ``CAPA__...`` variable), else the ``deprecated`` older name (with a
+    warning), else ``default``: for code that runs outside :class:`CapaSettings` (DAG files)."""
+    if name in os.environ:
+        return os.environ[name]
+    if deprecated is not None and deprecated in os.environ:
+        logger.warning("env %s is deprecated; set %s instead", deprecated, name)
+        return os.environ[deprecated]
+    return default

@@ -8,7 +8,7 @@ are imported lazily so ``capa --help`` never loads Beam, Spark or a JVM.
 Exit codes: 0 success, 2 usage error, 3 some input went to the dead-letter output,
 1 any other failure (always with a one-line message naming the problem and the fix),
 70 an unexpected internal error (a bug: one line, and the traceback with ``--debug`` or
-``CAPA_DEBUG=1``).
+``CAPA__DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "up": "capa_app.commands.stack",
     "status": "capa_app.commands.stack",
     "down": "capa_app.commands.stack",
+    "clean": "capa_app.commands.stack",
     "demo": "capa_app.commands.demo",
     "verify": "capa_app.commands.verify",
     "ingest": "capa_app.commands.ingest",
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug",
         action="store_true",
-        default=os.environ.get("CAPA_DEBUG", "") not in ("", "0"),
-        help="print the traceback of an unexpected error (also CAPA_DEBUG=1)",
+        default=os.environ.get("CAPA__DEBUG", "") not in ("", "0"),
+        help="print the traceback of an unexpected error (also CAPA__DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()
@@ -109,7 +110,7 @@ def _unexpected(args: argparse.Namespace, exc: Exception) -> int:
     text = str(exc).splitlines()[0][:300] if str(exc) else ""
     console.error(
         f"capa {args.command}: unexpected {type(exc).__name__}: {text} (a bug in capa; rerun "
-        "with --debug or CAPA_DEBUG=1 for the traceback and report it)"
+        "with --debug or CAPA__DEBUG=1 for the traceback and report it)"
     )
     return EXIT_INTERNAL
 

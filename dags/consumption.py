@@ -4,23 +4,26 @@ then an optional BigQuery publish.
 Wiring only (STYLE rule 22): every task runs a module of ``spark_jobs`` in the spark environment
 as a subprocess; Airflow never imports Spark. Model order comes from the refs between the model
 files (``spark_jobs.project``, pure Python). Settings are Airflow Variables, read at run time
-through templates, with defaults from the environment and then the repository layout:
+through templates, with defaults from the environment and then the repository layout (the
+env names before ``CAPA__...``, ``CAPA_<NAME>``, still work but are deprecated):
 
-* ``capa_lakehouse``   (env ``CAPA_LAKEHOUSE``, default ``<repo>/.state/lakehouse``)
-* ``capa_spark_python`` (env ``CAPA_SPARK_PYTHON``, default ``<repo>/.venvs/spark/bin/python``)
-* ``capa_freshness_minutes`` (env ``CAPA_FRESHNESS_MINUTES``, default 60)
-* ``capa_bigquery_project`` / ``capa_bigquery_dataset``: publish target; no project = skipped.
+* ``capa_lakehouse``   (env ``CAPA__DAGS__LAKEHOUSE``, default ``<repo>/.state/lakehouse``)
+* ``capa_spark_python`` (env ``CAPA__DAGS__SPARK_PYTHON``, default
+  ``<repo>/.venvs/spark/bin/python``)
+* ``capa_freshness_minutes`` (env ``CAPA__DAGS__FRESHNESS_MINUTES``, default 60)
+* ``capa_bigquery_project`` / ``capa_bigquery_dataset`` (env ``CAPA__DAGS__BIGQUERY_PROJECT`` /
+  ``CAPA__DAGS__BIGQUERY_DATASET``): publish target; no project = skipped.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
+from capa.config import env_setting
 from spark_jobs.project import load_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +31,10 @@ SKIPPED = 99  # exit code that marks a task skipped
 
 
 def setting(name: str, default: str) -> str:
-    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else ``default``."""
-    fallback = os.environ.get(f"CAPA_{name.upper()}", default).replace("'", "")
+    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA__DAGS__<NAME>`` (the older
+    ``CAPA_<NAME>`` still works, deprecated), else ``default``."""
+    env = f"CAPA__DAGS__{name.upper()}"
+    fallback = env_setting(env, default, deprecated=f"CAPA_{name.upper()}").replace("'", "")
     return "{{ var.value.get('capa_" + name + "', '" + fallback + "') }}"
 
 

@@ -5,20 +5,25 @@ Wiring only (STYLE rule 22): the sensor asks ``connectors.crm`` whether the extr
 beam environment (Beam is never imported into Airflow); the last task writes the load's
 summary (the job's JSON output line) to ``<state_dir>/crm/loads/<load_id>.json``.
 
-Configuration (DAG params, defaults from the environment):
+Configuration (DAG params, defaults from the environment; the names before ``CAPA__...``,
+in parentheses, still work but are deprecated):
 
-* ``extract``: ``CAPA_CRM_EXTRACT`` (folder or gs://bucket/prefix; ``{{ ds }}`` allowed)
-* ``warehouse``: ``CAPA_CRM_WAREHOUSE`` (``local:DIR`` or ``bigquery:PROJECT``)
-* ``full``: ``CAPA_CRM_FULL`` ("1" = full snapshot: missing rows become deletes)
-* ``max_reject_share``: ``CAPA_CRM_MAX_REJECT_SHARE`` (default 0.05)
-* ``CAPA_BEAM_PYTHON``: the beam env's python (default ``<repo>/.venvs/beam/bin/python``)
-* ``CAPA_STATE_DIR``: where load records go (default ``<repo>/.state``)
+* ``extract``: ``CAPA__DAGS__CRM_EXTRACT`` (``CAPA_CRM_EXTRACT``): folder or
+  gs://bucket/prefix; ``{{ ds }}`` allowed
+* ``warehouse``: ``CAPA__DAGS__CRM_WAREHOUSE`` (``CAPA_CRM_WAREHOUSE``): ``local:DIR`` or
+  ``bigquery:PROJECT``
+* ``full``: ``CAPA__DAGS__CRM_FULL`` (``CAPA_CRM_FULL``): "1" = full snapshot, missing rows
+  become deletes
+* ``max_reject_share``: ``CAPA__CRM__MAX_REJECT_SHARE`` (``CAPA_CRM_MAX_REJECT_SHARE``),
+  default 0.05
+* ``CAPA__DAGS__BEAM_PYTHON`` (``CAPA_BEAM_PYTHON``): the beam env's python (default
+  ``<repo>/.venvs/beam/bin/python``)
+* ``CAPA__STATE_DIR`` (``CAPA_STATE_DIR``): where load records go (default ``<repo>/.state``)
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +33,15 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, Param
 
+from capa.config import env_setting
+
 REPO = Path(__file__).resolve().parent.parent
-BEAM_PYTHON = os.environ.get("CAPA_BEAM_PYTHON", str(REPO / ".venvs" / "beam" / "bin" / "python"))
-STATE_DIR = os.environ.get("CAPA_STATE_DIR", str(REPO / ".state"))
+BEAM_PYTHON = env_setting(
+    "CAPA__DAGS__BEAM_PYTHON",
+    str(REPO / ".venvs" / "beam" / "bin" / "python"),
+    deprecated="CAPA_BEAM_PYTHON",
+)
+STATE_DIR = env_setting("CAPA__STATE_DIR", str(REPO / ".state"), deprecated="CAPA_STATE_DIR")
 
 
 def extract_ready(extract: str) -> bool:
@@ -65,13 +76,29 @@ with DAG(
     catchup=False,
     tags=["capa", "crm"],
     params={
-        "extract": Param(os.environ.get("CAPA_CRM_EXTRACT", ""), type="string"),
-        "warehouse": Param(
-            os.environ.get("CAPA_CRM_WAREHOUSE", f"local:{STATE_DIR}/lakehouse"), type="string"
+        "extract": Param(
+            env_setting("CAPA__DAGS__CRM_EXTRACT", "", deprecated="CAPA_CRM_EXTRACT"),
+            type="string",
         ),
-        "full": Param(os.environ.get("CAPA_CRM_FULL", "") == "1", type="boolean"),
+        "warehouse": Param(
+            env_setting(
+                "CAPA__DAGS__CRM_WAREHOUSE",
+                f"local:{STATE_DIR}/lakehouse",
+                deprecated="CAPA_CRM_WAREHOUSE",
+            ),
+            type="string",
+        ),
+        "full": Param(
+            env_setting("CAPA__DAGS__CRM_FULL", "", deprecated="CAPA_CRM_FULL") == "1",
+            type="boolean",
+        ),
         "max_reject_share": Param(
-            float(os.environ.get("CAPA_CRM_MAX_REJECT_SHARE", "0.05")), type="number"
+            float(
+                env_setting(
+                    "CAPA__CRM__MAX_REJECT_SHARE", "0.05", deprecated="CAPA_CRM_MAX_REJECT_SHARE"
+                )
+            ),
+            type="number",
         ),
         "repo": Param(str(REPO), type="string"),
         "beam_python": Param(BEAM_PYTHON, type="string"),

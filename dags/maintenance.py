@@ -2,30 +2,36 @@
 delete changelog rows past their retention.
 
 Wiring only: tasks run ``spark_jobs.maintain`` (delta-rs) in the spark environment as
-subprocesses. Settings (Airflow Variables, else env, else defaults):
+subprocesses. Settings (Airflow Variables, else env, else defaults; the env names before
+``CAPA__...``, ``CAPA_<NAME>``, still work but are deprecated):
 
-* ``capa_lakehouse`` (env ``CAPA_LAKEHOUSE``, default ``<repo>/.state/lakehouse``)
-* ``capa_spark_python`` (env ``CAPA_SPARK_PYTHON``, default ``<repo>/.venvs/spark/bin/python``)
-* ``capa_vacuum_retention_hours`` (default 168: keep it longer than the time between model
-  builds, whose incremental diff reads the previous raw version)
-* ``capa_changelog_retention_days`` (default 30)
+* ``capa_lakehouse`` (env ``CAPA__DAGS__LAKEHOUSE``, default ``<repo>/.state/lakehouse``)
+* ``capa_spark_python`` (env ``CAPA__DAGS__SPARK_PYTHON``, default
+  ``<repo>/.venvs/spark/bin/python``)
+* ``capa_vacuum_retention_hours`` (env ``CAPA__DAGS__VACUUM_RETENTION_HOURS``, default 168:
+  keep it longer than the time between model builds, whose incremental diff reads the
+  previous raw version)
+* ``capa_changelog_retention_days`` (env ``CAPA__DAGS__CHANGELOG_RETENTION_DAYS``, default 30)
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
 
+from capa.config import env_setting
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def setting(name: str, default: str) -> str:
-    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA_<NAME>``, else ``default``."""
-    fallback = os.environ.get(f"CAPA_{name.upper()}", default).replace("'", "")
+    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA__DAGS__<NAME>`` (the older
+    ``CAPA_<NAME>`` still works, deprecated), else ``default``."""
+    env = f"CAPA__DAGS__{name.upper()}"
+    fallback = env_setting(env, default, deprecated=f"CAPA_{name.upper()}").replace("'", "")
     return "{{ var.value.get('capa_" + name + "', '" + fallback + "') }}"
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from capa.config import SparkConfig, load_settings
 from capa.errors import EnvironmentProblem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,25 +52,30 @@ SPARK_CONF: dict[str, str] = {
 }
 
 
+def spark_settings() -> SparkConfig:
+    """The ``spark`` section of capa's settings (``CAPA__SPARK__*`` / capa.yaml)."""
+    return load_settings().spark
+
+
 def delta_jars(jars_dir: Path | None = None) -> list[Path]:
-    folder = Path(jars_dir or os.environ.get("CAPA_SPARK_JARS") or DEFAULT_JARS)
+    folder = Path(jars_dir or spark_settings().jars_dir or DEFAULT_JARS)
     jars = sorted(folder.glob("*.jar"))
     if not any(j.name.startswith("delta-spark") for j in jars):
         raise EnvironmentProblem(
-            f"no Delta Lake jars in {folder}; run `bash scripts/fetch_jars.sh spark` "
-            "(or set CAPA_SPARK_JARS to a folder holding delta-spark_4.1_2.13 and delta-storage)"
+            f"no Delta Lake jars in {folder}; run `bash scripts/fetch_jars.sh spark` (or set "
+            "CAPA__SPARK__JARS_DIR to a folder holding delta-spark_4.1_2.13 and delta-storage)"
         )
     return jars
 
 
 def bigquery_jars(jars_dir: Path | None = None) -> list[Path]:
     """The pre-fetched spark-bigquery-connector jars (a local session's BigQuery mode)."""
-    folder = Path(jars_dir or os.environ.get("CAPA_SPARK_BIGQUERY_JARS") or BIGQUERY_JARS)
+    folder = Path(jars_dir or spark_settings().bigquery_jars_dir or BIGQUERY_JARS)
     jars = sorted(folder.glob("*.jar"))
     if not any("bigquery" in j.name for j in jars):
         raise EnvironmentProblem(
             f"no spark-bigquery-connector jar in {folder}; run "
-            "`bash scripts/fetch_jars.sh spark-bigquery` (or set CAPA_SPARK_BIGQUERY_JARS)"
+            "`bash scripts/fetch_jars.sh spark-bigquery` (or set CAPA__SPARK__BIGQUERY_JARS_DIR)"
         )
     import pyspark
 
@@ -109,7 +115,7 @@ def spark_session(
 
     builder = SparkSession.builder.appName(app)
     if not managed:
-        builder = builder.master(master or os.environ.get("CAPA_SPARK_MASTER", "local[2]"))
+        builder = builder.master(master or spark_settings().master)
         jars = delta_jars() if delta else bigquery_jars()
         if jars:
             builder = builder.config("spark.jars", ",".join(str(j) for j in jars))

@@ -166,12 +166,12 @@ class ChaosRun:
     """One run over a live stack in ``settings.state_dir`` (started and stopped here)."""
 
     def __init__(self, settings: CapaSettings, plan: ChaosPlan) -> None:
-        self.settings = settings
         self.plan = plan
         self.stack = Stack(settings)
+        self.settings = self.stack.provision()  # the PostgreSQL password, as `capa up` makes it
         self.rng = random.Random(plan.seed)
         self.report = ChaosReport(plan)
-        self.dsn = settings.postgres.dsn()
+        self.dsn = self.settings.postgres.dsn()
         self.lakehouse = Path(settings.warehouse.path)  # type: ignore[union-attr]
         self._workload: Workload | None = None
         self._workload_error: BaseException | None = None

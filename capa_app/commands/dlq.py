@@ -112,7 +112,7 @@ def read_entries(settings: CapaSettings, topic: str) -> list[Entry]:
 
     quiet = {"log_level": 0}  # librdkafka would print every failed connect; we say it once
     try:
-        messages = read_topic(settings.kafka.bootstrap, topic, timeout_s=120, client_settings=quiet)
+        messages = read_topic(settings.kafka, topic, timeout_s=120, client_settings=quiet)
     except KafkaException as exc:  # broker down, bad address
         raise ServiceUnavailable(
             f"cannot read the dead-letter topic {topic!r} at {settings.kafka.bootstrap}: {exc}; "

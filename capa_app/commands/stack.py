@@ -4,6 +4,7 @@ capa up                         # kafka, postgres, debezium (bridge if present)
 capa up --only kafka,postgres
 capa status
 capa down                       # stops only what capa started, by PID
+capa clean                      # down, then delete the state dir (and data kept elsewhere)
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    removed = _stack().clean()
+    console.step(f"removed {', '.join(removed)}" if removed else "nothing to remove")
+    return 0
+
+
 def _rows(status: list[dict[str, object]]) -> list[list[object]]:
     return [[s["component"], s["pid"] or "-", s["port"] or "-", s["health"]] for s in status]
 
@@ -62,3 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.add_argument("--only", metavar="LIST", default=None, help=_ONLY_HELP)
         parser.set_defaults(func=func)
+    clean_help = "stop the stack, then delete its state dir and data it keeps elsewhere"
+    parser = subparsers.add_parser("clean", help=clean_help, description=clean_help)
+    parser.set_defaults(func=cmd_clean)

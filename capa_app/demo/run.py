@@ -65,9 +65,9 @@ class DemoState:
 
 class Demo:
     def __init__(self, settings: CapaSettings, options: DemoOptions) -> None:
-        self.settings = settings
         self.options = options
         self.stack = Stack(settings)
+        self.settings = self.stack.provision()  # the PostgreSQL password the workload needs
         self.state = DemoState()
         self.lakehouse = Path(settings.warehouse.path).resolve()  # type: ignore[union-attr]
         self._status_server: Any = None
@@ -378,13 +378,10 @@ def kafka_lag(settings: CapaSettings) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.kafka.topic
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": settings.apply.consumer_group,
-            "enable.auto.commit": False,
-        }
-    )
+    from connectors.kafka.clients import client_config
+
+    group = {"group.id": settings.apply.consumer_group, "enable.auto.commit": False}
+    consumer = Consumer(client_config(settings.kafka, group))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)

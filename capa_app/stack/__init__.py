@@ -11,14 +11,17 @@ factory, started in that order and stopped in reverse.
     stack.up(["kafka", "postgres"])   # idempotent: running healthy processes are adopted
     stack.status()                    # [{"component", "pid", "port", "health"}, ...]
     stack.down()                      # by PID only: SIGTERM/SIGINT, then SIGKILL
+    stack.clean()                     # down, then delete the state (and relocated data)
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from capa.config import CapaSettings
@@ -99,6 +102,13 @@ class Stack:
         self.settings = settings
         self.state = StateDirs(settings.state_dir)
 
+    def provision(self) -> CapaSettings:
+        """Secrets the stack creates once (the managed PostgreSQL's password) into settings."""
+        from capa_app.stack.postgres import provision_password
+
+        self.settings = provision_password(self.settings)
+        return self.settings
+
     def service(self, name: str) -> Service:
         return COMPONENTS[name](self.state, self.settings)
 
@@ -106,8 +116,11 @@ class Stack:
         self, components: Iterable[str] | None = None, *, strict: bool = False
     ) -> list[UpResult]:
         """Start the components in order; an unavailable one is reported unless ``strict``."""
+        names = parse_components(components)
+        if "postgres" in names:
+            self.provision()
         results = []
-        for name in parse_components(components):
+        for name in names:
             started = time.monotonic()
             try:
                 health = self.service(name).start()
@@ -129,3 +142,22 @@ class Stack:
             if self.service(name).stop():
                 stopped.append(name)
         return stopped
+
+    def clean(self) -> list[str]:
+        """Stop everything, then delete the state dir and data kept outside it."""
+        self.down()
+        removed = []
+        for name in COMPONENTS:
+            removed += [str(path) for path in self.service(name).purge()]
+        if _is_state_dir(self.state):
+            shutil.rmtree(self.state.root)
+            removed.append(str(self.state.root))
+        return removed
+
+
+def _is_state_dir(state: StateDirs) -> bool:
+    """Only a directory a stack has used (and never /, $HOME or the cwd) is deleted."""
+    root = state.root.resolve()
+    if root in (Path("/"), Path.home().resolve(), Path.cwd().resolve()):
+        return False
+    return any(path.is_dir() for path in (state.logs, state.data, state.pids))

@@ -273,6 +273,10 @@ class Service:
     def after_ready(self) -> None:
         """One-off work once healthy (topics, databases)."""
 
+    def purge(self) -> list[Path]:
+        """Delete data kept outside the state dir (``capa clean``); returns what went."""
+        return []
+
     # --- the common lifecycle ---------------------------------------------------------
 
     @property

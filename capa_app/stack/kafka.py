@@ -5,11 +5,18 @@ The node is both broker and controller, listens on loopback only, uses replicati
 factor 1 for every internal topic, and is formatted once (``StorageTool format
 --standalone``). Once healthy, the canonical change topic and its dead-letter topic are
 created (idempotently) with confluent-kafka's AdminClient.
+
+With ``kafka.sasl_port`` set the broker also opens a SASL_PLAINTEXT listener (mechanism
+PLAIN) on that port, its user list (a JAAS config in ``server.properties``, mode 0600)
+holding ``kafka.sasl_username`` / ``kafka.sasl_password``. The PLAINTEXT listener stays for
+the broker itself (inter-broker traffic); both listen on ``kafka.host`` (loopback).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,8 +24,9 @@ from typing import Any
 
 import capa
 from capa.config import KafkaConfig
-from capa.errors import EnvironmentProblem
+from capa.errors import ConfigError, EnvironmentProblem
 from capa_app.stack.base import ConfiguredService, StateDirs, port_in_use, port_open, spawn
+from connectors.kafka.clients import client_config
 from connectors.kafka.limits import broker_properties, topic_config
 
 logger = logging.getLogger(__name__)
@@ -48,11 +56,15 @@ _SINGLE_NODE_SETTINGS = {
 }
 
 
+PLAIN_LOGIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
+_JAAS_USER = re.compile(r"[A-Za-z0-9_]+")
+
+
 def server_properties(config: KafkaConfig, log_dir: Path) -> dict[str, str]:
     """The broker's ``server.properties`` for a loopback single-node KRaft cluster."""
     client = f"{config.host}:{config.port}"
     controller = f"{config.host}:{config.controller_port}"
-    return {
+    props = {
         **_SINGLE_NODE_SETTINGS,
         "listeners": f"PLAINTEXT://{client},CONTROLLER://{controller}",
         "advertised.listeners": f"PLAINTEXT://{client}",
@@ -61,10 +73,49 @@ def server_properties(config: KafkaConfig, log_dir: Path) -> dict[str, str]:
         "num.partitions": str(config.partitions),
         **broker_properties(config.max_message_bytes),
     }
+    if config.sasl_port is not None:
+        props.update(sasl_listener_properties(config, props))
+    return props
+
+
+def sasl_listener_properties(config: KafkaConfig, props: dict[str, str]) -> dict[str, str]:
+    """A SASL_PLAINTEXT/PLAIN listener on ``sasl_port`` whose one user is the configured one."""
+    sasl = f"SASL_PLAINTEXT://{config.host}:{config.sasl_port}"
+    return {
+        "listeners": f"{props['listeners']},{sasl}",
+        "advertised.listeners": f"{props['advertised.listeners']},{sasl}",
+        "listener.security.protocol.map": (
+            f"{props['listener.security.protocol.map']},SASL_PLAINTEXT:SASL_PLAINTEXT"
+        ),
+        "sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain_jaas_config(config),
+    }
+
+
+def plain_jaas_config(config: KafkaConfig) -> str:
+    """The PLAIN login module line listing ``user_<name>="<password>"`` (JAAS quoting)."""
+    user = config.sasl_username or ""
+    if not _JAAS_USER.fullmatch(user) or config.sasl_password is None:
+        raise ConfigError(
+            f"kafka.sasl_port needs kafka.sasl_username of letters, digits or '_' (got {user!r}) "
+            "and kafka.sasl_password (CAPA__KAFKA__SASL_USERNAME / CAPA__KAFKA__SASL_PASSWORD)"
+        )
+    password = config.sasl_password.get_secret_value()
+    return f'{PLAIN_LOGIN} required user_{user}="{_jaas_quote(password)}";'
+
+
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def render_properties(props: dict[str, str]) -> str:
-    return "".join(f"{key}={value}\n" for key, value in props.items())
+    """java.util.Properties text: backslashes, line breaks and non-ASCII escaped."""
+    return "".join(f"{key}={_property_value(value)}\n" for key, value in props.items())
+
+
+def _property_value(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return "".join(c if 32 <= ord(c) < 127 else f"\\u{ord(c):04x}" for c in escaped)
 
 
 class KafkaBroker(ConfiguredService):
@@ -79,7 +130,9 @@ class KafkaBroker(ConfiguredService):
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        """This broker's listener for capa's clients (the SASL one if they use SASL)."""
+        sasl = self.config.security_protocol == "SASL_PLAINTEXT" and self.config.sasl_port
+        return f"{self.config.host}:{self.config.sasl_port if sasl else self.config.port}"
 
     @property
     def home(self) -> Path:
@@ -105,11 +158,15 @@ class KafkaBroker(ConfiguredService):
             )
         if not list(self.jars_dir.glob("kafka_2.13-*.jar")):
             raise EnvironmentProblem(f"kafka: broker jars missing in {self.jars_dir}; {FETCH_HINT}")
-        if port_in_use(self.host, self.config.controller_port):
-            raise EnvironmentProblem(
-                f"kafka: controller port {self.config.controller_port} on {self.host} is already "
-                "in use by another process; stop it or set CAPA__KAFKA__CONTROLLER_PORT"
-            )
+        for port, setting in (
+            (self.config.controller_port, "CONTROLLER_PORT"),
+            (self.config.sasl_port, "SASL_PORT"),
+        ):
+            if port is not None and port_in_use(self.host, port):
+                raise EnvironmentProblem(
+                    f"kafka: {setting.lower().replace('_', ' ')} {port} on {self.host} is "
+                    f"already in use by another process; stop it or set CAPA__KAFKA__{setting}"
+                )
 
     def _java(self, *args: str) -> list[str]:
         return ["java", "-cp", f"{self.jars_dir}/*", *args]
@@ -118,7 +175,7 @@ class KafkaBroker(ConfiguredService):
         log_dir = self.home / "log"
         self.home.mkdir(parents=True, exist_ok=True)
         props = server_properties(self.config, log_dir.resolve())
-        self.properties_path.write_text(render_properties(props))
+        _write_private(self.properties_path, render_properties(props))
         if not (log_dir / "meta.properties").exists():
             self._format()
 
@@ -159,8 +216,7 @@ class KafkaBroker(ConfiguredService):
     def admin(self) -> Any:
         from confluent_kafka.admin import AdminClient
 
-        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": logger}
-        return AdminClient(config)
+        return AdminClient(client_config(self.config, {"logger": logger}, bootstrap=self.bootstrap))
 
     def after_ready(self) -> None:
         ensure_topics(
@@ -171,6 +227,14 @@ class KafkaBroker(ConfiguredService):
             },
             max_message_bytes=self.config.max_message_bytes,
         )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only (it may hold the SASL users' passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def ensure_topics(

@@ -27,7 +27,10 @@ def throwaway_state_dir(prefix: str = "capa-tmp-") -> Path:
 
 
 def throwaway_settings(state_dir: Path) -> CapaSettings:
-    """Settings for a stack in ``state_dir`` on free loopback ports."""
+    """Settings for a stack in ``state_dir`` on free loopback ports (PostgreSQL password
+    generated into the state dir, as ``capa up`` does)."""
+    from capa_app.stack.postgres import provision_password
+
     kafka = KafkaConfig.model_validate({"port": free_port(), "controller_port": free_port()})
     postgres = PostgresConfig.model_validate({"port": free_port()})
     observe = ObserveConfig.model_validate(
@@ -38,7 +41,9 @@ def throwaway_settings(state_dir: Path) -> CapaSettings:
             "serve_port": free_port(),
         }
     )
-    return load_settings(state_dir=state_dir, kafka=kafka, postgres=postgres, observe=observe)
+    return provision_password(
+        load_settings(state_dir=state_dir, kafka=kafka, postgres=postgres, observe=observe)
+    )
 
 
 def dump_log(service: Service, lines: int = 80) -> None:

@@ -14,6 +14,9 @@ backoff; on SIGTERM it gives up without returning normally, so nothing is commit
 A change too large for Kafka (over ``kafka.max_message_bytes``) is dead-lettered by the
 producer with its table, key and position; the batch completes and the engine commits
 past it, so the replication slot keeps advancing (docs/architecture.md, "Large records").
+A batch holding dead letters gives up after ``kafka.dlq_retry_attempts`` /
+``kafka.dlq_retry_timeout_s`` (see :func:`~connectors.kafka.producer.flush_with_retry`):
+the engine stops on that error and the bridge exits non-zero, again without committing.
 """
 
 from __future__ import annotations
@@ -156,11 +159,7 @@ class BridgeProcess:
 
     def run(self) -> int:
         kafka = self.settings.kafka
-        ensure_topics(
-            kafka.bootstrap,
-            {kafka.topic: kafka.partitions, kafka.dlq_topic: 1},
-            max_message_bytes=kafka.max_message_bytes,
-        )
+        ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
         state = self.settings.state_dir.resolve()
         log4j = write_log4j_config(state)
         os.chdir(state)  # pydbzengine logs to ./logs
@@ -198,13 +197,15 @@ class BridgeProcess:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
-        level=os.environ.get("CAPA_LOG_LEVEL", "INFO"),
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     tune_gc()
     try:
-        process = BridgeProcess(load_settings())
+        settings = load_settings()
+        logging.getLogger().setLevel(settings.log_level.upper())  # CAPA__LOG_LEVEL
+        process = BridgeProcess(settings)
         signal.signal(signal.SIGTERM, process.request_stop)
         signal.signal(signal.SIGINT, process.request_stop)
         return process.run()

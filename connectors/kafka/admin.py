@@ -5,31 +5,36 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from capa.config import KafkaConfig
 from capa.errors import ConfigError, ServiceUnavailable
+from connectors.kafka.clients import as_config, client_config
 from connectors.kafka.limits import topic_config
 
 logger = logging.getLogger(__name__)
 
 
 def ensure_topics(
-    bootstrap: str,
+    source: KafkaConfig | str,
     partitions: Mapping[str, int],
     *,
-    max_message_bytes: int,
+    max_message_bytes: int | None = None,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create each topic with its partition count unless it exists already.
+    """Create each topic with its partition count unless it exists already (``source``: a
+    :class:`KafkaConfig`, or a plaintext ``host:port``).
 
-    New topics take ``max.message.bytes`` from capa's record-size limit
-    (:mod:`connectors.kafka.limits`); existing topics are left as they are.
+    New topics take ``max.message.bytes`` from capa's record-size limit (``max_message_bytes``,
+    default the config's; :mod:`connectors.kafka.limits`); existing topics are left as they are.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    config = topic_config(max_message_bytes)
+    config = as_config(source)
+    bootstrap = config.bootstrap
+    admin = AdminClient(client_config(config))
+    limits = topic_config(max_message_bytes or config.max_message_bytes)
     wanted = [
-        NewTopic(t, num_partitions=n, replication_factor=1, config=config)
+        NewTopic(t, num_partitions=n, replication_factor=1, config=limits)
         for t, n in partitions.items()
     ]
     futures = admin.create_topics(wanted, request_timeout=timeout_s, operation_timeout=timeout_s)

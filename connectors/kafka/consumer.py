@@ -14,6 +14,7 @@ from typing import Any
 from capa.config import KafkaConfig
 from capa.errors import DecodeError, ServiceUnavailable
 from capa.events import ChangeEvent
+from connectors.kafka.clients import as_config, client_config
 from connectors.kafka.dlq import DeadLetter, dead_letter_from_message
 from connectors.kafka.limits import consumer_settings
 from connectors.kafka.wire import ChangeEventDecoder
@@ -21,30 +22,24 @@ from connectors.kafka.wire import ChangeEventDecoder
 logger = logging.getLogger(__name__)
 
 
-_DEFAULT_MAX_MESSAGE_BYTES: int = KafkaConfig.model_fields["max_message_bytes"].default
-
-
 def build_consumer(
-    bootstrap: str,
-    group_id: str,
-    topics: Iterable[str],
-    *,
-    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
-    **overrides: Any,
+    config: KafkaConfig, group_id: str, topics: Iterable[str], **overrides: Any
 ) -> Any:
     """A subscribed consumer: manual commits, earliest reset, read_committed, fetches sized
     for capa's largest record (:mod:`connectors.kafka.limits`)."""
     from confluent_kafka import Consumer
 
-    settings: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        **consumer_settings(max_message_bytes),
-        **overrides,
-    }
+    settings = client_config(
+        config,
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            **consumer_settings(config.max_message_bytes),
+            **overrides,
+        },
+    )
     consumer = Consumer(settings)
     consumer.subscribe(list(topics))
     return consumer
@@ -100,12 +95,7 @@ def iter_change_events(
     config: KafkaConfig, group_id: str, *, topic: str | None = None, idle_polls: int = 5
 ) -> Iterator[Consumed]:
     """Everything currently on ``topic`` (stops after ``idle_polls`` empty polls)."""
-    consumer = build_consumer(
-        config.bootstrap,
-        group_id,
-        [topic or config.topic],
-        max_message_bytes=config.max_message_bytes,
-    )
+    consumer = build_consumer(config, group_id, [topic or config.topic])
     decoder = ChangeEventDecoder.from_config(config)
     idle = 0
     try:
@@ -123,32 +113,33 @@ def read_dead_letters(messages: Iterable[Any]) -> list[DeadLetter]:
 
 
 def read_topic(
-    bootstrap: str,
+    source: KafkaConfig | str,
     topic: str,
     *,
     until: Any = None,
     timeout_s: float = 60.0,
     client_settings: dict[str, Any] | None = None,
-    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+    max_message_bytes: int | None = None,
 ) -> list[Any]:
     """All messages of ``topic`` from the beginning (no consumer group: partitions assigned).
 
-    Reads until ``until(messages)`` is true, or (without ``until``) until every partition
-    is at its end offset, or ``timeout_s`` passes. Used by tests and diagnostics.
+    ``source`` is a :class:`KafkaConfig` (bootstrap and security) or a plaintext
+    ``host:port``. Reads until ``until(messages)`` is true, or (without ``until``) until
+    every partition is at its end offset, or ``timeout_s`` passes. Used by tests and
+    diagnostics.
     """
     import time
 
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "capa-read-topic",
-            "enable.auto.commit": False,
-            **consumer_settings(max_message_bytes),
-            **(client_settings or {}),
-        }
-    )
+    config = as_config(source)
+    settings = {
+        "group.id": "capa-read-topic",
+        "enable.auto.commit": False,
+        **consumer_settings(max_message_bytes or config.max_message_bytes),
+        **(client_settings or {}),
+    }
+    consumer = Consumer(client_config(config, settings))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])

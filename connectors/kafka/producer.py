@@ -13,6 +13,13 @@ too large (``MSG_SIZE_TOO_LARGE``: a broker or topic set lower than capa's limit
 event is dead-lettered the same way with Kafka's reason, in ``produce()`` or when its
 delivery report arrives, before ``flush`` returns. Either way the caller's batch completes
 and its source offset moves past the record: a large row never stalls capture.
+
+:func:`flush_with_retry` retries a failed flush with backoff. A batch of change events is
+retried until it is acknowledged or the caller stops (its source offset stays uncommitted
+meanwhile); a batch that carries dead letters gives up after ``kafka.dlq_retry_attempts``
+attempts or ``kafka.dlq_retry_timeout_s`` seconds with :class:`DeadLetterDeliveryFailed`,
+so a dead-letter topic that cannot be written stops the pipeline loudly instead of looping
+forever (as Google's Datastream template does) or dropping the records.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from capa.config import KafkaConfig
 from capa.errors import ConfigError, ServiceUnavailable
 from capa.events import ChangeEvent
 from capa.retry import RetryPolicy
+from connectors.kafka.clients import client_config
 from connectors.kafka.dlq import DeadLetter, Provenance, oversize_letter
 from connectors.kafka.limits import producer_settings
 from connectors.kafka.wire import EventEncoder, build_encoder
@@ -61,6 +69,12 @@ class _Refused:
     reason: str
 
 
+class DeadLetterDeliveryFailed(ServiceUnavailable):
+    """Dead letters stayed unacknowledged through every bounded retry; nothing was committed.
+
+    Not a :class:`DeliveryFailed`: the flush retry must not retry it."""
+
+
 class KafkaChangeProducer:
     """Produces canonical events and dead letters; ``flush`` is the acknowledgement point."""
 
@@ -77,15 +91,18 @@ class KafkaChangeProducer:
         self.topic = topic or config.topic
         self.dlq_topic = dlq_topic or config.dlq_topic
         self.encoder = encoder or build_encoder(config, self.topic)
-        self._settings = {
-            **_BASE_SETTINGS,
-            "bootstrap.servers": config.bootstrap,
-            "delivery.timeout.ms": config.delivery_timeout_ms,
-            **producer_settings(config.max_message_bytes),
-            **(client_settings or {}),
-        }
+        self._settings = client_config(
+            config,
+            {
+                **_BASE_SETTINGS,
+                "delivery.timeout.ms": config.delivery_timeout_ms,
+                **producer_settings(config.max_message_bytes),
+                **(client_settings or {}),
+            },
+        )
         self._lock = threading.Lock()
         self._failures: list[str] = []
+        self._last_error = ""
         self._refused: list[_Refused] = []
         self._fatal = False
         self._producer: Any = None
@@ -93,6 +110,7 @@ class KafkaChangeProducer:
         self.sent = 0
         self.dead_lettered = 0
         self.oversized = 0
+        self._dead_letters_in_flight = 0  # since the last clean flush
 
     # --- producing ---------------------------------------------------------------
 
@@ -142,6 +160,7 @@ class KafkaChangeProducer:
                 "kafka.dlq_max_value_bytes below the producer's message.max.bytes"
             )
         self.dead_lettered += 1
+        self._dead_letters_in_flight += 1
         logger.warning(
             "dead-lettered %s bytes from %s (%s): %s",
             len(raw),
@@ -171,8 +190,9 @@ class KafkaChangeProducer:
                 self._reset()
             raise DeliveryFailed(
                 f"Kafka at {self.config.bootstrap} did not acknowledge {remaining + len(failures)} "
-                f"record(s): {'; '.join(failures[:3]) or 'flush timed out'}"
+                f"record(s): {'; '.join(failures[:3]) or 'flush timed out'}{self._error_note()}"
             )
+        self._dead_letters_in_flight = 0
 
     def _wait_for_acks(self, timeout_s: float, stop: threading.Event | None) -> int:
         started = time.monotonic()
@@ -183,6 +203,11 @@ class KafkaChangeProducer:
                 return remaining
             if stop is not None and stop.is_set() and elapsed >= _STOP_GRACE_S:
                 return remaining
+
+    @property
+    def carries_dead_letters(self) -> bool:
+        """Dead letters were queued since the last clean flush."""
+        return self._dead_letters_in_flight > 0
 
     def close(self) -> None:
         if self._producer is not None:
@@ -244,10 +269,14 @@ class KafkaChangeProducer:
 
     def _on_error(self, err: Any) -> None:
         logger.warning("Kafka client error: %s", err.str())
+        self._last_error = err.str()  # e.g. a SASL authentication failure, for the report
         if err.fatal():
             with self._lock:
                 self._fatal = True
                 self._failures.append(f"fatal: {err.str()}")
+
+    def _error_note(self) -> str:
+        return f" (last client error: {self._last_error})" if self._last_error else ""
 
     def _take_failures(self) -> list[str]:
         with self._lock:
@@ -276,8 +305,41 @@ def flush_with_retry(
     """Flush; on failure call ``resend()`` (queue the batch again) and retry with backoff.
 
     Returns only when everything is acknowledged. Raises :class:`DeliveryFailed` if
-    ``stop`` is set while Kafka is still failing, so the caller does not commit.
+    ``stop`` is set while Kafka is still failing, and :class:`DeadLetterDeliveryFailed` once
+    a batch with dead letters has used up ``kafka.dlq_retry_attempts`` /
+    ``kafka.dlq_retry_timeout_s``; either way the caller does not commit.
     """
     policy = RetryPolicy(DeliveryFailed, first_wait_s=0.5, max_wait_s=max_backoff_s)
-    flush = partial(producer.flush, stop=stop)
+    started = time.monotonic()
+    attempts = 0
+
+    def flush() -> None:
+        nonlocal attempts
+        try:
+            producer.flush(stop=stop)
+        except DeliveryFailed as exc:
+            attempts += 1
+            if producer.carries_dead_letters and not (stop is not None and stop.is_set()):
+                _check_dead_letter_budget(producer, exc, attempts, started, policy.wait_s(attempts))
+            raise
+
     retry.call(flush, policy, "Kafka flush", stop=stop, before_retry=resend)
+
+
+def _check_dead_letter_budget(
+    producer: KafkaChangeProducer,
+    failure: DeliveryFailed,
+    attempts: int,
+    started: float,
+    backoff: float,
+) -> None:
+    """Raise :class:`DeadLetterDeliveryFailed` if another attempt would exceed the budget."""
+    config = producer.config
+    elapsed = time.monotonic() - started
+    if attempts < config.dlq_retry_attempts and elapsed + backoff < config.dlq_retry_timeout_s:
+        return
+    raise DeadLetterDeliveryFailed(
+        f"dead letters for {producer.dlq_topic!r} were not acknowledged after {attempts} "
+        f"attempt(s) in {elapsed:.0f}s ({failure}); fix Kafka and restart - nothing was "
+        "committed (CAPA__KAFKA__DLQ_RETRY_ATTEMPTS / CAPA__KAFKA__DLQ_RETRY_TIMEOUT_S)"
+    ) from failure

@@ -22,8 +22,10 @@ stopped (by PID) at the end of the session.
     your own topics (e.g. ``capa_app.stack.kafka.ensure_topics(kafka.admin(), {"t": 1})``).
 
 ``postgres`` -> :class:`capa_app.stack.postgres.PostgresCluster` (PostgreSQL 15)
-    ``.dsn``         psycopg DSN of ``shop`` ("host=... port=... dbname=shop user=postgres")
-    ``.host`` / ``.port`` / ``.database`` ("shop") / ``.user`` ("postgres", superuser, trust auth)
+    ``.dsn``         libpq conninfo of ``shop`` (host, port, dbname, user and the password)
+    ``.host`` / ``.port`` / ``.database`` ("shop") / ``.user`` ("postgres", superuser,
+                     scram-sha-256 with the password ``capa_settings`` generated into the
+                     state dir: ``capa_settings.postgres.password``)
     ``.config``      the :class:`~capa.config.PostgresConfig`
     ``.log_path``    the server log
     Runs with ``wal_level=logical`` (10 replication slots / WAL senders), so Debezium can

@@ -21,7 +21,7 @@ from connectors.crm.generator import GeneratorConfig, generate_extract
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("airflow_home")
-    yield airflow_environment(home, CAPA_STATE_DIR=str(home / "state"))
+    yield airflow_environment(home, CAPA__STATE_DIR=str(home / "state"))
 
 
 def test_dag_imports_cleanly(airflow_env: dict[str, str], tmp_path: Path) -> None:
@@ -53,11 +53,15 @@ def test_dags_test_loads_a_generated_extract(airflow_env: dict[str, str], tmp_pa
     manifest = generate_extract(
         LocalFileStore(extract), GeneratorConfig(accounts=200, seed=5, load_id="dag-test-1")
     )
-    env = {**airflow_env, "CAPA_CRM_EXTRACT": str(extract), "CAPA_CRM_WAREHOUSE": f"local:{lake}"}
+    env = {
+        **airflow_env,
+        "CAPA__DAGS__CRM_EXTRACT": str(extract),
+        "CAPA__DAGS__CRM_WAREHOUSE": f"local:{lake}",
+    }
     proc = run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "crm_batch"], env, tmp_path)
     assert "state=success" in proc.stdout + proc.stderr
     record = json.loads(
-        (Path(env["CAPA_STATE_DIR"]) / "crm" / "loads" / "dag-test-1.json").read_text()
+        (Path(env["CAPA__STATE_DIR"]) / "crm" / "loads" / "dag-test-1.json").read_text()
     )
     assert record["load_id"] == manifest.load_id and record["rows_valid"] > 2000
     wh = open_warehouse(f"local:{lake}")

@@ -70,7 +70,7 @@ def test_dags_test_consumption_builds_every_model(
     airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
     lake = sample.seed(tmp_path / "lh", customers=15, orders=40, invoices=20)
-    env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root)}
+    env = {**airflow_env, "CAPA__DAGS__LAKEHOUSE": str(lake.root)}
     proc = run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "consumption"], env, tmp_path)
     output = proc.stdout + proc.stderr
     assert "state=success" in output or "DagRunState.SUCCESS" in output, output[-3000:]
@@ -92,7 +92,11 @@ def test_dags_test_maintenance_enforces_changelog_retention(
     changelog = lake.path("f2_public_orders").with_name("f2_public_orders_changelog")
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 25
     assert len(DeltaTable(str(lake.path("f2_public_orders"))).file_uris()) > 1
-    env = {**airflow_env, "CAPA_LAKEHOUSE": str(lake.root), "CAPA_CHANGELOG_RETENTION_DAYS": "0"}
+    env = {
+        **airflow_env,
+        "CAPA__DAGS__LAKEHOUSE": str(lake.root),
+        "CAPA__DAGS__CHANGELOG_RETENTION_DAYS": "0",
+    }
     run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "maintenance"], env, tmp_path)
     assert len(DeltaTable(str(changelog)).to_pyarrow_table()) == 0
     replica = DeltaTable(str(lake.path("f2_public_orders")))

@@ -33,6 +33,7 @@ def capa_cli(
             "CAPA__KAFKA__PORT": str(settings.kafka.port),
             "CAPA__KAFKA__CONTROLLER_PORT": str(settings.kafka.controller_port),
             "CAPA__POSTGRES__PORT": str(settings.postgres.port),
+            "CAPA__POSTGRES__PASSWORD": settings.postgres.password.get_secret_value(),
             **extra_env,
         }
     )

@@ -3,7 +3,7 @@
 Line-oriented inputs (``capa normalize`` JSON lines, ``capa apply``) turn each bad line into
 a dead letter with a ``reason`` on stderr and process the other lines (exit 3); bad options
 and configuration give one clear line (exit 2 / 1); an unexpected error is one line and
-exit 70 (the traceback only with ``--debug`` / ``CAPA_DEBUG=1``).
+exit 70 (the traceback only with ``--debug`` / ``CAPA__DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -247,6 +247,6 @@ def test_an_unexpected_error_is_one_line_exit_70_and_debug_shows_the_traceback(
 
     assert cli.main(["--debug", "sql", "--warehouse", "local:x", "SELECT 1"]) == 70
     assert "Traceback" in capsys.readouterr().err
-    monkeypatch.setenv("CAPA_DEBUG", "1")
+    monkeypatch.setenv("CAPA__DEBUG", "1")
     assert cli.main(["sql", "--warehouse", "local:x", "SELECT 1"]) == 70
     assert "Traceback" in capsys.readouterr().err

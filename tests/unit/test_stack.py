@@ -176,3 +176,104 @@ def test_process_cpu_seconds_counts_a_busy_child_and_none_once_it_is_gone() -> N
         proc.kill()
         proc.wait()
     assert process_cpu_seconds(proc.pid) is None
+
+
+# --- PostgreSQL password and DSN --------------------------------------------------------
+
+AWKWARD_PASSWORD = "we ird'\"\\pa ss= word"
+
+
+def test_dsn_is_built_by_libpq_rules_so_any_password_survives() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    config = PostgresConfig.model_validate({"port": 6543, "password": AWKWARD_PASSWORD})
+    parsed = conninfo_to_dict(config.dsn())
+    assert parsed == {
+        "host": "127.0.0.1",
+        "port": "6543",
+        "dbname": "shop",
+        "user": "postgres",
+        "password": AWKWARD_PASSWORD,
+    }
+    assert conninfo_to_dict(config.dsn("postgres"))["dbname"] == "postgres"
+    assert "password" not in conninfo_to_dict(PostgresConfig().dsn())
+    assert AWKWARD_PASSWORD not in repr(config)  # SecretStr: never in logs or reprs
+
+
+def test_generated_password_is_private_created_once_and_read_by_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capa.config import postgres_password_file
+    from capa_app.stack.postgres import provision_password
+
+    state = tmp_path / "state"
+    assert load_settings(state_dir=state).postgres.password.get_secret_value() == ""
+    first = provision_password(load_settings(state_dir=state)).postgres.password
+    path = postgres_password_file(state)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(first.get_secret_value()) >= 24
+    again = provision_password(load_settings(state_dir=state)).postgres.password
+    assert again == first  # reused on restart, never regenerated
+    assert load_settings(state_dir=state).postgres.password == first  # plain clients see it
+    monkeypatch.setenv("CAPA__POSTGRES__PASSWORD", "from-env")
+    assert load_settings(state_dir=state).postgres.password.get_secret_value() == "from-env"
+
+
+def test_an_external_server_never_gets_the_generated_password(tmp_path: Path) -> None:
+    from capa_app.stack.postgres import provision_password
+
+    provision_password(load_settings(state_dir=tmp_path))
+    external = PostgresConfig.model_validate({"managed": False})
+    settings = load_settings(state_dir=tmp_path, postgres=external)
+    assert settings.postgres.password.get_secret_value() == ""
+    assert provision_password(settings) == settings
+
+
+# --- one environment convention ---------------------------------------------------------
+
+
+def test_env_setting_prefers_the_capa_name_and_still_reads_a_deprecated_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from capa.config import env_setting
+
+    assert env_setting("CAPA__DAGS__X", "dflt", deprecated="CAPA_X") == "dflt"
+    monkeypatch.setenv("CAPA_X", "old")
+    assert env_setting("CAPA__DAGS__X", "dflt", deprecated="CAPA_X") == "old"
+    assert "CAPA_X is deprecated; set CAPA__DAGS__X" in caplog.text
+    monkeypatch.setenv("CAPA__DAGS__X", "new")
+    assert env_setting("CAPA__DAGS__X", "dflt", deprecated="CAPA_X") == "new"
+
+
+def test_spark_and_log_settings_follow_the_capa_convention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CAPA__SPARK__MASTER", "local[1]")
+    monkeypatch.setenv("CAPA__SPARK__JARS_DIR", "/opt/delta")
+    monkeypatch.setenv("CAPA__LOG_LEVEL", "DEBUG")
+    settings = load_settings()
+    assert (settings.spark.master, settings.spark.jars_dir) == ("local[1]", Path("/opt/delta"))
+    assert settings.log_level == "DEBUG"
+
+
+def test_capa_code_reads_no_env_variable_outside_the_convention() -> None:
+    """Every os.environ / getenv read in capa's packages names a CAPA__ setting, CAPA_CONFIG
+    (which file the settings come from) or a third-party variable."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    allowed_third_party = {"STORAGE_EMULATOR_HOST", "PYDBZ_JVM_OPTS", "SPARK_LOCAL_IP"}
+    allowed_third_party |= {"PYSPARK_PYTHON"}
+    read = re.compile(r"""(?:environ(?:\.get|\.setdefault)?[\[(]|getenv\()\s*f?["']([A-Z_]+)""")
+    found = set()
+    for package in ("capa", "capa_app", "connectors", "beam_jobs", "spark_jobs", "dags"):
+        for path in (root / package).rglob("*.py"):
+            found |= set(read.findall(path.read_text()))
+    stray = {
+        name
+        for name in found
+        if name not in allowed_third_party
+        and name != "CAPA_CONFIG"
+        and not name.startswith("CAPA__")
+    }
+    assert stray == set()
