@@ -59,7 +59,11 @@ _PROTO_TYPES = {
 
 def fields_of(schema: Sequence[Any], *, cdc: bool) -> tuple[Field, ...]:
     """SchemaFields (plus the CDC pseudo-columns when ``cdc``) -> :class:`Field` s."""
-    fields = [Field(f.name, str(f.field_type).upper(), f.mode == "REPEATED") for f in schema]
+    fields = [
+        Field(f.name, str(f.field_type).upper(), f.mode == "REPEATED")
+        for f in schema
+        if f.name not in PSEUDO_COLUMNS
+    ]
     if cdc:
         fields += [Field(name, "STRING") for name in PSEUDO_COLUMNS]
     return tuple(fields)
