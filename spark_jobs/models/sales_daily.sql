@@ -2,6 +2,10 @@
 -- Additive: every column is a sum of _capa_sign (1 per current row in a full build; +1 / -1
 -- per new / replaced row version in an incremental one), so a build adds the change per day.
 -- capa:
+--   bigquery:
+--     partition_by: sales_date
+--     granularity: YEAR  # one row a day: yearly partitions stay few and full
+--     cluster_by: [sales_date]
 --   key: [sales_date]
 --   incremental:
 --     f2_public_orders: CAST(ordered_at AS DATE)

@@ -69,3 +69,29 @@ def test_adapter_satisfies_the_port() -> None:
     warehouse = open_warehouse(parse_spec("bigquery:p@http://127.0.0.1:9"), client=client)
     assert isinstance(warehouse, Warehouse)
     assert callable(warehouse.tables)
+
+
+def test_model_headers_lay_out_the_published_tables() -> None:
+    from spark_jobs.io_bigquery import replace_table_sql
+    from spark_jobs.project import load_project
+
+    models = load_project().models
+    daily = models["sales_daily"].header.bigquery
+    assert replace_table_sql("p.consumption.sales_daily", "p.consumption.s1", daily) == (
+        "CREATE OR REPLACE TABLE `p.consumption.sales_daily` "
+        "PARTITION BY DATE_TRUNC(`sales_date`, YEAR) CLUSTER BY `sales_date` "
+        "AS SELECT * FROM `p.consumption.s1`"
+    )
+    for name in ("customer_360", "customer_features", "customer_orders"):
+        assert models[name].header.bigquery.ddl() == "CLUSTER BY `customer_id`"
+
+
+def test_layout_rejects_more_than_four_clustering_columns() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from spark_jobs.project import BigQueryLayout
+
+    assert BigQueryLayout(partition_by="d").ddl() == "PARTITION BY `d`"
+    with pytest.raises(ValidationError, match="at most 4"):
+        BigQueryLayout(cluster_by=("a", "b", "c", "d", "e"))
