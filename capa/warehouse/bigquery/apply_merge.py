@@ -3,7 +3,8 @@
 Per table, batches are appended (Storage Write API, ``_default`` stream) to the table's
 current staging table ``<name>__stage_<id>``: one ``change`` row per key and batch, with
 ``_capa_keep__<column>`` flags for TOAST columns. When the table's cycle is due (its stage
-is ``merge_interval_s`` old, checked when a batch arrives, and on :meth:`flush`/close) one
+is ``merge_interval_s`` old, checked after every batch for every table, and on
+:meth:`flush`/close) one
 MERGE (:func:`capa.warehouse.sql.merge_replica_sql`: latest staged row per key, stale guard,
 keep flags) applies the whole cycle and the staging table is dropped. A cycle that carried a
 truncate adds the ``WHEN NOT MATCHED BY SOURCE ... DELETE`` clause; any other MERGE reads
@@ -80,9 +81,15 @@ class MergeApply:
         self._wh.append(cycle.table, schema, rows, cdc=False)
         if plan.truncate_position is not None:
             cycle.truncate = max(cycle.truncate or "", plan.truncate_position)
-        if time.monotonic() - cycle.opened >= self._wh.config.merge_interval_s:
-            self.merge(name)
         return len(rows)
+
+    def merge_due(self) -> None:
+        """MERGE every table whose cycle is ``merge_interval_s`` old, whether or not the
+        current batch touched it (a table that went quiet still gets its last changes)."""
+        now = time.monotonic()
+        for name, cycle in list(self._cycles.items()):
+            if now - cycle.opened >= self._wh.config.merge_interval_s:
+                self.merge(name)
 
     def flush(self) -> None:
         for name in list(self._cycles):

@@ -69,9 +69,10 @@ class BigQueryWarehouse:
         self.catalog = BigQueryTables(
             self._client, self.parts, self.run, _translated_errors, self._retry
         )
+        self._merge = MergeApply(self)
         self._modes: dict[str, CdcApply | MergeApply] = {
             "cdc": CdcApply(self),
-            "merge": MergeApply(self),
+            "merge": self._merge,
         }
         self._watermarks: dict[str, tuple[str | None, float]] = {}
 
@@ -123,6 +124,7 @@ class BigQueryWarehouse:
             self.config.project, self.config.raw_dataset, self.config.location
         )
         reports = tuple(self._apply_table(batch) for _, batch in iter_tables(events))
+        self._merge.merge_due()
         return ApplyReport(tables=reports, seconds=time.monotonic() - started)
 
     def mode_for(self, event: ChangeEvent) -> str:
