@@ -19,6 +19,7 @@ from test_apply_cases import event, full_row, normalise, sequential_replica, shu
 from test_bigquery_cdc_rows import bigquery_apply
 from test_bigquery_warehouse import HISTORY
 
+from capa.errors import WarehouseTransientError
 from capa.events import Op
 from capa.warehouse import open_warehouse
 from capa.warehouse.bigquery.write_api import PSEUDO_COLUMNS
@@ -150,3 +151,17 @@ def _capture_pseudo_columns(warehouse: Any, name: str) -> None:
     recreated.clustering_fields = table.clustering_fields
     client.create_table(recreated)
     warehouse.close()
+
+
+def test_schema_evolution_as_far_as_the_emulator_goes(bqemulator) -> None:
+    """A new source column reaches both tables' schemas. bqemulator then rejects rows
+    carrying it (its data layout keeps the old columns: docs/emulated.md), and the adapter
+    surfaces that as an error to retry, never as a silently dropped batch."""
+    warehouse = _open(bqemulator, "raw_evolve")
+    warehouse.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1))])
+    wider = event(Op.INSERT, 2, 11, after={**full_row(2, 2), "extra": "x"})
+    with pytest.raises(WarehouseTransientError, match="columns but"):
+        warehouse.apply([wider])
+    for name in (TABLE, f"{TABLE}_changelog"):
+        table = warehouse._client.get_table(f"{bqemulator.project}.raw_evolve.{name}")
+        assert "extra" in [f.name for f in table.schema]
