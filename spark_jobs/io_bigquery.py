@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from capa.errors import ConfigError, WarehouseTerminalError, WarehouseTransientError
-from capa.warehouse.base import META_DELETED
+from capa.warehouse.base import CHANGELOG_SUFFIX, META_DELETED, META_EVENT_ID
 from spark_jobs.project import SIGN, BigQueryLayout, Model, Project, quote
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,11 @@ class BigQueryRawSource:
         return reader.load(self.target.table(dataset, name))
 
     def raw(self, name: str, *, history: bool = False) -> Any:
-        """The replica; tombstones hidden unless ``history``."""
+        """The replica; tombstones hidden unless ``history``. A changelog is appended
+        at-least-once, so it is read deduplicated by event id."""
         df = self._read(self.target.raw_dataset, name)
+        if name.endswith(CHANGELOG_SUFFIX):
+            return df.dropDuplicates([META_EVENT_ID])
         return df if history else df.where(f"NOT coalesce({quote(META_DELETED)}, false)")
 
     def model(self, name: str) -> Any:
