@@ -373,7 +373,39 @@ class BigQueryWarehouseConfig(_Section):
     api_endpoint: str | None = Field(
         None, description="Override API endpoint (bqemulator: http://127.0.0.1:PORT)."
     )
-    merge_interval_s: float = Field(60.0, description="Seconds between staging -> replica MERGEs.")
+    write_api_endpoint: str | None = Field(
+        None,
+        description="Plaintext gRPC host:port of the Storage Write API (bqemulator only); unset "
+        "= Google's endpoint with TLS and application default credentials.",
+    )
+    apply_mode: Literal["cdc", "merge"] = Field(
+        "cdc",
+        description="How replicas are written. 'cdc': every batch is streamed through the Storage "
+        "Write API with _CHANGE_TYPE/_CHANGE_SEQUENCE_NUMBER and BigQuery applies it (no DML; "
+        "readers see changes within max_staleness_minutes; background apply is billed). "
+        "'merge': batches are staged and one MERGE per table runs every merge_interval_s "
+        "(readers lag by up to that interval; each MERGE is billed for the bytes it scans). "
+        "Batch sources (CRM) always use 'merge'. See docs/bigquery.md.",
+    )
+    max_staleness_minutes: int = Field(
+        15,
+        ge=0,
+        description="cdc mode: the replicas' max_staleness. Queries may read data this old "
+        "without paying for a query-time merge of pending changes; 0 = always fresh (every "
+        "query merges pending changes, the costliest reads).",
+    )
+    merge_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="merge mode: at most one staging -> replica MERGE per table this often "
+        "(0 = a MERGE per batch, for tests only: BigQuery queues at most 20 DML per table).",
+    )
+    watermark_refresh_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long a table's truncate watermark is cached before it is read again "
+        "(another writer's truncate becomes visible within this time).",
+    )
 
 
 WarehouseConfig = Annotated[

@@ -11,6 +11,19 @@ Datastream's ``"16/CB002DB0"`` text map to the same string.
 
 SQL Server: ``<commit_lsn:20x>.<change_lsn:20x>.<event_serial_no:08x>`` from the
 ``xxxxxxxx:xxxxxxxx:xxxx`` LSN text (snapshot reads have no change_lsn: zeros).
+
+BigQuery CDC: :func:`change_sequence_number` maps a log position to BigQuery's
+``_CHANGE_SEQUENCE_NUMBER`` (a STRING of at most 4 '/'-separated sections of at most 16 hex
+digits each, compared section by section as integers). The mapping drops the dots and cuts
+the remaining fixed-width lowercase hex digits into 16-digit sections from the left:
+
+* PostgreSQL (Debezium and Datastream alike) ``0000000016cb002d.1`` ->
+  ``0000000016cb002d/1`` (LSN, then phase);
+* SQL Server ``<20 hex>.<20 hex>.<8 hex>`` (48 digits) -> three 16-digit sections.
+
+Every position of one source kind has the same digit count, so equal-width sections compare
+as integers exactly as the digit strings compare as text, which is how the positions
+themselves sort. Batch positions (CRM: a load id that is not hex) have no such mapping.
 """
 
 from __future__ import annotations
@@ -24,6 +37,9 @@ STREAM_PHASE = "1"
 _PG_LSN_TEXT = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _MSSQL_LSN = re.compile(r"^([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{4})$")
 _MAX_U64 = (1 << 64) - 1
+_LOG_POSITION = re.compile(r"^[0-9a-f.]+$")
+_CSN_SECTION = 16  # hex digits per _CHANGE_SEQUENCE_NUMBER section (64 bits)
+_CSN_SECTIONS = 4
 
 
 def parse_pg_lsn(value: str | int) -> int:
@@ -85,3 +101,19 @@ def mssql_position(
 def batch_position(load_ts_us: int, load_id: str, row_number: int) -> str:
     """Position for batch sources (CRM): last-modified µs, then load id, then row."""
     return f"{load_ts_us:016x}.{load_id}.{row_number:010d}"
+
+
+def change_sequence_number(position: str) -> str:
+    """A log position -> BigQuery's ``_CHANGE_SEQUENCE_NUMBER`` (see the module docstring)."""
+    digits = position.replace(".", "")
+    if not digits or not _LOG_POSITION.match(position):
+        raise DecodeError(
+            f"position {position!r} is not a log position (lowercase hex fields joined by '.'); "
+            "only PostgreSQL and SQL Server positions map to a BigQuery change sequence number"
+        )
+    if len(digits) > _CSN_SECTION * _CSN_SECTIONS:
+        raise DecodeError(
+            f"position {position!r} has {len(digits)} hex digits; a BigQuery change sequence "
+            f"number holds at most {_CSN_SECTION * _CSN_SECTIONS}"
+        )
+    return "/".join(digits[i : i + _CSN_SECTION] for i in range(0, len(digits), _CSN_SECTION))

@@ -13,6 +13,10 @@ special-value rules as the normalisers (:mod:`capa.values`).
 A table without a primary key is compared as a multiset: each row is named by its hash
 and its occurrence number among equal rows, so a duplicate too many or too few shows up
 as an extra or missing ``(hash, n)``.
+
+BigQuery replicas are not downloaded: BigQuery computes each live row's key and hash
+(:mod:`capa.warehouse.bigquery.verify`: one canonical text per column type, as SQL and as
+its Python twin), and the source rows are hashed the same way here.
 """
 
 from __future__ import annotations
@@ -227,4 +231,61 @@ def verify_postgres_local(
             columns,
         )
         diffs.append(diff)
+    return diffs
+
+
+# --- replica side (BigQuery): hashes computed inside BigQuery ---------------------------
+
+
+def bigquery_replica_row_hashes(
+    warehouse: Any, name: str, pk: tuple[str, ...], columns: list[str]
+) -> tuple[dict[Any, str], dict[str, tuple[str, bool]]] | None:
+    """Key -> row hash of the live rows of ``raw.<name>``, computed by BigQuery (only keys
+    and hashes leave it), and the column types the hashes used; None if absent."""
+    from capa.warehouse.bigquery.verify import row_hashes_sql, standard_type
+
+    if not warehouse.catalog.exists(name):
+        return None
+    fields = warehouse.catalog.schema(name)
+    types = {
+        c: (standard_type(fields[c].field_type), fields[c].mode == "REPEATED")
+        if c in fields
+        else ("", False)
+        for c in columns
+    }
+    statement = row_hashes_sql(warehouse.parts(name), pk, types)
+    hashes = {row_key(r, pk): r["_capa_row_hash"] for r in warehouse.run(statement)}
+    return hashes, types
+
+
+def pg_bigquery_row_hashes(
+    dsn: str, schema: str, table: str, pk: tuple[str, ...], types: dict[str, tuple[str, bool]]
+) -> dict[Any, str]:
+    """The source rows hashed as BigQuery hashes the replica (``types`` from the replica)."""
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    from capa.warehouse.bigquery.verify import row_hash as bigquery_row_hash
+
+    query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    with _pg_connect(dsn) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        return {row_key(r, pk): bigquery_row_hash(r, types) for r in cur.execute(query)}
+
+
+def verify_postgres_bigquery(dsn: str, source: str, schema: str, warehouse: Any) -> list[TableDiff]:
+    """Compare every PostgreSQL table of ``schema`` with its replica in a BigQuery warehouse
+    (a :class:`~capa.warehouse.bigquery.BigQueryWarehouse`)."""
+    diffs = []
+    for table, pk, columns in sorted(pg_tables(dsn, schema)):
+        name = raw_table_name(source, schema, table)
+        replica = bigquery_replica_row_hashes(warehouse, name, pk, columns)
+        if replica is None:
+            logger.info("no replica for %s yet", name)
+            src = pg_row_hashes(dsn, schema, table, pk, columns)
+            diffs.append(compare(f"{RAW_NAMESPACE}.{name}", src, {}))
+            continue
+        rep, types = replica
+        src = pg_bigquery_row_hashes(dsn, schema, table, pk, types)
+        diffs.append(compare(f"{RAW_NAMESPACE}.{name}", src, rep))
     return diffs

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from capa.errors import ConfigError, WarehouseTerminalError, WarehouseTransientError
-from capa.warehouse.base import META_DELETED
-from spark_jobs.project import Model, Project, quote
+from capa.warehouse.base import CHANGELOG_SUFFIX, META_DELETED, META_EVENT_ID
+from spark_jobs.project import BigQueryLayout, Model, Project, quote
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,11 @@ class BigQueryRawSource:
         return reader.load(self.target.table(dataset, name))
 
     def raw(self, name: str, *, history: bool = False) -> Any:
-        """The replica; tombstones hidden unless ``history``."""
+        """The replica; tombstones hidden unless ``history``. A changelog is appended
+        at-least-once, so it is read deduplicated by event id."""
         df = self._read(self.target.raw_dataset, name)
+        if name.endswith(CHANGELOG_SUFFIX):
+            return df.dropDuplicates([META_EVENT_ID])
         return df if history else df.where(f"NOT coalesce({quote(META_DELETED)}, false)")
 
     def model(self, name: str) -> Any:
@@ -165,13 +168,14 @@ class BigQueryConsumptionSink:
             self._client, self._retry = make_client(self.target)
         return self._client
 
-    def publish(self, df: Any, model: str) -> None:
+    def publish(self, df: Any, model: str, layout: BigQueryLayout | None = None) -> None:
+        """Replace ``model``'s table by ``df``, partitioned/clustered as ``layout`` says."""
         table = self.target.table(self.target.consumption_dataset, model)
         stage = f"{table}{STAGE_MARK}{uuid.uuid4().hex[:12]}"
         writer = df.write.format("bigquery").options(**self.target.connector_options())
         writer.mode("errorifexists").save(stage)  # a new table: pending streams + batch commit
         try:
-            self._run(f"CREATE OR REPLACE TABLE {_bq(table)} AS SELECT * FROM {_bq(stage)}")
+            self._run(replace_table_sql(table, stage, layout))
         finally:
             self.client.delete_table(stage, not_found_ok=True, retry=self._retry)
 
@@ -205,6 +209,21 @@ def make_client(target: BigQueryTarget) -> tuple[Any, Any]:
         client_options=ClientOptions(api_endpoint=target.http_endpoint),
     )
     return client, DEFAULT_RETRY.with_timeout(15)  # emulator errors are 500s: fail fast
+
+
+def replace_table_sql(table: str, stage: str, layout: BigQueryLayout | None = None) -> str:
+    """Swap a published table for its staged copy, with the model's partitioning/clustering."""
+    clauses = layout.ddl() if layout is not None else ""
+    return " ".join(
+        part
+        for part in (
+            "CREATE OR REPLACE TABLE",
+            _bq(table),
+            clauses,
+            f"AS SELECT * FROM {_bq(stage)}",
+        )
+        if part
+    )
 
 
 def _bq(table: str) -> str:
@@ -273,7 +292,7 @@ class BigQueryModelBuilder:
         if not all(r.ok for r in results):
             df.unpersist()
             raise ChecksFailed(model.name, results)
-        self.sink.publish(df, model.name)
+        self.sink.publish(df, model.name, model.header.bigquery)
         self._built[model.name] = df
         seconds = round(time.monotonic() - started, 2)
         report = ModelReport(

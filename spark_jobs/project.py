@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,6 +84,41 @@ class Additive(BaseModel):
     )
 
 
+class BigQueryLayout(BaseModel):
+    """``bigquery:`` of a model header: how the published table is laid out in BigQuery.
+
+    Partition a table that is large and read by ranges of a date column (a partition should
+    hold about 1 GB or more: a small daily table is better partitioned by MONTH or YEAR);
+    cluster on the columns readers filter or join on (at most 4).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition_by: str | None = Field(None, description="DATE column the table is partitioned on.")
+    granularity: Literal["DAY", "MONTH", "YEAR"] = Field(
+        "DAY", description="Partition granularity of partition_by."
+    )
+    cluster_by: tuple[str, ...] = Field(
+        (), max_length=4, description="Clustering columns, in order (at most 4)."
+    )
+
+    def ddl(self) -> str:
+        """The ``PARTITION BY ... CLUSTER BY ...`` clauses of a CREATE TABLE ('' if none)."""
+        from capa.warehouse.sql import dialect
+
+        _backtick = dialect("bigquery").ident
+        parts = []
+        if self.partition_by:
+            column = _backtick(self.partition_by)
+            unit = (
+                column if self.granularity == "DAY" else f"DATE_TRUNC({column}, {self.granularity})"
+            )
+            parts.append(f"PARTITION BY {unit}")
+        if self.cluster_by:
+            parts.append("CLUSTER BY " + ", ".join(_backtick(c) for c in self.cluster_by))
+        return " ".join(parts)
+
+
 class ModelHeader(BaseModel):
     """The ``-- capa:`` block of a model file."""
 
@@ -99,6 +135,10 @@ class ModelHeader(BaseModel):
         None,
         description="Maintain by signed sums instead of recomputing keys (see Additive); "
         "the incremental mappings still name the keys for checks and fallbacks.",
+    )
+    bigquery: BigQueryLayout = Field(
+        default_factory=BigQueryLayout,
+        description="Partitioning and clustering of the table published to BigQuery.",
     )
 
     @property

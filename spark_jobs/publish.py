@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from capa import console
 from capa.errors import CapaError, ConfigError
+from spark_jobs.project import BigQueryLayout
 from spark_jobs.state import STATE_DIR
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,13 @@ def read_delta(path: Path) -> pa.Table:
     return DeltaTable(str(path)).to_pyarrow_table()
 
 
-def ensure_table(client: Any, table_id: str, schema: pa.Schema, retry: Any = None) -> None:
+def ensure_table(
+    client: Any,
+    table_id: str,
+    schema: pa.Schema,
+    retry: Any = None,
+    layout: BigQueryLayout | None = None,
+) -> None:
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
@@ -94,18 +101,42 @@ def ensure_table(client: Any, table_id: str, schema: pa.Schema, retry: Any = Non
     try:
         client.get_table(table_id, **kwargs)
     except NotFound:
-        client.create_table(bigquery.Table(table_id, schema=bigquery_schema(schema)), **kwargs)
+        table = bigquery.Table(table_id, schema=bigquery_schema(schema))
+        client.create_table(apply_layout(table, layout), **kwargs)
 
 
-def publish_table(client: Any, data: pa.Table, table_id: str, retry: Any = None) -> int:
+def apply_layout(resource: Any, layout: BigQueryLayout | None) -> Any:
+    """Set a model header's partitioning and clustering on a ``Table`` or ``LoadJobConfig``."""
+    from google.cloud import bigquery
+
+    if layout is not None and layout.partition_by:
+        resource.time_partitioning = bigquery.TimePartitioning(
+            type_=layout.granularity, field=layout.partition_by
+        )
+    if layout is not None and layout.cluster_by:
+        resource.clustering_fields = list(layout.cluster_by)
+    return resource
+
+
+def publish_table(
+    client: Any,
+    data: pa.Table,
+    table_id: str,
+    retry: Any = None,
+    layout: BigQueryLayout | None = None,
+) -> int:
     import pyarrow.parquet as pq
     from google.cloud import bigquery
 
-    ensure_table(client, table_id, data.schema, retry)
-    config = bigquery.LoadJobConfig(
-        source_format=bigquery.SourceFormat.PARQUET,
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-        parquet_options=_parquet_options(),
+    ensure_table(client, table_id, data.schema, retry, layout)
+    # the load states the layout too: a WRITE_TRUNCATE load must match the table's
+    config = apply_layout(
+        bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+            parquet_options=_parquet_options(),
+        ),
+        layout,
     )
     with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
         pq.write_table(data, tmp.name)
@@ -121,6 +152,13 @@ def _parquet_options() -> Any:
     options = ParquetOptions()
     options.enable_list_inference = True
     return options
+
+
+def model_layouts() -> dict[str, BigQueryLayout]:
+    """Model name -> its header's BigQuery layout (tables without a model get none)."""
+    from spark_jobs.project import load_project
+
+    return {name: model.header.bigquery for name, model in load_project().models.items()}
 
 
 def publish(
@@ -145,13 +183,18 @@ def publish(
     if location:
         ds.location = location
     client.create_dataset(ds, exists_ok=True, **({"retry": retry} if retry is not None else {}))
+    layouts = model_layouts()
     reports = []
     for name in names:
         if select and name not in select:
             continue
         started = time.monotonic()
         rows = publish_table(
-            client, read_delta(consumption / name), f"{client.project}.{dataset}.{name}", retry
+            client,
+            read_delta(consumption / name),
+            f"{client.project}.{dataset}.{name}",
+            retry,
+            layouts.get(name),
         )
         reports.append(PublishReport(name, rows, round(time.monotonic() - started, 2)))
         logger.info("published %s: %d rows", name, rows)

@@ -1,7 +1,9 @@
 """Warehouse adapters, picked through a registry (STYLE rule 2).
 
 ``open_warehouse(spec)`` takes ``"local:DIR"``, ``"bigquery:PROJECT"`` (or
-``"bigquery:PROJECT@http://127.0.0.1:PORT"`` for an emulator) or a
+``"bigquery:PROJECT@http://127.0.0.1:PORT"`` for an emulator, optionally followed by
+``?field=value&...`` for other :class:`~capa.config.BigQueryWarehouseConfig` fields, e.g.
+``bigquery:P?apply_mode=merge&merge_interval_s=600``) or a
 :class:`~capa.config.LocalWarehouseConfig` / :class:`~capa.config.BigQueryWarehouseConfig`.
 Adapters are imported lazily: opening a local warehouse never loads google.cloud.
 """
@@ -10,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from pydantic import ValidationError
 
 from capa.errors import ConfigError
 
@@ -49,10 +54,15 @@ def parse_spec(spec: str) -> LocalWarehouseConfig | BigQueryWarehouseConfig:
     if kind == "local":
         return LocalWarehouseConfig.model_validate({"path": rest})
     if kind == "bigquery":
+        rest, _, query = rest.partition("?")
         project, _, endpoint = rest.partition("@")
-        return BigQueryWarehouseConfig.model_validate(
-            {"project": project, "api_endpoint": endpoint or None}
-        )
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+        try:
+            return BigQueryWarehouseConfig.model_validate(
+                {"project": project, "api_endpoint": endpoint or None, **options}
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"warehouse {spec!r}: {exc}") from exc
     raise ConfigError(f"unknown warehouse type {kind!r} in {spec!r}; known: {sorted(WAREHOUSES)}")
 
 

@@ -12,7 +12,7 @@ generator renders it for a :class:`Dialect`. Identifiers are always quoted; valu
   it are no-ops;
 * ``@truncate`` - a truncate position raised by this batch (NULL when none): target rows
   older than it that the batch does not touch are deleted, in the same MERGE;
-* ``@first_position`` - the smallest position of the batch (prunes the changelog check).
+* ``@truncate`` in :func:`select_history_sql` - cdc mode's truncate position.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from capa.warehouse.base import META_EVENT_ID, META_POSITION
+from capa.warehouse.base import META_EVENT_ID, META_INGESTED_AT, META_POSITION
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,9 @@ class MergeSpec:
     keep: tuple[str, ...] = ()
     keep_prefix: str = "_capa_keep__"
     stage_column: str = "_capa_stage"
+    # the truncate clause (WHEN NOT MATCHED BY SOURCE) reads every target row, so it is
+    # rendered only for a merge that carries a truncate; without it the MERGE can prune
+    delete_below_truncate: bool = True
 
 
 def dialect(name: str) -> Dialect:
@@ -79,7 +82,11 @@ def merge_replica_sql(spec: MergeSpec, dialect_name: str = "bigquery") -> str:
             f"WHEN MATCHED AND S.{pos} > T.{pos} THEN UPDATE SET {_assignments(spec, d)}",
             f"WHEN NOT MATCHED THEN INSERT ({_column_list(spec.columns, d)}) "
             f"VALUES ({_column_list(spec.columns, d, 'S.')})",
-            f"WHEN NOT MATCHED BY SOURCE AND T.{pos} < {d.param('truncate')} THEN DELETE",
+            *(
+                [f"WHEN NOT MATCHED BY SOURCE AND T.{pos} < {d.param('truncate')} THEN DELETE"]
+                if spec.delete_below_truncate
+                else []
+            ),
         ]
     )
 
@@ -99,47 +106,46 @@ def _column_list(columns: Sequence[str], d: Dialect, prefix: str = "") -> str:
     return ", ".join(prefix + d.ident(c) for c in columns)
 
 
-def merge_changelog_sql(
-    target: Sequence[str],
-    source: Sequence[str],
-    columns: Sequence[str],
+def select_changelog_sql(changelog: Sequence[str], dialect_name: str = "bigquery") -> str:
+    """The changelog as readers must see it: one row per ``_capa_event_id`` (appends are
+    at-least-once, so a replayed batch may have appended an event twice)."""
+    d = dialect(dialect_name)
+    return (
+        f"SELECT * FROM {d.table(changelog)} QUALIFY ROW_NUMBER() OVER "
+        f"(PARTITION BY {d.ident(META_EVENT_ID)} ORDER BY {d.ident(META_INGESTED_AT)}) = 1"
+    )
+
+
+def select_history_sql(
+    changelog: Sequence[str],
+    primary_key: Sequence[str],
+    keys: int,
+    *,
+    below_truncate: bool,
     dialect_name: str = "bigquery",
 ) -> str:
-    """Append staged events whose ``_capa_event_id`` the changelog does not hold yet."""
+    """Changelog rows of ``keys`` keys (bound as ``@k<i>_<j>``: key i, key column j), and
+    with ``below_truncate`` every row below ``@truncate`` (cdc mode's TOAST and truncate
+    lookups)."""
     d = dialect(dialect_name)
-    event_id, pos = d.ident(META_EVENT_ID), d.ident(META_POSITION)
-    return "\n".join(
-        [
-            f"MERGE {d.table(target)} AS T",
-            f"USING (SELECT * FROM {d.table(source)}"
-            f" WHERE {d.ident('_capa_stage')} = {d.param('stage')}",
-            f"  QUALIFY ROW_NUMBER() OVER (PARTITION BY {event_id} ORDER BY {pos}) = 1) AS S",
-            f"ON T.{event_id} = S.{event_id} AND T.{pos} >= {d.param('first_position')}",
-            f"WHEN NOT MATCHED THEN INSERT ({_column_list(columns, d)})"
-            f" VALUES ({_column_list(columns, d, 'S.')})",
-        ]
-    )
-
-
-def merge_watermark_sql(state: Sequence[str], dialect_name: str = "bigquery") -> str:
-    """Raise a table's truncate watermark (never lowers it)."""
-    d = dialect(dialect_name)
-    name, wm = d.ident("table_name"), d.ident("truncate_position")
-    return "\n".join(
-        [
-            f"MERGE {d.table(state)} AS T",
-            f"USING (SELECT {d.param('table')} AS {name}, {d.param('truncate')} AS {wm}) AS S",
-            f"ON T.{name} = S.{name}",
-            f"WHEN MATCHED AND S.{wm} > T.{wm} THEN UPDATE SET {wm} = S.{wm}",
-            f"WHEN NOT MATCHED THEN INSERT ({name}, {wm}) VALUES (S.{name}, S.{wm})",
-        ]
-    )
+    matches = [
+        "("
+        + " AND ".join(f"{d.ident(c)} = {d.param(f'k{i}_{j}')}" for j, c in enumerate(primary_key))
+        + ")"
+        for i in range(keys)
+    ]
+    if below_truncate:
+        matches.append(f"{d.ident(META_POSITION)} < {d.param('truncate')}")
+    where = " OR ".join(matches) or "FALSE"
+    return f"SELECT * FROM {d.table(changelog)} WHERE {where}"
 
 
 def select_watermark_sql(state: Sequence[str], dialect_name: str = "bigquery") -> str:
+    """A table's truncate watermark: the greatest truncate position appended for it (the
+    state table is append-only, so raising a watermark is never DML)."""
     d = dialect(dialect_name)
     return (
-        f"SELECT {d.ident('truncate_position')} FROM {d.table(state)} "
+        f"SELECT MAX({d.ident('truncate_position')}) FROM {d.table(state)} "
         f"WHERE {d.ident('table_name')} = {d.param('table')}"
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from capa import console
 from capa.config import load_settings
@@ -24,21 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "--schema", default="public", help="PostgreSQL schema to compare (default public)"
     )
-    parser.add_argument("--warehouse", help="local:DIR (default: warehouse.path from config)")
+    parser.add_argument(
+        "--warehouse",
+        help="local:DIR or bigquery:PROJECT[@ENDPOINT][?options] (default: the configured "
+        "warehouse); BigQuery computes its row hashes itself",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import psycopg
 
-    from capa.verify import verify_postgres_local
-
     settings = load_settings()
     dsn = args.dsn or settings.postgres.dsn()
     source = args.source or settings.debezium.source_name
-    lakehouse = _lakehouse(args.warehouse, settings)
     try:
-        diffs = verify_postgres_local(dsn, source, args.schema, lakehouse)
+        diffs = _diffs(args.warehouse, settings, dsn, source, args.schema)
     except psycopg.Error as exc:
         detail = " ".join(str(exc).split())
         console.error(
@@ -69,14 +71,16 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(d.ok for d in diffs) else EXIT_MISMATCH
 
 
-def _lakehouse(spec: str | None, settings: object) -> Path:
-    if spec:
-        kind, _, path = spec.partition(":")
-        if kind != "local" or not path:
-            from capa.errors import ConfigError
+def _diffs(spec: str | None, settings: Any, dsn: str, source: str, schema: str) -> list[Any]:
+    from capa.config import LocalWarehouseConfig
+    from capa.verify import verify_postgres_bigquery, verify_postgres_local
+    from capa.warehouse import open_warehouse, parse_spec
 
-            raise ConfigError(
-                f"--warehouse {spec!r}: capa verify compares local replicas; use local:DIR"
-            )
-        return Path(path)
-    return Path(settings.warehouse.path)  # type: ignore[attr-defined]
+    config = parse_spec(spec) if spec else settings.warehouse
+    if isinstance(config, LocalWarehouseConfig):
+        return verify_postgres_local(dsn, source, schema, Path(config.path))
+    warehouse = open_warehouse(config)
+    try:
+        return verify_postgres_bigquery(dsn, source, schema, warehouse)
+    finally:
+        warehouse.close()

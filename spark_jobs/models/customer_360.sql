@@ -1,6 +1,8 @@
 -- One row per F2 customer: CRM account + contacts, F2 order totals (customer_orders), F3 invoice
 -- totals.
 -- capa:
+--   bigquery:
+--     cluster_by: [customer_id]
 --   key: [customer_id]
 --   incremental:
 --     f2_public_customers: id

@@ -1,5 +1,7 @@
 -- Data-science features per customer (one row per customer_360 row): value, activity, mix.
 -- capa:
+--   bigquery:
+--     cluster_by: [customer_id]
 --   key: [customer_id]
 --   incremental:
 --     customer_360: customer_id

@@ -5,6 +5,8 @@
 -- skip NULLs) in one aggregation pass: COUNT(DISTINCT) beside other aggregates makes Spark
 -- expand every row and aggregate twice.
 -- capa:
+--   bigquery:
+--     cluster_by: [customer_id]
 --   key: [customer_id]
 --   incremental:
 --     f2_public_orders: customer_id

@@ -2,6 +2,10 @@
 -- Additive: every column is a count or a sum over input rows, so an incremental build adds the
 -- day's sums over the rows added since the last build and subtracts those over the rows removed.
 -- capa:
+--   bigquery:
+--     partition_by: sales_date
+--     granularity: YEAR  # one row a day: yearly partitions stay few and full
+--     cluster_by: [sales_date]
 --   key: [sales_date]
 --   incremental:
 --     f2_public_orders: CAST(ordered_at AS DATE)

@@ -35,21 +35,42 @@ def test_replica_merge_text() -> None:
     )
 
 
-def test_changelog_merge_is_insert_only_on_event_id() -> None:
-    text = sql.merge_changelog_sql(
-        ("p", "raw", "t_changelog"), ("p", "raw", "stage"), ["id", "_capa_event_id"]
-    )
-    assert (
-        "ON T.`_capa_event_id` = S.`_capa_event_id` AND T.`_capa_position` >= @first_position"
-        in text
-    )
-    assert "WHEN MATCHED" not in text and "INSERT (`id`, `_capa_event_id`)" in text
+def test_merge_without_truncate_has_no_full_target_clause() -> None:
+    # WHEN NOT MATCHED BY SOURCE reads every target row; a cycle without a truncate omits it
+    # so that the MERGE reads only the clustered blocks of its keys
+    import dataclasses
+
+    text = sql.merge_replica_sql(dataclasses.replace(SPEC, delete_below_truncate=False))
+    assert "NOT MATCHED BY SOURCE" not in text and "@truncate" not in text
+    assert text.splitlines()[-1].startswith("WHEN NOT MATCHED THEN INSERT")
 
 
-def test_watermark_never_lowers() -> None:
-    text = sql.merge_watermark_sql(("p", "raw", "_capa_state"))
-    assert "WHEN MATCHED AND S.`truncate_position` > T.`truncate_position` THEN UPDATE" in text
-    assert "@table" in text and "@truncate" in text
+def test_changelog_is_read_deduplicated_by_event_id() -> None:
+    assert sql.select_changelog_sql(("p", "raw", "t_changelog")) == (
+        "SELECT * FROM `p`.`raw`.`t_changelog` QUALIFY ROW_NUMBER() OVER "
+        "(PARTITION BY `_capa_event_id` ORDER BY `_capa_ingested_at`) = 1"
+    )
+
+
+def test_watermark_is_the_greatest_appended_truncate() -> None:
+    text = sql.select_watermark_sql(("p", "raw", "_capa_state"))
+    assert text == (
+        "SELECT MAX(`truncate_position`) FROM `p`.`raw`.`_capa_state` WHERE `table_name` = @table"
+    )
+
+
+def test_history_lookup_binds_every_key_value() -> None:
+    text = sql.select_history_sql(
+        ("p", "raw", "t_changelog"), ("tenant", "id"), 2, below_truncate=True
+    )
+    assert text == (
+        "SELECT * FROM `p`.`raw`.`t_changelog` WHERE "
+        "(`tenant` = @k0_0 AND `id` = @k0_1) OR (`tenant` = @k1_0 AND `id` = @k1_1) "
+        "OR `_capa_position` < @truncate"
+    )
+    assert sql.select_history_sql(("p", "d", "c"), ("id",), 0, below_truncate=False).endswith(
+        "WHERE FALSE"
+    )
 
 
 def test_identifiers_are_quoted_and_escaped() -> None:

@@ -76,8 +76,16 @@ def bqemulator(tmp_path_factory, request) -> BigQueryWarehouseConfig:
         _wait_ready(
             f"http://127.0.0.1:{rest}/bigquery/v2/projects/{PROJECT}/datasets", process, log
         )
+        # merge mode with a MERGE per batch: the emulator ignores CDC pseudo-columns, so
+        # tests that read replicas back use merge mode; cdc mode has its own tests
+        # (test_bigquery_modes.py) that capture the CDC rows the emulator stores
         yield BigQueryWarehouseConfig(
-            project=PROJECT, api_endpoint=f"http://127.0.0.1:{rest}", location="US"
+            project=PROJECT,
+            api_endpoint=f"http://127.0.0.1:{rest}",
+            write_api_endpoint=f"127.0.0.1:{grpc}",
+            location="US",
+            apply_mode="merge",
+            merge_interval_s=0,
         )
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -70,6 +70,11 @@ def test_publish_loads_every_table_and_replaces_contents(
         "cancel_rate": "FLOAT64",
         "last_order_at": "TIMESTAMP",
     }
+    # laid out as the model headers say (spark_jobs/models/*.sql, ``bigquery:``)
+    assert table.clustering_fields == ["customer_id"]
+    daily = client.get_table(f"{bqemulator.project}.consumption_pub.sales_daily", retry=RETRY)
+    assert (daily.time_partitioning.field, daily.time_partitioning.type_) == ("sales_date", "YEAR")
+    assert daily.clustering_fields == ["sales_date"]
     write_deltalake(str(consumption / "sales_daily"), DAILY.slice(0, 1), mode="overwrite")
     publish(
         client, consumption, "consumption_pub", select=["sales_daily"], retry=RETRY
