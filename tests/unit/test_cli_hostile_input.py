@@ -155,7 +155,8 @@ USAGE_ERRORS = {
         2,
         "/no/such",
     ),
-    "verify-bad-warehouse": (["verify", "--warehouse", "bigquery:p"], 1, "bigquery:p"),
+    # verify reaches BigQuery now (issue #22): without credentials it says so in one line
+    "verify-bad-warehouse": (["verify", "--warehouse", "bigquery:p"], 1, "BigQuery project 'p'"),
     "verify-no-server": (
         [
             "verify",
