@@ -39,14 +39,13 @@ from beam_jobs.apply_stats import ApplyStats, spread
 from capa import metrics, retry
 from capa.apply import apply_isolating_failures, rejection_reason
 from capa.columnar import TableColumns
-from capa.config import KafkaConfig
 from capa.errors import TerminalError, TransientError
 from capa.events import ChangeEvent, Op, iter_tables
 from capa.retry import RetryPolicy
 from capa.warehouse.base import RAW_NAMESPACE, Warehouse, column_writer, compactor
 from connectors.kafka.batch_decode import BatchDecoder, DecodedBatch
 from connectors.kafka.dlq import DeadLetter
-from connectors.kafka.offsets import KafkaBatch, KafkaPartition
+from connectors.kafka.offsets import KafkaBatch, KafkaPartition, job_kafka_config
 from connectors.kafka.wire import ChangeEventDecoder
 
 logger = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ class DeadLetterSink:
     def __init__(self, bootstrap: str, dlq_topic: str) -> None:
         from connectors.kafka.producer import KafkaChangeProducer
 
-        config = KafkaConfig(bootstrap_servers=bootstrap, dlq_topic=dlq_topic)
+        config = job_kafka_config(bootstrap, dlq_topic=dlq_topic)  # with the security settings
         self._producer = KafkaChangeProducer(config)
 
     def write(self, letters: Sequence[DeadLetter]) -> None:

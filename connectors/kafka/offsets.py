@@ -12,7 +12,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from capa.config import KafkaConfig, load_settings
 from capa.errors import ServiceUnavailable, TerminalError
+from connectors.kafka.clients import client_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +51,25 @@ class KafkaBatch(NamedTuple):
         return self.offsets[-1] + 1
 
 
+def job_kafka_config(bootstrap: str, **update: Any) -> KafkaConfig:
+    """The configured Kafka security (``CAPA__KAFKA__*`` / capa.yaml of the process running
+    the job) for the job's ``--bootstrap`` (plus ``update``)."""
+    return load_settings().kafka.model_copy(update={"bootstrap_servers": bootstrap, **update})
+
+
 def _client_settings(bootstrap: str, group: str, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "enable.partition.eof": False,
-        **(extra or {}),
-    }
+    return client_config(
+        job_kafka_config(bootstrap),
+        {
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            **(extra or {}),
+        },
+    )
 
 
 def make_consumer(bootstrap: str, group: str, extra: Mapping[str, Any] | None = None) -> Any:
