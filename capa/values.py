@@ -34,9 +34,8 @@ import base64
 import math
 import re
 import struct
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -190,17 +189,7 @@ def _decimal_form(value: Decimal) -> Any:
 
 
 def _temporal_form(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-            return value.isoformat(timespec="microseconds") + "Z"
-        return value.isoformat(timespec="microseconds")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, time):
-        return value.strftime("%H:%M:%S.%f")
-    if isinstance(value, uuid.UUID):
-        return str(value)
+    """Dates, times, UUIDs, bytes ...: their canonical JSON form (one rule, in the codec)."""
     from capa.codec import to_json_value  # codec imports events; keep this module leaf-light
 
     return to_json_value(value)
