@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from capa.events import raw_table_name
 from capa.verify import verify_postgres_bigquery
 from capa.warehouse import open_warehouse
 from capa_app.workload import ACCOUNTS, TYPEZOO, Workload
@@ -88,8 +89,8 @@ def test_verify_in_bigquery_passes_then_names_every_mismatch(
     diffs_after = {
         d.table: d for d in verify_postgres_bigquery(postgres.dsn, "f2", schema, warehouse)
     }
-    zoo = diffs_after[f"raw.f2_{schema}_wl_typezoo"]
+    zoo = diffs_after["raw." + raw_table_name("f2", schema, "wl_typezoo")]
     assert zoo.different == [(ids[0],)] and zoo.extra == [(ids[1],)] and not zoo.missing
-    assert diffs_after[f"raw.f2_{schema}_wl_accounts"].missing == [(999999,)]
+    assert diffs_after["raw." + raw_table_name("f2", schema, "wl_accounts")].missing == [(999999,)]
     bad = _verify_cli(postgres.dsn, schema, _spec(bqemulator, dataset))
     assert bad.returncode == 4 and "NO" in bad.stdout, bad.stdout + bad.stderr
