@@ -27,7 +27,9 @@ def closed_port_producer(**limits: float) -> KafkaChangeProducer:
     config = KafkaConfig.model_validate(
         {"port": free_port(), "delivery_timeout_ms": 500, "dlq_topic": "dead", **limits}
     )
-    return KafkaChangeProducer(config, client_settings={"socket.connection.setup.timeout.ms": 1000})
+    # log_level 0: librdkafka would print every refused connect, also after the test
+    quiet = {"socket.connection.setup.timeout.ms": 1000, "log_level": 0}
+    return KafkaChangeProducer(config, client_settings=quiet)
 
 
 def test_dead_letters_give_up_after_the_configured_attempts() -> None:

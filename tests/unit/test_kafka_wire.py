@@ -120,7 +120,7 @@ def test_dead_letter_headers_round_trip() -> None:
 def test_flush_raises_delivery_failed_when_no_broker_acks() -> None:
     config = KafkaConfig(port=free_port(), delivery_timeout_ms=1500)
     producer = KafkaChangeProducer(
-        config, client_settings={"socket.connection.setup.timeout.ms": 1000}
+        config, client_settings={"socket.connection.setup.timeout.ms": 1000, "log_level": 0}
     )
     producer.send(make_event())
     with pytest.raises(DeliveryFailed, match="did not acknowledge 1 record"):
