@@ -1,9 +1,16 @@
 """Airflow DAG ``crm_batch``: wait for a CRM extract, load it with the Beam batch job, record it.
 
-Wiring only (STYLE rule 22): the sensor asks ``connectors.crm`` whether the extract's
-``_SUCCESS`` marker is there; the load runs ``beam_jobs.crm_batch`` as a subprocess of the
-beam environment (Beam is never imported into Airflow); the last task writes the load's
-summary (the job's JSON output line) to ``<state_dir>/crm/loads/<load_id>.json``.
+Wiring only (STYLE rule 22); the profile (``CAPA__DAGS__PROFILE``, ``capa_dags/profiles.py``)
+picks the operators, the task ids are the same in every profile:
+
+* ``wait_for_extract``: a sensor asks ``connectors.crm`` whether the extract's ``_SUCCESS``
+  marker is there;
+* ``load_extract``: local: ``beam_jobs.crm_batch`` as a subprocess of the beam environment
+  (Beam is never imported into Airflow); onprem: ``BeamRunPythonPipelineOperator`` (runner from
+  Variables); gcp: ``DataflowStartFlexTemplateOperator`` (the CRM Flex Template);
+* ``record_load``: local: writes the load's summary (the job's JSON output line) to
+  ``<state_dir>/crm/loads/<load_id>.json``; onprem and gcp: checks that the load ledger
+  (``raw.crm_crm_loads``) records the extract's load as completed.
 
 Configuration (DAG params, defaults from the environment; the names before ``CAPA__...``,
 in parentheses, still work but are deprecated):
@@ -23,58 +30,23 @@ in parentheses, still work but are deprecated):
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.providers.standard.operators.python import PythonOperator
-from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, Param
+from capa_dags.profiles import load_profile
+from capa_dags.settings import BEAM_PYTHON, REPO, STATE_DIR
 
 from capa.config import env_setting
 
-REPO = Path(__file__).resolve().parent.parent
-BEAM_PYTHON = env_setting(
-    "CAPA__DAGS__BEAM_PYTHON",
-    str(REPO / ".venvs" / "beam" / "bin" / "python"),
-    deprecated="CAPA_BEAM_PYTHON",
-)
-STATE_DIR = env_setting("CAPA__STATE_DIR", str(REPO / ".state"), deprecated="CAPA_STATE_DIR")
-
-
-def extract_ready(extract: str) -> bool:
-    from connectors.crm.extract import SUCCESS_MARKER
-    from connectors.crm.filestore import open_filestore
-
-    return bool(open_filestore(extract).exists(SUCCESS_MARKER))
-
-
-def record_load(summary_line: str | None, state_dir: str) -> dict[str, Any]:
-    if not summary_line:
-        raise ValueError("the load task printed no summary line; see its log")
-    summary = json.loads(summary_line)
-    target = Path(state_dir) / "crm" / "loads" / f"{summary['load_id']}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return dict(summary)
-
-
-LOAD_COMMAND = (
-    "cd {{ params.repo }} && {{ params.beam_python }} -m beam_jobs.crm_batch"
-    " --extract '{{ params.extract }}' --warehouse '{{ params.warehouse }}'"
-    " --max_reject_share {{ params.max_reject_share }}"
-    "{% if params.full %} --full{% endif %}"
-)
+profile = load_profile()
 
 with DAG(
     dag_id="crm_batch",
-    description="CRM extract -> raw layer (Beam batch job in the beam env)",
+    description="CRM extract -> raw layer (Beam batch job)",
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    tags=["capa", "crm"],
+    tags=["capa", "crm", profile.name],
     params={
         "extract": Param(
             env_setting("CAPA__DAGS__CRM_EXTRACT", "", deprecated="CAPA_CRM_EXTRACT"),
@@ -104,21 +76,7 @@ with DAG(
         "beam_python": Param(BEAM_PYTHON, type="string"),
     },
 ) as dag:
-    wait = PythonSensor(
-        task_id="wait_for_extract",
-        python_callable=extract_ready,
-        op_kwargs={"extract": "{{ params.extract }}"},
-        poke_interval=10,
-        timeout=6 * 3600,
-        mode="reschedule",
-    )
-    load = BashOperator(task_id="load_extract", bash_command=LOAD_COMMAND, do_xcom_push=True)
-    record = PythonOperator(
-        task_id="record_load",
-        python_callable=record_load,
-        op_kwargs={
-            "summary_line": "{{ ti.xcom_pull(task_ids='load_extract') }}",
-            "state_dir": STATE_DIR,
-        },
-    )
+    wait = profile.wait_for_extract("wait_for_extract")
+    load = profile.load_extract("load_extract")
+    record = profile.record_load("record_load", "load_extract", "wait_for_extract")
     wait >> load >> record

@@ -17,26 +17,12 @@ subprocesses. Settings (Airflow Variables, else env, else defaults; the env name
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
+from capa_dags.settings import LAKEHOUSE, REPO, setting
+from capa_dags.settings import SPARK_PYTHON as PYTHON
 
-from capa.config import env_setting
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def setting(name: str, default: str) -> str:
-    """Jinja: Airflow Variable ``capa_<name>``, else env ``CAPA__DAGS__<NAME>`` (the older
-    ``CAPA_<NAME>`` still works, deprecated), else ``default``."""
-    env = f"CAPA__DAGS__{name.upper()}"
-    fallback = env_setting(env, default, deprecated=f"CAPA_{name.upper()}").replace("'", "")
-    return "{{ var.value.get('capa_" + name + "', '" + fallback + "') }}"
-
-
-LAKEHOUSE = setting("lakehouse", str(REPO / ".state" / "lakehouse"))
-PYTHON = setting("spark_python", str(REPO / ".venvs" / "spark" / "bin" / "python"))
 MAINTAIN = f"{PYTHON} -m spark_jobs.maintain"
 ENV = {"PYTHONPATH": str(REPO)}
 

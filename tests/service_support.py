@@ -76,6 +76,9 @@ def airflow_environment(home: Path, **extra: str) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        # Airflow's DAG processor and task runner put the dags folder on sys.path (so the DAG
+        # files import capa_dags); a bare DagBag in a test script does not.
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "dags"), os.environ.get("PYTHONPATH", str(ROOT))]),
         **extra,
     }
     env.pop("VIRTUAL_ENV", None)
