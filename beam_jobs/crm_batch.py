@@ -312,6 +312,7 @@ class ApplyToWarehouse(beam.PTransform):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags; defaults come from capa's typed config (``crm`` and ``warehouse`` sections)."""
+    from beam_jobs.options import _flag
     from capa.config import load_settings
 
     settings = load_settings()
@@ -327,7 +328,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Contract YAML (default: connectors/crm/contract.yaml).",
     )
     parser.add_argument(
-        "--full", action="store_true", help="Treat the extract as a full snapshot (deletes)."
+        "--full",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag,
+        help="Treat the extract as a full snapshot (deletes). A bare --full or --full=true|false "
+        "(Flex Template parameters and Airflow's Beam operator pass a value).",
     )
     parser.add_argument(
         "--max_reject_share",

@@ -3,6 +3,7 @@
     capa crm generate --out DIR [--accounts 10000] [--seed 7] [--dirt 0.01]
     capa crm pull --api URL --out DIR [--state FILE]     # incremental extract from the HTTP API
     capa crm load --extract DIR|gs://B/P --warehouse local:DIR [--full] [--max-reject-share 0.05]
+    capa crm status --load-id ID [--warehouse local:DIR]   # exit 0 iff the ledger says completed
 
 ``load`` runs the Beam batch pipeline (``beam_jobs.crm_batch``) in this process on the
 FnApiRunner; exit 1 with the top reject reasons when the reject share is above the limit.
@@ -83,6 +84,24 @@ def cmd_load(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from capa.config import load_settings
+    from capa.warehouse import open_warehouse
+    from connectors.crm.contract import load_contract
+    from connectors.crm.replica import load_completed
+
+    warehouse = open_warehouse(args.warehouse or load_settings().warehouse)
+    try:
+        done = load_completed(warehouse, load_contract(args.contract), args.load_id)
+    finally:
+        warehouse.close()
+    if not done:
+        console.error(f"CRM load {args.load_id!r} is not recorded as completed in the ledger")
+        return EXIT_FAILURE
+    console.info(f"CRM load {args.load_id!r} completed")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     crm = subparsers.add_parser("crm", help="CRM batch ingestion (generate, pull, load)")
     sub = crm.add_subparsers(dest="crm_command", metavar="ACTION", required=True)
@@ -118,3 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     load.add_argument("--contract", default=None, help="contract YAML")
     load.set_defaults(func=cmd_load)
+    status = sub.add_parser("status", help="exit 0 iff the load ledger records LOAD_ID completed")
+    status.add_argument("--load-id", required=True, help="load id (the extract's _SUCCESS names it)")
+    status.add_argument(
+        "--warehouse", default=None, help="local:DIR or bigquery:PROJECT (default: config)"
+    )
+    status.add_argument("--contract", default=None, help="contract YAML")
+    status.set_defaults(func=cmd_status)

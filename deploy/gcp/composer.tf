@@ -16,6 +16,13 @@ locals {
     CAPA__WAREHOUSE__RAW_DATASET         = google_bigquery_dataset.raw.dataset_id
     CAPA__WAREHOUSE__CONSUMPTION_DATASET = google_bigquery_dataset.consumption.dataset_id
     CAPA__WAREHOUSE__LOCATION            = var.bq_location
+    # The gcp DAG profile (dags/capa_dags/gcp.py): CRM batch Flex Template launches.
+    CAPA__DAGS__CRM_WAREHOUSE             = "bigquery:${var.project_id}"
+    CAPA__DAGS__DATAFLOW_CRM_TEMPLATE     = local.crm_template_gcs_path
+    CAPA__DAGS__DATAFLOW_SERVICE_ACCOUNT  = google_service_account.dataflow.email
+    CAPA__DAGS__DATAFLOW_SUBNETWORK       = local.dataflow_subnetwork
+    CAPA__DAGS__DATAFLOW_TEMP_LOCATION    = local.dataflow_temp_location
+    CAPA__DAGS__DATAFLOW_STAGING_LOCATION = local.dataflow_staging_location
   })
 }
 
@@ -31,11 +38,31 @@ resource "google_project_iam_member" "composer" {
     "roles/composer.worker",
     "roles/dataproc.editor",
     "roles/bigquery.jobUser",
+    "roles/dataflow.developer",
   ])
 
   project = var.project_id
   role    = each.value
   member  = "serviceAccount:${google_service_account.composer.email}"
+}
+
+# Composer launches the CRM batch Flex Template, whose workers run as the Dataflow account.
+resource "google_service_account_iam_member" "composer_acts_as_dataflow" {
+  service_account_id = google_service_account.dataflow.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.composer.email}"
+}
+
+# The DAGs' BigQuery checks read table metadata of raw and consumption and the CRM load ledger.
+resource "google_bigquery_dataset_iam_member" "composer_viewer" {
+  for_each = {
+    raw         = google_bigquery_dataset.raw.dataset_id
+    consumption = google_bigquery_dataset.consumption.dataset_id
+  }
+
+  dataset_id = each.value
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${google_service_account.composer.email}"
 }
 
 # Composer submits batches that run as the Spark service account.

@@ -18,6 +18,13 @@ locals {
 
   kafka_bootstrap = var.kafka_enabled ? one(google_managed_kafka_cluster.canonical[*].bootstrap_address) : var.kafka_bootstrap_servers
 
+  # Worker settings shared by the apply job and the CRM batch launches of Composer
+  # (composer.tf passes them to the DAGs): one definition of network, locations and template.
+  dataflow_subnetwork       = "regions/${var.region}/subnetworks/${basename(var.subnetwork)}"
+  dataflow_temp_location    = "gs://${google_storage_bucket.artifacts.name}/dataflow/temp"
+  dataflow_staging_location = "gs://${google_storage_bucket.artifacts.name}/dataflow/staging"
+  crm_template_gcs_path     = "gs://${google_storage_bucket.artifacts.name}/templates/capa-crm-batch.json"
+
   apply_parameters = {
     bootstrap      = local.kafka_bootstrap
     topic          = var.kafka_topic
@@ -56,13 +63,13 @@ resource "google_dataflow_flex_template_job" "apply" {
   region                  = var.region
   container_spec_gcs_path = local.apply_template_gcs_path
   service_account_email   = google_service_account.dataflow.email
-  subnetwork              = "regions/${var.region}/subnetworks/${basename(var.subnetwork)}"
+  subnetwork              = local.dataflow_subnetwork
   ip_configuration        = "WORKER_IP_PRIVATE"
   enable_streaming_engine = true
   machine_type            = var.apply_machine_type
   max_workers             = var.apply_max_workers
-  staging_location        = "gs://${google_storage_bucket.artifacts.name}/dataflow/staging"
-  temp_location           = "gs://${google_storage_bucket.artifacts.name}/dataflow/temp"
+  staging_location        = local.dataflow_staging_location
+  temp_location           = local.dataflow_temp_location
   on_delete               = "drain"
   labels                  = local.labels
 

@@ -13,6 +13,11 @@ output "apply_template_gcs_path" {
   value       = local.apply_template_gcs_path
 }
 
+output "crm_template_gcs_path" {
+  description = "Where `gcloud dataflow flex-template build` must write the CRM batch job's spec (launched by the crm_batch DAG)."
+  value       = local.crm_template_gcs_path
+}
+
 output "notification_subscription" {
   description = "Pub/Sub subscription the bucket reader consumes (one message per finalized file)."
   value       = google_pubsub_subscription.datastream_files_reader.id
