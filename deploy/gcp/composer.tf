@@ -7,7 +7,9 @@ locals {
   composer_settings = jsondecode(file("${local.repo_root}/deploy/composer/environment.json"))
   dag_files         = fileset("${local.repo_root}/dags", "**/*.py")
 
-  composer_env = merge(local.composer_settings.env_variables, {
+  # Settings of the DAGs (dags/capa_dags/settings.py reads them from the environment); the
+  # DAG tests render the gcp profile with exactly this map (tests/unit/test_dag_profiles_render.py).
+  composer_dag_env = {
     CAPA_GCP_PROJECT                     = var.project_id
     CAPA_GCP_REGION                      = var.region
     CAPA_DATAPROC_SPECS                  = "/home/airflow/gcs/data/dataproc"
@@ -23,7 +25,8 @@ locals {
     CAPA__DAGS__DATAFLOW_SUBNETWORK       = local.dataflow_subnetwork
     CAPA__DAGS__DATAFLOW_TEMP_LOCATION    = local.dataflow_temp_location
     CAPA__DAGS__DATAFLOW_STAGING_LOCATION = local.dataflow_staging_location
-  })
+  }
+  composer_env = merge(local.composer_settings.env_variables, local.composer_dag_env)
 }
 
 resource "google_service_account" "composer" {

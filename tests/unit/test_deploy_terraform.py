@@ -14,16 +14,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
+import hcl2
+from terraform_support import TF_DIR, TF_FILES, block, clean, config, parsed, resource, resources, unquote
 
 ROOT = Path(__file__).resolve().parents[2]
-TF_DIR = ROOT / "deploy" / "gcp"
-TF_FILES = sorted(TF_DIR.glob("*.tf"))
 
 # Arguments and blocks the google/google-beta provider docs mark (Required), for the
 # resource types used here (provider 6.x/7.x). Nested: "block.sub" = required inside block.
@@ -92,75 +90,6 @@ META_ARGS = {"count", "for_each", "provider", "depends_on", "lifecycle"}
 # --- loading ----------------------------------------------------------------------------
 
 
-def _unquote(key: str) -> str:
-    return key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
-
-
-def _clean(node: Any) -> Any:
-    """python-hcl2 8 output -> plain data: unquoted keys, no parser markers."""
-    if isinstance(node, dict):
-        return {
-            _unquote(k): _clean(v)
-            for k, v in node.items()
-            if k not in ("__is_block__", "__comments__")
-        }
-    if isinstance(node, list):
-        return [_clean(v) for v in node]
-    return node
-
-
-@cache
-def parsed(path: Path) -> dict[str, Any]:
-    with path.open() as handle:
-        return _clean(hcl2.load(handle))
-
-
-@cache
-def config() -> dict[str, dict[str, Any]]:
-    """All files merged: resource/data -> {type: {name: body}}; variable/local/output by name."""
-    merged: dict[str, dict[str, Any]] = {
-        "resource": {},
-        "data": {},
-        "variable": {},
-        "locals": {},
-        "output": {},
-    }
-    for path in TF_FILES:
-        tree = parsed(path)
-        for kind in ("resource", "data"):
-            for entry in tree.get(kind, []):
-                for rtype, named in entry.items():
-                    for name, body in named.items():
-                        assert name not in merged[kind].get(rtype, {}), f"duplicate {rtype}.{name}"
-                        merged[kind].setdefault(rtype, {})[name] = body
-        for entry in tree.get("variable", []):
-            merged["variable"].update(entry)
-        for entry in tree.get("output", []):
-            merged["output"].update(entry)
-        for entry in tree.get("locals", []):
-            merged["locals"].update(entry)
-    return merged
-
-
-def resources(rtype: str) -> dict[str, Any]:
-    return config()["resource"].get(rtype, {})
-
-
-def resource(rtype: str, name: str) -> dict[str, Any]:
-    body = resources(rtype).get(name)
-    assert body is not None, f"resource {rtype}.{name} is missing from deploy/gcp"
-    return body
-
-
-def block(body: dict[str, Any], name: str) -> dict[str, Any]:
-    """The single nested block ``name`` (python-hcl2 gives blocks as one-element lists)."""
-    value = body.get(name)
-    assert isinstance(value, list) and len(value) == 1, (
-        f"expected one {name!r} block, got {value!r}"
-    )
-    return value[0]
-
-
 def walk_strings(node: Any) -> Iterator[str]:
     if isinstance(node, str):
         yield node
@@ -174,7 +103,7 @@ def walk_strings(node: Any) -> Iterator[str]:
 
 
 def literal(value: Any) -> Any:
-    return _unquote(value) if isinstance(value, str) else value
+    return unquote(value) if isinstance(value, str) else value
 
 
 # --- parsing and references ----------------------------------------------------------------
@@ -475,11 +404,11 @@ def test_dataproc_batch_args_are_builder_flags_for_the_bigquery_mode() -> None:
     assert "gcpAccessToken" not in options, "GCP uses the batch service account's credentials"
     assert options["writeMethod"] == "direct" and options["readDataFormat"] == "ARROW"
     spec_vars = (TF_DIR / "dataproc.tf").read_text()
-    for name, resource in [
+    for name, ref in [
         ("raw_dataset", "google_bigquery_dataset.raw"),
         ("consumption_dataset", "google_bigquery_dataset.consumption"),
     ]:
-        assert re.search(rf"{name}\s*=\s*{re.escape(resource)}\.dataset_id", spec_vars)
+        assert re.search(rf"{name}\s*=\s*{re.escape(ref)}\.dataset_id", spec_vars)
     properties = rendered["runtime_config"]["properties"]
     assert not any("temporaryGcsBucket" in k for k in properties), "direct writes need no bucket"
     assert "jar_file_uris" not in rendered["pyspark_batch"], "the runtime bundles the connector"
@@ -570,7 +499,7 @@ def test_the_secret_scanner_catches_a_literal_password() -> None:
 
 def test_tfvars_example_sets_only_declared_variables_and_no_password() -> None:
     example = TF_DIR / "terraform.tfvars.example"
-    tree = _clean(hcl2.loads(example.read_text()))
+    tree = clean(hcl2.loads(example.read_text()))
     declared = config()["variable"]
     assert set(tree) <= set(declared), (
         f"unknown variables in the example: {sorted(set(tree) - set(declared))}"
