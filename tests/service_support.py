@@ -78,7 +78,9 @@ def airflow_environment(home: Path, **extra: str) -> dict[str, str]:
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         # Airflow's DAG processor and task runner put the dags folder on sys.path (so the DAG
         # files import capa_dags); a bare DagBag in a test script does not.
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "dags"), os.environ.get("PYTHONPATH", str(ROOT))]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "dags"), os.environ.get("PYTHONPATH", str(ROOT))]
+        ),
         **extra,
     }
     env.pop("VIRTUAL_ENV", None)

@@ -17,9 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import hcl2
-from terraform_support import TF_DIR, TF_FILES, block, clean, config, parsed, resource, resources, unquote
+import pytest
+from terraform_support import (
+    TF_DIR,
+    TF_FILES,
+    block,
+    clean,
+    config,
+    parsed,
+    resource,
+    resources,
+    unquote,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
