@@ -190,17 +190,7 @@ def test_decimal_exponent_beyond_python_limits_is_a_decode_error() -> None:
     """A decimal scale no int32 can hold, hand-encoded as a long varint: Decimal() itself
     raises InvalidOperation, which must surface as DecodeError (dead letter), not escape."""
     event = ChangeEvent(
-        "f2",
-        SourceKind.POSTGRES,
-        None,
-        "s",
-        "t",
-        Op.INSERT,
-        "1",
-        None,
-        (),
-        {},
-        None,
+        "f2", SourceKind.POSTGRES, None, "s", "t", Op.INSERT, "1", None, (), {}, None,
         {"d": Decimal("1.5")},
     )
     body = encode_avro(event)
