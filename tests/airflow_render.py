@@ -69,6 +69,7 @@ def render(task: Any, ctx: dict[str, Any]) -> dict[str, Any]:
         "fields": fields,
         "command": command(task),
         "py_interpreter": getattr(task, "py_interpreter", None),
+        "location": getattr(task, "location", None),
     }
 
 
