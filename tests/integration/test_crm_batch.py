@@ -75,6 +75,11 @@ def test_full_loads_upsert_reject_delete_and_rerun_changes_nothing(tmp_path: Pat
         {"load_id": "case-full-1", "status": "completed"},
         {"load_id": "case-full-2", "status": "completed"},
     ]
+    # `capa crm status` (the on-prem DAG's record_load) reads the same ledger
+    from capa_app.cli import main
+
+    assert main(["crm", "status", "--load-id", "case-full-2", "--warehouse", wh]) == 0
+    assert main(["crm", "status", "--load-id", "case-full-3", "--warehouse", wh]) == 1
 
 
 def test_reject_share_above_limit_fails_loudly_and_applies_nothing(tmp_path: Path) -> None:
@@ -140,7 +145,7 @@ def test_incremental_extract_never_deletes_but_full_flag_does(tmp_path: Path) ->
         "account_id,name,industry,country,customer_id,last_modified\n"
         "A2,Açaí Comércio Lda,retail,PT,12,2025-06-01T00:00:00Z\n".encode("latin-1")
     )
-    summary = _load(inc, wh)
+    summary = _load(inc, wh, "--full=false")  # the value form the DAG operators pass
     assert summary["mode"] == "incremental" and summary.get("deletes", 0) == 0
     assert len(_rows(wh, "SELECT * FROM raw.crm_crm_accounts")) == 4
     (inc / "accounts.csv").write_bytes(
