@@ -138,7 +138,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     load.add_argument("--contract", default=None, help="contract YAML")
     load.set_defaults(func=cmd_load)
     status = sub.add_parser("status", help="exit 0 iff the load ledger records LOAD_ID completed")
-    status.add_argument("--load-id", required=True, help="load id (the extract's _SUCCESS names it)")
+    status.add_argument(
+        "--load-id", required=True, help="load id (the extract's _SUCCESS names it)"
+    )
     status.add_argument(
         "--warehouse", default=None, help="local:DIR or bigquery:PROJECT (default: config)"
     )
