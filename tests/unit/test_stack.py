@@ -263,7 +263,8 @@ def test_capa_code_reads_no_env_variable_outside_the_convention() -> None:
 
     root = Path(__file__).resolve().parents[2]
     allowed_third_party = {"STORAGE_EMULATOR_HOST", "PYDBZ_JVM_OPTS", "SPARK_LOCAL_IP"}
-    allowed_third_party |= {"PYSPARK_PYTHON", "PATH"}  # PATH: the on-prem DAGs put spark-submit first
+    # PATH: the on-prem DAG profile puts the spark env first for spark-submit
+    allowed_third_party |= {"PYSPARK_PYTHON", "PATH"}
     read = re.compile(r"""(?:environ(?:\.get|\.setdefault)?[\[(]|getenv\()\s*f?["']([A-Z_]+)""")
     found = set()
     for package in ("capa", "capa_app", "connectors", "beam_jobs", "spark_jobs", "dags"):
