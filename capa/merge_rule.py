@@ -14,7 +14,9 @@ A replica holds one row per key. The planned rows of a batch (one per key and ba
 4. **Truncate**: target rows below a truncate position that the batch does not touch are
    deleted in the same statement.
 
-The renderers below turn the rule into each engine's text: the delta-rs merge builder
+:class:`ReplicaState` is the rule over a dict: the executable specification that the
+property tests compare every engine with. The renderers below turn the rule into each
+engine's text: the delta-rs merge builder
 (DataFusion SQL, :data:`DELTA`), BigQuery's ``MERGE`` (:data:`BIGQUERY`, assembled in
 :mod:`capa.warehouse.sql`) and DuckDB's merge-on-read resolution of a pending log over the
 base table (:func:`replica_sql` / :func:`compact_sql`, :data:`DUCKDB`), which applies rules
@@ -25,8 +27,10 @@ are literals only where the engine cannot bind them (delta-rs).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from capa.apply import KeyTuple, RowChange, TablePlan, keyless_target, resolve_plan
 from capa.errors import WarehouseTerminalError
 from capa.warehouse.base import META_POSITION
 
@@ -66,6 +70,58 @@ class Dialect:
 BIGQUERY = Dialect("bigquery", "`", backslash_escapes=True)
 DELTA = Dialect("delta", '"', target="t", source="s")  # delta-rs merge builder (DataFusion)
 DUCKDB = Dialect("duckdb", '"')
+
+
+# --- the rule over a dict: the executable specification ---------------------------------------------------------------
+
+
+@dataclass
+class ReplicaState:
+    """The target side of the apply rules over a dict: the executable specification of
+    rules 1-4, which every engine's rendering below must agree with."""
+
+    rows: dict[KeyTuple, dict[str, Any]] = field(default_factory=dict)
+    watermark: str | None = None
+
+    def apply(self, plan: TablePlan) -> int:
+        """Apply a plan (a keyless one is resolved against these rows first); returns the
+        number of rows written."""
+        if plan.needs_target:
+            plan = resolve_plan(plan, keyless_target(plan, self.rows.values()))
+        if plan.truncate_position and _after(plan.truncate_position, self.watermark):
+            self.watermark = plan.truncate_position
+            self.rows = {
+                k: r for k, r in self.rows.items() if r["_capa_position"] >= self.watermark
+            }
+        return sum(
+            self._apply_change(c) for c in plan.changes if _after(c.position, self.watermark)
+        )
+
+    def _apply_change(self, change: RowChange) -> bool:
+        current = self.rows.get(change.key)
+        if current is not None and change.position <= current["_capa_position"]:
+            return False
+        row = dict(change.values)
+        row.update({name: (current or {}).get(name) for name in change.keep})
+        row.update(
+            _capa_position=change.position,
+            _capa_deleted=change.deleted,
+            _capa_op=change.op.value,
+            _capa_event_id=change.event_id,
+        )
+        self.rows[change.key] = row
+        return True
+
+    def visible(self) -> dict[KeyTuple, dict[str, Any]]:
+        """Rows as readers see them (tombstones hidden)."""
+        return {k: r for k, r in self.rows.items() if not r["_capa_deleted"]}
+
+
+def _after(position: str, watermark: str | None) -> bool:
+    return watermark is None or position > watermark
+
+
+# --- engine renderings ---------------------------------------------------------------------
 
 
 def _t(d: Dialect, column: str) -> str:
