@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from capa.apply import TablePlan
+from capa.apply import RowChange, TablePlan
 from capa.columnar import TableColumns, image, require_keys
 from capa.events import ChangeEvent, Op
 from capa.merge_rule import KEEP_PREFIX
@@ -154,21 +154,15 @@ def plan_events(plan: TablePlan, ingested: datetime) -> ColumnPlan:
     replica = image_columns([c.values for c in changes])
     log = image_columns([image(e) for e in events])
     keep = tuple(sorted(plan.keep_columns))
-    log_rows = Rows(
+    log_rows = _rows(
+        events,
         log,
-        [e.position for e in events],
-        [e.op.value for e in events],
-        [e.commit_ts_us for e in events],
-        [e.event_id for e in events],
         deleted=[e.op.is_delete for e in events],
         unchanged=[list(e.unchanged) if e.unchanged else None for e in events],
     )
-    replica_rows = Rows(
+    replica_rows = _rows(
+        changes,
         replica,
-        [c.position for c in changes],
-        [c.op.value for c in changes],
-        [c.commit_ts_us for c in changes],
-        [c.event_id for c in changes],
         deleted=[c.deleted for c in changes],
         keep={name: [name in c.keep for c in changes] for name in keep},
     )
@@ -186,6 +180,20 @@ def plan_events(plan: TablePlan, ingested: datetime) -> ColumnPlan:
         truncate_position=plan.truncate_position,
         keyless=bool(plan.keyless),
         unmatched=plan.unmatched,
+    )
+
+
+def _rows(
+    items: Sequence[ChangeEvent] | Sequence[RowChange], images: Columns, **extra: Any
+) -> Rows:
+    """Rows of events or row changes (both have a position, op, commit time and event id)."""
+    return Rows(
+        images,
+        [i.position for i in items],
+        [i.op.value for i in items],
+        [i.commit_ts_us for i in items],
+        [i.event_id for i in items],
+        **extra,
     )
 
 
