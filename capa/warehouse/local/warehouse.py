@@ -73,7 +73,7 @@ from capa.warehouse.types import ColumnType
 
 logger = logging.getLogger(__name__)
 
-_Batch = Any  # a table's events (Sequence[ChangeEvent]) or its columns (TableColumns)
+_Batch = Sequence[ChangeEvent] | TableColumns  # a table's events, or its plain changes
 
 __all__ = ["LocalWarehouse"]
 # Another writer committed first: replan on the new version, a few times, jittered so that
