@@ -233,6 +233,14 @@ def _kept(column: str) -> str:
     )
 
 
+def compact_sql(
+    base: str, pending: str, key: Sequence[str], columns: Sequence[str], keep: Sequence[str]
+) -> str:
+    """SELECT of the resolved rows of the keys the pending log touches."""
+    cols = ", ".join(DUCKDB.ident(c) for c in columns)
+    return f"WITH {_resolved_cte(base, pending, key, columns, keep)}\nSELECT {cols} FROM resolved"
+
+
 def replica_sql(
     base: str, pending: str, key: Sequence[str], columns: Sequence[str], keep: Sequence[str]
 ) -> str:
@@ -240,16 +248,7 @@ def replica_sql(
     keys = ", ".join(DUCKDB.ident(k) for k in key)
     cols = ", ".join(DUCKDB.ident(c) for c in columns)
     return (
-        f"WITH {_resolved_cte(base, pending, key, columns, keep)}\n"
-        f"SELECT {cols} FROM resolved\n"
+        f"{compact_sql(base, pending, key, columns, keep)}\n"
         f"UNION ALL BY NAME\n"
         f"SELECT {cols} FROM {base} ANTI JOIN touched USING ({keys})"
     )
-
-
-def compact_sql(
-    base: str, pending: str, key: Sequence[str], columns: Sequence[str], keep: Sequence[str]
-) -> str:
-    """SELECT of the resolved rows of the keys the pending log touches."""
-    cols = ", ".join(DUCKDB.ident(c) for c in columns)
-    return f"WITH {_resolved_cte(base, pending, key, columns, keep)}\nSELECT {cols} FROM resolved"
