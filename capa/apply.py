@@ -43,8 +43,9 @@ exception is "unchanged" columns, whose previous value only exists if the events
 arrive in position order (a Kafka partition per key guarantees that); a reordered TOAST
 update can only keep what the replica holds.
 
-:class:`ReplicaState` is the reference implementation of the target side (a dict), used
-by the property tests and as the executable specification of the adapters' MERGEs.
+How a planned row change merges into the target (stale guard, latest wins, keep, truncate)
+is :mod:`capa.merge_rule`, whose :class:`~capa.merge_rule.ReplicaState` is the executable
+specification (a dict) the property tests check the adapters against.
 """
 
 from __future__ import annotations
@@ -200,10 +201,6 @@ def keyless_target(plan: TablePlan, rows: Iterable[Mapping[str, Any]]) -> Keyles
         if not row["_capa_deleted"] and row[ROW_HASH] in hashes:
             live.setdefault(row[ROW_HASH], []).append(Occurrence(position, row[ROW_ID]))
     return KeylessTarget(frozenset(applied), live)
-
-
-def _after(position: str, watermark: str | None) -> bool:
-    return watermark is None or position > watermark
 
 
 def _primary_key(events: Sequence[ChangeEvent], *, keyless: bool) -> tuple[str, ...]:
@@ -398,50 +395,6 @@ def _fold(previous: RowChange | None, change: RowChange) -> RowChange:
         event_id=change.event_id,
         commit_ts_us=change.commit_ts_us,
     )
-
-
-# --- the reference target ------------------------------------------------------------------
-
-
-@dataclass
-class ReplicaState:
-    """The target side of the apply rules over a dict: the executable specification."""
-
-    rows: dict[KeyTuple, dict[str, Any]] = field(default_factory=dict)
-    watermark: str | None = None
-
-    def apply(self, plan: TablePlan) -> int:
-        """Apply a plan (a keyless one is resolved against these rows first); returns the
-        number of rows written."""
-        if plan.needs_target:
-            plan = resolve_plan(plan, keyless_target(plan, self.rows.values()))
-        if plan.truncate_position and _after(plan.truncate_position, self.watermark):
-            self.watermark = plan.truncate_position
-            self.rows = {
-                k: r for k, r in self.rows.items() if r["_capa_position"] >= self.watermark
-            }
-        return sum(
-            self._apply_change(c) for c in plan.changes if _after(c.position, self.watermark)
-        )
-
-    def _apply_change(self, change: RowChange) -> bool:
-        current = self.rows.get(change.key)
-        if current is not None and change.position <= current["_capa_position"]:
-            return False
-        row = dict(change.values)
-        row.update({name: (current or {}).get(name) for name in change.keep})
-        row.update(
-            _capa_position=change.position,
-            _capa_deleted=change.deleted,
-            _capa_op=change.op.value,
-            _capa_event_id=change.event_id,
-        )
-        self.rows[change.key] = row
-        return True
-
-    def visible(self) -> dict[KeyTuple, dict[str, Any]]:
-        """Rows as readers see them (tombstones hidden)."""
-        return {k: r for k, r in self.rows.items() if not r["_capa_deleted"]}
 
 
 # --- dead letters ---------------------------------------------------------------------------

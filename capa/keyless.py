@@ -1,7 +1,7 @@
 """Keyless tables: the replica of a table without a primary key is a multiset of rows.
 
 The rules are stated in :mod:`capa.apply` (rule "Keyless tables"); this module holds their
-mechanics, used by :class:`capa.apply.ReplicaState` and by every warehouse adapter:
+mechanics, used by :class:`capa.merge_rule.ReplicaState` and by every warehouse adapter:
 
 * each occurrence of a row is one replica row with a synthetic key ``_capa_row_id``: the
   ``event_id`` of the insert (or snapshot read, or update) that added it, so a redelivered

@@ -2,8 +2,9 @@
 
 A :class:`MergeSpec` says what to merge: target and source tables, key columns, the
 ordering position column, the columns to write and the "keep" columns (TOAST: the target
-keeps its value when the source row's ``<keep_prefix><column>`` flag is true). The
-generator renders it for a :class:`Dialect`. Identifiers are always quoted; values
+keeps its value when the source row's ``_capa_keep__<column>`` flag is true). How rows
+merge is :mod:`capa.merge_rule` (the one rule); this module assembles BigQuery's statements
+from its fragments. Identifiers are always quoted; values
 (positions, stage names, table names used as data) are always bound parameters:
 
 * ``@stage`` - which staged rows to read (``change`` rows for the replica, ``event`` rows
@@ -20,27 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from capa import merge_rule
+from capa.merge_rule import BIGQUERY, Dialect
 from capa.warehouse.base import META_EVENT_ID, META_INGESTED_AT, META_POSITION
 
-
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    name: str
-    quote_char: str
-    param_prefix: str
-
-    def ident(self, name: str) -> str:
-        q = self.quote_char
-        return q + name.replace("\\", "\\\\").replace(q, "\\" + q) + q
-
-    def table(self, parts: Sequence[str]) -> str:
-        return ".".join(self.ident(p) for p in parts)
-
-    def param(self, name: str) -> str:
-        return self.param_prefix + name
-
-
-DIALECTS: dict[str, Dialect] = {"bigquery": Dialect("bigquery", "`", "@")}
+DIALECTS: dict[str, Dialect] = {"bigquery": BIGQUERY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +36,6 @@ class MergeSpec:
     columns: tuple[str, ...]  # every target column written (source columns + metadata)
     position: str = META_POSITION
     keep: tuple[str, ...] = ()
-    keep_prefix: str = "_capa_keep__"
     stage_column: str = "_capa_stage"
     # the truncate clause (WHEN NOT MATCHED BY SOURCE) reads every target row, so it is
     # rendered only for a merge that carries a truncate; without it the MERGE can prune
@@ -66,40 +50,34 @@ def dialect(name: str) -> Dialect:
 
 
 def merge_replica_sql(spec: MergeSpec, dialect_name: str = "bigquery") -> str:
-    """Upsert the latest staged row per key; stale guard; truncate deletes older rows."""
+    """The staged rows merged by :mod:`capa.merge_rule`: latest staged row per key above
+    the watermark, stale guard, keep flags; a truncate deletes older untouched rows."""
     d = dialect(dialect_name)
     pos = d.ident(spec.position)
-    partition = ", ".join(d.ident(k) for k in spec.keys)
-    on = " AND ".join(f"T.{d.ident(k)} = S.{d.ident(k)}" for k in spec.keys)
+    assignments = merge_rule.updates(d, spec.columns, spec.keep)
     return "\n".join(
         [
             f"MERGE {d.table(spec.target)} AS T",
             f"USING (SELECT * FROM {d.table(spec.source)}",
             f"  WHERE {d.ident(spec.stage_column)} = {d.param('stage')}"
             f" AND {pos} > {d.param('watermark')}",
-            f"  QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {pos} DESC) = 1) AS S",
-            f"ON {on}",
-            f"WHEN MATCHED AND S.{pos} > T.{pos} THEN UPDATE SET {_assignments(spec, d)}",
+            f"  QUALIFY {merge_rule.latest_per_key(d, spec.keys, spec.position)}) AS S",
+            f"ON {merge_rule.key_match(d, spec.keys)}",
+            f"WHEN MATCHED AND {merge_rule.guard(d, spec.position)} THEN UPDATE SET "
+            + ", ".join(f"{column} = {value}" for column, value in assignments.items()),
             f"WHEN NOT MATCHED THEN INSERT ({_column_list(spec.columns, d)}) "
             f"VALUES ({_column_list(spec.columns, d, 'S.')})",
             *(
-                [f"WHEN NOT MATCHED BY SOURCE AND T.{pos} < {d.param('truncate')} THEN DELETE"]
+                [
+                    "WHEN NOT MATCHED BY SOURCE AND "
+                    + merge_rule.below_truncate(d, d.param("truncate"), spec.position)
+                    + " THEN DELETE"
+                ]
                 if spec.delete_below_truncate
                 else []
             ),
         ]
     )
-
-
-def _assignments(spec: MergeSpec, d: Dialect) -> str:
-    keep = set(spec.keep)
-    parts = []
-    for column in spec.columns:
-        value = f"S.{d.ident(column)}"
-        if column in keep:
-            value = f"IF(S.{d.ident(spec.keep_prefix + column)}, T.{d.ident(column)}, {value})"
-        parts.append(f"{d.ident(column)} = {value}")
-    return ", ".join(parts)
 
 
 def _column_list(columns: Sequence[str], d: Dialect, prefix: str = "") -> str:

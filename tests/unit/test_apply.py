@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_apply_cases import event, full_row, histories, sequential_replica, shuffled_batches
 
-from capa.apply import DeadLetter, ReplicaState, apply_isolating_failures, plan_table
+from capa.apply import DeadLetter, apply_isolating_failures, plan_table
 from capa.errors import DecodeError, SchemaDriftError, TerminalError, TransientError
 from capa.events import Op
+from capa.merge_rule import ReplicaState
 
 
 def replay(batches: list[list], state: ReplicaState | None = None) -> ReplicaState:

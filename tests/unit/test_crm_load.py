@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from capa.apply import ReplicaState, plan_table
+from capa.apply import plan_table
 from capa.events import Op, SourceKind
+from capa.merge_rule import ReplicaState
 from capa.position import batch_position
 from connectors.crm.contract import CrmContract, load_contract
 from connectors.crm.load import (

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capa.apply import ReplicaState, apply_isolating_failures, plan_table
+from capa.apply import apply_isolating_failures, plan_table
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, Op, SourceKind
 from capa.keyless import ROW_ID, UNMATCHED_PROPERTY
+from capa.merge_rule import ReplicaState
 from capa.position import pg_position
 from capa.verify import compare, hash_rows
 from capa.warehouse.local import LocalWarehouse

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from test_apply_cases import event, full_row
 
-from capa.apply import ReplicaState, apply_isolating_failures, plan_table
+from capa.apply import apply_isolating_failures, plan_table
 from capa.codec import encode_single_object
 from capa.columnar import TableColumns, applicable_tables, split_plain
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Op
+from capa.merge_rule import ReplicaState
 from capa.native import decode_batch
 from capa.warehouse.local import LocalWarehouse
 from connectors.crm.contract import load_contract

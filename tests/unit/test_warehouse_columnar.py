@@ -22,7 +22,7 @@ from capa.columnar import is_plain, split_plain
 from capa.errors import SchemaDriftError
 from capa.events import ChangeEvent, Op
 from capa.warehouse.local import LocalWarehouse
-from capa.warehouse.local.columnar import plan_columns
+from capa.warehouse.local.plan import plan_columns
 
 REPLICA = "raw.f2_public_orders"
 CHANGELOG = REPLICA + "_changelog"

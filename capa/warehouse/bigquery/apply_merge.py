@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from capa.apply import TablePlan
 from capa.events import STAGE_SUFFIX
+from capa.merge_rule import KEEP_PREFIX
 from capa.warehouse import sql
 from capa.warehouse.base import (
     META_COMMIT_TS,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGE = "_capa_stage"
-KEEP_PREFIX = "_capa_keep__"
 STAGE_INFIX = STAGE_SUFFIX  # <name>__stage_<hex>: never a raw name (capa.events)
 
 
@@ -132,7 +132,6 @@ class MergeApply:
             keys=self._wh.catalog.primary_key(name),
             columns=tuple(replica),
             keep=keep,
-            keep_prefix=KEEP_PREFIX,
             stage_column=STAGE,
             delete_below_truncate=truncate is not None,
         )

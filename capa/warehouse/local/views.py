@@ -194,8 +194,7 @@ def _register_merged(
     log_source = f"__pending__{namespace}__{name}"
     con.register(log_source, log.to_pyarrow_dataset())
     columns = [f.name for f in table.to_pyarrow_dataset().schema]
-    key, keep = pending.resolve_args(columns, log)
     merged = f"__merged__{namespace}__{name}"
-    sql = pending.replica_sql(_quote(base), _quote(log_source), key, columns, keep)
+    sql = pending.replica_view_sql(_quote(base), _quote(log_source), columns, log)
     con.execute(f"CREATE VIEW {_quote(merged)} AS {sql}")
     return merged

@@ -3,12 +3,15 @@
 Layout: ``DIR/<namespace>/<name>/`` is a Delta table, e.g. ``DIR/raw/f2_public_orders``,
 ``DIR/raw/f2_public_orders_changelog`` and (written by Spark) ``DIR/consumption/<name>``.
 
-Per table and batch: one append to the changelog (events already in it are skipped, see
-:mod:`capa.warehouse.local.changelog`, so redelivery appends nothing), then ONE merge commit
-into the replica with the stale guard ``s._capa_position > t._capa_position`` in the update
-predicate; a truncate in the batch deletes older rows in the same commit, then raises the
-watermark table property. A commit conflict (another writer committed first) is retried
-with backoff, then raised as :class:`~capa.errors.WarehouseTransientError`.
+Every batch, given as events (:meth:`LocalWarehouse.apply`) or column-wise
+(:meth:`LocalWarehouse.apply_columns`), becomes one :class:`~capa.warehouse.local.plan.ColumnPlan`
+and goes through ONE writer: per table, one append to the changelog (events already in it are
+skipped, see :mod:`capa.warehouse.local.changelog`, so redelivery appends nothing) and either
+ONE merge commit into the replica by :mod:`capa.merge_rule` (stale guard, latest wins, keep
+flags; a truncate in the batch deletes older rows in the same commit, then raises the
+watermark table property) or, with merge-on-read, one append to the pending log
+(:mod:`capa.warehouse.local.pending`). A commit conflict (another writer committed first) is
+retried with backoff, then raised as :class:`~capa.errors.WarehouseTransientError`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,7 +33,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from capa import retry
+from capa import merge_rule, retry
 from capa.apply import TablePlan, keyless_target, plan_table, resolve_plan
 from capa.columnar import TableColumns
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
@@ -43,6 +46,7 @@ from capa.keyless import (
     batch_needs,
     unmatched_reason,
 )
+from capa.merge_rule import DELTA, PENDING_SEQ
 from capa.retry import RetryPolicy
 from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
@@ -55,29 +59,23 @@ from capa.warehouse.base import (
     WarehouseCapabilities,
 )
 from capa.warehouse.local import delta_io, pending
-from capa.warehouse.local.changelog import unseen_events, unseen_rows
-from capa.warehouse.local.columnar import ColumnPlan, Frame, column_types, plan_columns
+from capa.warehouse.local.changelog import unseen_rows
 from capa.warehouse.local.delta_io import ident, sql_string
-from capa.warehouse.local.sources import (
+from capa.warehouse.local.plan import (
     CHANGELOG_META,
-    KEEP_PREFIX,
-    META_UNCHANGED,
     REPLICA_META,
-    Columns,
-    batch_types,
-    changelog_images,
-    changelog_source,
-    image_columns,
-    replica_source,
+    ColumnPlan,
+    column_types,
+    plan_columns,
+    plan_events,
 )
 from capa.warehouse.types import ColumnType
 
 logger = logging.getLogger(__name__)
 
-_Batch = Any  # a table's events (Sequence[ChangeEvent]) or its columns (TableColumns)
+_Batch = Sequence[ChangeEvent] | TableColumns  # a table's events, or its plain changes
 
-__all__ = ["KEEP_PREFIX", "META_UNCHANGED", "LocalWarehouse"]
-_GUARD = f"s.{ident(META_POSITION)} > t.{ident(META_POSITION)}"
+__all__ = ["LocalWarehouse"]
 # Another writer committed first: replan on the new version, a few times, jittered so that
 # two writers do not collide again.
 COMMIT_RETRY = RetryPolicy(CommitFailedError, first_wait_s=0.05, attempts=4, jitter=True)
@@ -111,155 +109,121 @@ class LocalWarehouse:
 
     def apply(self, events: Sequence[ChangeEvent]) -> ApplyReport:
         started = time.monotonic()
-        reports = tuple(self._apply_table(batch) for batch in _by_table(events))
+        reports = tuple(self._apply_table(batch[0].table_id, batch) for batch in _by_table(events))
         return ApplyReport(tables=reports, seconds=time.monotonic() - started)
 
     def apply_columns(self, tables: Sequence[TableColumns]) -> ApplyReport:
         """Apply plain changes given column-wise (:mod:`capa.columnar`): the same result as
         :meth:`apply` on their events, without an object per event."""
         started = time.monotonic()
-        reports = tuple(
-            self._with_commit_retry(cols.table_id, self._apply_columns_once, cols)
-            for cols in tables
-        )
+        reports = tuple(self._apply_table(cols.table_id, cols) for cols in tables)
         return ApplyReport(tables=reports, seconds=time.monotonic() - started)
 
-    def _apply_table(self, events: Sequence[ChangeEvent]) -> TableReport:
-        return self._with_commit_retry(events[0].table_id, self._apply_table_once, events)
-
-    def _with_commit_retry(
-        self, name: str, apply_once: Callable[[str, _Batch], TableReport], batch: _Batch
-    ) -> TableReport:
+    def _apply_table(self, name: str, batch: _Batch) -> TableReport:
+        """Plan and write one table's batch; a commit conflict replans on the new version."""
         try:
             return retry.call(
-                partial(apply_once, name, batch), COMMIT_RETRY, f"commit conflict on {name!r}"
+                partial(self._apply_once, name, batch),
+                COMMIT_RETRY,
+                f"commit conflict on {name!r}",
             )
         except CommitFailedError as exc:
             raise WarehouseTransientError(
                 f"commit conflict on {name!r} after {COMMIT_RETRY.attempts} attempts: {exc}"
             ) from exc
 
-    def _apply_table_once(self, name: str, events: Sequence[ChangeEvent]) -> TableReport:
-        replica_path = self.table_path(RAW_NAMESPACE, name)
-        plan = plan_table(
-            events, delta_io.read_watermark(delta_io.open_table(replica_path)), keyless=True
-        )
-        if plan.needs_target:
-            self._compact_table(name)  # a keyless batch is resolved against the whole replica
-            plan = resolve_plan(plan, _keyless_target(replica_path, plan))
-        replica_columns = image_columns([c.values for c in plan.changes])
-        log_columns = image_columns(changelog_images(plan.changelog))
-        types = batch_types(plan, replica_columns, log_columns)
+    def _apply_once(self, name: str, batch: _Batch) -> TableReport:
+        path = self.table_path(RAW_NAMESPACE, name)
         ingested = datetime.now(UTC)
         with _write_errors(name, self.root):
-            appended = self._append_changelog(plan, log_columns, types, ingested)
-            if self.merge_on_read and not plan.truncate_position and not plan.keyless:
-                return self._append_pending(plan, replica_columns, types, ingested, appended)
-            self._compact_table(name)  # a merge (or truncate) applies on top of a compact base
-            metrics = self._merge_replica(replica_path, plan, replica_columns, types, ingested)
-            if plan.unmatched:
-                _record_unmatched(DeltaTable(str(replica_path)), name, plan.unmatched)
+            if isinstance(batch, TableColumns):  # typed before planning: one replica open
+                types = column_types(batch)
+                replica = self._ensure_replica(path, types)
+                plan = plan_columns(batch, delta_io.read_watermark(replica), ingested, types)
+            else:
+                plan = self._plan_events(name, batch, ingested)
+                replica = self._ensure_replica(path, plan.types)
+            return self._write(plan, replica)
+
+    def _plan_events(
+        self, name: str, events: Sequence[ChangeEvent], ingested: datetime
+    ) -> ColumnPlan:
+        """The event path's plan against the replica's truncate watermark (a keyless batch
+        is resolved against what the replica holds)."""
+        path = self.table_path(RAW_NAMESPACE, name)
+        plan = plan_table(events, delta_io.read_watermark(delta_io.open_table(path)), keyless=True)
+        if plan.needs_target:
+            self._compact_table(name)  # a keyless batch is resolved against the whole replica
+            plan = resolve_plan(plan, _keyless_target(path, plan))
+        return plan_events(plan, ingested)
+
+    def _write(self, plan: ColumnPlan, replica: DeltaTable) -> TableReport:
+        """The one writer: the changelog append, and the pending append (merge-on-read) or
+        the guarded MERGE into ``replica`` (the snapshot the plan was made against: a commit
+        by another writer since then is a conflict, and the batch is planned again). Both
+        Delta writes run at the same time (delta-rs writes outside the GIL); they are
+        independent commits either way (a crash between them is repaired by redelivery).
+        Every Arrow conversion happens before either write starts."""
+        name = plan.table
+        log, log_rows = self._changelog_rows(plan)
+        source = plan.rows.replica(delta_io.table_types(replica), plan.changes)
+        appending = _BACKGROUND.submit(_append, log, log_rows)
+        try:
+            metrics = self._write_replica(plan, source, replica)
+        finally:
+            wait([appending])
+        appended = appending.result()
+        if metrics is None:  # merge-on-read
+            return TableReport(name, plan.events, len(plan.changes), plan.stale, appended)
         report = _merged_report(name, plan.events, plan.stale, len(plan.changes), appended, metrics)
         return replace(report, unmatched=len(plan.unmatched))
 
-    def _apply_columns_once(self, name: str, cols: TableColumns) -> TableReport:
-        """Both Delta writes (the changelog append, and the pending append or the replica
-        merge) run at the same time: delta-rs writes outside the GIL. They are independent
-        commits either way (a crash between them is repaired by redelivery)."""
-        types = column_types(cols)
-        frame = Frame(cols, datetime.now(UTC))
-        with _write_errors(name, self.root):
-            # opened once: for its truncate watermark and its column types
-            replica = self._ensure_replica(self.table_path(RAW_NAMESPACE, name), types)
-            plan = plan_columns(cols, delta_io.read_watermark(replica))
-            log, log_source = self._changelog_rows(name, cols, plan, types, frame)
-            source = frame.replica(delta_io.table_types(replica), REPLICA_META, plan.changes)
-            appending = _BACKGROUND.submit(_append, log, log_source)
-            try:
-                metrics = self._write_replica(name, cols.primary_key, source, types)
-            finally:
-                wait([appending])
-            appended = appending.result()
-        if metrics is None:  # merge-on-read
-            return TableReport(name, plan.events, len(plan.changes), plan.stale, appended)
-        return _merged_report(name, plan.events, plan.stale, len(plan.changes), appended, metrics)
-
-    def _changelog_rows(
-        self,
-        name: str,
-        cols: TableColumns,
-        plan: ColumnPlan,
-        types: Mapping[str, ColumnType | None],
-        frame: Frame,
-    ) -> tuple[DeltaTable, pa.Table | None]:
+    def _changelog_rows(self, plan: ColumnPlan) -> tuple[DeltaTable, pa.Table | None]:
         """The changelog and the rows of the batch it does not hold yet (None: all held)."""
         log = delta_io.ensure_table(
-            self.table_path(RAW_NAMESPACE, name + CHANGELOG_SUFFIX), CHANGELOG_META, types
+            self.table_path(RAW_NAMESPACE, plan.table + CHANGELOG_SUFFIX),
+            CHANGELOG_META,
+            plan.types,
         )
-        positions = [cols.positions[i] for i in plan.changelog]
-        new = unseen_rows(log, positions, [cols.event_ids[i] for i in plan.changelog])
+        new = unseen_rows(log, *plan.changelog_keys())
         if not new:
             return log, None
-        log_types = delta_io.table_types(log)
-        rows = [plan.changelog[i] for i in new]
-        return log, frame.changelog(log_types, rows).select(list(log_types))
+        rows = (
+            [plan.changelog[i] for i in new] if len(new) < len(plan.changelog) else plan.changelog
+        )
+        return log, plan.log.changelog(delta_io.table_types(log), rows)
 
     def _write_replica(
-        self,
-        name: str,
-        primary_key: Sequence[str],
-        source: pa.Table,
-        types: Mapping[str, ColumnType | None],
+        self, plan: ColumnPlan, source: pa.Table, replica: DeltaTable
     ) -> dict[str, Any] | None:
         """Pending append (merge-on-read; returns None) or the guarded MERGE's metrics."""
-        if self.merge_on_read:
+        if self.merge_on_read and plan.deferrable:
             if source.num_rows:
-                self._pend(name, source, primary_key, types)
-            self._maybe_compact(name)
+                self._pend(plan.table, source, plan.primary_key, plan.types)
+            self._maybe_compact(plan.table)
             return None
-        self._compact_table(name)
-        if not source.num_rows:
-            return {}
-        replica = DeltaTable(str(self.table_path(RAW_NAMESPACE, name)))
-        return _merge_source(replica, source, primary_key, (), None)
+        if self._compact_table(plan.table):  # a merge applies on top of a compact base
+            replica = DeltaTable(replica.table_uri)
+        return self._merge_replica(plan, source, replica)
 
-    def _append_changelog(
-        self,
-        plan: TablePlan,
-        columns: Columns,
-        types: Mapping[str, ColumnType | None],
-        ingested: datetime,
-    ) -> int:
-        path = self.table_path(RAW_NAMESPACE, plan.table + CHANGELOG_SUFFIX)
-        table = delta_io.ensure_table(path, CHANGELOG_META, types)
-        new = unseen_events(table, plan.changelog)
-        if not new:
-            return 0
-        if len(new) < len(plan.changelog):
-            columns = image_columns(changelog_images(new))
-        table_types = delta_io.table_types(table)
-        source = changelog_source(new, columns, table_types, ingested)
-        write_deltalake(table, source.select(list(table_types)), mode="append")
-        return len(new)
-
-    def _append_pending(
-        self,
-        plan: TablePlan,
-        columns: Columns,
-        types: Mapping[str, ColumnType | None],
-        ingested: datetime,
-        appended: int,
-    ) -> TableReport:
-        """Merge-on-read: the planned changes go to the pending log (see ``pending``)."""
-        if plan.changes:
-            replica = self._ensure_replica(self.table_path(RAW_NAMESPACE, plan.table), types)
-            keep = sorted(plan.keep_columns)
-            source = replica_source(
-                plan.changes, columns, delta_io.table_types(replica), keep, ingested
+    def _merge_replica(
+        self, plan: ColumnPlan, source: pa.Table, replica: DeltaTable
+    ) -> dict[str, Any]:
+        """ONE merge commit (a truncate deletes older rows in it), then the raised truncate
+        watermark and the keyless divergence record."""
+        metrics: dict[str, Any] = {}
+        if source.num_rows:
+            metrics = _merge(replica, source, plan.primary_key, plan.keep, plan.truncate_position)
+        elif plan.truncate_position:
+            deleted = replica.delete(
+                merge_rule.below_truncate(DELTA, sql_string(plan.truncate_position), in_merge=False)
             )
-            self._pend(plan.table, source, plan.primary_key, types)
-        self._maybe_compact(plan.table)
-        return TableReport(plan.table, plan.events, len(plan.changes), plan.stale, appended)
+            metrics["num_target_rows_deleted"] = deleted.get("num_deleted_rows", 0)
+        if plan.truncate_position:
+            delta_io.write_watermark(DeltaTable(replica.table_uri), plan.truncate_position)
+        if plan.unmatched:
+            _record_unmatched(DeltaTable(replica.table_uri), plan.table, plan.unmatched)
+        return metrics
 
     def _pend(
         self,
@@ -300,14 +264,9 @@ class LocalWarehouse:
         resolved, top = pending.resolved_rows(base, log)
         key, _ = pending.resolve_args(resolved.column_names, log)
         if resolved.num_rows:
-            columns = _all_from_source(resolved.column_names)
-            base.merge(
-                resolved, _key_predicate(key), source_alias="s", target_alias="t"
-            ).when_matched_update(columns, predicate=_GUARD).when_not_matched_insert(
-                columns
-            ).execute()
+            _merge(base, resolved, key, (), None)
         if top is not None:
-            log.delete(f"{ident(pending.PENDING_SEQ)} <= {int(top)}")
+            log.delete(f"{ident(PENDING_SEQ)} <= {int(top)}")
         logger.info(
             "compacted %d pending rows into %s in %.2fs",
             resolved.num_rows,
@@ -315,23 +274,6 @@ class LocalWarehouse:
             time.monotonic() - started,
         )
         return resolved.num_rows
-
-    def _merge_replica(
-        self,
-        path: Path,
-        plan: TablePlan,
-        columns: Columns,
-        types: Mapping[str, ColumnType | None],
-        ingested: datetime,
-    ) -> dict[str, Any]:
-        table = self._ensure_replica(path, types)
-        metrics = _merge_changes(table, plan, columns, ingested) if plan.changes else {}
-        if plan.truncate_position and not plan.changes:
-            deleted = table.delete(f"{ident(META_POSITION)} < {sql_string(plan.truncate_position)}")
-            metrics["num_target_rows_deleted"] = deleted.get("num_deleted_rows", 0)
-        if plan.truncate_position:
-            delta_io.write_watermark(DeltaTable(str(path)), plan.truncate_position)
-        return metrics
 
     def _ensure_replica(self, path: Path, types: Mapping[str, ColumnType | None]) -> DeltaTable:
         """The replica at ``path``, created or evolved (with its change data feed when on)."""
@@ -418,18 +360,6 @@ def _split(table: str) -> tuple[str, str]:
     return namespace or RAW_NAMESPACE, name
 
 
-def _all_from_source(columns: Sequence[str]) -> dict[str, str]:
-    return {ident(c): f"s.{ident(c)}" for c in columns}
-
-
-def _merge_changes(
-    table: DeltaTable, plan: TablePlan, columns: Columns, ingested: datetime
-) -> dict[str, Any]:
-    keep = sorted(plan.keep_columns)
-    source = replica_source(plan.changes, columns, delta_io.table_types(table), keep, ingested)
-    return _merge_source(table, source, plan.primary_key, keep, plan.truncate_position)
-
-
 _BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capa-changelog")
 
 
@@ -440,22 +370,29 @@ def _append(table: DeltaTable, rows: pa.Table | None) -> int:
     return rows.num_rows
 
 
-def _merge_source(
+def _merge(
     table: DeltaTable,
     source: pa.Table,
     primary_key: Sequence[str],
     keep: Sequence[str],
     truncate_position: str | None,
 ) -> dict[str, Any]:
-    """One guarded MERGE of the planned rows (``source``) into the replica."""
-    types = delta_io.table_types(table)
-    merger = table.merge(source, _key_predicate(primary_key), source_alias="s", target_alias="t")
+    """One MERGE of ``source`` (one row per key) into the replica by :mod:`capa.merge_rule`,
+    rendered for the delta-rs merge builder."""
+    columns = list(delta_io.table_types(table))
+    merger = table.merge(
+        source,
+        merge_rule.key_match(DELTA, primary_key),
+        source_alias=DELTA.source,
+        target_alias=DELTA.target,
+    )
     merger = merger.when_matched_update(
-        _updates(types, keep), predicate=_GUARD
-    ).when_not_matched_insert(_all_from_source(list(types)))
+        merge_rule.updates(DELTA, columns, [c for c in keep if c in columns]),
+        predicate=merge_rule.guard(DELTA),
+    ).when_not_matched_insert(merge_rule.inserts(DELTA, columns))
     if truncate_position:
         merger = merger.when_not_matched_by_source_delete(
-            f"t.{ident(META_POSITION)} < {sql_string(truncate_position)}"
+            merge_rule.below_truncate(DELTA, sql_string(truncate_position))
         )
     return merger.execute()
 
@@ -532,20 +469,3 @@ def _record_unmatched(table: DeltaTable, name: str, unmatched: Sequence[ChangeEv
             record["first_position"],
             UNMATCHED_PROPERTY,
         )
-
-
-def _key_predicate(primary_key: Sequence[str]) -> str:
-    if not primary_key:
-        raise WarehouseTerminalError("cannot merge a table without a primary key")
-    return " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in primary_key)
-
-
-def _updates(types: Mapping[str, ColumnType], keep: Sequence[str]) -> dict[str, str]:
-    updates = _all_from_source(list(types))
-    for name in keep:
-        if name in types:
-            flag = ident(KEEP_PREFIX + name)
-            updates[ident(name)] = (
-                f"CASE WHEN s.{flag} THEN t.{ident(name)} ELSE s.{ident(name)} END"
-            )
-    return updates
