@@ -9,6 +9,7 @@ The long run is ``make chaos`` (``python -m capa_app.chaos``).
 from __future__ import annotations
 
 from capa_app.chaos.harness import FAULT_KINDS, ChaosPlan, ChaosRun, chaos_settings, chaos_state_dir
+from capa_app.chaos.poison import HOSTILE_TABLES, POISON_KINDS
 
 # seed 2: the workload's random choices include 2 truncates and about 250 primary-key updates
 PLAN = ChaosPlan(events=4_000, faults=4, rate=150.0, seed=2, truncate_every=2_500)
@@ -27,3 +28,26 @@ def test_pipeline_survives_kill_9_of_each_component_without_loss_or_duplicates()
     assert report.extra == 0, text
     assert report.different == 0, text
     assert report.ok, text
+
+
+# seed 3: 30 poison records, every kind at least 5 times, among 3,000 changes and 3 kills
+POISON_PLAN = ChaosPlan(events=3_000, faults=3, rate=150.0, seed=3, poison_every=100)
+
+
+def test_poison_records_are_dead_letters_once_and_good_rows_still_equal_their_source() -> None:
+    with chaos_state_dir() as state_dir:
+        report = ChaosRun(chaos_settings(state_dir, poison=True), POISON_PLAN).run()
+    text = "\n".join(report.lines())
+    assert report.poison is not None, text
+    assert sum(report.faults.values()) == POISON_PLAN.faults, text
+    assert all(report.poison.injected[kind] >= 1 for kind in POISON_KINDS), text
+    assert sum(report.poison.injected.values()) == POISON_PLAN.events // POISON_PLAN.poison_every
+    # the hostile-but-legal tables were written and are compared row for row
+    hostile = [d for d in report.diffs if "__" in d.table]
+    assert len(hostile) == len(HOSTILE_TABLES) and all(d.source_rows > 0 for d in hostile), text
+    assert report.missing == 0 and report.extra == 0 and report.different == 0, text
+    dlq = report.poison.dlq
+    assert dlq.missing == [] and dlq.wrong_reason == [] and dlq.unexpected == [], text
+    assert dlq.redelivered == {} and dlq.extra_copies == 0, text
+    assert report.poison.null_key_replica_rows == 0, text
+    assert report.poison.ok and report.ok, text
