@@ -192,7 +192,8 @@ class ChaosRun:
         self.lakehouse = Path(settings.warehouse.path)  # type: ignore[union-attr]
         self._workload: Workload | None = None
         self._workload_error: BaseException | None = None
-        self.poison = PoisonInjector(self.settings, self.rng) if plan.poison_every else None
+        poison_rng = random.Random(plan.seed + 1)  # its own: it runs in the workload thread
+        self.poison = PoisonInjector(self.settings, poison_rng) if plan.poison_every else None
 
     # --- lifecycle -----------------------------------------------------------------------
 
