@@ -224,7 +224,7 @@ class ChaosRun:
         self.report.diffs = verify_postgres_local(
             self.dsn, source, "public", self.lakehouse, tables=tables
         )
-        self.report.poison = check_poison(self.poison, self.lakehouse)
+        self.report.poison = check_poison(self.poison, self.lakehouse, self.report.diffs)
 
     def start(self) -> None:
         self.stack.up(["kafka", "postgres"], strict=True)

@@ -48,6 +48,7 @@ from typing import Any
 
 from capa.config import CapaSettings
 from capa.events import ChangeEvent, Op, SourceKind, key_items, stable_json
+from capa.verify import TableDiff
 from capa_app.workload import ColumnSpec, TableSpec
 
 logger = logging.getLogger(__name__)
@@ -336,6 +337,7 @@ class PoisonReport:
     dlq: DlqCheck
     drift_replica_keys: list[Any]  # must be the rows written before the type change
     null_key_replica_rows: int  # must be 0
+    hostile_rows: dict[str, int] = field(default_factory=dict)  # legal hostile name -> rows
 
     @property
     def ok(self) -> bool:
@@ -349,11 +351,15 @@ class PoisonReport:
             *self.dlq.lines(),
             f"{DRIFT_TABLE} replica keys (rows before the type change): {self.drift_replica_keys}",
             f"{NULL_KEY_TABLE} replica rows: {self.null_key_replica_rows}",
+            f"hostile-name tables compared (source rows): {self.hostile_rows}",
         ]
 
 
-def check_poison(injector: PoisonInjector, lakehouse: Path) -> PoisonReport:
-    """Read the whole dead-letter topic and the poison tables' replicas."""
+def check_poison(
+    injector: PoisonInjector, lakehouse: Path, diffs: Iterable[TableDiff]
+) -> PoisonReport:
+    """Read the whole dead-letter topic and the poison tables' replicas; ``diffs`` are the
+    oracle's, to say how many rows of each hostile-name table it compared."""
     from capa.events import raw_table_name
     from capa.verify import local_replica_rows
     from connectors.kafka.consumer import read_topic
@@ -372,4 +378,19 @@ def check_poison(injector: PoisonInjector, lakehouse: Path) -> PoisonReport:
         dlq=check_dead_letters(messages, injector.ledger, decoder),
         drift_replica_keys=sorted(r["id"] for r in rows(DRIFT_TABLE)),
         null_key_replica_rows=len(rows(NULL_KEY_TABLE)),
+        hostile_rows=hostile_rows(source, diffs),
     )
+
+
+def hostile_rows(source: str, diffs: Iterable[TableDiff]) -> dict[str, int]:
+    """Source rows the oracle compared per legal hostile-name table (by its raw name)."""
+    from capa.events import raw_table_name
+    from capa.warehouse.base import RAW_NAMESPACE
+
+    rows = {d.table: d.source_rows for d in diffs}
+    out = {}
+    for spec in HOSTILE_TABLES:
+        name = f"{RAW_NAMESPACE}.{raw_table_name(source, SCHEMA, spec.name)}"
+        if name in rows:
+            out[spec.name] = rows[name]
+    return out

@@ -139,6 +139,10 @@ def _poison_rows(report: ChaosReport) -> list[tuple[str, str]]:
             str(poison.drift_replica_keys),
         ),
         (f"`{NULL_KEY_TABLE}` replica rows", str(poison.null_key_replica_rows)),
+        (
+            "legal hostile-name tables compared row for row (source rows)",
+            ", ".join(f"{name!r} {n:,}" for name, n in poison.hostile_rows.items()),
+        ),
     ]
 
 

@@ -90,11 +90,14 @@ class FileCheckpoint:
         return self.processed.get(name) == int(generation)
 
     def is_late(self, name: str, generation: int) -> bool:
-        """True for a file at or below its watermark that was certainly never read.
+        """True for a file at or below its watermark that was certainly never read (or that
+        an audit found and that is not read yet).
 
         Known only for a directory with an audit baseline: the file is not among the names
         folded since the last audit and its generation is newer than any that audit listed.
         """
+        if self.late.get(name) == int(generation):
+            return True  # found by an audit, not read yet
         directory = table_dir(name, self.prefix)
         mark = self.watermarks.get(directory)
         audit = self.audits.get(directory)

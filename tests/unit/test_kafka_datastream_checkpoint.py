@@ -174,10 +174,10 @@ def test_audit_tells_a_file_that_arrived_under_the_watermark_from_the_folded_one
     reloaded = FileCheckpoint(tmp_path / "cp.json", PREFIX)
     assert reloaded.audit(ORDERS, [(A1, 100), (OLD, 400)]) == [(OLD, 400)]
     assert reloaded.late == {OLD: 400}
-    assert not reloaded.is_done(OLD, 400)  # owed: sealed now, but not read yet
+    assert not reloaded.is_done(OLD, 400) and reloaded.is_late(OLD, 400)  # owed: not read yet
     assert FileCheckpoint(tmp_path / "cp.json", PREFIX).late == {OLD: 400}  # survives a crash
     reloaded.mark_done(OLD, 400)
-    assert reloaded.late == {} and reloaded.is_done(OLD, 400)
+    assert reloaded.late == {} and reloaded.is_done(OLD, 400) and not reloaded.is_late(OLD, 400)
     assert reloaded.audit(ORDERS, [(A1, 100), (OLD, 400)]) == []  # found once
 
 
