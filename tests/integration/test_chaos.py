@@ -3,7 +3,13 @@ Kafka broker while a randomized workload runs (inserts, updates, deletes, primar
 updates, truncates), each restarted through its Service; after quiesce the oracle must
 find nothing lost, nothing duplicated and every row hash equal.
 
-The long run is ``make chaos`` (``python -m capa_app.chaos``).
+The poison test mixes every kind of poison record into a shorter run of the same kind
+(oversize rows, NULL-key events, type drift, a table name too long to encode, plus the legal
+hostile names replicated row for row; see capa_app/chaos/poison.py): the good rows must
+equal their source and each poison must be on the dead-letter topic with its reason.
+
+The long runs are ``make chaos`` and ``make chaos-poison`` (``python -m capa_app.chaos
+[--poison]``).
 """
 
 from __future__ import annotations
