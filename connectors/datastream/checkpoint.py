@@ -136,6 +136,11 @@ class FileCheckpoint:
             del self.late[name]
         self.save()
 
+    def forget_late(self, name: str) -> None:
+        """Drop a late file from the owed ones (it no longer exists in the bucket)."""
+        if self.late.pop(name, None) is not None:
+            self.save()
+
     def compact(self, grace: timedelta) -> int:
         """Fold old names into per-table watermarks; returns how many were folded."""
         newest: dict[str, datetime] = {}

@@ -234,6 +234,7 @@ class DatastreamBucketReader:
             self._late_alarm(ref)
         data = self._download(ref)
         if data is None:
+            self.checkpoint.forget_late(ref.name)  # deleted before it could be read
             return FileOutcome(ref, "missing")
         outcome = self._produce_file(ref, data)
         flush_with_retry(

@@ -179,6 +179,10 @@ def test_audit_tells_a_file_that_arrived_under_the_watermark_from_the_folded_one
     reloaded.mark_done(OLD, 400)
     assert reloaded.late == {} and reloaded.is_done(OLD, 400) and not reloaded.is_late(OLD, 400)
     assert reloaded.audit(ORDERS, [(A1, 100), (OLD, 400)]) == []  # found once
+    gone = f"{PREFIX}/public_orders/2025/02/11/19/00/gone.avro"
+    assert reloaded.audit(ORDERS, [(gone, 500)]) == [(gone, 500)]
+    reloaded.forget_late(gone)  # deleted from the bucket before it was read: owed no more
+    assert FileCheckpoint(tmp_path / "cp.json", PREFIX).late == {}
 
 
 def test_a_file_older_than_the_last_audit_counts_as_sealed_and_new_watermarks_start_audited(
