@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BEAM := .venvs/beam/bin
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test test-unit test-integration lint bench chaos up down status clean
+.PHONY: setup demo test test-unit test-integration lint bench chaos chaos-poison up down status clean
 
 setup:            ## install everything (envs, PostgreSQL, Maven jars)
 	bash scripts/setup.sh all
@@ -30,6 +30,9 @@ bench: setup      ## benchmarks; writes docs/benchmarks.md
 
 chaos: setup      ## long fault-injection run
 	$(BEAM)/python -m capa_app.chaos
+
+chaos-poison: setup  ## long fault-injection run with poison records mixed in
+	$(BEAM)/python -m capa_app.chaos --poison
 
 up: setup
 	$(BEAM)/capa up

@@ -251,7 +251,18 @@ class DatastreamConfig(_Section):
     late_file_grace_minutes: int = Field(
         120,
         description="Processed names older than this (by their yyyy/mm/dd/hh/mm path) before the "
-        "newest one are folded into a per-table high-watermark; later files under it are ignored.",
+        "newest one are folded into a per-table high-watermark. Polls list from the watermark, so "
+        "a file arriving late within this window is read by the next poll; one below the "
+        "watermark is found by the late-file audit (late_file_audit_polls).",
+    )
+    late_file_audit_polls: int = Field(
+        720,
+        ge=0,
+        description="Every this many polls (and on the first), the reader lists the names below "
+        "each table's watermark and reads files that arrived there after it was sealed, with a "
+        "warning and the capa_datastream_late_files metric. The listing covers the table's whole "
+        "history in the bucket; 0 turns the audit off (late files below the watermark are then "
+        "never read).",
     )
 
 
@@ -499,7 +510,6 @@ def describe_validation(exc: ValidationError) -> str:
         got = f" (got {error['input']!r:.80})" if "input" in error else ""
         parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
     return "; ".join(parts)
-
 
 
 def postgres_password_file(state_dir: Path) -> Path:

@@ -86,6 +86,13 @@ FAMILIES: tuple[Family, ...] = (
         "Datastream reader",
     ),
     Family(
+        "capa_datastream_late_files",
+        "counter",
+        "Datastream files that arrived below their table's checkpoint watermark (read late).",
+        ("source",),
+        "Datastream reader",
+    ),
+    Family(
         "capa_datastream_files_processed",
         "counter",
         "Datastream files processed, by outcome (produced, dead-lettered, missing).",

@@ -35,10 +35,17 @@ from typing import Any
 from capa.config import CapaSettings, LocalWarehouseConfig
 from capa.errors import CapaError
 from capa.verify import TableDiff, verify_postgres_local
+from capa_app.chaos.poison import (
+    HOSTILE_TABLES,
+    MAX_MESSAGE_BYTES,
+    PoisonInjector,
+    PoisonReport,
+    check_poison,
+)
 from capa_app.stack import Stack
 from capa_app.stack.base import Service, process_start_ticks, tail, wait_for
 from capa_app.stack.throwaway import throwaway_settings
-from capa_app.workload import Workload
+from capa_app.workload import DEFAULT_TABLES, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ class ChaosPlan:
     truncate_every: int = 0  # 1-in-N changes is a TRUNCATE (0 = none)
     max_down_s: float = 3.0  # a killed component stays down for 0..max_down_s seconds
     quiesce_timeout_s: float = 600.0
+    poison_every: int = 0  # 1-in-N row changes is followed by a poison record (0 = none)
 
 
 @dataclass
@@ -79,6 +87,7 @@ class ChaosReport:
     quiesce_seconds: float = 0.0
     diffs: list[TableDiff] = field(default_factory=list)
     workload: dict[str, int] = field(default_factory=dict)
+    poison: PoisonReport | None = None
 
     @property
     def missing(self) -> int:
@@ -103,7 +112,8 @@ class ChaosReport:
     @property
     def ok(self) -> bool:
         counts_equal = all(d.source_rows == d.replica_rows for d in self.diffs)
-        return bool(self.diffs) and counts_equal and all(d.ok for d in self.diffs)
+        rows_ok = bool(self.diffs) and counts_equal and all(d.ok for d in self.diffs)
+        return rows_ok and (self.poison is None or self.poison.ok)
 
     def fault_summary(self) -> str:
         return ", ".join(f"{kind} {self.faults[kind]}" for kind in self.plan.kinds)
@@ -122,8 +132,9 @@ class ChaosReport:
             f"lost rows (missing): {self.missing}",
             f"duplicated rows (extra): {self.extra}",
             f"different rows: {self.different}",
-            f"result: {'OK' if self.ok else 'MISMATCH'}",
         ]
+        out += self.poison.lines() if self.poison is not None else []
+        out.append(f"result: {'OK' if self.ok else 'MISMATCH'}")
         out += [
             f"  {d.table}: {d.source_rows} vs {d.replica_rows}; missing {d.missing[:5]} "
             f"extra {d.extra[:5]} different {d.different[:5]}"
@@ -133,12 +144,18 @@ class ChaosReport:
         return out
 
 
-def chaos_settings(state_dir: Path) -> CapaSettings:
-    """Throwaway settings: free ports, everything (lakehouse too) under ``state_dir``."""
+def chaos_settings(state_dir: Path, *, poison: bool = False) -> CapaSettings:
+    """Throwaway settings: free ports, everything (lakehouse too) under ``state_dir``.
+
+    With ``poison`` the record-size limit is the smallest allowed (1 MiB), so an oversize
+    row costs little more than that."""
     base = throwaway_settings(state_dir)
     debezium = base.debezium.model_copy(update={"heartbeat_interval_ms": 1000})
     warehouse = LocalWarehouseConfig(path=(state_dir / "lakehouse").resolve())
-    return base.model_copy(update={"debezium": debezium, "warehouse": warehouse})
+    update: dict[str, Any] = {"debezium": debezium, "warehouse": warehouse}
+    if poison:
+        update["kafka"] = base.kafka.model_copy(update={"max_message_bytes": MAX_MESSAGE_BYTES})
+    return base.model_copy(update=update)
 
 
 # --- killing and restarting by PID -------------------------------------------------------
@@ -175,6 +192,8 @@ class ChaosRun:
         self.lakehouse = Path(settings.warehouse.path)  # type: ignore[union-attr]
         self._workload: Workload | None = None
         self._workload_error: BaseException | None = None
+        poison_rng = random.Random(plan.seed + 1)  # its own: it runs in the workload thread
+        self.poison = PoisonInjector(self.settings, poison_rng) if plan.poison_every else None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -184,21 +203,41 @@ class ChaosRun:
             self.start()
             self.inject_during_workload()
             self.quiesce()
-            self.report.diffs = verify_postgres_local(
-                self.dsn, self.settings.debezium.source_name, "public", self.lakehouse
-            )
+            self.verify()
         except BaseException:
             self.dump_logs()
             raise
         finally:
             self.report.seconds = time.monotonic() - started
+            if self.poison is not None:
+                self.poison.close()
             self.stack.down()
         return self.report
 
+    def verify(self) -> None:
+        """The oracle: every compared table row for row, then (poison mode) the dead letters."""
+        source = self.settings.debezium.source_name
+        if self.poison is None:
+            self.report.diffs = verify_postgres_local(self.dsn, source, "public", self.lakehouse)
+            return
+        tables = self.poison.compared_tables()
+        self.report.diffs = verify_postgres_local(
+            self.dsn, source, "public", self.lakehouse, tables=tables
+        )
+        self.report.poison = check_poison(self.poison, self.lakehouse, self.report.diffs)
+
     def start(self) -> None:
         self.stack.up(["kafka", "postgres"], strict=True)
-        workload = Workload(self.dsn, seed=self.plan.seed, truncate_every=self.plan.truncate_every)
+        tables = DEFAULT_TABLES + (HOSTILE_TABLES if self.poison is not None else ())
+        workload = Workload(
+            self.dsn,
+            seed=self.plan.seed,
+            truncate_every=self.plan.truncate_every,
+            tables=tables,
+        )
         workload.create_tables()  # before the bridge's snapshot: captured from the start
+        if self.poison is not None:
+            self.poison.create_tables()
         self._pg_value(
             f'CREATE TABLE IF NOT EXISTS "public"."{MARKER_TABLE}" '
             "(id bigint PRIMARY KEY, n bigint NOT NULL)"
@@ -284,6 +323,9 @@ class ChaosRun:
         try:
             while self._workload.stats.changes < self.plan.events:
                 self._workload.run(min(chunk, self.plan.events - self._workload.stats.changes))
+                if self.poison is not None:
+                    due = self._workload.stats.changes // self.plan.poison_every
+                    self.poison.inject(due - self.poison.injected)
                 ahead = self._workload.stats.changes / self.plan.rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)

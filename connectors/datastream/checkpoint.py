@@ -4,13 +4,28 @@ Layout of the file::
 
     {"version": 1,
      "processed": {"<object name>": <generation>, ...},
-     "watermarks": {"<prefix>/<schema>_<table>/": "<object name>", ...}}
+     "watermarks": {"<prefix>/<schema>_<table>/": "<object name>", ...},
+     "audits": {"<prefix>/<schema>_<table>/":
+                {"sealed_generation": <int>, "folded": {"<object name>": <generation>}}},
+     "late": {"<object name>": <generation>, ...}}
 
 A file counts as done when its exact (name, generation) is in ``processed`` or its name
 sorts at or below its table directory's watermark. Names carry their minute folder
 (``yyyy/mm/dd/hh/mm``), so they sort in time order; :meth:`FileCheckpoint.compact` folds
 names older than a grace period (before the newest processed name of the table) into the
-watermark, which keeps the file small while files that arrive late are still seen.
+watermark, which keeps the file small. Listing starts at the watermark, so a file that
+arrives late but within the grace period is listed and read like any other.
+
+**Late files below the watermark.** A file whose name sorts at or below the watermark is
+never listed by a poll. The audit (:meth:`FileCheckpoint.audit`, run by the reader every
+``datastream.late_file_audit_polls`` polls) lists the names below the watermark and tells
+a file never read from one read and folded: GCS generations grow with creation time, so
+a (name, generation) that is neither in ``folded`` (names folded since the last audit)
+nor at or below ``sealed_generation`` (the newest generation the last audit listed) was
+created after that audit listed the directory, under a name already folded: it was never
+read. Such files go to ``late`` (not done, whatever the watermark says) until the reader
+has read them; it raises the late-file alarm for each (log, metric, status).
+``folded`` holds only the names folded since the last audit, so it stays bounded.
 The file is replaced atomically (temp file + fsync + rename): a crash leaves the old or
 the new checkpoint, never a torn one.
 """
@@ -62,13 +77,53 @@ class FileCheckpoint:
         self.prefix = prefix
         self.processed: dict[str, int] = {}
         self.watermarks: dict[str, str] = {}
+        self.audits: dict[str, dict[str, Any]] = {}
+        self.late: dict[str, int] = {}  # late files found by an audit and not yet read
         self._load()
 
     def is_done(self, name: str, generation: int) -> bool:
+        if self.late.get(name) == int(generation):
+            return False
         mark = self.watermarks.get(table_dir(name, self.prefix))
         if mark is not None and name <= mark:
-            return True
+            return not self.is_late(name, generation)
         return self.processed.get(name) == int(generation)
+
+    def is_late(self, name: str, generation: int) -> bool:
+        """True for a file at or below its watermark that was certainly never read (or that
+        an audit found and that is not read yet).
+
+        Known only for a directory with an audit baseline: the file is not among the names
+        folded since the last audit and its generation is newer than any that audit listed.
+        """
+        if self.late.get(name) == int(generation):
+            return True  # found by an audit, not read yet
+        directory = table_dir(name, self.prefix)
+        mark = self.watermarks.get(directory)
+        audit = self.audits.get(directory)
+        if mark is None or name > mark or audit is None:
+            return False
+        if self.processed.get(name) == int(generation):
+            return False
+        if audit["folded"].get(name) == int(generation):
+            return False
+        return int(generation) > int(audit["sealed_generation"])
+
+    def audit(self, directory: str, listed: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Late files among ``listed`` (every object at or below the watermark of
+        ``directory``, listed after the last compaction); then seals the listing.
+
+        A directory audited for the first time (a checkpoint from before audits) only takes
+        its baseline: nothing below its watermark can be told apart yet, so nothing is late.
+        """
+        late = [(n, g) for n, g in listed if self.is_late(n, g)]
+        previous = self.audits.get(directory, {"sealed_generation": 0, "folded": {}})
+        sealed = [int(g) for _, g in listed] + list(previous["folded"].values())
+        sealed.append(int(previous["sealed_generation"]))
+        self.audits[directory] = {"sealed_generation": max(sealed), "folded": {}}
+        self.late.update((n, int(g)) for n, g in late)  # owed: read until marked done
+        self.save()
+        return late
 
     def start_offset(self, directory: str) -> str | None:
         """Listing can start after this name (everything up to it is done)."""
@@ -77,7 +132,14 @@ class FileCheckpoint:
     def mark_done(self, name: str, generation: int) -> None:
         """Record one processed file and persist the checkpoint atomically."""
         self.processed[name] = int(generation)
+        if self.late.get(name) == int(generation):
+            del self.late[name]
         self.save()
+
+    def forget_late(self, name: str) -> None:
+        """Drop a late file from the owed ones (it no longer exists in the bucket)."""
+        if self.late.pop(name, None) is not None:
+            self.save()
 
     def compact(self, grace: timedelta) -> int:
         """Fold old names into per-table watermarks; returns how many were folded."""
@@ -90,7 +152,11 @@ class FileCheckpoint:
         folded = [n for n in self.processed if self._is_old(n, newest, grace)]
         for name in folded:
             directory = table_dir(name, self.prefix)
+            if directory not in self.watermarks:  # a new watermark: nothing sealed below it
+                self.audits[directory] = {"sealed_generation": 0, "folded": {}}
             self.watermarks[directory] = max(self.watermarks.get(directory, ""), name)
+            if directory in self.audits:
+                self.audits[directory]["folded"][name] = self.processed[name]
             del self.processed[name]
         if folded:
             self.save()
@@ -102,7 +168,13 @@ class FileCheckpoint:
         return when is not None and latest is not None and when < latest - grace
 
     def save(self) -> None:
-        state = {"version": VERSION, "processed": self.processed, "watermarks": self.watermarks}
+        state = {
+            "version": VERSION,
+            "processed": self.processed,
+            "watermarks": self.watermarks,
+            "audits": self.audits,
+            "late": self.late,
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
@@ -122,6 +194,14 @@ class FileCheckpoint:
         state = _read_state(self.path)
         self.processed = {str(k): int(v) for k, v in state.get("processed", {}).items()}
         self.watermarks = {str(k): str(v) for k, v in state.get("watermarks", {}).items()}
+        self.audits = {
+            str(k): {
+                "sealed_generation": int(v["sealed_generation"]),
+                "folded": {str(n): int(g) for n, g in v["folded"].items()},
+            }
+            for k, v in state.get("audits", {}).items()
+        }
+        self.late = {str(k): int(v) for k, v in state.get("late", {}).items()}
         logger.info(
             "checkpoint %s: %d processed file(s), %d watermark(s)",
             self.path,

@@ -38,7 +38,7 @@ from capa.errors import ConfigError, DecodeError, missing_google_credentials
 from capa.events import ChangeEvent
 from connectors.base import READERS, FileReader, Normalizer, RawRecord, normalize_one
 from connectors.base import DeadLetter as BaseDeadLetter
-from connectors.datastream.checkpoint import FileCheckpoint
+from connectors.datastream.checkpoint import FileCheckpoint, table_dir
 from connectors.datastream.files import DEFAULT_MAX_FILE_BYTES, maybe_gunzip
 from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
@@ -104,6 +104,7 @@ class DatastreamBucketReader:
         grace: timedelta = timedelta(minutes=120),
         stop: threading.Event | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        audit_every: int = 720,
     ) -> None:
         self.client = storage_client
         self.bucket = bucket
@@ -115,6 +116,9 @@ class DatastreamBucketReader:
         self.grace = grace
         self.stop = stop or threading.Event()
         self.max_file_bytes = max_file_bytes
+        self.audit_every = audit_every
+        self._polls = 0
+        metrics.metric("capa_datastream_late_files").labels(source)  # a series from the start
         self._tables: dict[str, str] = {}  # table directory -> table label, from its events
 
     # --- poll mode -----------------------------------------------------------------
@@ -128,7 +132,29 @@ class DatastreamBucketReader:
             stats.add(self.process_object(ref))
             metrics.metric("capa_datastream_files_pending").labels(self.source).dec()
         self.checkpoint.compact(self.grace)
+        if self.audit_every and self._polls % self.audit_every == 0 and not self.stop.is_set():
+            for ref in self.audit_late_files():
+                stats.add(self.process_object(ref))
+        self._polls += 1
         return stats
+
+    def audit_late_files(self) -> list[ObjectRef]:
+        """Files that arrived under a table's watermark after it was sealed (never read).
+
+        Lists every name below each watermark (a full listing of that table's history, so
+        it runs every ``audit_every`` polls, the first poll included); see
+        :mod:`connectors.datastream.checkpoint` for how a never-read file is told apart.
+        """
+        late = []
+        for directory, mark in sorted(self.checkpoint.watermarks.items()):
+            listed = [
+                (blob.name, int(blob.generation))
+                for blob in self.client.list_blobs(self.bucket, prefix=directory, end_offset=mark)
+                if not blob.name.endswith("/")
+            ]
+            found = self.checkpoint.audit(directory, listed)
+            late += [ObjectRef(self.bucket, name, generation) for name, generation in found]
+        return sorted(late, key=lambda r: r.name)
 
     def run(self, interval_s: float) -> PollStats:
         """Poll until ``stop`` is set; returns the totals."""
@@ -152,6 +178,12 @@ class DatastreamBucketReader:
                 ref = ObjectRef(self.bucket, blob.name, int(blob.generation))
                 if not self.checkpoint.is_done(ref.name, ref.generation):
                     refs.append(ref)
+        listed = {ref.name for ref in refs}
+        refs += [  # late files an audit found and a crash kept from being read
+            ObjectRef(self.bucket, name, generation)
+            for name, generation in self.checkpoint.late.items()
+            if name not in listed
+        ]
         metrics.metric("capa_datastream_files_pending").labels(self.source).set(len(refs))
         return sorted(refs, key=lambda r: r.name)
 
@@ -198,8 +230,11 @@ class DatastreamBucketReader:
     def process_object(self, ref: ObjectRef) -> FileOutcome:
         if self.checkpoint.is_done(ref.name, ref.generation):
             return FileOutcome(ref, "already-done")
+        if self.checkpoint.is_late(ref.name, ref.generation):
+            self._late_alarm(ref)
         data = self._download(ref)
         if data is None:
+            self.checkpoint.forget_late(ref.name)  # deleted before it could be read
             return FileOutcome(ref, "missing")
         outcome = self._produce_file(ref, data)
         flush_with_retry(
@@ -215,6 +250,20 @@ class DatastreamBucketReader:
             outcome.dead_letters,
         )
         return outcome
+
+    def _late_alarm(self, ref: ObjectRef) -> None:
+        """A file arrived under its table's watermark: read now, and said out loud."""
+        directory = table_dir(ref.name, self.checkpoint.prefix)
+        logger.warning(
+            "late Datastream file %s: its name is at or below the checkpoint watermark %s of "
+            "%s (files more than %s behind the newest are folded), so no poll listed it; "
+            "reading it now (its events are applied by position like any other)",
+            ref.uri,
+            self.checkpoint.watermarks.get(directory),
+            directory,
+            self.grace,
+        )
+        metrics.metric("capa_datastream_late_files").labels(self.source).inc()
 
     def _download(self, ref: ObjectRef) -> bytes | None:
         from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
@@ -427,4 +476,5 @@ def build_reader(
         grace=timedelta(minutes=ds.late_file_grace_minutes),
         stop=stop,
         max_file_bytes=ds.max_file_bytes,
+        audit_every=ds.late_file_audit_polls,
     )

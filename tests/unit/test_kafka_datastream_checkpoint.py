@@ -41,7 +41,8 @@ def test_compaction_folds_old_names_into_a_per_table_watermark(tmp_path: Path) -
     reloaded = FileCheckpoint(tmp_path / "cp.json", PREFIX)
     assert reloaded.watermarks == {f"{PREFIX}/public_orders/": A2}
     assert set(reloaded.processed) == {A_LATE, B1}  # B1 is the newest of its own table
-    assert reloaded.is_done(A1, 999) and reloaded.is_done(A2, 1)
+    assert reloaded.is_done(A1, 1) and reloaded.is_done(A2, 2)
+    assert not reloaded.is_done(A1, 999)  # a new generation under the watermark: a late file
     assert reloaded.start_offset(f"{PREFIX}/public_orders/") == A2
     assert not reloaded.is_done(f"{PREFIX}/public_orders/2025/02/12/02/59/late.avro", 5)
 
@@ -143,3 +144,60 @@ def test_file_reader_by_extension() -> None:
     assert reader_for(B1) is reader_for(A_LATE)
     with pytest.raises(ConfigError, match="no known extension"):
         reader_for(f"{PREFIX}/public_orders/2025/02/11/23/06/readme.txt")
+
+
+# --- late files below the watermark (the audit) ---------------------------------------------
+
+ORDERS = f"{PREFIX}/public_orders/"
+OLD = f"{PREFIX}/public_orders/2025/02/11/20/00/old.avro"  # sorts below A1 and A2
+
+
+def _sealed(tmp_path: Path) -> FileCheckpoint:
+    """A1 and A2 read and folded into the watermark (A2) by A_LATE, 4 hours newer."""
+    checkpoint = FileCheckpoint(tmp_path / "cp.json", PREFIX)
+    for name, gen in ((A1, 100), (A2, 200), (A_LATE, 300)):
+        checkpoint.mark_done(name, gen)
+    assert checkpoint.compact(timedelta(minutes=120)) == 2
+    return checkpoint
+
+
+def test_audit_tells_a_file_that_arrived_under_the_watermark_from_the_folded_ones(
+    tmp_path: Path,
+) -> None:
+    checkpoint = _sealed(tmp_path)
+    # the watermark names A2; A1 and A2 are folded, so they are no late files
+    assert checkpoint.audit(ORDERS, [(A1, 100)]) == []
+    assert checkpoint.audits[ORDERS] == {"sealed_generation": 200, "folded": {}}
+    assert checkpoint.is_done(A1, 100) and checkpoint.is_done(A2, 200)
+    # OLD arrives after the audit (a newer generation) under a name below the watermark
+    assert checkpoint.is_late(OLD, 400) and not checkpoint.is_done(OLD, 400)
+    reloaded = FileCheckpoint(tmp_path / "cp.json", PREFIX)
+    assert reloaded.audit(ORDERS, [(A1, 100), (OLD, 400)]) == [(OLD, 400)]
+    assert reloaded.late == {OLD: 400}
+    assert not reloaded.is_done(OLD, 400) and reloaded.is_late(OLD, 400)  # owed: not read yet
+    assert FileCheckpoint(tmp_path / "cp.json", PREFIX).late == {OLD: 400}  # survives a crash
+    reloaded.mark_done(OLD, 400)
+    assert reloaded.late == {} and reloaded.is_done(OLD, 400) and not reloaded.is_late(OLD, 400)
+    assert reloaded.audit(ORDERS, [(A1, 100), (OLD, 400)]) == []  # found once
+    gone = f"{PREFIX}/public_orders/2025/02/11/19/00/gone.avro"
+    assert reloaded.audit(ORDERS, [(gone, 500)]) == [(gone, 500)]
+    reloaded.forget_late(gone)  # deleted from the bucket before it was read: owed no more
+    assert FileCheckpoint(tmp_path / "cp.json", PREFIX).late == {}
+
+
+def test_a_file_older_than_the_last_audit_counts_as_sealed_and_new_watermarks_start_audited(
+    tmp_path: Path,
+) -> None:
+    checkpoint = _sealed(tmp_path)
+    # before any audit, the new watermark seals nothing: every unknown file below it is late
+    assert checkpoint.audits[ORDERS] == {"sealed_generation": 0, "folded": {A1: 100, A2: 200}}
+    assert checkpoint.audit(ORDERS, [(A1, 100), (OLD, 50)]) == [(OLD, 50)]
+    # a checkpoint written before audits existed: the first audit only takes its baseline
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(
+        json.dumps({"version": 1, "processed": {}, "watermarks": {ORDERS: A2}}), "utf-8"
+    )
+    old = FileCheckpoint(legacy, PREFIX)
+    assert not old.is_late(OLD, 10**9) and old.is_done(OLD, 10**9)
+    assert old.audit(ORDERS, [(A1, 100), (OLD, 400)]) == []
+    assert old.is_late(OLD, 401) and not old.is_late(OLD, 400)

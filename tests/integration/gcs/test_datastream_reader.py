@@ -274,3 +274,60 @@ def test_oversize_records_and_files_are_dead_letters_and_reading_goes_on(
     whole, _ = letters["c_0_0.jsonl.gz"]
     assert "inflates to more than 4194304 bytes" in whole.reason and whole.raw == bomb
     assert setup.reader(fake_gcs.client()).poll_once().files == 0  # all four are done
+
+
+def late_count(source: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("capa_datastream_late_files_total", {"source": source}) or 0.0
+
+
+def test_late_files_are_read_within_the_grace_window_and_below_the_watermark(
+    setup: Setup, fake_gcs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files folded into the watermark, then files arriving late: one within the grace
+    window (listed by the next poll), one below the watermark (found by the audit), one
+    below it announced by a notification. Each is read once, the late ones with an alarm."""
+    ds = setup.settings.datastream.model_copy(update={"late_file_audit_polls": 1})
+    setup.settings = setup.settings.model_copy(update={"datastream": ds})
+    orders = "public_orders/2025/11/05"
+    setup.upload(
+        f"{orders}/18/23/a_0_0.jsonl", jsonl([datastream_record(1, "INSERT", "BD/1", "a")])
+    )
+    setup.upload(
+        f"{orders}/18/24/b_0_0.jsonl", jsonl([datastream_record(2, "INSERT", "BD/2", "b")])
+    )
+    setup.upload(
+        f"{orders}/21/00/c_0_0.jsonl", jsonl([datastream_record(3, "INSERT", "BD/9", "c")])
+    )
+    reader = setup.reader(fake_gcs.client())
+    assert reader.poll_once().files == 3
+    watermark = f"{setup.prefix}/{orders}/18/24/b_0_0.jsonl"  # a, b are >2 h before c
+    assert reader.checkpoint.watermarks == {f"{setup.prefix}/public_orders/": watermark}
+    before = late_count(ds.source_name)
+
+    setup.upload(
+        f"{orders}/20/00/w_0_0.jsonl", jsonl([datastream_record(4, "INSERT", "BD/4", "w")])
+    )
+    setup.upload(
+        f"{orders}/18/20/l_0_0.jsonl", jsonl([datastream_record(5, "INSERT", "BD/5", "l")])
+    )
+    with caplog.at_level("WARNING", logger="connectors.datastream.reader"):
+        second = setup.reader(fake_gcs.client()).poll_once()  # a restart: checkpoint from disk
+    assert (second.files, second.events) == (2, 2)
+    assert late_count(ds.source_name) == before + 1  # only the one below the watermark
+    late_uri = f"gs://{setup.bucket.name}/{setup.prefix}/{orders}/18/20/l_0_0.jsonl#"
+    assert [r.getMessage() for r in caplog.records if late_uri in r.getMessage()], caplog.text
+    assert setup.reader(fake_gcs.client()).poll_once().files == 0  # nothing read twice
+
+    name = f"{setup.prefix}/{orders}/18/21/n_0_0.jsonl"
+    setup.upload(
+        f"{orders}/18/21/n_0_0.jsonl", jsonl([datastream_record(6, "INSERT", "BD/6", "n")])
+    )
+    blob = setup.bucket.get_blob(name)
+    notification = {"bucket": setup.bucket.name, "name": name, "generation": blob.generation}
+    outcome = setup.reader(fake_gcs.client()).handle_notification(notification)
+    assert outcome is not None and (outcome.status, outcome.events) == ("produced", 1)
+    assert late_count(ds.source_name) == before + 2
+    keys = sorted(e.key["id"] for e in setup.events(6))
+    assert keys == [1, 2, 3, 4, 5, 6]  # every file once, late ones included

@@ -241,8 +241,11 @@ def _reader_families(prom: PrometheusServer, w: Workload, reader: Any) -> set[st
     # the reason label is a class, never the raw text
     reasons = {r["metric"]["reason"] for r in prom.query("capa_dead_letters_total")}
     assert all(len(r) <= 80 and " " not in r for r in reasons), reasons
+    late = f'capa_datastream_late_files_total{{source="{w.settings.datastream.source_name}"}}'
+    assert wait_for(lambda: prom.value(late) == 0, WAIT_S), prom.value(late)  # none arrived
     return {
         "capa_datastream_files_pending",
+        "capa_datastream_late_files",
         "capa_datastream_files_processed",
         "capa_dead_letters",
         "capa_ingest_records_received",
