@@ -96,8 +96,9 @@ def type_of_values(values: Iterable[Any], source_type: str = "") -> ColumnType |
     if kind == "decimal":
         return _decimal_type(present, source_type)
     if kind == "array":
-        items = [x for v in present for x in v]
-        return ColumnType("array", item=type_of_values(items) or ColumnType("string"))
+        # No non-NULL item (only empty or all-NULL arrays): the item type is unknown (None),
+        # which fits any array type; a new column of it is stored as array<string>.
+        return ColumnType("array", item=type_of_values(x for v in present for x in v))
     return ColumnType(kind)
 
 
@@ -202,7 +203,9 @@ def _decimal_fits(narrow: ColumnType, wide: ColumnType) -> bool:
 
 
 def _array_fits(narrow: ColumnType, wide: ColumnType) -> bool:
-    return narrow.item is not None and wide.item is not None and fits(narrow.item, wide.item)
+    if narrow.item is None:  # only empty or all-NULL arrays: they fit any array type
+        return True
+    return wide.item is not None and fits(narrow.item, wide.item)
 
 
 _FITS: dict[tuple[str, str], Any] = {

@@ -256,3 +256,26 @@ def test_change_data_feed_is_a_setting(tmp_path) -> None:
     plain.apply([event(Op.INSERT, 1, 10, after=full_row(1, 1))])
     table = delta_io.open_table(tmp_path / "lake" / "raw" / "f2_public_orders")
     assert table is not None and CHANGE_FEED_PROPERTY not in table.metadata().configuration
+
+
+def test_a_batch_of_only_empty_arrays_fits_the_tables_array_type(warehouse) -> None:
+    # The poison soak found it: after a restart, a small batch whose integer[] values were all
+    # empty was refused as "changed type from array<int> to array<string>".
+    warehouse.apply([event(Op.INSERT, 1, 10, after={"id": 1, "tags": [1, 2]})])
+    warehouse.apply([event(Op.INSERT, 2, 20, after={"id": 2, "tags": []})])
+    warehouse.apply([event(Op.INSERT, 3, 30, after={"id": 3, "tags": [None]})])
+    rows = {r["id"]: r["tags"] for r in warehouse.rows(REPLICA)}
+    assert rows == {1: [1, 2], 2: [], 3: [None]}
+
+
+def test_the_item_type_of_empty_arrays_is_unknown_and_fits_any_array() -> None:
+    from capa.warehouse.types import type_of_values, widen
+
+    empty = type_of_values([[], [None]])
+    assert empty == ColumnType("array", item=None)
+    ints = ColumnType("array", item=ColumnType("int"))
+    assert widen(ints, empty, column="c") == ints
+    assert widen(empty, ints, column="c") == ints
+    assert type_of_values([[], [3]]) == ints
+    with pytest.raises(SchemaDriftError):
+        widen(ints, ColumnType("array", item=ColumnType("bool")), column="c")
