@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::{caught, Fail, R};
 
@@ -97,9 +97,11 @@ impl<'py> Types<'py> {
     pub fn decimal(&self, unscaled: &[u8], scale: i64) -> R<Bound<'py, PyAny>> {
         let py = self.decimal.py();
         if unscaled.len() > MAX_UNSCALED {
+            let signed = PyDict::new(py);
+            signed.set_item("signed", true).map_err(|err| caught(py, err))?;
             let n = self
                 .int
-                .call_method1("from_bytes", (PyBytes::new(py, unscaled), "big", true))
+                .call_method("from_bytes", (PyBytes::new(py, unscaled), "big"), Some(&signed))
                 .and_then(|n| n.str())
                 .map_err(|err| caught(py, err))?;
             let text = format!("{}E{}", n.to_str().map_err(|err| caught(py, err))?, -(scale as i128));
