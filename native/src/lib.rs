@@ -54,6 +54,10 @@ const fn corrupt(why: &'static str) -> Fail {
     Fail::Corrupt(Cow::Borrowed(why))
 }
 
+fn owned(why: String) -> Fail {
+    Fail::Corrupt(Cow::Owned(why))
+}
+
 const END: Fail = corrupt("the record ends before its last field");
 
 /// A Python error from a value's constructor: an `Exception` makes the record corrupt
@@ -72,7 +76,7 @@ pub(crate) fn caught(py: Python<'_>, err: PyErr) -> Fail {
         .str()
         .map(|t| t.to_string())
         .unwrap_or_default();
-    Fail::Corrupt(Cow::Owned(format!("{name}: {text}")))
+    owned(format!("{name}: {text}"))
 }
 
 // --- reading -------------------------------------------------------------------------
@@ -132,13 +136,13 @@ impl<'a> Reader<'a> {
     fn raw(&mut self) -> R<&'a [u8]> {
         let size = self.long()?;
         if size < 0 {
-            return Err(Fail::Corrupt(Cow::Owned(format!("negative length {size}"))));
+            return Err(owned(format!("negative length {size}")));
         }
         let end = self.pos.checked_add(size as usize).ok_or(END)?;
         let out = self
             .data
             .get(self.pos..end)
-            .ok_or_else(|| Fail::Corrupt(Cow::Owned(format!("length {size} runs past the end of the record"))))?;
+            .ok_or_else(|| owned(format!("length {size} runs past the end of the record")))?;
         self.pos = end;
         Ok(out)
     }
@@ -147,8 +151,7 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn text(&mut self) -> R<&'a str> {
         let raw = self.raw()?;
-        std::str::from_utf8(raw)
-            .map_err(|e| Fail::Corrupt(Cow::Owned(format!("a string is not UTF-8: {e}"))))
+        std::str::from_utf8(raw).map_err(|e| owned(format!("a string is not UTF-8: {e}")))
     }
 
     /// Item count of the next array/map block; a negative count is followed by a byte size.
@@ -165,7 +168,7 @@ impl<'a> Reader<'a> {
         match self.byte()? {
             0 => Ok(None),
             2 => Ok(Some(self.text()?)),
-            b => Err(Fail::Corrupt(Cow::Owned(format!("optional string union branch byte {b}")))),
+            b => Err(owned(format!("optional string union branch byte {b}"))),
         }
     }
 
@@ -174,7 +177,7 @@ impl<'a> Reader<'a> {
         if (0..symbols).contains(&index) {
             Ok(index as u8)
         } else {
-            Err(Fail::Corrupt(Cow::Owned(format!("{what} enum index {index}"))))
+            Err(owned(format!("{what} enum index {index}")))
         }
     }
 }
@@ -222,7 +225,7 @@ fn value<'a, 'py>(r: &mut Reader<'a>, ctx: &Ctx<'a, 'py>) -> R<Val<'a, 'py>> {
         2 => {
             let flag = r.byte()?;
             if flag > 1 {
-                return Err(Fail::Corrupt(Cow::Owned(format!("boolean byte {flag}"))));
+                return Err(owned(format!("boolean byte {flag}")));
             }
             Val::Bool(flag == 1)
         }
@@ -241,12 +244,16 @@ fn value<'a, 'py>(r: &mut Reader<'a>, ctx: &Ctx<'a, 'py>) -> R<Val<'a, 'py>> {
             let py = types.py();
             let mut items = Vec::new();
             array(r, &mut items, |r| Ok(to_py(py, &value(r, ctx)?)))?;
-            Val::Obj(PyTuple::new(py, items).map_err(|err| caught(py, err))?.into_any())
+            Val::Obj(
+                PyTuple::new(py, items)
+                    .map_err(|err| caught(py, err))?
+                    .into_any(),
+            )
         }
         _ => {
-            return Err(Fail::Corrupt(Cow::Owned(format!(
+            return Err(owned(format!(
                 "row value union branch byte {branch} is not in change_event.v1"
-            ))))
+            )))
         }
     })
 }
@@ -280,7 +287,7 @@ fn opt_row<'a, 'py>(
     match r.byte()? {
         0 => Ok(false),
         2 => row(r, ctx, out).map(|_| true),
-        b => Err(Fail::Corrupt(Cow::Owned(format!("row image union branch byte {b}")))),
+        b => Err(owned(format!("row image union branch byte {b}"))),
     }
 }
 
@@ -381,9 +388,7 @@ fn parse<'a, 'py>(
     let mut r = Reader { data, pos: start };
     let version = r.long()?;
     if version != 1 {
-        return Err(Fail::Corrupt(Cow::Owned(format!(
-            "schema_version {version}, expected 1"
-        ))));
+        return Err(owned(format!("schema_version {version}, expected 1")));
     }
     let event_id = r.text()?;
     let source = r.text()?;
@@ -398,11 +403,7 @@ fn parse<'a, 'py>(
     let commit_ts_us = match r.byte()? {
         0 => None,
         2 => Some(r.long()?),
-        b => {
-            return Err(Fail::Corrupt(Cow::Owned(format!(
-                "commit_ts_us union branch byte {b}"
-            ))))
-        }
+        b => return Err(owned(format!("commit_ts_us union branch byte {b}"))),
     };
     let transaction_id = r.opt_text()?;
     let pk_section = texts(&mut r, &mut s.pk)?;
@@ -412,10 +413,10 @@ fn parse<'a, 'py>(
     s.has_after = opt_row(&mut r, ctx, &mut s.after)?;
     texts(&mut r, &mut s.unchanged)?;
     if r.pos != data.len() {
-        return Err(Fail::Corrupt(Cow::Owned(format!(
+        return Err(owned(format!(
             "{} bytes left after the record",
             data.len() - r.pos
-        ))));
+        )));
     }
     Ok(Head {
         event_id,
@@ -895,7 +896,10 @@ fn event_classes(py: Python<'_>) -> PyResult<&EventClasses> {
         let kind = events.getattr("SourceKind")?;
         let op = events.getattr("Op")?;
         let members = |class: &Bound<'_, PyAny>, values: &[&str]| -> PyResult<Vec<Py<PyAny>>> {
-            values.iter().map(|v| Ok(class.call1((*v,))?.unbind())).collect()
+            values
+                .iter()
+                .map(|v| Ok(class.call1((*v,))?.unbind()))
+                .collect()
         };
         Ok(EventClasses {
             event: events.getattr("ChangeEvent")?.unbind(),
@@ -956,8 +960,16 @@ fn build_event<'py>(
         },
         strings(&s.pk)?.into_any(),
         frozen_row(py, c, &s.key)?,
-        if s.has_before { frozen_row(py, c, &s.before)? } else { none() },
-        if s.has_after { frozen_row(py, c, &s.after)? } else { none() },
+        if s.has_before {
+            frozen_row(py, c, &s.before)?
+        } else {
+            none()
+        },
+        if s.has_after {
+            frozen_row(py, c, &s.after)?
+        } else {
+            none()
+        },
         PyTuple::new(py, columns)?.into_any(),
         strings(&s.unchanged)?.into_any(),
         opt_str(py, head.transaction_id),
@@ -975,11 +987,7 @@ fn build_event<'py>(
 /// building a value (KeyboardInterrupt) propagates.
 #[pyfunction]
 #[pyo3(signature = (data, start=0))]
-fn decode_event<'py>(
-    py: Python<'py>,
-    data: &[u8],
-    start: usize,
-) -> PyResult<Bound<'py, PyAny>> {
+fn decode_event<'py>(py: Python<'py>, data: &[u8], start: usize) -> PyResult<Bound<'py, PyAny>> {
     let c = event_classes(py)?;
     let types = Types::new(py)?;
     let ctx = Ctx { types: &types };
@@ -1004,11 +1012,9 @@ fn decode_event<'py>(
         // a bug: a dead letter that says so, rather than a job that fails on this record
         Err(_) => Cow::Borrowed("the native decoder panicked (a bug in capa_native)"),
     };
-    Err(PyErr::from_value(
-        c.error
-            .bind(py)
-            .call1((format!("not a canonical Avro change event: {why}"),))?,
-    ))
+    Err(PyErr::from_value(c.error.bind(py).call1((format!(
+        "not a canonical Avro change event: {why}"
+    ),))?))
 }
 
 #[pymodule]

@@ -98,13 +98,23 @@ impl<'py> Types<'py> {
         let py = self.decimal.py();
         if unscaled.len() > MAX_UNSCALED {
             let signed = PyDict::new(py);
-            signed.set_item("signed", true).map_err(|err| caught(py, err))?;
+            signed
+                .set_item("signed", true)
+                .map_err(|err| caught(py, err))?;
             let n = self
                 .int
-                .call_method("from_bytes", (PyBytes::new(py, unscaled), "big"), Some(&signed))
+                .call_method(
+                    "from_bytes",
+                    (PyBytes::new(py, unscaled), "big"),
+                    Some(&signed),
+                )
                 .and_then(|n| n.str())
                 .map_err(|err| caught(py, err))?;
-            let text = format!("{}E{}", n.to_str().map_err(|err| caught(py, err))?, -(scale as i128));
+            let text = format!(
+                "{}E{}",
+                n.to_str().map_err(|err| caught(py, err))?,
+                -(scale as i128)
+            );
             return self
                 .decimal
                 .call1((PyString::new(py, &text),))
