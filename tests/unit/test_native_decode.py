@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -795,3 +797,20 @@ def test_decimals_past_16_bytes_are_built_natively(unscaled: bytes) -> None:
     expected = Decimal(f"{int.from_bytes(unscaled, 'big', signed=True)}E-3")
     assert fallback == [] and same_typed(table[12]["v"][0], expected)
     assert same_typed(decode_single_object(value).after["v"], expected)  # type: ignore[index]
+
+
+def test_without_the_extension_capa_encodes_and_decoding_says_how_to_build_it() -> None:
+    """The extension is required to decode (no Python fallback); environments that never decode
+    (Spark, Airflow) import capa.codec and encode without it."""
+    code = (
+        "import sys; sys.modules['capa_native'] = None\n"  # as if not installed
+        "from capa.codec import decode_avro, encode_avro\n"
+        "from capa.events import ChangeEvent, Op, SourceKind\n"
+        "e = ChangeEvent('f2', SourceKind.POSTGRES, None, 's', 't', Op.INSERT, '1', None, (), {}, None, {'x': 1})\n"
+        "body = encode_avro(e)\n"
+        "decode_avro(body)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "ImportError: capa_native (native/, Rust) is not installed" in done.stderr
+    assert "scripts/setup.sh beam" in done.stderr
