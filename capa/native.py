@@ -79,6 +79,11 @@ except ImportError as exc:
         "capa_native (native/, Rust) is not installed in this Python environment; capa decodes "
         "Avro only through it. Build it with scripts/setup.sh beam (needs a Rust toolchain)."
     ) from exc
+if not hasattr(capa_native, "decode_event"):  # a build from before 2026-12-07
+    raise ImportError(
+        "capa_native is older than this checkout (it has no decode_event); rebuild it with "
+        "scripts/setup.sh beam"
+    )
 
 DecodeBatch = Callable[[Iterable[bytes | None], bytes], tuple[list[tuple[Any, ...]], list[int]]]
 DecodeEvent = Callable[[bytes, int], ChangeEvent]
