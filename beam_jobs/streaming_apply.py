@@ -115,8 +115,6 @@ class ApplyBatchesFn(beam.DoFn):
         from capa.warehouse import open_warehouse
         from connectors.kafka.wire import ChangeEventDecoder
 
-        if decode_batch is None:
-            logger.warning("capa_native is not installed: decoding in Python (slower)")
         _serve_metrics()
         self._loop = ApplyLoop(
             open_warehouse(self.warehouse_spec, **self.warehouse_options),

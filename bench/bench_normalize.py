@@ -33,11 +33,12 @@ from typing import Any
 
 import fastavro
 
-from capa.codec import encode_avro_generic, encode_single_object
+from capa.codec import encode_single_object
 from capa.runtime import tune_gc
 from connectors.datastream.files import read_avro_file
 from connectors.datastream.normalizer import DatastreamNormalizer
 from connectors.debezium.normalizer import DebeziumNormalizer
+from tests.oracles.fastavro_codec import encode_avro_generic
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 

@@ -2,8 +2,8 @@
 
 "Shape" only: nothing here knows where bytes go (see STYLE rule 4).
 
-* Avro: ``capa/schemas/change_event.v1.avsc``, read with fastavro. On the wire, Avro
-  single-object encoding (``C3 01`` + CRC-64-AVRO fingerprint + body) unless a schema
+* Avro: ``capa/schemas/change_event.v1.avsc``, written by :mod:`capa.avro_writer` and read
+  by the native decoder (:mod:`capa.native`). On the wire, Avro single-object encoding (``C3 01`` + CRC-64-AVRO fingerprint + body) unless a schema
   registry is configured, in which case the Kafka layer uses the Confluent wire format.
 * JSON: the ``capa normalize`` output line. Decimals are strings with full scale,
   timestamps ISO-8601 with µs (``Z`` for tz-aware UTC), bytes base64; ``kinds`` records
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 import uuid
@@ -26,15 +25,12 @@ from typing import Any
 
 import fastavro
 
-from capa.avro_reader import read_event
 from capa.avro_writer import write_event
 from capa.errors import DecodeError
-from capa.events import ChangeEvent, Column, FrozenRow, Json, Op, SourceKind
+from capa.events import ChangeEvent, Column, Json, Op, SourceKind
 
-SCHEMA_VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
-_EPOCH_DATE = date(1970, 1, 1)
 _SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 
 
@@ -255,166 +251,33 @@ def avro_schema_text() -> str:
     return resources.files("capa.schemas").joinpath("change_event.v1.avsc").read_text()
 
 
-def _avro_value(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | bytes):
-        return value
-    if isinstance(value, Json):
-        return ("io.capa.v1.JsonDoc", {"json": str(value)})
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Decimal):
-        sign, digits, exponent = value.as_tuple()
-        if not isinstance(exponent, int):
-            raise DecodeError(f"decimal {value!r} is not finite; NaN/Infinity cannot be carried")
-        unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
-        scale = max(-exponent, 0)
-        if exponent > 0:
-            unscaled *= 10**exponent
-        size = max(1, (unscaled.bit_length() + 8) // 8)
-        return (
-            "io.capa.v1.Decimal",
-            {
-                "decimal_unscaled": unscaled.to_bytes(size, "big", signed=True),
-                "decimal_scale": scale,
-            },
-        )
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            return ("io.capa.v1.TimestampTz", {"tstz_micros": datetime_to_us(value)})
-        return ("io.capa.v1.Timestamp", {"ts_micros": datetime_to_us(value)})
-    if isinstance(value, date):
-        return ("io.capa.v1.Date", {"date_days": (value - _EPOCH_DATE).days})
-    if isinstance(value, time):
-        micros = (
-            (value.hour * 60 + value.minute) * 60 + value.second
-        ) * 1_000_000 + value.microsecond
-        return ("io.capa.v1.Time", {"time_micros": micros})
-    if isinstance(value, uuid.UUID):
-        return ("io.capa.v1.Uuid", {"uuid": str(value)})
-    if isinstance(value, tuple | list):
-        return ("io.capa.v1.Array", {"items": [_avro_value(v) for v in value]})
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise DecodeError(f"value {value!r} of type {type(value).__name__} cannot be Avro-encoded")
-
-
-def _from_avro_value(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    if "decimal_unscaled" in value:
-        unscaled = int.from_bytes(value["decimal_unscaled"], "big", signed=True)
-        return Decimal(f"{unscaled}E-{value['decimal_scale']}")
-    if "tstz_micros" in value:
-        return _EPOCH + timedelta(microseconds=value["tstz_micros"])
-    if "ts_micros" in value:
-        return _EPOCH_NAIVE + timedelta(microseconds=value["ts_micros"])
-    if "date_days" in value:
-        return _EPOCH_DATE + timedelta(days=value["date_days"])
-    if "time_micros" in value:
-        seconds, micros = divmod(value["time_micros"], 1_000_000)
-        minutes, second = divmod(seconds, 60)
-        hour, minute = divmod(minutes, 60)
-        return time(hour, minute, second, micros)
-    if "uuid" in value:
-        return uuid.UUID(value["uuid"])
-    if "json" in value:
-        return Json(value["json"])
-    if "items" in value:
-        return tuple(_from_avro_value(v) for v in value["items"])
-    raise DecodeError(f"unknown Avro value record {sorted(value)}")
-
-
-def _avro_row(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return None if row is None else {k: _avro_value(v) for k, v in row.items()}
-
-
-def _py_row(row: Mapping[str, Any] | None) -> FrozenRow | None:
-    return None if row is None else FrozenRow({k: _from_avro_value(v) for k, v in row.items()})
-
-
-def event_to_avro_record(event: ChangeEvent) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "event_id": event.event_id,
-        "source": event.source,
-        "source_kind": event.source_kind.value,
-        "origin": event.origin,
-        "database": event.database,
-        "schema": event.schema,
-        "table": event.table,
-        "op": event.op.value,
-        "position": event.position,
-        "commit_ts_us": event.commit_ts_us,
-        "transaction_id": event.transaction_id,
-        "primary_key": list(event.primary_key),
-        "columns": [{"name": c.name, "source_type": c.source_type} for c in event.columns],
-        "key": _avro_row(event.key),
-        "before": _avro_row(event.before),
-        "after": _avro_row(event.after),
-        "unchanged": list(event.unchanged),
-    }
-
-
-def event_from_avro_record(rec: Mapping[str, Any]) -> ChangeEvent:
-    return ChangeEvent(
-        source=rec["source"],
-        source_kind=SourceKind(rec["source_kind"]),
-        database=rec["database"],
-        schema=rec["schema"],
-        table=rec["table"],
-        op=Op(rec["op"]),
-        position=rec["position"],
-        commit_ts_us=rec["commit_ts_us"],
-        primary_key=tuple(rec["primary_key"]),
-        key=_py_row(rec["key"]) or FrozenRow(),
-        before=_py_row(rec["before"]),
-        after=_py_row(rec["after"]),
-        columns=tuple(Column(c["name"], c["source_type"]) for c in rec["columns"]),
-        unchanged=tuple(rec["unchanged"]),
-        transaction_id=rec["transaction_id"],
-        origin=rec["origin"],
-        event_id=rec["event_id"],
-    )
-
-
 def encode_avro(event: ChangeEvent) -> bytes:
     """Schemaless Avro body (no framing); raises :class:`DecodeError` for unencodable values.
 
-    Hand-written for ``change_event.v1`` (3-4x faster than fastavro's generic writer, whose
-    union resolution dominates); ``encode_avro_generic`` is the fastavro reference and the
-    property tests check both give identical bytes.
+    capa's one Avro encoder: :mod:`capa.avro_writer`, written for ``change_event.v1`` (about
+    4x faster than fastavro's generic writer, whose union resolution dominates; see
+    docs/benchmarks.md). ``tests/oracles/fastavro_codec.py`` is the fastavro reference the
+    property tests compare it with, byte for byte.
     """
     return write_event(event)
 
 
-def encode_avro_generic(event: ChangeEvent) -> bytes:
-    """The same body through fastavro (reference implementation)."""
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, avro_schema(), event_to_avro_record(event))
-    return buf.getvalue()
+def decode_avro(body: bytes, start: int = 0) -> ChangeEvent:
+    """Inverse of :func:`encode_avro` (of the body ``body[start:]``); raises
+    :class:`DecodeError` on bad bytes, bytes left after the record included.
 
-
-def decode_avro(body: bytes) -> ChangeEvent:
-    """Inverse of :func:`encode_avro`; raises :class:`DecodeError` on bad bytes.
-
-    Hand-written for ``change_event.v1`` (:mod:`capa.avro_reader`, about 1.7x faster than
-    fastavro plus the record conversion); ``decode_avro_generic`` is the fastavro reference
-    and the property tests check both give equal events.
+    capa's one Avro decoder is native: ``capa_native.decode_event`` (:mod:`capa.native`), the
+    same reader as the apply job's batch decoder. The pure-Python reader and fastavro are
+    reference oracles under ``tests/oracles/``.
     """
-    return read_event(body)
+    return _native_decode()(body, start)
 
 
-def decode_avro_generic(body: bytes) -> ChangeEvent:
-    """The same decoding through fastavro (reference implementation)."""
-    try:
-        rec = fastavro.schemaless_reader(io.BytesIO(body), avro_schema(), None)
-        return event_from_avro_record(rec)  # type: ignore[arg-type]
-    except DecodeError:
-        raise
-    except Exception as exc:  # fastavro raises many types on corrupt input
-        raise DecodeError(
-            f"not a canonical Avro change event: {type(exc).__name__}: {exc}"
-        ) from exc
+@lru_cache(maxsize=1)
+def _native_decode() -> Any:
+    from capa.native import decode_event  # on first use: capa.codec loads without the extension
+
+    return decode_event
 
 
 @lru_cache(maxsize=1)
@@ -444,4 +307,4 @@ def decode_single_object(data: bytes) -> ChangeEvent:
             f"({schema_fingerprint().hex()}); upgrade the reader",
             raw=data,
         )
-    return decode_avro(data[10:])
+    return decode_avro(data, 10)

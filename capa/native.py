@@ -1,33 +1,41 @@
-"""The native (Rust) columnar batch decoder, when built: ``decode_batch`` or ``None``.
+"""capa's Avro decoder: the Rust extension ``capa_native`` (``native/``), required.
 
-``capa_native`` is the extension in ``native/`` (PyO3, built into ``.venvs/beam`` by
-``scripts/setup.sh beam``). Without it ``decode_batch`` is ``None`` and callers decode event by
-event (:class:`connectors.kafka.wire.ChangeEventDecoder`) and split with
-:func:`capa.columnar.split_plain`.
+``capa_native`` is built into ``.venvs/beam`` by ``scripts/setup.sh beam`` (PyO3, abi3).
+Importing this module without it raises ImportError saying so: there is no Python fallback.
+:mod:`capa.codec` imports it on the first decode, so environments that never decode Avro
+(Spark, Airflow) do not need the extension.
 
-Contract::
+Two functions share one reader (``native/src/lib.rs``)::
 
-    decode_batch(values, fingerprint, rare_value) -> (tables, fallback)
+    decode_event(data, start=0) -> ChangeEvent
+
+The schemaless ``change_event.v1`` body ``data[start:]`` as a
+:class:`~capa.events.ChangeEvent`, or :class:`~capa.errors.DecodeError` ("not a canonical
+Avro change event: <why>", e.g. "3 bytes left after the record", "row value union branch
+byte 30 is not in change_event.v1", "ValueError: hour must be in 0..23"). It decodes every
+single event, through :func:`capa.codec.decode_avro`: dead letters, replay, ``capa apply``
+inputs, Confluent-framed records and the batch decoder's fallback records.
+
+::
+
+    decode_batch(values, fingerprint) -> (tables, fallback)
 
 ``values``: Kafka values, each ``C3 01`` + the 8-byte ``fingerprint``
 (:func:`capa.codec.schema_fingerprint`) + a schemaless ``change_event.v1`` body.
-``rare_value``: :func:`capa.avro_reader._value`; it is called as ``rare_value(message, pos)``
-with the original ``values[i]`` object and the absolute offset of a row value's union branch
-byte, for the branches built in Python (Time, Uuid, JsonDoc, Array, and a Decimal whose
-unscaled value is longer than 16 bytes) and returns ``(value, next_pos)``.
 
-Decimal, Timestamp, TimestampTz and Date are built natively, equal in value and type to the
-reader's: ``Decimal(f"{unscaled}E{-scale}")`` (the same string, so the same exponent), a naive
-``datetime``, a ``datetime`` with ``tzinfo=datetime.UTC``, a ``date``. Where the reader raises
-(a timestamp or date outside years 1..9999, an exponent ``Decimal`` rejects) the record falls
-back.
+Row values are equal in value and type in both functions (and to the reference reader's,
+``tests/oracles/avro_reader.py``): bool, int, float, str, bytes,
+``Decimal(f"{unscaled}E{-scale}")`` (the same string, so the same exponent), a naive
+``datetime``, a ``datetime`` with ``tzinfo=datetime.UTC``, a ``date``, a ``time``, a
+``uuid.UUID``, a :class:`~capa.events.Json`, a tuple for an array. Where a constructor raises
+(a timestamp or date outside years 1..9999, an exponent ``Decimal`` rejects, a time past 24 h,
+a malformed UUID) the record is corrupt.
 
-``fallback``: sorted indices of the records to decode in Python (which also gives the exact
-DecodeError for the dead-letter queue): None/empty/non-bytes values, other framing or
-fingerprint, anything :mod:`capa.avro_reader` rejects (plus a varint past the 64-bit range),
-``rare_value`` or a native Decimal/datetime/date constructor raising an ``Exception`` (a
-``BaseException`` such as KeyboardInterrupt propagates), and every record of an ineligible
-table.
+``fallback``: sorted indices of the records to decode event by event (which also gives the
+exact DecodeError for the dead-letter queue): None/empty/non-bytes values, other framing or
+fingerprint, any corrupt record (``decode_event`` raises for exactly these), a Python
+constructor raising an ``Exception`` (a ``BaseException`` such as KeyboardInterrupt
+propagates), and every record of an ineligible table.
 
 ``tables``: one tuple per table ((source, schema, table) triple), in order of first
 appearance, whose every record is eligible::
@@ -40,9 +48,8 @@ appearance, whose every record is eligible::
 ``values`` (ascending); ``event_ids``/``positions``/``ops`` (``"r"``, ``"c"``, ``"u"``,
 ``"d"``)/``commit_ts_us`` one per record; ``images`` maps each column name (in order of first
 appearance) to one value per record, ``None`` where the record's image lacks it. The image is
-``after`` for r/c/u, and ``before`` (when non-null and non-empty, else ``key``) for d; its
-values are exactly what :mod:`capa.avro_reader` gives (bool, int, float, str, bytes, Decimal,
-datetime, date, or the ``rare_value`` result; a repeated map name: the last value wins).
+``after`` for r/c/u, and ``before`` (when non-null and non-empty, else ``key``) for d (a
+repeated map name: the last value wins).
 
 A table is ineligible (all its records fall back) when one of its records does not decode
 here, or has an empty event_id, op ``t``, ``unchanged`` columns, an empty primary key, a
@@ -63,18 +70,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-DecodeBatch = Callable[
-    [Iterable[bytes | None], bytes, Callable[[bytes, int], tuple[Any, int]]],
-    tuple[list[tuple[Any, ...]], list[int]],
-]
+from capa.events import ChangeEvent
 
+try:
+    import capa_native
+except ImportError as exc:
+    raise ImportError(
+        "capa_native (native/, Rust) is not installed in this Python environment; capa decodes "
+        "Avro only through it. Build it with scripts/setup.sh beam (needs a Rust toolchain)."
+    ) from exc
+if not hasattr(capa_native, "decode_event"):  # a build from before 2026-12-07
+    raise ImportError(
+        "capa_native is older than this checkout (it has no decode_event); rebuild it with "
+        "scripts/setup.sh beam"
+    )
 
-def _load() -> DecodeBatch | None:
-    try:
-        import capa_native
-    except ImportError:
-        return None
-    return capa_native.decode_batch  # type: ignore[no-any-return]
+DecodeBatch = Callable[[Iterable[bytes | None], bytes], tuple[list[tuple[Any, ...]], list[int]]]
+DecodeEvent = Callable[[bytes, int], ChangeEvent]
 
-
-decode_batch: DecodeBatch | None = _load()
+decode_batch: DecodeBatch = capa_native.decode_batch
+decode_event: DecodeEvent = capa_native.decode_event

@@ -1,14 +1,11 @@
-"""Type stub of the Rust extension (see capa/native.py for the contract).
+"""Type stub of the Rust extension (see capa/native.py for the contract)."""
 
-``rare_value`` builds only Time, Uuid, JsonDoc, Array and Decimals past 16 unscaled bytes;
-Decimal, Timestamp, TimestampTz and Date are built natively.
-"""
-
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
+from capa.events import ChangeEvent
+
+def decode_event(data: bytes, start: int = 0) -> ChangeEvent: ...
 def decode_batch(
-    values: Iterable[bytes | None],
-    fingerprint: bytes,
-    rare_value: Callable[[bytes, int], tuple[Any, int]],
+    values: Iterable[bytes | None], fingerprint: bytes
 ) -> tuple[list[tuple[Any, ...]], list[int]]: ...

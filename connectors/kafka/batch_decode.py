@@ -1,12 +1,13 @@
 """A poll's worth of Kafka values -> plain tables column-wise, other events, dead letters.
 
-The streaming apply job decodes whole batches here. With the native extension
-(``capa.native``) the single-object-framed records of plain tables (see
-:mod:`capa.columnar`) go straight from bytes to columns; every other record is decoded by
-:class:`~connectors.kafka.wire.ChangeEventDecoder` (Confluent framing, truncates, TOAST
-updates, key moves, and the exact reason of every poison record), and plain tables among
-those are turned into columns by :func:`capa.columnar.split_plain`. Without the extension
-everything takes that second route: slower, same result.
+The streaming apply job decodes whole batches here. The native batch decoder
+(``capa.native.decode_batch``) turns the single-object-framed records of plain tables (see
+:mod:`capa.columnar`) straight from bytes into columns; every other record is decoded one by one
+by :class:`~connectors.kafka.wire.ChangeEventDecoder` (Confluent framing, truncates, TOAST
+updates, key moves, and the exact reason of every poison record; the same native reader,
+``decode_event``), and plain tables among those are turned into columns by
+:func:`capa.columnar.split_plain`. With ``native=None`` everything takes that second route
+(slower, same result): the tests use it as the reference route.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from capa.apply import check_applicable
-from capa.avro_reader import _value
 from capa.codec import schema_fingerprint
 from capa.columnar import TableColumns, applicable_tables, from_native, split_plain
 from capa.errors import DecodeError
@@ -55,7 +55,7 @@ class BatchDecoder:
         if self.native is None:
             native_tables, rest = [], list(range(len(values)))
         else:
-            rows, rest = self.native(values, schema_fingerprint(), _value)
+            rows, rest = self.native(values, schema_fingerprint())
             native_tables = [from_native(row) for row in rows]
         # native tables before decoding the rest: one with a NULL key value or an unusable
         # name joins the event path, where each record is refused with its reason

@@ -122,7 +122,7 @@ class ChangeEventDecoder:
             raise DecodeError(f"Confluent frame of {len(data)} bytes is shorter than its header")
         schema_id = struct.unpack(">I", data[1:5])[0]
         self._check_schema_id(schema_id)
-        return decode_avro(data[5:])
+        return decode_avro(data, 5)
 
     def _check_schema_id(self, schema_id: int) -> None:
         if schema_id in self._accepted_ids:

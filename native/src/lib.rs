@@ -1,17 +1,21 @@
-//! `capa_native`: a columnar batch decoder for capa's canonical Avro change events.
+//! `capa_native`: capa's decoder of canonical Avro change events (`change_event.v1`).
 //!
-//! `decode_batch(values, fingerprint, rare_value) -> (tables, fallback)` decodes a batch of
-//! Kafka values (Avro single-object framing + `change_event.v1` body) straight into
-//! per-table columns, for the tables whose every record is a *plain* change (see
-//! `capa/columnar.py`). Everything else is returned as `fallback` indices, which the caller
-//! decodes with the Python reader (`capa/avro_reader.py`, whose exact rules this mirrors).
+//! * `decode_event(data, start=0) -> ChangeEvent` decodes one schemaless body (from
+//!   `data[start:]`) into a `capa.events.ChangeEvent`, or raises `capa.errors.DecodeError`
+//!   ("not a canonical Avro change event: <why>"): every single-event decode in capa
+//!   (dead letters, replay, fallback records, Confluent framing) goes through it.
+//! * `decode_batch(values, fingerprint) -> (tables, fallback)` decodes a batch of Kafka
+//!   values (Avro single-object framing + body) straight into per-table columns, for the
+//!   tables whose every record is a *plain* change (see `capa/columnar.py`); everything else
+//!   is returned as `fallback` indices, which the caller decodes event by event.
 //!
-//! Structure: each record is first parsed into borrowed Rust values (`Head` + `Scratch`);
-//! only a fully parsed, eligible record is appended to its table's columns (Python objects).
-//! A table that turns out ineligible drops its columns and all its records fall back.
-//! Bad input never raises and a panic never crosses into Python: both give fallback.
-//! Row values are built here (typed ones in `typed.rs`), except Time, Uuid, JsonDoc, Array
-//! and Decimals past 16 bytes: those are built by the `rare_value` callback.
+//! Both share one reader (`parse`): each record is first parsed into borrowed Rust values
+//! (`Head` + `Scratch`); a batch appends a fully parsed, eligible record to its table's
+//! columns (Python objects) and drops the columns of a table that turns out ineligible.
+//! In a batch, bad input never raises and a panic never crosses into Python: both give
+//! fallback. Row values are built here (typed ones in `typed.rs`).
+//! `tests/oracles/avro_reader.py` (pure Python) and `tests/oracles/fastavro_codec.py` are the
+//! reference decoders the tests compare this one with.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,10 +23,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use std::borrow::Cow;
+
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
 mod typed;
-use typed::{Miss, Types};
+use typed::Types;
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER: usize = 10; // magic + 8-byte fingerprint
@@ -32,16 +39,45 @@ const OP_UPDATE: u8 = 2;
 const BRANCH_DOUBLE: u8 = 6;
 const BRANCH_ARRAY: u8 = 26;
 
-/// Why a record is not decoded here.
-enum Fail {
-    /// Malformed (or `rare_value` or a typed value's constructor raised an `Exception`):
-    /// the record falls back.
-    Corrupt,
+/// Why a record is not decoded.
+pub(crate) enum Fail {
+    /// Malformed, or a value's Python constructor raised an `Exception`: the reason (a
+    /// `DecodeError` from `decode_event`; the record falls back in `decode_batch`).
+    Corrupt(Cow<'static, str>),
     /// Python raised a non-`Exception` (KeyboardInterrupt, SystemExit): re-raised.
     Fatal(PyErr),
 }
 
-type R<T> = Result<T, Fail>;
+pub(crate) type R<T> = Result<T, Fail>;
+
+const fn corrupt(why: &'static str) -> Fail {
+    Fail::Corrupt(Cow::Borrowed(why))
+}
+
+fn owned(why: String) -> Fail {
+    Fail::Corrupt(Cow::Owned(why))
+}
+
+const END: Fail = corrupt("the record ends before its last field");
+
+/// A Python error from a value's constructor: an `Exception` makes the record corrupt
+/// (`"TypeName: message"`, as Python prints it), anything else is re-raised.
+pub(crate) fn caught(py: Python<'_>, err: PyErr) -> Fail {
+    if !err.is_instance_of::<PyException>(py) {
+        return Fail::Fatal(err);
+    }
+    let name = err
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let text = err
+        .value(py)
+        .str()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    owned(format!("{name}: {text}"))
+}
 
 // --- reading -------------------------------------------------------------------------
 
@@ -53,18 +89,17 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     #[inline(always)]
     fn byte(&mut self) -> R<u8> {
-        let b = *self.data.get(self.pos).ok_or(Fail::Corrupt)?;
+        let b = *self.data.get(self.pos).ok_or(END)?;
         self.pos += 1;
         Ok(b)
     }
 
     #[inline(always)]
     fn peek(&self) -> R<u8> {
-        self.data.get(self.pos).copied().ok_or(Fail::Corrupt)
+        self.data.get(self.pos).copied().ok_or(END)
     }
 
-    /// Zig-zag varint. Like `avro_reader._long`: at most 10 bytes; a value past the i64
-    /// range (which Python would return as a big int) is an error here: the record falls back.
+    /// Zig-zag varint: at most 10 bytes; a value past the i64 range is an error.
     #[inline(always)]
     fn long(&mut self) -> R<i64> {
         let b = self.byte()?;
@@ -83,7 +118,7 @@ impl<'a> Reader<'a> {
             if shift == 63 {
                 // 10th byte: a continuation bit is an error in Python too; bits past 64 overflow
                 if b > 1 {
-                    return Err(Fail::Corrupt);
+                    return Err(corrupt("varint past the 64-bit range of Avro long"));
                 }
                 n |= (b as u64) << 63;
                 break;
@@ -101,10 +136,13 @@ impl<'a> Reader<'a> {
     fn raw(&mut self) -> R<&'a [u8]> {
         let size = self.long()?;
         if size < 0 {
-            return Err(Fail::Corrupt);
+            return Err(owned(format!("negative length {size}")));
         }
-        let end = self.pos.checked_add(size as usize).ok_or(Fail::Corrupt)?;
-        let out = self.data.get(self.pos..end).ok_or(Fail::Corrupt)?;
+        let end = self.pos.checked_add(size as usize).ok_or(END)?;
+        let out = self
+            .data
+            .get(self.pos..end)
+            .ok_or_else(|| owned(format!("length {size} runs past the end of the record")))?;
         self.pos = end;
         Ok(out)
     }
@@ -113,7 +151,7 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn text(&mut self) -> R<&'a str> {
         let raw = self.raw()?;
-        std::str::from_utf8(raw).map_err(|_| Fail::Corrupt)
+        std::str::from_utf8(raw).map_err(|e| owned(format!("a string is not UTF-8: {e}")))
     }
 
     /// Item count of the next array/map block; a negative count is followed by a byte size.
@@ -130,16 +168,16 @@ impl<'a> Reader<'a> {
         match self.byte()? {
             0 => Ok(None),
             2 => Ok(Some(self.text()?)),
-            _ => Err(Fail::Corrupt),
+            b => Err(owned(format!("optional string union branch byte {b}"))),
         }
     }
 
-    fn enumeration(&mut self, symbols: i64) -> R<u8> {
+    fn enumeration(&mut self, symbols: i64, what: &str) -> R<u8> {
         let index = self.long()?;
         if (0..symbols).contains(&index) {
             Ok(index as u8)
         } else {
-            Err(Fail::Corrupt)
+            Err(owned(format!("{what} enum index {index}")))
         }
     }
 }
@@ -152,8 +190,7 @@ enum Val<'a, 'py> {
     Double(f64),
     Str(&'a str),
     Bytes(&'a [u8]),
-    /// Decimal, timestamps, date (built here, `typed`); time, uuid, json, array (built by
-    /// `rare_value`).
+    /// Decimal, timestamps, date, time, uuid, json (`typed`) and arrays (a tuple).
     Obj(Bound<'py, PyAny>),
 }
 
@@ -164,81 +201,31 @@ struct Entry<'a, 'py> {
     val: Val<'a, 'py>,
 }
 
-/// Per-call context: the message being read (passed to `rare_value` as is), the callback and
-/// the classes of the typed values.
+/// Per-call context: the classes of the typed values.
 struct Ctx<'a, 'py> {
-    msg: &'a Bound<'py, PyAny>,
-    rare: &'a Bound<'py, PyAny>,
     types: &'a Types<'py>,
 }
 
-impl<'a, 'py> Ctx<'a, 'py> {
-    fn rare(&self, pos: usize, len: usize) -> R<(Bound<'py, PyAny>, usize)> {
-        let py = self.msg.py();
-        let out = match self.rare.call1((self.msg, pos)) {
-            Ok(out) => out,
-            Err(err) => {
-                return Err(if err.is_instance_of::<PyException>(py) {
-                    Fail::Corrupt
-                } else {
-                    Fail::Fatal(err)
-                })
-            }
-        };
-        let pair = out.cast::<PyTuple>().map_err(|_| Fail::Corrupt)?;
-        if pair.len() != 2 {
-            return Err(Fail::Corrupt);
-        }
-        let value = pair.get_item(0).map_err(|_| Fail::Corrupt)?;
-        let next: usize = pair
-            .get_item(1)
-            .and_then(|n| n.extract::<usize>())
-            .map_err(|_| Fail::Corrupt)?;
-        if next <= pos || next > len {
-            return Err(Fail::Corrupt);
-        }
-        Ok((value, next))
-    }
-
-    /// A typed value built here (`built`), or by `rare_value` when `typed` delegates it.
-    fn typed(
-        &self,
-        r: &mut Reader<'a>,
-        start: usize,
-        built: Result<Bound<'py, PyAny>, Miss>,
-    ) -> R<Val<'a, 'py>> {
-        match built {
-            Ok(obj) => Ok(Val::Obj(obj)),
-            Err(Miss::Invalid) => Err(Fail::Corrupt),
-            Err(Miss::Fatal(err)) => Err(Fail::Fatal(err)),
-            Err(Miss::Delegate) => {
-                let (obj, next) = self.rare(start, r.data.len())?;
-                r.pos = next;
-                Ok(Val::Obj(obj))
-            }
-        }
-    }
-}
-
 fn value<'a, 'py>(r: &mut Reader<'a>, ctx: &Ctx<'a, 'py>) -> R<Val<'a, 'py>> {
-    let start = r.pos;
     let branch = r.byte()?;
+    let types = ctx.types;
     Ok(match branch {
         8 => Val::Str(r.text()?),
         4 => Val::Long(r.long()?),
         0 => Val::Null,
         6 => {
             let end = r.pos + 8;
-            let raw = r.data.get(r.pos..end).ok_or(Fail::Corrupt)?;
+            let raw = r
+                .data
+                .get(r.pos..end)
+                .ok_or(corrupt("double runs past the end of the record"))?;
             r.pos = end;
-            Val::Double(f64::from_le_bytes(
-                raw.try_into().map_err(|_| Fail::Corrupt)?,
-            ))
+            Val::Double(f64::from_le_bytes(raw.try_into().map_err(|_| END)?))
         }
         2 => {
             let flag = r.byte()?;
             if flag > 1 {
-                return Err(Fail::Corrupt);
+                return Err(owned(format!("boolean byte {flag}")));
             }
             Val::Bool(flag == 1)
         }
@@ -246,23 +233,28 @@ fn value<'a, 'py>(r: &mut Reader<'a>, ctx: &Ctx<'a, 'py>) -> R<Val<'a, 'py>> {
         12 => {
             let unscaled = r.raw()?;
             let scale = r.long()?;
-            let built = ctx.types.decimal(unscaled, scale);
-            ctx.typed(r, start, built)?
+            Val::Obj(types.decimal(unscaled, scale)?)
         }
-        14 | 16 => {
-            let built = ctx.types.timestamp(r.long()?, branch == 16);
-            ctx.typed(r, start, built)?
+        14 | 16 => Val::Obj(types.timestamp(r.long()?, branch == 16)?),
+        18 => Val::Obj(types.date(r.long()?)?),
+        20 => Val::Obj(types.time(r.long()?)?),
+        22 => Val::Obj(types.uuid(r.text()?)?),
+        24 => Val::Obj(types.json(r.text()?)?),
+        BRANCH_ARRAY => {
+            let py = types.py();
+            let mut items = Vec::new();
+            array(r, &mut items, |r| Ok(to_py(py, &value(r, ctx)?)))?;
+            Val::Obj(
+                PyTuple::new(py, items)
+                    .map_err(|err| caught(py, err))?
+                    .into_any(),
+            )
         }
-        18 => {
-            let built = ctx.types.date(r.long()?);
-            ctx.typed(r, start, built)?
+        _ => {
+            return Err(owned(format!(
+                "row value union branch byte {branch} is not in change_event.v1"
+            )))
         }
-        20 | 22 | 24 | 26 => {
-            let (obj, next) = ctx.rare(start, r.data.len())?;
-            r.pos = next;
-            Val::Obj(obj)
-        }
-        _ => return Err(Fail::Corrupt),
     })
 }
 
@@ -295,7 +287,7 @@ fn opt_row<'a, 'py>(
     match r.byte()? {
         0 => Ok(false),
         2 => row(r, ctx, out).map(|_| true),
-        _ => Err(Fail::Corrupt),
+        b => Err(owned(format!("row image union branch byte {b}"))),
     }
 }
 
@@ -340,6 +332,8 @@ struct Head<'a> {
     event_id: &'a str,
     source: &'a str,
     kind: u8,
+    origin: &'a str,
+    transaction_id: Option<&'a str>,
     database: Option<&'a str>,
     schema: &'a str,
     table: &'a str,
@@ -379,36 +373,39 @@ impl Scratch<'_, '_> {
 
 type Triple<'a> = (&'a str, &'a str, &'a str);
 
-/// Parses one body (starting at `HEADER`) by the rules of `capa/avro_reader.py`. `triple`
-/// is set as soon as (source, schema, table) is read, so a later failure can be charged to
-/// its table.
+/// Parses one body (from `start` to the end of `data`). `triple` is set as soon as
+/// (source, schema, table) is read, so a later failure can be charged to its table. Bytes
+/// left after the record are an error: a reader that ignored them would accept a record
+/// written with another schema.
 fn parse<'a, 'py>(
     data: &'a [u8],
+    start: usize,
     ctx: &Ctx<'a, 'py>,
     s: &mut Scratch<'a, 'py>,
     triple: &mut Option<Triple<'a>>,
 ) -> R<Head<'a>> {
     s.clear();
-    let mut r = Reader { data, pos: HEADER };
-    if r.long()? != 1 {
-        return Err(Fail::Corrupt);
+    let mut r = Reader { data, pos: start };
+    let version = r.long()?;
+    if version != 1 {
+        return Err(owned(format!("schema_version {version}, expected 1")));
     }
     let event_id = r.text()?;
     let source = r.text()?;
-    let kind = r.enumeration(3)?;
-    r.text()?; // origin
+    let kind = r.enumeration(3, "source_kind")?;
+    let origin = r.text()?;
     let database = r.opt_text()?;
     let schema = r.text()?;
     let table = r.text()?;
     *triple = Some((source, schema, table));
-    let op = r.enumeration(5)?;
+    let op = r.enumeration(5, "op")?;
     let position = r.text()?;
     let commit_ts_us = match r.byte()? {
         0 => None,
         2 => Some(r.long()?),
-        _ => return Err(Fail::Corrupt),
+        b => return Err(owned(format!("commit_ts_us union branch byte {b}"))),
     };
-    r.opt_text()?; // transaction_id
+    let transaction_id = r.opt_text()?;
     let pk_section = texts(&mut r, &mut s.pk)?;
     let columns_section = columns(&mut r, &mut s.columns)?;
     row(&mut r, ctx, &mut s.key)?;
@@ -416,12 +413,17 @@ fn parse<'a, 'py>(
     s.has_after = opt_row(&mut r, ctx, &mut s.after)?;
     texts(&mut r, &mut s.unchanged)?;
     if r.pos != data.len() {
-        return Err(Fail::Corrupt); // bytes left after the record
+        return Err(owned(format!(
+            "{} bytes left after the record",
+            data.len() - r.pos
+        )));
     }
     Ok(Head {
         event_id,
         source,
         kind,
+        origin,
+        transaction_id,
         database,
         schema,
         table,
@@ -753,7 +755,6 @@ impl<'a, 'py> Batch<'a, 'py> {
         index: usize,
         msg: &'a Bound<'py, PyAny>,
         fingerprint: &[u8],
-        rare: &'a Bound<'py, PyAny>,
         types: &'a Types<'py>,
         scratch: &mut Scratch<'a, 'py>,
     ) -> PyResult<()> {
@@ -768,13 +769,15 @@ impl<'a, 'py> Batch<'a, 'py> {
             self.fallback.push(index);
             return Ok(());
         }
-        let ctx = Ctx { msg, rare, types };
+        let ctx = Ctx { types };
         let mut triple = None;
-        let parsed = catch_unwind(AssertUnwindSafe(|| parse(data, &ctx, scratch, &mut triple)));
+        let parsed = catch_unwind(AssertUnwindSafe(|| {
+            parse(data, HEADER, &ctx, scratch, &mut triple)
+        }));
         let head = match parsed {
             Ok(Ok(head)) => head,
             Ok(Err(Fail::Fatal(err))) => return Err(err),
-            Ok(Err(Fail::Corrupt)) | Err(_) => {
+            Ok(Err(Fail::Corrupt(_))) | Err(_) => {
                 self.fallback.push(index);
                 if let Some(triple) = triple {
                     let t = self.table(triple);
@@ -825,7 +828,6 @@ fn decode<'py>(
     py: Python<'py>,
     items: &[Bound<'py, PyAny>],
     fingerprint: &[u8],
-    rare: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
     let ops = ["r", "c", "u", "d", "t"]
         .iter()
@@ -842,13 +844,13 @@ fn decode<'py>(
     };
     let mut scratch = Scratch::default();
     for (index, msg) in items.iter().enumerate() {
-        batch.record(index, msg, fingerprint, rare, &types, &mut scratch)?;
+        batch.record(index, msg, fingerprint, &types, &mut scratch)?;
     }
     drop(scratch);
     batch.finish()
 }
 
-/// decode_batch(values, fingerprint, rare_value) -> (tables, fallback)
+/// decode_batch(values, fingerprint) -> (tables, fallback)
 ///
 /// See `capa/native.py` for the contract.
 #[pyfunction]
@@ -856,7 +858,6 @@ fn decode_batch<'py>(
     py: Python<'py>,
     values: &Bound<'py, PyAny>,
     fingerprint: &[u8],
-    rare_value: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
     if fingerprint.len() != 8 {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -868,17 +869,157 @@ fn decode_batch<'py>(
         Ok(list) => list.iter().collect(),
         Err(_) => values.try_iter()?.collect::<PyResult<_>>()?,
     };
-    match catch_unwind(AssertUnwindSafe(|| {
-        decode(py, &items, fingerprint, rare_value)
-    })) {
+    match catch_unwind(AssertUnwindSafe(|| decode(py, &items, fingerprint))) {
         Ok(result) => result,
-        // a bug: never let the panic reach Python; the whole batch takes the Python path
+        // a bug: never let the panic reach Python; the whole batch takes the event path
         Err(_) => Ok((PyList::empty(py), PyList::new(py, 0..items.len())?)),
     }
+}
+
+// --- one event ------------------------------------------------------------------------------
+
+/// The Python classes of a decoded event (imported once per process).
+struct EventClasses {
+    event: Py<PyAny>,
+    row: Py<PyAny>,
+    column: Py<PyAny>,
+    kinds: Vec<Py<PyAny>>,
+    ops: Vec<Py<PyAny>>,
+    error: Py<PyAny>,
+}
+
+static EVENT_CLASSES: PyOnceLock<EventClasses> = PyOnceLock::new();
+
+fn event_classes(py: Python<'_>) -> PyResult<&EventClasses> {
+    EVENT_CLASSES.get_or_try_init(py, || -> PyResult<EventClasses> {
+        let events = py.import("capa.events")?;
+        let kind = events.getattr("SourceKind")?;
+        let op = events.getattr("Op")?;
+        let members = |class: &Bound<'_, PyAny>, values: &[&str]| -> PyResult<Vec<Py<PyAny>>> {
+            values
+                .iter()
+                .map(|v| Ok(class.call1((*v,))?.unbind()))
+                .collect()
+        };
+        Ok(EventClasses {
+            event: events.getattr("ChangeEvent")?.unbind(),
+            row: events.getattr("FrozenRow")?.unbind(),
+            column: events.getattr("Column")?.unbind(),
+            kinds: members(&kind, &["postgres", "sqlserver", "crm"])?,
+            ops: members(&op, &["r", "c", "u", "d", "t"])?,
+            error: py.import("capa.errors")?.getattr("DecodeError")?.unbind(),
+        })
+    })
+}
+
+/// A map image as a `FrozenRow` (filled through the dict C API: a repeated name, the last
+/// value wins, as in the Python dict it replaces).
+fn frozen_row<'py>(
+    py: Python<'py>,
+    c: &EventClasses,
+    entries: &[Entry<'_, 'py>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let row = c.row.bind(py).call0()?;
+    let dict = row.cast::<PyDict>()?;
+    for entry in entries {
+        dict.set_item(PyString::new(py, entry.name), to_py(py, &entry.val))?;
+    }
+    Ok(row)
+}
+
+fn opt_str<'py>(py: Python<'py>, text: Option<&str>) -> Bound<'py, PyAny> {
+    match text {
+        Some(t) => PyString::new(py, t).into_any(),
+        None => py.None().into_bound(py),
+    }
+}
+
+fn build_event<'py>(
+    py: Python<'py>,
+    c: &EventClasses,
+    head: &Head,
+    s: &Scratch<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let strings = |items: &[&str]| PyTuple::new(py, items.iter().map(|n| PyString::new(py, n)));
+    let mut columns = Vec::with_capacity(s.columns.len());
+    for (name, source_type) in &s.columns {
+        columns.push(c.column.bind(py).call1((*name, *source_type))?);
+    }
+    let none = || py.None().into_bound(py);
+    let args: Vec<Bound<'py, PyAny>> = vec![
+        PyString::new(py, head.source).into_any(),
+        c.kinds[head.kind as usize].bind(py).clone(),
+        opt_str(py, head.database),
+        PyString::new(py, head.schema).into_any(),
+        PyString::new(py, head.table).into_any(),
+        c.ops[head.op as usize].bind(py).clone(),
+        PyString::new(py, head.position).into_any(),
+        match head.commit_ts_us {
+            Some(ts) => ts.into_pyobject(py)?.into_any(),
+            None => none(),
+        },
+        strings(&s.pk)?.into_any(),
+        frozen_row(py, c, &s.key)?,
+        if s.has_before {
+            frozen_row(py, c, &s.before)?
+        } else {
+            none()
+        },
+        if s.has_after {
+            frozen_row(py, c, &s.after)?
+        } else {
+            none()
+        },
+        PyTuple::new(py, columns)?.into_any(),
+        strings(&s.unchanged)?.into_any(),
+        opt_str(py, head.transaction_id),
+        PyString::new(py, head.origin).into_any(),
+        PyString::new(py, head.event_id).into_any(),
+    ];
+    c.event.bind(py).call1(PyTuple::new(py, args)?)
+}
+
+/// decode_event(data, start=0) -> ChangeEvent
+///
+/// The schemaless `change_event.v1` body `data[start:]` as a `capa.events.ChangeEvent`.
+/// Raises `capa.errors.DecodeError("not a canonical Avro change event: <why>")` for any
+/// malformed body (bytes left after the record included); a non-`Exception` raised while
+/// building a value (KeyboardInterrupt) propagates.
+#[pyfunction]
+#[pyo3(signature = (data, start=0))]
+fn decode_event<'py>(py: Python<'py>, data: &[u8], start: usize) -> PyResult<Bound<'py, PyAny>> {
+    let c = event_classes(py)?;
+    let types = Types::new(py)?;
+    let ctx = Ctx { types: &types };
+    let mut scratch = Scratch::default();
+    let mut triple = None;
+    let parsed = catch_unwind(AssertUnwindSafe(|| {
+        if start > data.len() {
+            return Err(END);
+        }
+        parse(data, start, &ctx, &mut scratch, &mut triple)
+    }));
+    let why = match parsed {
+        Ok(Ok(head)) => match build_event(py, c, &head, &scratch) {
+            Ok(event) => return Ok(event),
+            Err(err) => match caught(py, err) {
+                Fail::Fatal(err) => return Err(err),
+                Fail::Corrupt(why) => why,
+            },
+        },
+        Ok(Err(Fail::Fatal(err))) => return Err(err),
+        Ok(Err(Fail::Corrupt(why))) => why,
+        // a bug: a dead letter that says so, rather than a job that fails on this record
+        Err(_) => Cow::Borrowed("the native decoder panicked (a bug in capa_native)"),
+    };
+    Err(PyErr::from_value(c.error.bind(py).call1((format!(
+        "not a canonical Avro change event: {why}"
+    ),))?))
 }
 
 #[pymodule]
 fn capa_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_event, m)?)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-"""Property tests: canonical JSON and Avro codecs round-trip arbitrary events exactly, and the
-hand-written Avro writer gives the same bytes as fastavro."""
+"""Property tests: canonical JSON and Avro codecs round-trip arbitrary events exactly; the
+production Avro codec (the hand-written writer, the native reader) gives the same bytes and
+events as the reference oracles (fastavro, the pure-Python reader) under tests/oracles."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles.avro_reader import read_event
+from oracles.fastavro_codec import decode_avro_generic, encode_avro_generic
 
 from capa.codec import (
     decode_avro,
-    decode_avro_generic,
     decode_single_object,
     encode_avro,
-    encode_avro_generic,
     encode_single_object,
     event_from_json,
     event_to_json,
@@ -99,6 +100,7 @@ def test_avro_round_trip_and_same_bytes_as_fastavro(event: ChangeEvent) -> None:
     assert body == encode_avro_generic(event)
     assert decode_avro(body) == event
     assert decode_avro_generic(body) == event
+    assert read_event(body) == event
     assert decode_single_object(encode_single_object(event)) == event
 
 
@@ -142,7 +144,7 @@ def test_unencodable_values_raise_decode_error(bad: Any) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_decoding_random_bytes_raises_only_decode_error(data: bytes) -> None:
-    for decode in (decode_avro, decode_avro_generic, decode_single_object):
+    for decode in (decode_avro, decode_avro_generic, read_event, decode_single_object):
         with contextlib.suppress(DecodeError):
             decode(data)
 
@@ -170,6 +172,41 @@ def test_corrupted_bodies_decode_as_fastavro_does_or_fail_cleanly(
     assert ours == decode_avro_generic(bytes(body))
 
 
+def _outside_int64(event: ChangeEvent) -> bool:
+    values = [event.commit_ts_us]
+    for row in (event.key, event.before or {}, event.after or {}):
+        for value in row.values():
+            values.extend(value if isinstance(value, tuple) else (value,))
+    return any(type(v) is int and not -(1 << 63) <= v < 1 << 63 for v in values)
+
+
+@FAST
+@given(events(), st.data())
+def test_corrupted_bodies_decode_as_the_python_reader_does(
+    event: ChangeEvent, data: st.DataObject
+) -> None:
+    """Flip, cut or extend a valid body: the native decoder and the pure-Python reference
+    reader accept the same bodies with equal events, except a long past 64 bits (which Python
+    returns as a big int and the native decoder rejects)."""
+    body = bytearray(encode_avro(event))
+    for _ in range(data.draw(st.integers(1, 3))):
+        index = data.draw(st.integers(0, len(body) - 1))
+        body[index] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del body[data.draw(st.integers(0, len(body) - 1)) :]
+    try:
+        expected = read_event(bytes(body))
+    except DecodeError:
+        with pytest.raises(DecodeError, match=r"^not a canonical Avro change event: "):
+            decode_avro(bytes(body))
+        return
+    if _outside_int64(expected):
+        with pytest.raises(DecodeError, match="64-bit range"):
+            decode_avro(bytes(body))
+        return
+    assert decode_avro(bytes(body)) == expected
+
+
 def test_trailing_bytes_are_rejected() -> None:
     event = ChangeEvent(
         "f2", SourceKind.POSTGRES, None, "s", "t", Op.INSERT, "1", None, (), {}, None, {"x": 1}
@@ -190,7 +227,17 @@ def test_decimal_exponent_beyond_python_limits_is_a_decode_error() -> None:
     """A decimal scale no int32 can hold, hand-encoded as a long varint: Decimal() itself
     raises InvalidOperation, which must surface as DecodeError (dead letter), not escape."""
     event = ChangeEvent(
-        "f2", SourceKind.POSTGRES, None, "s", "t", Op.INSERT, "1", None, (), {}, None,
+        "f2",
+        SourceKind.POSTGRES,
+        None,
+        "s",
+        "t",
+        Op.INSERT,
+        "1",
+        None,
+        (),
+        {},
+        None,
         {"d": Decimal("1.5")},
     )
     body = encode_avro(event)

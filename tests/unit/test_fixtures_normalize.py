@@ -13,8 +13,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from oracles.fastavro_codec import encode_avro_generic
 
-from capa.codec import decode_avro, encode_avro, encode_avro_generic, event_from_json, event_to_json
+from capa.codec import decode_avro, encode_avro, event_from_json, event_to_json
 from capa.events import ChangeEvent, Json, Op, SourceKind, compute_event_id
 from capa.position import pg_position
 from connectors.base import READERS, DeadLetter, RawRecord, Skip, get_normalizer, normalize_one

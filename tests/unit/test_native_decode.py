@@ -1,12 +1,16 @@
 """The native columnar decoder (``capa_native.decode_batch``, see capa/native.py) against the
-Python reader: every record it takes decodes in Python to exactly the same fields and image
-values (same types), every record Python rejects falls back, a table is either taken whole or
-not at all, and typical plain batches are taken whole (nothing falls back)."""
+pure-Python reference reader (tests/oracles/avro_reader.py): every record it takes decodes in
+Python to exactly the same fields and image values (same types), every record Python rejects
+falls back, a table is either taken whole or not at all, and typical plain batches are taken
+whole (nothing falls back). The production single-event decoder (``decode_event``, the same
+Rust reader) is checked against the same oracle here and in test_codec_roundtrip."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -16,10 +20,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles.avro_reader import _value, read_event
 from test_codec_roundtrip import INT64, MAX_TS_US, MIN_TS_US, NAMES, TEXT, events, kinds
 
-from capa import avro_reader
-from capa.avro_reader import _value
 from capa.avro_writer import _long
 from capa.codec import decode_single_object, encode_single_object, schema_fingerprint
 from capa.errors import DecodeError
@@ -39,11 +42,18 @@ def native() -> Callable[..., Batch]:
     return _native
 
 
-def decode(values: Sequence[bytes | None], rare: Any = _value) -> Batch:
-    return native()(list(values), FP, rare)
+def decode(values: Sequence[bytes | None]) -> Batch:
+    return native()(list(values), FP)
 
 
 # --- the oracle ----------------------------------------------------------------------------
+
+
+def reference_decode(value: bytes) -> ChangeEvent:
+    """The pure-Python reference reader behind the single-object header."""
+    if len(value) < 10 or value[:2] != b"\xc3\x01" or value[2:10] != FP:
+        raise DecodeError("not single-object framed with change_event.v1's fingerprint")
+    return read_event(value[10:])
 
 
 def python_decode(value: bytes | None) -> ChangeEvent | None:
@@ -51,7 +61,7 @@ def python_decode(value: bytes | None) -> ChangeEvent | None:
     if not value:
         return None
     try:
-        return decode_single_object(value)
+        return reference_decode(value)
     except Exception:
         return None
 
@@ -378,13 +388,15 @@ def patched(e: ChangeEvent, old: bytes, new: bytes) -> bytes:
 
 def test_a_repeated_key_name_is_ineligible_though_python_decodes_it() -> None:
     dup = patched(ev(k=5, key={"id": 5, "qq": 5}, after={"id": 5}), b"\x04qq", b"\x04id")
-    assert decode_single_object(dup).key == {"id": 5}
+    assert reference_decode(dup).key == {"id": 5} == decode_single_object(dup).key
     assert_orders_fall_back(dup)
 
 
 def test_a_long_past_64_bits_falls_back_with_its_table() -> None:
     huge = patched(ev(k=5, after={"id": 5, "big": 0}), b"\x06big\x04\x00", b"\x06big\x04" + b"\xff" * 9 + b"\x7f")  # fmt: skip
-    assert decode_single_object(huge).after == {"id": 5, "big": -(1 << 69)}  # Python: a big int
+    assert reference_decode(huge).after == {"id": 5, "big": -(1 << 69)}  # Python: a big int
+    with pytest.raises(DecodeError, match="past the 64-bit range"):  # production: no such long
+        decode_single_object(huge)
     assert_orders_fall_back(huge)
 
 
@@ -413,6 +425,8 @@ def test_what_python_rejects_falls_back(name: str) -> None:
     after = {"id": 5, "f": True, "n": 3, "s": "abc"}
     value = patched(ev(k=5, after=after), old, new)
     with pytest.raises(DecodeError):
+        reference_decode(value)
+    with pytest.raises(DecodeError, match=r"^not a canonical Avro change event: "):
         decode_single_object(value)
     if known:
         assert_orders_fall_back(value)
@@ -487,7 +501,7 @@ def test_negative_zero_key_matches_zero() -> None:
 
 def test_a_repeated_name_in_an_image_keeps_the_last_value() -> None:
     value = patched(ev(k=5, after={"id": 5, "x1": 1, "qq": 2}), b"\x04qq", b"\x04x1")
-    assert decode_single_object(value).after == {"id": 5, "x1": 2}
+    assert reference_decode(value).after == {"id": 5, "x1": 2} == decode_single_object(value).after
     (table,), fallback = split([value])
     assert fallback == [] and table[12] == {"id": [5], "x1": [2]}
 
@@ -521,55 +535,35 @@ def test_every_value_kind_keeps_its_python_type() -> None:
         assert same_typed(table[12][name][0], value), name
 
 
-def test_rare_value_errors_fall_back_with_their_table() -> None:
-    calls: list[tuple[bytes, int]] = []
-
-    def failing(data: bytes, pos: int) -> tuple[Any, int]:
-        calls.append((data, pos))
-        raise ValueError("no")
-
-    rare = ev(k=5, after={"id": 5, "t": time(1, 2, 3)}, table="items")
-    values = [encode_single_object(e) for e in (ev(k=1), rare)]
-    tables, fallback = decode(values, failing)
-    assert [t[4] for t in tables] == ["orders"] and fallback == [1]
-    [(data, pos)] = calls
-    assert data is values[1] and data[pos] == 20  # the original object, at the branch byte
-
-
 @pytest.mark.parametrize(
-    "rare",
+    ("raw", "why"),
     [
-        lambda data, pos: None,
-        lambda data, pos: (1,),
-        lambda data, pos: (Decimal(1), pos),  # no progress
-        lambda data, pos: (Decimal(1), len(data) + 1),
-        lambda data, pos: (Decimal(1), "x"),
+        (b"\x14" + _long(86_400_000_000), "ValueError: hour must be in 0..23"),
+        (b"\x14" + _long(-1), "ValueError: hour must be in 0..23"),
+        (b"\x16" + _long(3) + b"xyz", "ValueError: badly formed hexadecimal UUID string"),
+        (b"\x1a\x02\x1e\x00", "row value union branch byte 30 is not in change_event.v1"),
     ],
+    ids=["time 24:00", "time -1 us", "uuid xyz", "array of branch 30"],
 )
-def test_a_broken_rare_value_falls_back(rare: Any) -> None:
-    values = [encode_single_object(ev(k=5, after={"id": 5, "t": time(1, 2, 3)}))]
-    assert decode(values, rare) == ([], [0])
-
-
-def test_keyboard_interrupt_in_rare_value_propagates() -> None:
-    def interrupt(data: bytes, pos: int) -> tuple[Any, int]:
-        raise KeyboardInterrupt
-
-    values = [encode_single_object(ev(k=5, after={"id": 5, "t": time(1, 2, 3)}))]
-    with pytest.raises(KeyboardInterrupt):
-        decode(values, interrupt)
+def test_rare_values_python_rejects_fall_back_with_their_table(raw: bytes, why: str) -> None:
+    value = with_raw(ev(k=5, after={"id": 5, "v": _slot(0)}, table="items"), {_slot(0): raw})
+    assert python_decode(value) is None
+    with pytest.raises(DecodeError, match=f"^not a canonical Avro change event: {why}$"):
+        decode_single_object(value)
+    tables, fallback = decode([encode_single_object(ev(k=1)), value])
+    assert [t[4] for t in tables] == ["orders"] and fallback == [1]
 
 
 def test_any_iterable_and_non_bytes_items() -> None:
     value = encode_single_object(ev(k=1))
-    tables, fallback = native()(iter([value, bytearray(value), 3, "x"]), FP, _value)
+    tables, fallback = native()(iter([value, bytearray(value), 3, "x"]), FP)
     assert [t[7] for t in tables] == [[0]] and fallback == [1, 2, 3]
-    assert native()((), FP, _value) == ([], [])
+    assert native()((), FP) == ([], [])
 
 
 def test_a_wrong_fingerprint_argument_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="8 bytes"):
-        native()([], b"\x00", _value)
+        native()([], b"\x00")
 
 
 def test_the_bench_shape_is_taken() -> None:
@@ -632,7 +626,7 @@ def _signed(n: int, pad: int = 0) -> bytes:
 
 
 UNSCALED = st.one_of(
-    st.binary(max_size=18),  # empty, redundant sign bytes, and past 16 bytes (rare_value's)
+    st.binary(max_size=18),  # empty, redundant sign bytes, and past 16 bytes (a Python int)
     st.builds(_signed, st.integers(*_I128), st.integers(0, 2)),
     st.builds(
         _signed,
@@ -647,7 +641,8 @@ def _typed_raw(kind: str, payload: Any) -> bytes:
     if kind == "decimal":
         unscaled, scale = payload
         return b"\x0c" + _long(len(unscaled)) + unscaled + _long(scale)
-    return {"timestamp": b"\x0e", "timestamptz": b"\x10", "date": b"\x12"}[kind] + _long(payload)
+    branch = {"timestamp": b"\x0e", "timestamptz": b"\x10", "date": b"\x12", "time": b"\x14"}
+    return branch[kind] + _long(payload)
 
 
 TYPED_RAW = st.one_of(
@@ -655,6 +650,8 @@ TYPED_RAW = st.one_of(
     MICROS.map(lambda n: _typed_raw("timestamp", n)),
     MICROS.map(lambda n: _typed_raw("timestamptz", n)),
     DAYS.map(lambda n: _typed_raw("date", n)),
+    MICROS.map(lambda n: _typed_raw("time", n)),
+    st.integers(-2, 86_400_000_001).map(lambda n: _typed_raw("time", n)),
 )
 
 
@@ -706,27 +703,22 @@ def test_typed_values_match_the_python_reader(values: list[bytes]) -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(TYPED_RAW)
 def test_a_typed_value_is_built_natively_exactly_as_python_does(raw: bytes) -> None:
-    """One value, compared directly with ``avro_reader._value`` (its result or its error)."""
-    calls: list[int] = []
-
-    def recording(data: bytes, pos: int) -> tuple[Any, int]:
-        calls.append(data[pos])
-        return _value(data, pos)
-
+    """One value, compared directly with the reference ``_value`` (its result or its error),
+    in a batch and through ``decode_event``."""
     e = ev(k=5, after={"id": 5, "v": _slot(0)})
     start = encode_single_object(e).index(b"\x08" + _long(len(_slot(0))) + _slot(0).encode())
     value = with_raw(e, {_slot(0): raw})
-    tables, fallback = decode([value], recording)
+    tables, fallback = decode([value])
     try:
         expected, end = _value(value, start)
     except Exception:  # OverflowError, decimal.InvalidOperation...: the record falls back
         assert (tables, fallback) == ([], [0])
+        with pytest.raises(DecodeError):
+            decode_single_object(value)
         return
     assert end == start + len(raw) and fallback == []
-    got = tables[0][12]["v"][0]
-    assert same_typed(got, expected) and repr(got) == repr(expected), (raw, got, expected)
-    big_decimal = raw[0] == 12 and avro_reader._long(raw, 1)[0] > 16
-    assert calls == ([12] if big_decimal else [])  # only a decimal past i128 calls back
+    for got in (tables[0][12]["v"][0], decode_single_object(value).after["v"]):  # type: ignore[index]
+        assert same_typed(got, expected) and repr(got) == repr(expected), (raw, got, expected)
 
 
 DECIMALS = [
@@ -755,7 +747,7 @@ def test_typed_values_from_the_writer(value: Any) -> None:
     """What the writer gives (a negative zero comes back as zero, like in Python)."""
     e = ev(k=5, after={"id": 5, "v": value})
     (table,), fallback = split([e])
-    expected = decode_single_object(encode_single_object(e)).after
+    expected = reference_decode(encode_single_object(e)).after
     assert fallback == [] and expected is not None
     got = table[12]["v"][0]
     assert same_typed(got, expected["v"]) and repr(got) == repr(expected["v"])
@@ -786,28 +778,39 @@ def test_typed_values_python_rejects_fall_back_with_their_table(raw: bytes, why:
 
 
 @pytest.mark.parametrize(
-    ("unscaled", "calls_back"),
+    "unscaled",
     [
-        (_signed(_I128[1]), False),  # 16 bytes: the longest built natively
-        (_I128[0].to_bytes(16, "big", signed=True), False),
-        (_signed(_I128[0]), True),  # the writer's size: 17 bytes
-        (b"\xff" * 16, False),
-        (b"\x00" * 16, False),
-        (_signed(_I128[1], pad=1), True),  # 17 bytes (a redundant sign byte): rare_value's
-        (_signed(_I128[1] + 1), True),
-        (_signed(-(10**50)), True),
+        _signed(_I128[1]),  # 16 bytes: the longest built without a Python int
+        _I128[0].to_bytes(16, "big", signed=True),
+        _signed(_I128[0]),  # the writer's size: 17 bytes
+        b"\xff" * 16,
+        b"\x00" * 16,
+        _signed(_I128[1], pad=1),  # 17 bytes (a redundant sign byte)
+        _signed(_I128[1] + 1),
+        _signed(-(10**50)),
     ],
 )
-def test_decimals_past_16_bytes_are_built_by_rare_value(unscaled: bytes, calls_back: bool) -> None:
+def test_decimals_past_16_bytes_are_built_natively(unscaled: bytes) -> None:
     raw = _typed_raw("decimal", (unscaled, 3))
     value = with_raw(ev(k=5, after={"id": 5, "v": _slot(0)}), {_slot(0): raw})
-    calls: list[int] = []
-
-    def recording(data: bytes, pos: int) -> tuple[Any, int]:
-        calls.append(data[pos])
-        return _value(data, pos)
-
-    (table,), fallback = decode([value], recording)
+    (table,), fallback = decode([value])
     expected = Decimal(f"{int.from_bytes(unscaled, 'big', signed=True)}E-3")
     assert fallback == [] and same_typed(table[12]["v"][0], expected)
-    assert calls == ([12] if calls_back else [])
+    assert same_typed(decode_single_object(value).after["v"], expected)  # type: ignore[index]
+
+
+def test_without_the_extension_capa_encodes_and_decoding_says_how_to_build_it() -> None:
+    """The extension is required to decode (no Python fallback); environments that never decode
+    (Spark, Airflow) import capa.codec and encode without it."""
+    code = (
+        "import sys; sys.modules['capa_native'] = None\n"  # as if not installed
+        "from capa.codec import decode_avro, encode_avro\n"
+        "from capa.events import ChangeEvent, Op, SourceKind\n"
+        "e = ChangeEvent('f2', SourceKind.POSTGRES, None, 's', 't', Op.INSERT, '1', None, (), {}, None, {'x': 1})\n"
+        "body = encode_avro(e)\n"
+        "decode_avro(body)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "ImportError: capa_native (native/, Rust) is not installed" in done.stderr
+    assert "scripts/setup.sh beam" in done.stderr

@@ -1,7 +1,11 @@
-"""A specialised Avro binary reader for ``change_event.v1`` (the hot path of decoding).
+"""Reference oracle: a pure-Python Avro binary reader for ``change_event.v1``.
+
+capa's production decoder is native (``capa_native.decode_event`` / ``decode_batch``, see
+capa/native.py); this reader was production until 2026-12-07 and is now the independent
+implementation the tests compare the native one with, value for value and error for error.
 
 The mirror of :mod:`capa.avro_writer`. fastavro's generic reader builds a dict per record and
-per union branch, which :func:`capa.codec.event_from_avro_record` then converts again; here one
+per union branch, which ``oracles.fastavro_codec.event_from_avro_record`` then converts again; here one
 pass over the bytes builds the :class:`~capa.events.ChangeEvent` directly. Measured on the
 streaming benchmark's events: about 4x faster than fastavro + conversion (docs/benchmarks.md).
 The property tests check it against the fastavro path on generated events and on corrupt bytes.
