@@ -136,7 +136,11 @@ class ChaosReport:
 def chaos_settings(state_dir: Path) -> CapaSettings:
     """Throwaway settings: free ports, everything (lakehouse too) under ``state_dir``."""
     base = throwaway_settings(state_dir)
-    debezium = base.debezium.model_copy(update={"heartbeat_interval_ms": 1000})
+    # Debezium's snapshot: the run waits for the apply job's first batch (the tables are
+    # empty, so the fast initial sync would leave it nothing to apply before the faults)
+    debezium = base.debezium.model_copy(
+        update={"heartbeat_interval_ms": 1000, "initial_load": "debezium"}
+    )
     warehouse = LocalWarehouseConfig(path=(state_dir / "lakehouse").resolve())
     return base.model_copy(update={"debezium": debezium, "warehouse": warehouse})
 
