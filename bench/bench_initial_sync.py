@@ -51,9 +51,10 @@ SOURCE = "bench"
 _SYNC = """
 import json, logging, resource, sys, time
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-from capa.config import CapaSettings
+logging.getLogger("connectors.pgsync").setLevel(logging.DEBUG)
+from capa.config import load_settings
 from connectors.pgsync.sync import run_initial_sync
-settings = CapaSettings.model_validate_json(sys.argv[1])
+settings = load_settings()  # from the CAPA__* environment
 started = time.monotonic()
 assert run_initial_sync(settings, offsets_exist=False)
 print(json.dumps({"seconds": time.monotonic() - started,
@@ -127,12 +128,20 @@ def for_database(settings: CapaSettings, database: str, name: str, **debezium: A
     return settings.model_copy(update={"postgres": pg, "debezium": dbz, "warehouse": lake})
 
 
+def settings_environment(settings: CapaSettings) -> dict[str, str]:
+    """The environment of a capa process configured by ``settings`` (no stray CAPA_ vars)."""
+    from capa_app.stack.debezium import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPA_")}
+    return env | settings_env(settings) | {"PYTHONPATH": str(ROOT)}
+
+
 def run_fast(settings: CapaSettings, log: Path) -> dict[str, Any]:
     with log.open("ab") as out:
         proc = subprocess.run(
-            [sys.executable, "-c", _SYNC, settings.model_dump_json()],
+            [sys.executable, "-c", _SYNC],
             cwd=ROOT,
-            env=os.environ | {"PYTHONPATH": str(ROOT)},
+            env=settings_environment(settings),
             stdout=subprocess.PIPE,
             stderr=out,
             check=True,
@@ -152,10 +161,9 @@ def verified(settings: CapaSettings) -> tuple[bool, float]:
 def run_debezium(settings: CapaSettings, rows: int, timeout_s: float, logs: Path) -> float:
     """Bridge (Debezium's snapshot) + streaming apply job until the replica is equal."""
     from capa.warehouse import open_warehouse
-    from capa_app.stack.debezium import settings_env
 
     lake: Path = settings.warehouse.path  # type: ignore[union-attr]
-    env = os.environ | settings_env(settings) | {"PYTHONPATH": str(ROOT)}
+    env = settings_environment(settings)
     kafka = settings.kafka
     apply_argv = [
         *(sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap),

@@ -341,6 +341,7 @@ class InitialSync:
         resumed: bool,
     ) -> int:
         table, part = task.table, task.part
+        started = time.monotonic()
         cursor.execute(reader.range_query(table.schema, table.table, specs, part.page_range()))
         data = cursor.fetch_arrow_table()
         position = snapshot.position
@@ -348,17 +349,28 @@ class InitialSync:
             return self._copy_keyless(table, data, specs, position, resumed)
         typed, types = reader.typed_columns(data, specs)
         del data
-        with self._locks[table.raw]:
-            return self.warehouse.load_snapshot(
-                table.raw,
-                typed,
-                types,
-                table.primary_key,
-                position=position,
-                commit_ts=datetime.now(UTC),
-                load_id=f"{table.raw}:{position}:{part.index}",
-                merge=resumed,
-            )
+        read = time.monotonic()
+        rows = self.warehouse.load_snapshot(
+            table.raw,
+            typed,
+            types,
+            table.primary_key,
+            position=position,
+            commit_ts=datetime.now(UTC),
+            load_id=f"{table.raw}:{position}:{part.index}",
+            merge=resumed,
+            schema_lock=self._locks[table.raw],
+        )
+        logger.debug(
+            "range %d of %s.%s: %d rows read in %.2f s, written in %.2f s",
+            part.index,
+            table.schema,
+            table.table,
+            rows,
+            read - started,
+            time.monotonic() - read,
+        )
+        return rows
 
     def _copy_keyless(
         self,

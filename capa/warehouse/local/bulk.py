@@ -17,8 +17,11 @@ row moved by an update may already be in the replica from an earlier range.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,6 +46,7 @@ from capa.warehouse.local.sources import (
 from capa.warehouse.types import ColumnType
 
 APP_PREFIX = "capa-bulk:"
+_BACKGROUND = ThreadPoolExecutor(max_workers=4, thread_name_prefix="capa-bulk-changelog")
 _KEY_SEPARATOR = "\x1f"
 
 
@@ -95,19 +99,33 @@ def load_snapshot_rows(
     commit_ts: datetime,
     load_id: str,
     replica_properties: Mapping[str, str],
+    schema_lock: AbstractContextManager[Any] | None = None,
     merge: bool = False,
 ) -> int:
-    """Write one range (see the module docstring); returns the rows it holds."""
+    """Write one range (see the module docstring); returns the rows it holds.
+
+    ``schema_lock`` is held while the tables are created or evolved (writers of other ranges
+    of the same table share it); the appends themselves run without it.
+    """
+    schema_lock = schema_lock or nullcontext()
+    with schema_lock:  # creating or evolving a table: one writer at a time
+        log = delta_io.ensure_table(changelog_path, CHANGELOG_META, types)
+        replica = delta_io.ensure_table(replica_path, REPLICA_META, types, replica_properties)
     meta = snapshot_meta(data, primary_key, position, commit_ts)
-    log = delta_io.ensure_table(changelog_path, CHANGELOG_META, types)
     log_meta = {**meta, META_UNCHANGED: pa.nulls(data.num_rows, CHANGELOG_META[META_UNCHANGED])}
-    _append_once(log, conform(data, log_meta, log), load_id)
-    replica = delta_io.ensure_table(replica_path, REPLICA_META, types, replica_properties)
-    source = conform(data, meta, replica)
-    if merge:
-        _merge_once(replica, source, primary_key, load_id)
-    else:
-        _append_once(replica, source, load_id)
+    # both appends at once (delta-rs writes outside the GIL); concurrent appends of other
+    # ranges to the same tables commit too (blind appends do not conflict)
+    appending = _BACKGROUND.submit(_append_once, log, conform(data, log_meta, log), load_id)
+    try:
+        source = conform(data, meta, replica)
+        if merge:  # merges of one table rewrite the same files: one at a time
+            with schema_lock:
+                _merge_once(DeltaTable(replica.table_uri), source, primary_key, load_id)
+        else:
+            _append_once(replica, source, load_id)
+    finally:
+        wait([appending])
+    appending.result()
     return data.num_rows
 
 

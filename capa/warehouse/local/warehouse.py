@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -351,9 +351,11 @@ class LocalWarehouse:
         commit_ts: datetime,
         load_id: str,
         merge: bool = False,
+        schema_lock: AbstractContextManager[Any] | None = None,
     ) -> int:
         """Append one range of snapshot reads to ``raw.<name>`` and its changelog, once per
-        ``load_id`` (see :mod:`capa.warehouse.local.bulk`); returns the rows it holds."""
+        ``load_id`` (see :mod:`capa.warehouse.local.bulk`); returns the rows it holds.
+        ``schema_lock``: held by concurrent loaders of one table while its schema changes."""
         with _write_errors(name, self.root):
             return bulk.load_snapshot_rows(
                 self.table_path(RAW_NAMESPACE, name),
@@ -365,6 +367,7 @@ class LocalWarehouse:
                 commit_ts=commit_ts,
                 load_id=load_id,
                 replica_properties=self.replica_properties,
+                schema_lock=schema_lock,
                 merge=merge,
             )
 
