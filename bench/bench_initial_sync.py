@@ -168,7 +168,7 @@ def run_debezium(settings: CapaSettings, rows: int, timeout_s: float, logs: Path
     apply_argv = [
         *(sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap),
         *("--topic", kafka.topic, "--dlq_topic", kafka.dlq_topic, "--warehouse", f"local:{lake}"),
-        *("--consumer_group", "bench-dbz", "--merge_on_read"),
+        *("--consumer_group", "bench-dbz"),
     ]
     started = time.monotonic()
     with (logs / "bridge.log").open("ab") as b, (logs / "apply.log").open("ab") as a:

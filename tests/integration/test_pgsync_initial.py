@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import start_bridge
+from service_support import slot_inactive, start_bridge
 
 from capa.config import CapaSettings, LocalWarehouseConfig
 from capa.events import Op
@@ -80,7 +80,7 @@ def fast(
             proc.wait(30)
     sys.stderr.write(f"\n--- bridge log tail ---\n{tail(tmp_path / 'bridge.log', 40)}\n")
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        wait_for(lambda: _slot_free(conn, debezium.slot_name), timeout=30)
+        wait_for(lambda: slot_inactive(conn, debezium.slot_name), timeout=30)
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
             "WHERE slot_name = %s AND NOT active",
@@ -88,13 +88,6 @@ def fast(
         )
         conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def _slot_free(conn: psycopg.Connection[Any], slot: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
-    ).fetchone()
-    return row is not None and row[0] == 0
 
 
 def create_tables(dsn: str, schema: str, accounts: int) -> None:
