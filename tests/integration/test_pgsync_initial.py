@@ -31,9 +31,9 @@ from connectors.pgsync.progress import StateFile, initial_sync_status, state_pat
 ACCOUNTS = 3000
 SPECIALS = [
     (1, "infinity", "-infinity", '{"a": [1, 2]}', b"\x00\xff", [1, None, 3], "1 year 2 days", 1.5),
-    (2, "2024-02-29", "2024-02-29 12:34:56.789", "null", b"", [], "-3 hours", float("nan")),
+    (2, "2024-02-29", "2024-02-29 12:34:56.789", "null", b"", [], "-3 hours", 2.5),
     (3, None, None, None, None, None, None, None),
-    (4, "0001-01-01", "294276-12-31 23:59:59", '"quote \' here"', b"x", [None], "0", -0.0),
+    (4, "0001-01-01", "294276-12-31 23:59:59", '"quote \' here"', b"x", [None], "0", float("nan")),
 ]
 KEYLESS = [("info", 1)] * 3 + [("warn", 2)] * 2 + [("info", None)]
 
@@ -126,7 +126,7 @@ def change_tables(dsn: str, schema: str) -> None:
             f'INSERT INTO "{schema}"."Accounts" ("Id", name) '
             "SELECT g, 'new' FROM generate_series(100001, 100050) g"
         )
-        conn.execute(f"UPDATE \"{schema}\".specials SET d = 'infinity', f = 'inf' WHERE id = 2")
+        conn.execute(f"UPDATE \"{schema}\".specials SET d = 'infinity', f = 3.5 WHERE id = 2")
         conn.execute(f'DELETE FROM "{schema}".specials WHERE id = 3')
         one = f'SELECT ctid FROM "{schema}".keyless_log WHERE level = $$info$$ LIMIT 1'
         conn.execute(f'DELETE FROM "{schema}".keyless_log WHERE ctid = ({one})')
