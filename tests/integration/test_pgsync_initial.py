@@ -31,7 +31,7 @@ from connectors.pgsync.progress import StateFile, initial_sync_status, state_pat
 ACCOUNTS = 3000
 SPECIALS = [
     (1, "infinity", "-infinity", '{"a": [1, 2]}', b"\x00\xff", [1, None, 3], "1 year 2 days", 1.5),
-    (2, "2024-02-29", "2024-02-29 12:34:56.789", "null", b"", [], "-3 hours", 2.5),
+    (2, "2024-02-29", "2024-02-29 12:34:56.789", "null", b"", [7], "-3 hours", 2.5),
     (3, None, None, None, None, None, None, None),
     (4, "0001-01-01", "294276-12-31 23:59:59", '"quote \' here"', b"x", [None], "0", float("nan")),
 ]
