@@ -126,7 +126,7 @@ def change_tables(dsn: str, schema: str) -> None:
             f'INSERT INTO "{schema}"."Accounts" ("Id", name) '
             "SELECT g, 'new' FROM generate_series(100001, 100050) g"
         )
-        conn.execute(f"UPDATE \"{schema}\".specials SET d = 'infinity', f = 3.5 WHERE id = 2")
+        conn.execute(f"UPDATE \"{schema}\".specials SET d = '2025-01-01', f = 3.5 WHERE id = 2")
         conn.execute(f'DELETE FROM "{schema}".specials WHERE id = 3')
         one = f'SELECT ctid FROM "{schema}".keyless_log WHERE level = $$info$$ LIMIT 1'
         conn.execute(f'DELETE FROM "{schema}".keyless_log WHERE ctid = ({one})')
