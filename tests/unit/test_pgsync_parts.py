@@ -6,12 +6,11 @@ changed by streamed events through the ordinary apply path."""
 from __future__ import annotations
 
 import json
-from itertools import pairwise
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -202,9 +201,8 @@ def test_raised_watermark_turns_earlier_changes_into_no_ops(tmp_path: Path) -> N
     assert lake.row_count("raw.f2_public_k") == 1
 
 
-@pytest.mark.parametrize("name", ["f2_public_k"])
-def test_discarding_snapshot_reads_leaves_streamed_rows(tmp_path: Path, name: str) -> None:
-    lake = LocalWarehouse(tmp_path)
+def test_discarding_snapshot_reads_leaves_streamed_rows(tmp_path: Path) -> None:
+    lake, name = LocalWarehouse(tmp_path), "f2_public_k"
     rows = pa.table({"id": pa.array([1, 2], pa.int64())})
     lake.load_snapshot(
         name, rows, {"id": ColumnType("int")}, ["id"],
