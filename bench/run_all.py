@@ -120,6 +120,18 @@ BENCHMARKS: dict[str, Benchmark] = {
             Target("backlog_catch_up", "value", "<=", 90.0, {"rows": 1_000_000}),
         ),
     ),
+    "initial_sync": Benchmark(
+        "Initial sync of PostgreSQL: fast path vs bare COPY vs Debezium's snapshot",
+        "bench.bench_initial_sync",
+        BEAM_PY,
+        ("--scale", "100", "--debezium_scale", "5"),
+        ("--scale", "5", "--debezium_scale", "1"),
+        (
+            Target("fast_sync_wall", "ratio", "<=", 2.0, {"scale": 100}),
+            Target("fast_sync_rows_per_s", "ratio", ">=", 10.0, {"scale": 100}),
+            Target("fast_sync_peak_rss", "value", "<=", 1024.0),
+        ),
+    ),
     "spark": Benchmark(
         "Spark models: incremental build vs full rebuild",
         "bench.bench_spark_incremental",

@@ -212,6 +212,25 @@ class DebeziumConfig(_Section):
     table_include_list: str | None = Field(
         None, description="Debezium table.include.list regex list (unset: every table)."
     )
+    initial_load: Literal["fast", "debezium"] = Field(
+        "fast",
+        description="How a new PostgreSQL source is first copied. 'fast': parallel CTID-range "
+        "readers inside the replication slot's exported snapshot, bulk-written to the local "
+        "warehouse, then Debezium streams from the slot with snapshot.mode=no_data. "
+        "'debezium': Debezium's own snapshot (snapshot_mode). Other warehouses use Debezium.",
+    )
+    initial_load_workers: int = Field(
+        0, ge=0, description="Parallel readers of the fast initial sync (0: the core count)."
+    )
+    initial_load_range_pages: int = Field(
+        8192,
+        ge=1,
+        description="Largest CTID range of the fast initial sync, in 8 kB heap pages; bounds "
+        "each reader's memory (a range is held as Arrow while written).",
+    )
+    initial_load_log_interval_s: float = Field(
+        5.0, gt=0, description="How often the fast initial sync logs per-table progress."
+    )
     offset_flush_interval_ms: int = Field(
         1_000, description="How often committed source offsets are written to the offset file."
     )

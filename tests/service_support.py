@@ -30,8 +30,17 @@ def bridge_environment(settings: Any) -> dict[str, str]:
     return env
 
 
-def start_bridge(settings: Any, log: Path) -> subprocess.Popen[bytes]:
-    """``python -m connectors.debezium.bridge`` for ``settings``, output appended to ``log``."""
+def start_bridge(
+    settings: Any, log: Path, *, initial_load: str | None = "debezium"
+) -> subprocess.Popen[bytes]:
+    """``python -m connectors.debezium.bridge`` for ``settings``, output appended to ``log``.
+
+    ``initial_load`` overrides ``debezium.initial_load``: these tests read Debezium's own
+    snapshot from Kafka unless they ask for the fast sync ("fast") or keep ``settings`` (None).
+    """
+    if initial_load is not None:
+        debezium = settings.debezium.model_copy(update={"initial_load": initial_load})
+        settings = settings.model_copy(update={"debezium": debezium})
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "connectors.debezium.bridge"],

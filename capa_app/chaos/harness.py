@@ -150,7 +150,11 @@ def chaos_settings(state_dir: Path, *, poison: bool = False) -> CapaSettings:
     With ``poison`` the record-size limit is the smallest allowed (1 MiB), so an oversize
     row costs little more than that."""
     base = throwaway_settings(state_dir)
-    debezium = base.debezium.model_copy(update={"heartbeat_interval_ms": 1000})
+    # Debezium's snapshot: the run waits for the apply job's first batch (the tables are
+    # empty, so the fast initial sync would leave it nothing to apply before the faults)
+    debezium = base.debezium.model_copy(
+        update={"heartbeat_interval_ms": 1000, "initial_load": "debezium"}
+    )
     warehouse = LocalWarehouseConfig(path=(state_dir / "lakehouse").resolve())
     update: dict[str, Any] = {"debezium": debezium, "warehouse": warehouse}
     if poison:

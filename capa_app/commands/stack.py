@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from capa import console
-from capa.config import load_settings
+from capa.config import CapaSettings, load_settings
 from capa_app.stack import COMPONENTS, Stack, parse_components
 from capa_app.stack.base import NOT_AVAILABLE
 
@@ -34,13 +34,28 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             console.info(f"  {result.component}: {result.health} in {result.seconds:.1f}s")
     console.table(["component", "pid", "port", "health"], _rows(stack.status(names)))
+    _initial_sync_lines(stack.settings)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = _stack().status(parse_components(args.only))
+    stack = _stack()
+    rows = stack.status(parse_components(args.only))
     console.table(["component", "pid", "port", "health"], _rows(rows))
+    _initial_sync_lines(stack.settings)
     return 0
+
+
+def _initial_sync_lines(settings: CapaSettings) -> None:
+    """The fast initial sync's progress (per table rows done/total, rate, ETA), if one ran."""
+    from connectors.pgsync.progress import initial_sync_status, sync_lines
+
+    sync = initial_sync_status(settings)
+    if sync is None:
+        return
+    console.info(f"initial sync: {sync['status']} ({sync.get('seconds', 0)} s)")
+    for line in sync_lines(sync):
+        console.info(f"  {line}")
 
 
 def cmd_down(args: argparse.Namespace) -> int:

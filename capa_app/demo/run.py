@@ -29,6 +29,7 @@ from capa.config import CapaSettings
 from capa.errors import CapaError, EnvironmentProblem, ServiceFailed
 from capa_app.stack import Stack
 from capa_app.stack.base import tail
+from connectors.pgsync.progress import initial_sync_status, sync_lines
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,11 +144,22 @@ class Demo:
         live workload's latency is measured against a running job, not its start-up."""
         record = self.stack.service("apply").running()
         deadline = time.monotonic() + timeout
+        reported = 0.0
         while record is not None and time.monotonic() < deadline:
             status = self._apply_status() or {}
             if status.get("pid") == record.pid and status.get("batches", 0) > 0:
                 console.info(f"    apply job streaming: {self._apply_line()}")
                 return
+            sync = initial_sync_status(self.settings)
+            if sync is not None and time.monotonic() - reported >= 5.0:
+                reported = time.monotonic()
+                for line in sync_lines(sync):
+                    console.info(f"    initial sync {line}")
+            if sync is not None and sync["status"] == "done":
+                console.info("    initial sync done; apply job waiting for streamed changes")
+                return
+            if sync is not None and sync["status"] != "done":
+                deadline = time.monotonic() + timeout  # a large copy: wait while it runs
             time.sleep(0.5)
         console.info("    apply job has not applied a batch yet; continuing")
 

@@ -26,6 +26,7 @@ from capa.config import CapaSettings
 from capa.events import raw_table_name
 from capa.metrics import UNKNOWN_TABLE
 from capa_app.observe.exporter import consumption_dir, last_builds, read_slots
+from connectors.pgsync.progress import initial_sync_status
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class StatusBuilder:
             "slots": slots,
             "models": self._models(now),
             "components": self._components(s),
+            "initial_sync": initial_sync_status(self.settings),
             "problems": problems,
         }
 

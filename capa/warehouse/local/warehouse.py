@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -52,13 +52,14 @@ from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
     META_DELETED,
     META_EVENT_ID,
+    META_OP,
     META_POSITION,
     RAW_NAMESPACE,
     ApplyReport,
     TableReport,
     WarehouseCapabilities,
 )
-from capa.warehouse.local import delta_io, pending
+from capa.warehouse.local import bulk, delta_io, pending
 from capa.warehouse.local.changelog import unseen_rows
 from capa.warehouse.local.delta_io import ident, sql_string
 from capa.warehouse.local.plan import (
@@ -278,6 +279,54 @@ class LocalWarehouse:
     def _ensure_replica(self, path: Path, types: Mapping[str, ColumnType | None]) -> DeltaTable:
         """The replica at ``path``, created or evolved (with its change data feed when on)."""
         return delta_io.ensure_table(path, REPLICA_META, types, self.replica_properties)
+
+    # --- bulk loads (the fast initial sync) -------------------------------------------
+
+    def load_snapshot(
+        self,
+        name: str,
+        data: pa.Table,
+        types: Mapping[str, ColumnType | None],
+        primary_key: Sequence[str],
+        *,
+        position: str,
+        commit_ts: datetime,
+        load_id: str,
+        merge: bool = False,
+        schema_lock: AbstractContextManager[Any] | None = None,
+    ) -> int:
+        """Append one range of snapshot reads to ``raw.<name>`` and its changelog, once per
+        ``load_id`` (see :mod:`capa.warehouse.local.bulk`); returns the rows it holds.
+        ``schema_lock``: held by concurrent loaders of one table while its schema changes."""
+        with _write_errors(name, self.root):
+            return bulk.load_snapshot_rows(
+                self.table_path(RAW_NAMESPACE, name),
+                self.table_path(RAW_NAMESPACE, name + CHANGELOG_SUFFIX),
+                data,
+                types=types,
+                primary_key=primary_key,
+                position=position,
+                commit_ts=commit_ts,
+                load_id=load_id,
+                replica_properties=self.replica_properties,
+                schema_lock=schema_lock,
+                merge=merge,
+            )
+
+    def discard_snapshot_reads(self, name: str) -> None:
+        """Delete the snapshot reads (op ``r``) of ``raw.<name>`` and its changelog (a
+        keyless table copied again by a resumed initial sync)."""
+        for table in (name, name + CHANGELOG_SUFFIX):
+            delta = delta_io.open_table(self.table_path(RAW_NAMESPACE, table))
+            if delta is not None:
+                delta.delete(f"{ident(META_OP)} = 'r'")
+
+    def raise_watermark(self, name: str, position: str) -> None:
+        """Set ``raw.<name>``'s watermark to ``position`` if higher: changes at or below it
+        are no-ops (the table was copied at that position)."""
+        delta = delta_io.open_table(self.table_path(RAW_NAMESPACE, name))
+        if delta is not None and position > (delta_io.read_watermark(delta) or ""):
+            delta_io.write_watermark(delta, position)
 
     # --- reading ---------------------------------------------------------------------
 
