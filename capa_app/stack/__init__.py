@@ -133,6 +133,43 @@ PROFILES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
+class Container:
+    """How docker-compose.yml runs a component of the onprem profile (same name as service).
+
+    ``image``: image and tag; ``capa:local`` is deploy/onprem/capa/Dockerfile, which holds the
+    same pinned environments (.venvs/spark, .venvs/airflow) as this machine. ``program``: the
+    leading tokens of the service's command, the same the process profile runs (() = the
+    image's own entrypoint). tests/unit/test_onprem_compose.py checks compose against this.
+    """
+
+    image: str
+    program: tuple[str, ...] = ()
+
+
+CAPA_IMAGE = "capa:local"
+
+
+def containers() -> dict[str, Container]:
+    """The compose service of every onprem component (and of those the lead enables)."""
+    from capa.config import KafkaConfig, PostgresConfig
+    from capa_app.stack import airflow, spark
+
+    postgres_major = PostgresConfig().bin_dir.parent.name  # /usr/lib/postgresql/<major>/bin
+    return {
+        "kafka": Container(f"apache/kafka:{KafkaConfig().version}"),
+        "postgres": Container(f"postgres:{postgres_major}", ("postgres",)),
+        # --- the `connect` branch's components (compose runs them already) ---------------
+        "connect": Container("quay.io/debezium/connect"),
+        "normalizer": Container(CAPA_IMAGE),
+        "spark-master": Container(CAPA_IMAGE, spark.SparkMaster.program()),
+        "spark-worker": Container(CAPA_IMAGE, spark.SparkWorker.program()),
+        "airflow-api-server": Container(CAPA_IMAGE, airflow.AirflowApiServer.program()),
+        "airflow-scheduler": Container(CAPA_IMAGE, airflow.AirflowScheduler.program()),
+        "airflow-dag-processor": Container(CAPA_IMAGE, airflow.AirflowDagProcessor.program()),
+    }
+
+
+@dataclass(frozen=True)
 class UpResult:
     component: str
     health: str

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import capa
-from capa.config import CapaSettings, SparkClusterConfig
+from capa.config import SparkClusterConfig
 from capa.errors import EnvironmentProblem
 from capa_app.stack.base import Service, StateDirs, spawn
 
@@ -91,14 +91,17 @@ class SparkDaemon(Service):
         text = "".join(f"{key} {value}\n" for key, value in self.properties().items())
         self.properties_path.write_text(text)
 
-    def launch(self) -> subprocess.Popen[bytes]:
-        argv = [
+    def argv(self) -> list[str]:
+        return [
             str(REPO_ROOT / self.program()[0]),
             *self.program()[1:],
             *self.options(),
             "--properties-file",
             str(self.properties_path),
         ]
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        argv = self.argv()
         env = {
             **os.environ,
             "SPARK_LOCAL_IP": self.host,
@@ -174,10 +177,6 @@ class SparkWorker(SparkDaemon):
             worker.get("port") == self.config.worker_port and worker.get("state") == ALIVE
             for worker in state.get("workers", [])
         )
-
-
-def cluster_services(state: StateDirs, settings: CapaSettings) -> tuple[SparkMaster, SparkWorker]:
-    return SparkMaster(state, settings.spark_cluster), SparkWorker(state, settings.spark_cluster)
 
 
 def submit_argv(
