@@ -12,8 +12,8 @@ scheduler and DAG processor from .venvs/airflow (SQLite, LocalExecutor, DAGs fol
   tables. The scheduler creates no runs of its own here
   (``max_dagruns_to_create_per_loop=0``), so the triggered run is the only one.
 
-Marked ``onprem`` (own command: ``make test-onprem``): several minutes on 2 cores, beyond the
-default run's budget (docs/benchmarks.md has the measured times).
+Marked ``onprem`` (own command: ``make test-onprem``): minutes on 2 cores (every DAG task is a
+Spark application with its own driver and executor JVMs), beyond the default run's budget.
 """
 
 from __future__ import annotations
