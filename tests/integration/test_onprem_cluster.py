@@ -28,10 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
-from deltalake import DeltaTable
-from service_support import ROOT, run_checked
+from service_support import MODELS, ROOT, assert_same_tables, run_checked
 
 from capa.config import AirflowConfig, LocalWarehouseConfig, SparkClusterConfig, load_settings
 from capa_app.stack import Stack
@@ -40,14 +38,12 @@ from capa_app.stack.base import free_port, tail, wait_for
 from capa_app.stack.spark import SparkMaster, submit_argv
 from capa_app.stack.throwaway import throwaway_state_dir
 from spark_jobs import sample
-from spark_jobs.project import load_project
 from spark_jobs.session import delta_jars
 
 pytestmark = pytest.mark.onprem
 
 SPARK = ["spark-master", "spark-worker"]
 AIRFLOW = ["airflow-api-server", "airflow-scheduler", "airflow-dag-processor"]
-MODELS = ["customer_orders", "customer_360", "sales_daily", "customer_features"]
 SIZES = {"customers": 15, "orders": 40, "invoices": 20}
 SPARK_PYTHON = ROOT / ".venvs" / "spark" / "bin" / "python"
 
@@ -107,19 +103,6 @@ def completed_apps(stack: Stack) -> list[str]:
     assert isinstance(master, SparkMaster)
     state = master.master_state() or {}
     return sorted(app["id"] for app in state.get("completedapps", []))
-
-
-def read(consumption: Path, model: str) -> pd.DataFrame:
-    key = list(load_project().models[model].header.key)
-    frame = DeltaTable(str(consumption / model)).to_pandas()
-    return frame.sort_values(key).reset_index(drop=True)
-
-
-def assert_same_tables(built: Path, reference: Path) -> None:
-    for model in MODELS:
-        pd.testing.assert_frame_equal(
-            read(built, model), read(reference, model), check_like=True, obj=model
-        )
 
 
 def test_spark_submit_builds_the_models_on_the_cluster_like_a_local_build(
