@@ -114,7 +114,8 @@ def test_spark_submit_builds_the_models_on_the_cluster_like_a_local_build(
     args = ("run", "--session", "managed", "--lakehouse", str(lake.root))
     argv = submit_argv(onprem.settings.spark_cluster, delta_jars(), script, *args)
     run_checked(argv, spark_env(), ROOT)
-    assert len(completed_apps(onprem)) == len(before) + 1  # the build was a cluster app
+    # the build was an application of the cluster (listed once its driver unregistered)
+    assert wait_for(lambda: len(completed_apps(onprem)) == len(before) + 1, timeout=30)
     assert_same_tables(lake.root / "consumption", local_build)
 
 
@@ -177,8 +178,8 @@ def test_airflow_runs_the_triggered_consumption_dag_on_the_cluster(
     )
     assert {outcome[f"build_{m}"] for m in MODELS} == {"success"}
     assert outcome["publish_bigquery"] == "skipped"  # no BigQuery project configured
-    builds_on_cluster = len(completed_apps(onprem)) - len(before)
-    assert builds_on_cluster == len(MODELS)
+    builds_on_cluster = lambda: len(completed_apps(onprem)) - len(before)  # noqa: E731
+    assert wait_for(lambda: builds_on_cluster() == len(MODELS), timeout=30), builds_on_cluster()
     warehouse = onprem.settings.warehouse
     assert isinstance(warehouse, LocalWarehouseConfig)
     assert_same_tables(warehouse.path / "consumption", local_build)
