@@ -178,7 +178,9 @@ def test_airflow_runs_the_triggered_consumption_dag_on_the_cluster(
     )
     assert {outcome[f"build_{m}"] for m in MODELS} == {"success"}
     assert outcome["publish_bigquery"] == "skipped"  # no BigQuery project configured
-    builds_on_cluster = lambda: len(completed_apps(onprem)) - len(before)  # noqa: E731
+    def builds_on_cluster() -> int:
+        return len(completed_apps(onprem)) - len(before)
+
     assert wait_for(lambda: builds_on_cluster() == len(MODELS), timeout=30), builds_on_cluster()
     warehouse = onprem.settings.warehouse
     assert isinstance(warehouse, LocalWarehouseConfig)
