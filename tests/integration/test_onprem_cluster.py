@@ -178,6 +178,7 @@ def test_airflow_runs_the_triggered_consumption_dag_on_the_cluster(
     )
     assert {outcome[f"build_{m}"] for m in MODELS} == {"success"}
     assert outcome["publish_bigquery"] == "skipped"  # no BigQuery project configured
+
     def builds_on_cluster() -> int:
         return len(completed_apps(onprem)) - len(before)
 
