@@ -138,6 +138,25 @@ def test_stale_pid_file_is_dropped(tmp_path: Path) -> None:
     assert stack.down() == []
 
 
+def test_status_follows_the_profile_of_the_last_up_and_down_stops_every_profile(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(load_settings(state_dir=tmp_path))
+    assert [row["component"] for row in stack.status()] == list(PROFILES["default"])
+    StateDirs(tmp_path).create()
+    stack.profile_path.write_text("onprem")  # what `capa up --profile onprem` records
+    assert [row["component"] for row in stack.status()] == list(PROFILES["onprem"])
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    worker = stack.service("spark-worker")
+    record = PidRecord(sleeper.pid, "sleep", start_ticks=process_start_ticks(sleeper.pid))
+    worker.pid_path.write_text(record.to_json())
+    try:
+        assert stack.down() == ["spark-worker"]  # by its PID record, whatever the profile
+        assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        sleeper.kill()
+
+
 def test_settings_env_round_trips_through_capa_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
