@@ -40,6 +40,20 @@ def spark_bin(tool: str) -> Path:
     return REPO_ROOT / SPARK_BIN / tool
 
 
+def spark_env() -> dict[str, str]:
+    """SPARK_HOME (the pyspark package of .venvs/spark) and its Python for Spark's scripts.
+
+    Without SPARK_HOME, ``spark-class`` asks whatever ``python3`` is first on PATH for pyspark.
+    """
+    homes = sorted((REPO_ROOT / ".venvs" / "spark").glob("lib/python3*/site-packages/pyspark"))
+    if not homes:
+        raise EnvironmentProblem(
+            f"no pyspark package in {REPO_ROOT / '.venvs' / 'spark'}; {SETUP_HINT}"
+        )
+    python = str(spark_bin("python"))
+    return {"SPARK_HOME": str(homes[-1]), "PYSPARK_PYTHON": python, "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
 class SparkDaemon(Service):
     """A master or worker started by ``spark-class <main class> <options>``."""
 
@@ -104,6 +118,7 @@ class SparkDaemon(Service):
         argv = self.argv()
         env = {
             **os.environ,
+            **spark_env(),
             "SPARK_LOCAL_IP": self.host,
             "SPARK_DAEMON_MEMORY": self.config.daemon_memory,
             "SPARK_LOG_DIR": str(self.state.logs.resolve()),

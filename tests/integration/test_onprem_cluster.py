@@ -36,6 +36,7 @@ from capa_app.stack import Stack
 from capa_app.stack.airflow import AirflowApiServer
 from capa_app.stack.base import free_port, tail, wait_for
 from capa_app.stack.spark import SparkMaster, submit_argv
+from capa_app.stack.spark import spark_env as spark_home_env
 from capa_app.stack.throwaway import throwaway_state_dir
 from spark_jobs import sample
 from spark_jobs.session import delta_jars
@@ -92,9 +93,8 @@ def local_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def spark_env() -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("CAPA_")},
+        **spark_home_env(),
         "PYTHONPATH": str(ROOT),
-        "PYSPARK_PYTHON": str(SPARK_PYTHON),
-        "SPARK_LOCAL_IP": "127.0.0.1",
     }
 
 
