@@ -97,8 +97,20 @@ class SparkDaemon(Service):
     def properties(self) -> dict[str, str]:
         return {}
 
-    def options(self) -> list[str]:
+    @property
+    def webui_port(self) -> int:
         raise NotImplementedError
+
+    def options(self) -> list[str]:
+        ports = ["--port", str(self.port), "--webui-port", str(self.webui_port)]
+        return ["--host", self.host, *ports, *self.more_options()]
+
+    def more_options(self) -> list[str]:
+        return []
+
+    def arguments(self) -> list[str]:
+        """Positional arguments after the options."""
+        return []
 
     def prepare(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -112,6 +124,7 @@ class SparkDaemon(Service):
             *self.options(),
             "--properties-file",
             str(self.properties_path),
+            *self.arguments(),
         ]
 
     def launch(self) -> subprocess.Popen[bytes]:
@@ -146,15 +159,9 @@ class SparkMaster(SparkDaemon):
     def properties(self) -> dict[str, str]:
         return {"spark.deploy.defaultCores": str(self.config.default_cores)}
 
-    def options(self) -> list[str]:
-        return [
-            "--host",
-            self.host,
-            "--port",
-            str(self.config.master_port),
-            "--webui-port",
-            str(self.config.master_webui_port),
-        ]
+    @property
+    def webui_port(self) -> int:
+        return self.config.master_webui_port
 
     def ready(self) -> bool:
         state = self.master_state()
@@ -169,22 +176,22 @@ class SparkWorker(SparkDaemon):
     def port(self) -> int:
         return self.config.worker_port
 
-    def options(self) -> list[str]:
+    @property
+    def webui_port(self) -> int:
+        return self.config.worker_webui_port
+
+    def more_options(self) -> list[str]:
         return [
-            "--host",
-            self.host,
-            "--port",
-            str(self.config.worker_port),
-            "--webui-port",
-            str(self.config.worker_webui_port),
             "--cores",
             str(self.config.worker_cores),
             "--memory",
             self.config.worker_memory,
             "--work-dir",
             str(self.home / "work"),
-            self.config.master_url,
         ]
+
+    def arguments(self) -> list[str]:
+        return [self.config.master_url]
 
     def ready(self) -> bool:
         state = self.master_state() or {}
