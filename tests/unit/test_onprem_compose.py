@@ -120,8 +120,9 @@ def test_airflow_processes_share_one_configuration_with_the_process_profile(
             "CAPA__DAGS__PROFILE",
         ):
             assert str(compose_env[key]) == process_env[key], (cls.name, key)
-        assert compose_env["CAPA__SPARK__MASTER"].startswith("spark://spark-master:")
-        assert process_env["CAPA__SPARK__MASTER"] == SparkClusterConfig().master_url
+        for key in ("CAPA__SPARK__MASTER", "AIRFLOW_CONN_SPARK_DEFAULT"):
+            assert compose_env[key].startswith("spark://spark-master:")
+            assert process_env[key] == SparkClusterConfig().master_url
         assert str(config.port) in compose_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
 
 
