@@ -362,6 +362,47 @@ class SparkConfig(_Section):
     )
 
 
+class SparkClusterConfig(_Section):
+    """The on-prem profile's Spark standalone cluster (one master, one worker; loopback).
+
+    Sized for a 2-core / 24 GB machine shared with Kafka, PostgreSQL and Airflow: the worker
+    offers both cores and 8 GB to executors; each application takes one core by default, so
+    two DAG tasks can build at once; the master and worker daemons get 512 MB heaps each.
+    """
+
+    host: str = Field("127.0.0.1", description="Address master and worker bind to (loopback).")
+    master_port: int = Field(17077, description="Spark master RPC port (spark://host:port).")
+    master_webui_port: int = Field(18090, description="Spark master web UI (and /json health).")
+    worker_port: int = Field(17078, description="Spark worker RPC port.")
+    worker_webui_port: int = Field(18091, description="Spark worker web UI.")
+    worker_cores: int = Field(2, ge=1, description="Cores the worker offers to executors.")
+    worker_memory: str = Field("8g", description="Memory the worker offers to executors.")
+    daemon_memory: str = Field("512m", description="Heap of the master and worker daemons.")
+    default_cores: int = Field(
+        1, ge=1, description="Cores an application gets unless it sets spark.cores.max."
+    )
+    executor_memory: str = Field("2g", description="Executor heap of capa's builds on the cluster.")
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{self.host}:{self.master_port}"
+
+
+class AirflowConfig(_Section):
+    """The on-prem profile's Airflow (scheduler, API server, DAG processor; SQLite metadata)."""
+
+    host: str = Field("127.0.0.1", description="Address the API server listens on (loopback).")
+    port: int = Field(18088, description="Port of the Airflow API server (REST API and UI).")
+    parallelism: int = Field(2, ge=1, description="Task slots of the LocalExecutor (2 cores).")
+    username: str = Field(
+        "capa", description="Admin user of the simple auth manager (password generated once)."
+    )
+    dags_folder: Path | None = Field(None, description="DAGs folder (default <repo>/dags).")
+    dags_profile: str = Field(
+        "onprem", description="CAPA__DAGS__PROFILE handed to the DAGs (their operators' profile)."
+    )
+
+
 class CrmConfig(_Section):
     contract: Path | None = Field(
         None, description="CRM contract YAML (default: the bundled connectors/crm/contract.yaml)."
@@ -470,6 +511,13 @@ class CapaSettings(BaseSettings):
     )
     spark: SparkConfig = Field(
         default_factory=SparkConfig, description="Local Spark sessions (consumption builds)."
+    )
+    spark_cluster: SparkClusterConfig = Field(
+        default_factory=SparkClusterConfig,
+        description="Spark standalone cluster of the onprem profile.",
+    )
+    airflow: AirflowConfig = Field(
+        default_factory=AirflowConfig, description="Airflow of the onprem profile."
     )
     warehouse: WarehouseConfig = Field(
         default_factory=LocalWarehouseConfig, description="Where the raw layer lives."

@@ -108,3 +108,29 @@ def run_checked(
             f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+# --- Spark consumption tables ------------------------------------------------------------
+
+MODELS = ["customer_orders", "customer_360", "sales_daily", "customer_features"]
+
+
+def read_model(consumption: Path, model: str) -> Any:
+    """A consumption table as a pandas frame sorted by the model's key."""
+    from deltalake import DeltaTable
+
+    from spark_jobs.project import load_project
+
+    key = list(load_project().models[model].header.key)
+    frame = DeltaTable(str(consumption / model)).to_pandas()
+    return frame.sort_values(key).reset_index(drop=True)
+
+
+def assert_same_tables(left: Path, right: Path) -> None:
+    """Every model's table under ``left`` equals the one under ``right`` (row order aside)."""
+    import pandas as pd
+
+    for model in MODELS:
+        pd.testing.assert_frame_equal(
+            read_model(left, model), read_model(right, model), check_like=True, obj=model
+        )

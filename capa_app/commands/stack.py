@@ -2,8 +2,9 @@
 
 capa up                         # kafka, postgres, debezium (bridge if present)
 capa up --only kafka,postgres
-capa status
-capa down                       # stops only what capa started, by PID
+capa up --profile onprem        # kafka, postgres, Spark master + worker, Airflow (3 processes)
+capa status                     # the profile the last `up` started
+capa down                       # stops only what capa started (any profile), by PID
 capa clean                      # down, then delete the state dir (and data kept elsewhere)
 """
 
@@ -13,10 +14,14 @@ import argparse
 
 from capa import console
 from capa.config import CapaSettings, load_settings
-from capa_app.stack import COMPONENTS, Stack, parse_components
+from capa_app.stack import COMPONENTS, DEFAULT_PROFILE, PROFILES, Stack, parse_components
 from capa_app.stack.base import NOT_AVAILABLE
 
-_ONLY_HELP = f"comma-separated components (default all: {','.join(COMPONENTS)})"
+_ONLY_HELP = f"comma-separated components of {','.join(COMPONENTS)} (default: the profile's)"
+_PROFILE_HELP = (
+    f"which stack: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}: the embedded stack; "
+    "onprem: Spark standalone cluster and Airflow, see deploy/README.md)"
+)
 
 
 def _stack() -> Stack:
@@ -24,10 +29,10 @@ def _stack() -> Stack:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    names = parse_components(args.only)
+    names = parse_components(args.only, args.profile)
     stack = _stack()
     console.step(f"starting {', '.join(names)} (state in {stack.state.root})")
-    results = stack.up(names, strict=args.only is not None)
+    results = stack.up(names, strict=args.only is not None, profile=args.profile)
     for result in results:
         if result.health == NOT_AVAILABLE:
             console.info(f"  {result.component}: not available ({result.detail})")
@@ -40,7 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     stack = _stack()
-    rows = stack.status(parse_components(args.only))
+    rows = stack.status(args.only, args.profile)
     console.table(["component", "pid", "port", "health"], _rows(rows))
     _initial_sync_lines(stack.settings)
     return 0
@@ -59,7 +64,9 @@ def _initial_sync_lines(settings: CapaSettings) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    stopped = _stack().down(parse_components(args.only))
+    chosen = args.only or args.profile
+    names = parse_components(args.only, args.profile or DEFAULT_PROFILE) if chosen else None
+    stopped = _stack().down(names)
     console.step(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
 
@@ -83,6 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for name, (func, help_text) in commands.items():
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.add_argument("--only", metavar="LIST", default=None, help=_ONLY_HELP)
+        default = DEFAULT_PROFILE if name == "up" else None
+        parser.add_argument(
+            "--profile", choices=sorted(PROFILES), default=default, help=_PROFILE_HELP
+        )
         parser.set_defaults(func=func)
     clean_help = "stop the stack, then delete its state dir and data it keeps elsewhere"
     parser = subparsers.add_parser("clean", help=clean_help, description=clean_help)

@@ -1,14 +1,17 @@
 """The local stack: Kafka (KRaft), PostgreSQL (F2), the Debezium bridge and the streaming
-apply job as plain processes.
+apply job as plain processes; with ``--profile onprem``, a Spark standalone cluster and a
+running Airflow instead of the embedded parts.
 
 No Docker: each component is a :class:`~capa_app.stack.base.Service` started from the machine's
 own binaries / Maven jars, with one state directory (``settings.state_dir``) holding
 ``logs/``, ``data/`` and ``pids/``. ``capa up`` / ``capa status`` / ``capa down`` drive
 :class:`Stack`. Components are found through :data:`COMPONENTS`, a registry from name to
-factory, started in that order and stopped in reverse.
+factory, started in that order and stopped in reverse; :data:`PROFILES` names the components
+each profile starts (``default``: the embedded stack ``make demo`` uses; ``onprem``).
 
     stack = Stack(load_settings())
     stack.up(["kafka", "postgres"])   # idempotent: running healthy processes are adopted
+    stack.up(profile="onprem")        # kafka, postgres, spark-master/worker, airflow-*
     stack.status()                    # [{"component", "pid", "port", "health"}, ...]
     stack.down()                      # by PID only: SIGTERM/SIGINT, then SIGKILL
     stack.clean()                     # down, then delete the state (and relocated data)
@@ -65,13 +68,105 @@ def _gcs(state: StateDirs, settings: CapaSettings) -> Service:
     return FakeGcsServer(state, settings.gcs)
 
 
+def _spark_master(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa_app.stack.spark import SparkMaster
+
+    return SparkMaster(state, settings.spark_cluster)
+
+
+def _spark_worker(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa_app.stack.spark import SparkWorker
+
+    return SparkWorker(state, settings.spark_cluster)
+
+
+def _airflow(kind: str) -> ServiceFactory:
+    def factory(state: StateDirs, settings: CapaSettings) -> Service:
+        from capa_app.stack import airflow
+
+        component = {
+            "api-server": airflow.AirflowApiServer,
+            "scheduler": airflow.AirflowScheduler,
+            "dag-processor": airflow.AirflowDagProcessor,
+        }[kind]
+        return component(state, settings, spark_master=True)
+
+    return factory
+
+
+# Every component, in start order (stopped in reverse). A profile picks some of them.
 COMPONENTS: dict[str, ServiceFactory] = {
     "kafka": _kafka,
     "postgres": _postgres,
     "debezium": _debezium,
     "apply": _apply,
     "gcs": _gcs,
+    # --- the `connect` branch's components (the lead enables them at merge) -------------
+    # "connect": _connect,
+    # "normalizer": _normalizer,
+    "spark-master": _spark_master,
+    "spark-worker": _spark_worker,
+    "airflow-api-server": _airflow("api-server"),
+    "airflow-scheduler": _airflow("scheduler"),
+    "airflow-dag-processor": _airflow("dag-processor"),
 }
+
+DEFAULT_PROFILE = "default"
+# ``capa up --profile NAME``: the components each profile starts (in COMPONENTS order).
+# docker-compose.yml runs the onprem profile service for service (deploy/README.md;
+# tests/unit/test_onprem_compose.py checks that they agree).
+PROFILES: dict[str, tuple[str, ...]] = {
+    DEFAULT_PROFILE: ("kafka", "postgres", "debezium", "apply", "gcs"),
+    "onprem": (
+        "kafka",
+        "postgres",
+        # --- the `connect` branch's components (the lead enables them at merge) ---------
+        # "connect",
+        # "normalizer",
+        "spark-master",
+        "spark-worker",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Container:
+    """How docker-compose.yml runs a component of the onprem profile (same name as service).
+
+    ``image``: image and tag; ``capa:local`` is deploy/onprem/capa/Dockerfile, which holds the
+    same pinned environments (.venvs/spark, .venvs/airflow) as this machine. ``program``: the
+    leading tokens of the service's command, the same the process profile runs (() = the
+    image's own entrypoint). tests/unit/test_onprem_compose.py checks compose against this.
+    """
+
+    image: str
+    program: tuple[str, ...] = ()
+
+
+CAPA_IMAGE = "capa:local"
+
+
+def containers() -> dict[str, Container]:
+    """The compose service of every onprem component (and of those the lead enables)."""
+    from capa.config import KafkaConfig, PostgresConfig
+    from capa_app.stack import airflow, spark
+
+    postgres_major = PostgresConfig().bin_dir.parent.name  # /usr/lib/postgresql/<major>/bin
+    return {
+        "kafka": Container(f"apache/kafka:{KafkaConfig().version}"),
+        "postgres": Container(f"postgres:{postgres_major}", ("postgres",)),
+        # --- the `connect` branch's components (compose runs them already) ---------------
+        "connect": Container("quay.io/debezium/connect"),
+        "normalizer": Container(CAPA_IMAGE),
+        "spark-master": Container(CAPA_IMAGE, spark.SparkMaster.program()),
+        "spark-worker": Container(CAPA_IMAGE, spark.SparkWorker.program()),
+        "airflow-api-server": Container(CAPA_IMAGE, airflow.AirflowApiServer.program()),
+        "airflow-scheduler": Container(CAPA_IMAGE, airflow.AirflowScheduler.program()),
+        "airflow-dag-processor": Container(CAPA_IMAGE, airflow.AirflowDagProcessor.program()),
+    }
 
 
 @dataclass(frozen=True)
@@ -82,11 +177,17 @@ class UpResult:
     detail: str = ""
 
 
-def parse_components(spec: str | Iterable[str] | None) -> list[str]:
-    """``"kafka,postgres"`` -> registry order; :class:`ConfigError` quoting unknown names."""
+def parse_components(
+    spec: str | Iterable[str] | None, profile: str = DEFAULT_PROFILE
+) -> list[str]:
+    """``"kafka,postgres"`` -> registry order (None: all of ``profile``); :class:`ConfigError`
+    quoting unknown names."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     if spec is None:
-        return list(COMPONENTS)
-    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+        names = list(PROFILES[profile])
+    else:
+        names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown or not names:
         raise ConfigError(
@@ -112,11 +213,30 @@ class Stack:
     def service(self, name: str) -> Service:
         return COMPONENTS[name](self.state, self.settings)
 
+    @property
+    def profile_path(self) -> Path:
+        return self.state.root / "profile"
+
+    def profile(self) -> str:
+        """The profile the last ``up`` started (the default profile if none)."""
+        try:
+            recorded = self.profile_path.read_text().strip()
+        except OSError:
+            return DEFAULT_PROFILE
+        return recorded if recorded in PROFILES else DEFAULT_PROFILE
+
     def up(
-        self, components: Iterable[str] | None = None, *, strict: bool = False
+        self,
+        components: Iterable[str] | None = None,
+        *,
+        strict: bool = False,
+        profile: str = DEFAULT_PROFILE,
     ) -> list[UpResult]:
-        """Start the components in order; an unavailable one is reported unless ``strict``."""
-        names = parse_components(components)
+        """Start the components (default: all of ``profile``) in order; an unavailable one is
+        reported unless ``strict``."""
+        names = parse_components(components, profile)
+        self.state.create()
+        self.profile_path.write_text(profile)
         if "postgres" in names:
             self.provision()
         results = []
@@ -132,13 +252,18 @@ class Stack:
             results.append(UpResult(name, health, time.monotonic() - started, detail))
         return results
 
-    def status(self, components: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        return [self.service(name).describe() for name in parse_components(components)]
+    def status(
+        self, components: Iterable[str] | None = None, profile: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Health of the components (default: all of ``profile``, else of the last ``up``)."""
+        names = parse_components(components, profile or self.profile())
+        return [self.service(name).describe() for name in names]
 
     def down(self, components: Iterable[str] | None = None) -> list[str]:
-        """Stop our processes in reverse start order; returns the names that were running."""
+        """Stop our processes in reverse start order (default: every component of every
+        profile); returns the names that were running."""
         stopped = []
-        for name in reversed(parse_components(components)):
+        for name in reversed(parse_components(components or list(COMPONENTS))):
             if self.service(name).stop():
                 stopped.append(name)
         return stopped

@@ -183,15 +183,25 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -
         time.sleep(interval)
 
 
-def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> bool:
-    """Send ``sig``, then SIGKILL if ``pid`` outlives ``timeout``; True if it was killed hard."""
+def stop_pid(
+    pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0, *, group: bool = False
+) -> bool:
+    """Send ``sig``, then SIGKILL if ``pid`` outlives ``timeout``; True if it was killed hard.
+
+    ``group``: signal ``pid``'s whole process group (a leader started by :func:`spawn`, whose
+    children - task runners, web workers - must not outlive it).
+    """
+    kill = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+        kill(pid, sig)
     if wait_for(lambda: not _alive(pid), timeout, interval=0.1):
+        if group:  # children the leader left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         return False
     logger.warning("pid %d ignored signal %d for %.0fs; sending SIGKILL", pid, sig, timeout)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        kill(pid, signal.SIGKILL)
     wait_for(lambda: not _alive(pid), 5.0, interval=0.1)
     return True
 
@@ -237,6 +247,7 @@ class Service:
     stop_signal: ClassVar[int] = signal.SIGTERM
     stop_timeout: ClassVar[float] = 20.0
     start_timeout: ClassVar[float] = 60.0
+    stop_group: ClassVar[bool] = False  # stop the process group this process leads
 
     def __init__(self, state: StateDirs) -> None:
         self.state = state
@@ -350,7 +361,7 @@ class Service:
         if record is None:
             self.pid_path.unlink(missing_ok=True)
             return False
-        stop_pid(record.pid, self.stop_signal, self.stop_timeout)
+        stop_pid(record.pid, self.stop_signal, self.stop_timeout, group=self.stop_group)
         self.pid_path.unlink(missing_ok=True)
         logger.info("stopped %s pid=%d", self.name, record.pid)
         return True

@@ -21,13 +21,12 @@ from typing import Any
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
+from service_support import MODELS, assert_same_tables, read_model
 
 from spark_jobs import sample
-from spark_jobs.project import load_project
 
 ROOT = Path(__file__).resolve().parents[2]
 SPARK_PYTHON = ROOT / ".venvs" / "spark" / "bin" / "python"
-MODELS = ["customer_orders", "customer_360", "sales_daily", "customer_features"]
 PAIR = ["customer_orders", "customer_360", "customer_features"]
 
 
@@ -103,19 +102,6 @@ def spark_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkServ
     server = SparkServer(tmp_path_factory.mktemp("spark") / "spark-server.log")
     yield server
     server.stop()
-
-
-def read(consumption: Path, model: str) -> pd.DataFrame:
-    key = list(load_project().models[model].header.key)
-    frame = DeltaTable(str(consumption / model)).to_pandas()
-    return frame.sort_values(key).reset_index(drop=True)
-
-
-def assert_same_tables(left: Path, right: Path) -> None:
-    for model in MODELS:
-        pd.testing.assert_frame_equal(
-            read(left, model), read(right, model), check_like=True, obj=model
-        )
 
 
 def ok(result: dict[str, Any], server: SparkServer) -> dict[str, dict[str, Any]]:
@@ -215,7 +201,7 @@ def test_incremental_equals_full_after_rounds_of_changes(
         assert {m: r["mode"] for m, r in reports.items()} == dict.fromkeys(MODELS, "incremental")
         assert 0 < reports["customer_360"]["keys"] < reports["customer_360"]["rows"]
         assert_same_tables(inc, full)
-    customers = set(read(inc, "customer_360")["customer_id"])
+    customers = set(read_model(inc, "customer_360")["customer_id"])
     assert {31, 32}.isdisjoint(customers) and 33 in customers  # 31 and 32 were deleted
     unchanged = ok(spark_server.build(lake.root, inc), spark_server)
     assert {m: r["mode"] for m, r in unchanged.items()} == dict.fromkeys(MODELS, "unchanged")
@@ -282,7 +268,7 @@ def test_failing_check_restores_table_and_stops_the_build(
     lake = sample.seed(tmp_path / "lh", customers=20, orders=60, invoices=20)
     out = tmp_path / "consumption"
     built = ok(spark_server.build(lake.root, out, select=PAIR), spark_server)
-    before = read(out, "customer_360")
+    before = read_model(out, "customer_360")
     lake.upsert(
         "crm_crm_accounts",
         [
@@ -323,7 +309,7 @@ def test_failing_check_restores_table_and_stops_the_build(
         DeltaTable(str(out / "customer_features")).version()
         == built["customer_features"]["version"]
     )
-    pd.testing.assert_frame_equal(read(out, "customer_360"), before)
+    pd.testing.assert_frame_equal(read_model(out, "customer_360"), before)
     lake.upsert(
         "crm_crm_accounts",
         [
@@ -339,7 +325,7 @@ def test_failing_check_restores_table_and_stops_the_build(
     )
     fixed = ok(spark_server.build(lake.root, out, select=PAIR), spark_server)
     assert fixed["customer_360"]["mode"] == "incremental"
-    row = read(out, "customer_360").set_index("customer_id").loc[3]
+    row = read_model(out, "customer_360").set_index("customer_id").loc[3]
     assert row["orders"] == before.set_index("customer_id").loc[3, "orders"] + 1
 
 
@@ -376,8 +362,8 @@ def test_additive_model_follows_emptied_days_and_a_truncate(
     report = ok(spark_server.build(lake.root, inc, select=["sales_daily"]), spark_server)
     ok(spark_server.build(lake.root, full, full=True, select=["sales_daily"]), spark_server)
     assert report["sales_daily"]["mode"] == "incremental"
-    built = read(inc, "sales_daily")
-    pd.testing.assert_frame_equal(built, read(full, "sales_daily"), check_like=True)
+    built = read_model(inc, "sales_daily")
+    pd.testing.assert_frame_equal(built, read_model(full, "sales_daily"), check_like=True)
     assert day not in set(built["sales_date"]) and (built["invoices"] == 0).all()
     again = ok(spark_server.build(lake.root, inc, select=["sales_daily"]), spark_server)
     assert again["sales_daily"]["mode"] == "unchanged"

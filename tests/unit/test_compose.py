@@ -60,7 +60,10 @@ def test_compose_has_the_on_prem_services(compose: dict[str, Any]) -> None:
         "capa-bridge",
         "spark-master",
         "spark-worker",
-        "airflow",
+        "normalizer",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
     }
     assert expected <= set(compose["services"])
 

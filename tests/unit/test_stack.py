@@ -13,7 +13,7 @@ import pytest
 
 from capa.config import KafkaConfig, PostgresConfig, load_settings
 from capa.errors import ConfigError
-from capa_app.stack import COMPONENTS, Stack, parse_components
+from capa_app.stack import PROFILES, Stack, parse_components
 from capa_app.stack.base import (
     PidRecord,
     StateDirs,
@@ -68,10 +68,21 @@ def test_logical_wal_problems(shown: dict[str, str], problems: list[str]) -> Non
 
 
 def test_parse_components_keeps_registry_order_and_quotes_unknown_names() -> None:
-    assert parse_components(None) == list(COMPONENTS)
+    assert parse_components(None) == list(PROFILES["default"])
     assert parse_components("postgres, kafka") == ["kafka", "postgres"]
     with pytest.raises(ConfigError, match=r"\['kafak'\]"):
         parse_components("kafak,postgres")
+
+
+def test_the_onprem_profile_runs_a_spark_cluster_and_airflow_but_not_the_embedded_parts() -> None:
+    onprem = parse_components(None, "onprem")
+    assert onprem[:2] == ["kafka", "postgres"]
+    assert onprem.index("spark-master") < onprem.index("spark-worker")
+    assert {"airflow-api-server", "airflow-scheduler", "airflow-dag-processor"} <= set(onprem)
+    assert not {"debezium", "apply", "gcs"} & set(onprem)
+    assert parse_components("spark-worker,kafka", "onprem") == ["kafka", "spark-worker"]
+    with pytest.raises(ConfigError, match="unknown profile 'cloud'"):
+        parse_components(None, "cloud")
 
 
 def test_pid_record_round_trips() -> None:
@@ -125,6 +136,25 @@ def test_stale_pid_file_is_dropped(tmp_path: Path) -> None:
     assert kafka.running() is None and not kafka.pid_path.exists()
     assert [row["health"] for row in stack.status(["kafka", "postgres"])] == ["stopped"] * 2
     assert stack.down() == []
+
+
+def test_status_follows_the_profile_of_the_last_up_and_down_stops_every_profile(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(load_settings(state_dir=tmp_path))
+    assert [row["component"] for row in stack.status()] == list(PROFILES["default"])
+    StateDirs(tmp_path).create()
+    stack.profile_path.write_text("onprem")  # what `capa up --profile onprem` records
+    assert [row["component"] for row in stack.status()] == list(PROFILES["onprem"])
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    worker = stack.service("spark-worker")
+    record = PidRecord(sleeper.pid, "sleep", start_ticks=process_start_ticks(sleeper.pid))
+    worker.pid_path.write_text(record.to_json())
+    try:
+        assert stack.down() == ["spark-worker"]  # by its PID record, whatever the profile
+        assert process_start_ticks(sleeper.pid) is None  # stopped (and reaped)
+    finally:
+        sleeper.kill()
 
 
 def test_settings_env_round_trips_through_capa_settings(
