@@ -99,9 +99,7 @@ def test_a_truncate_deletes_every_row_id_below_it() -> None:
 
 def test_changes_without_before_images_still_add_their_rows() -> None:
     a, b = IMAGES[0], IMAGES[1]
-    sent, unmatched = send(
-        [[keyless(Op.INSERT, 10, after=a)], [keyless(Op.UPDATE, 11, after=b)]]
-    )
+    sent, unmatched = send([[keyless(Op.INSERT, 10, after=a)], [keyless(Op.UPDATE, 11, after=b)]])
     assert unmatched == 1
     live = bigquery_apply(sent, key=ROW_ID).values()
     assert multiset(live) == multiset([a, b])

@@ -60,7 +60,7 @@ def test_each_column_is_told_once_and_every_value_counted(
 
 def test_the_log4j_config_routes_only_those_lines_to_the_conversion_log() -> None:
     settings = dict(
-        entry.split("=", 1) for entry in LOG4J2.splitlines() if entry and not entry[0] == "#"
+        entry.split("=", 1) for entry in LOG4J2.splitlines() if entry and entry[0] != "#"
     )
     assert settings["appender.conversions.fileName"] == CONVERSIONS_LOG
     assert settings["appender.conversions.filter.value.onMismatch"] == "DENY"
