@@ -286,3 +286,5 @@ def test_a_unique_index_without_primary_key_keys_the_replica(
     replica = LocalWarehouse(lakehouse).rows(f"raw.{raw_table_name(source, schema, table)}")
     assert sorted(r["code"] for r in replica) == ["c1", "c4", "c5", "c9", "end"]
     assert not any(ROW_ID in r for r in replica)  # keyed on the index, not a multiset
+    told = [ln for ln in indexed["log"].read_text().splitlines() if "USING INDEX" in ln]
+    assert len(told) == 1 and f'"{table}" REPLICA IDENTITY USING INDEX "app_log_code"' in told[0]
