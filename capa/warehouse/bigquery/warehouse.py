@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Literal
 
 from capa.apply import TablePlan, keyless_target, plan_table, resolve_plan
@@ -169,8 +168,9 @@ class BigQueryWarehouse:
             self._raise_watermark(name, plan.truncate_position)
         if plan.unmatched:
             self._tell_unmatched(name, plan.unmatched)
-        report = TableReport(name, plan.events, applied, plan.stale, appended)
-        return replace(report, unmatched=len(plan.unmatched))
+        return TableReport(
+            name, plan.events, applied, plan.stale, appended, unmatched=len(plan.unmatched)
+        )
 
     def _keyless_target(
         self, name: str, plan: TablePlan, mode: CdcApply | MergeApply
