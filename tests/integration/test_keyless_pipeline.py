@@ -281,7 +281,9 @@ def test_a_unique_index_without_primary_key_keys_the_replica(
         ("d", "c3"),
         ("u", "c1"),
     ]
-    assert all(e.before and "code" in e.before for e in streamed if e.op is not Op.INSERT)
+    # a delete carries the old index value (pgoutput sends an update's old key only when the
+    # key changes, and Debezium turns that update into a delete and a create)
+    assert all(e.before and e.before.get("code") for e in streamed if e.op is Op.DELETE)
 
     lakehouse = tmp_path / "lake"
     apply_file(tmp_path / "all.jsonl", events, lakehouse)
