@@ -252,9 +252,10 @@ def test_a_unique_index_without_primary_key_keys_the_replica(
     indexed: dict[str, Any], postgres: Any, tmp_path: Path
 ) -> None:
     """Debezium keys the events of a table with a unique index and no primary key by the
-    index columns; with ``REPLICA IDENTITY USING INDEX`` an update (also one that changes
-    the index value) and a delete carry the old index value, and the replica, keyed on it,
-    ends equal to the source (docs/architecture.md, "Keyless tables")."""
+    index columns; with ``REPLICA IDENTITY USING INDEX`` an update, an update that changes
+    the index value (a delete and a create) and a delete replicate, redelivery included, and
+    the replica, keyed on the index, ends equal to the source (docs/architecture.md,
+    "Keyless tables")."""
     settings, schema, table = indexed["settings"], indexed["schema"], indexed["table"]
     q = f'"{schema}"."{table}"'
     snapshot = events_until(settings, lambda found: len(found) >= len(INDEXED_ROWS))
