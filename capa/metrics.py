@@ -72,6 +72,13 @@ FAMILIES: tuple[Family, ...] = (
         INGEST,
     ),
     Family(
+        "capa_ingest_values_nulled",
+        "counter",
+        "Values the source connector could not convert and sent as NULL (numeric NaN/Infinity).",
+        ("component", "table", "column"),
+        "Debezium bridge",
+    ),
+    Family(
         "capa_dead_letters",
         "counter",
         "Records sent to the dead-letter topic, by source table and reason class.",
@@ -249,6 +256,10 @@ def record_produced(component: str, table: str, count: int = 1) -> None:
 
 def record_skipped(component: str, kind: str) -> None:
     metric("capa_ingest_records_skipped").labels(component, kind).inc()
+
+
+def record_nulled_value(component: str, table: str, column: str) -> None:
+    metric("capa_ingest_values_nulled").labels(component, table, column).inc()
 
 
 def record_dead_letter(component: str, table: str, reason: str, count: int = 1) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from capa.events import raw_table_name, stable_json
-from capa.keyless import KEYLESS_COLUMNS
+from capa.keyless import KEYLESS_COLUMNS, ROW_HASH
 from capa.values import comparable
 from capa.verify_source import SourceColumn, source_columns, source_rows
 from capa.warehouse.base import META_COLUMNS, META_DELETED, RAW_NAMESPACE
@@ -72,12 +72,17 @@ def row_key(row: Mapping[str, Any], pk: tuple[str, ...]) -> Key:
 def hash_rows(
     rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...], columns: list[str]
 ) -> dict[Any, str]:
-    """Row key -> row hash; for a keyless table (empty ``pk``) the key is (hash, n), n
-    counting the equal rows before it, so the dicts compare as multisets."""
+    """Row key -> row hash; for a keyless table (empty ``pk``) see :func:`keyed_hashes`."""
+    return keyed_hashes(((row_key(r, pk), row_hash(r, columns)) for r in rows), pk)
+
+
+def keyed_hashes(pairs: Iterable[tuple[Key, str]], pk: tuple[str, ...]) -> dict[Any, str]:
+    """(row key, row hash) pairs -> a dict; for a keyless table (empty ``pk``) the key is
+    (hash, n), n counting the equal rows before it, so the dicts compare as multisets."""
     if not pk:
-        counts: Counter[str] = Counter(row_hash(r, columns) for r in rows)
+        counts: Counter[str] = Counter(h for _, h in pairs)
         return {(h, n): h for h, count in counts.items() for n in range(count)}
-    return {row_key(r, pk): row_hash(r, columns) for r in rows}
+    return dict(pairs)
 
 
 def differing_columns(
@@ -254,8 +259,8 @@ def bigquery_replica_row_hashes(
         for c in columns
     }
     statement = row_hashes_sql(warehouse.parts(name), pk, types)
-    hashes = {row_key(r, pk): r["_capa_row_hash"] for r in warehouse.run(statement)}
-    return hashes, types
+    rows = warehouse.run(statement)
+    return keyed_hashes(((row_key(r, pk), r[ROW_HASH]) for r in rows), pk), types
 
 
 def pg_bigquery_row_hashes(
@@ -270,7 +275,8 @@ def pg_bigquery_row_hashes(
     query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
     with _pg_connect(dsn) as conn:
         cur = conn.cursor(row_factory=dict_row)
-        return {row_key(r, pk): bigquery_row_hash(r, types) for r in cur.execute(query)}
+        rows = cur.execute(query)
+        return keyed_hashes(((row_key(r, pk), bigquery_row_hash(r, types)) for r in rows), pk)
 
 
 def verify_postgres_bigquery(dsn: str, source: str, schema: str, warehouse: Any) -> list[TableDiff]:

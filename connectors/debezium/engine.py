@@ -19,21 +19,38 @@ logger = logging.getLogger(__name__)
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
-#: log4j2 config: console to stderr (the bridge's log), file under ./logs (cwd = state dir)
-LOG4J2 = """\
+#: Debezium's per-value conversion failures (it sends NULL instead), one line each, for the
+#: bridge to read (connectors/debezium/conversions.py); relative to the state dir (the cwd)
+CONVERSIONS_LOG = "logs/conversions.log"
+
+#: log4j2 config: console to stderr (the bridge's log), file under ./logs (cwd = state dir),
+#: and the conversion-failure lines alone (message only, no stack trace) in CONVERSIONS_LOG
+LOG4J2 = f"""\
 rootLogger.level=INFO
 appender.console.type=Console
 appender.console.name=stderr
 appender.console.target=SYSTEM_ERR
 appender.console.layout.type=PatternLayout
-appender.console.layout.pattern=%d [%level] [%t] %c{2} - %m%n
+appender.console.layout.pattern=%d [%level] [%t] %c{{2}} - %m%n
 appender.file.type=File
 appender.file.name=file
 appender.file.fileName=logs/pydbzengine.log
 appender.file.layout.type=PatternLayout
-appender.file.layout.pattern=%d [%level] [%t] %c{6} - %m%n
+appender.file.layout.pattern=%d [%level] [%t] %c{{6}} - %m%n
 rootLogger.appenderRef.stderr.ref=stderr
 rootLogger.appenderRef.file.ref=file
+appender.conversions.type=File
+appender.conversions.name=conversions
+appender.conversions.fileName={CONVERSIONS_LOG}
+appender.conversions.layout.type=PatternLayout
+appender.conversions.layout.pattern=%m%n
+appender.conversions.layout.alwaysWriteExceptions=false
+appender.conversions.filter.value.type=RegexFilter
+appender.conversions.filter.value.regex=Failed to properly convert data value .*
+appender.conversions.filter.value.onMatch=ACCEPT
+appender.conversions.filter.value.onMismatch=DENY
+logger.conversions.name=io.debezium.relational.TableSchemaBuilder
+logger.conversions.appenderRef.conversions.ref=conversions
 """
 
 

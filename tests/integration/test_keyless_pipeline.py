@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from service_support import ROOT, bridge_environment, slot_inactive, start_bridg
 
 from capa.codec import event_to_json
 from capa.config import CapaSettings
-from capa.events import ChangeEvent, Op
+from capa.events import ChangeEvent, Op, raw_table_name
+from capa.keyless import ROW_ID
 from capa.verify import verify_postgres_local
+from capa.warehouse.local import LocalWarehouse
 from capa_app.stack.base import tail, wait_for
 from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
@@ -38,6 +41,22 @@ SEED_ROWS = [("info", "boot", 1)] * 3 + [("warn", "disk", 2)] * 2 + [("info", "t
 def capture(
     capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path
 ) -> Iterator[dict[str, Any]]:
+    create = "CREATE TABLE {q} (level text, msg text, n integer)"
+    with captured(capa_settings, kafka, postgres, tmp_path, [create], SEED_ROWS) as found:
+        yield found
+
+
+@contextmanager
+def captured(
+    capa_settings: CapaSettings,
+    kafka: Any,
+    postgres: Any,
+    tmp_path: Path,
+    create: list[str],
+    rows: list[tuple[Any, ...]],
+) -> Iterator[dict[str, Any]]:
+    """A table made by the ``create`` statements (``{q}``: its quoted name) holding ``rows``,
+    captured by a running bridge; everything is dropped afterwards."""
     suffix = uuid.uuid4().hex[:8]
     schema, table = f"kl_{suffix}", "app_log"
     state = tmp_path / "state"
@@ -61,26 +80,28 @@ def capture(
     ensure_topics(kafka.admin(), {kafka_config.topic: 3, kafka_config.dlq_topic: 1})
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-        conn.execute(f'CREATE TABLE "{schema}"."{table}" (level text, msg text, n integer)')
-        conn.cursor().executemany(
-            f'INSERT INTO "{schema}"."{table}" VALUES (%s, %s, %s)', SEED_ROWS
-        )
+        for statement in create:
+            conn.execute(statement.format(q=f'"{schema}"."{table}"'))
+        values = ", ".join(["%s"] * len(rows[0]))
+        conn.cursor().executemany(f'INSERT INTO "{schema}"."{table}" VALUES ({values})', rows)
     log = tmp_path / "bridge.log"
     proc = start_bridge(settings, log)
-    yield {"settings": settings, "schema": schema, "table": table, "proc": proc, "log": log}
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(30)
-    sys.stderr.write(f"\n----- bridge log tail ({log}) -----\n{tail(log, 60)}\n")
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        wait_for(lambda: slot_inactive(conn, debezium.slot_name), timeout=30)
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (debezium.slot_name,),
-        )
-        conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    try:
+        yield {"settings": settings, "schema": schema, "table": table, "proc": proc, "log": log}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        sys.stderr.write(f"\n----- bridge log tail ({log}) -----\n{tail(log, 60)}\n")
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            wait_for(lambda: slot_inactive(conn, debezium.slot_name), timeout=30)
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (debezium.slot_name,),
+            )
+            conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def events_until(settings: CapaSettings, done: Any) -> list[ChangeEvent]:
@@ -208,3 +229,71 @@ def test_keyless_table_streams_through_the_apply_job(
     finally:
         job.kill()
         job.wait(30)
+
+
+# --- a unique index but no primary key ---------------------------------------------------
+
+INDEXED_ROWS = [(n, f"c{n}", "seed") for n in range(1, 6)]
+
+
+@pytest.fixture()
+def indexed(
+    capa_settings: CapaSettings, kafka: Any, postgres: Any, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
+    create = [
+        "CREATE TABLE {q} (id integer, code text NOT NULL, note text)",
+        "CREATE UNIQUE INDEX app_log_code ON {q} (code)",
+    ]
+    with captured(capa_settings, kafka, postgres, tmp_path, create, INDEXED_ROWS) as found:
+        yield found
+
+
+def test_a_unique_index_without_primary_key_keys_the_replica(
+    indexed: dict[str, Any], postgres: Any, tmp_path: Path
+) -> None:
+    """Debezium keys the events of a table with a unique index and no primary key by the
+    index columns; with ``REPLICA IDENTITY USING INDEX`` an update, an update that changes
+    the index value (a delete and a create) and a delete replicate, redelivery included, and
+    the replica, keyed on the index, ends equal to the source (docs/architecture.md,
+    "Keyless tables")."""
+    settings, schema, table = indexed["settings"], indexed["schema"], indexed["table"]
+    q = f'"{schema}"."{table}"'
+    snapshot = events_until(settings, lambda found: len(found) >= len(INDEXED_ROWS))
+    assert {(e.op, e.primary_key) for e in snapshot} == {(Op.READ, ("code",))}
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        # the default identity of a table without a primary key is none: PostgreSQL refuses
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="replica identity"):
+            conn.execute(f"UPDATE {q} SET note = 'x' WHERE code = 'c1'")
+        conn.execute(f"ALTER TABLE {q} REPLICA IDENTITY USING INDEX app_log_code")
+        conn.execute(f"UPDATE {q} SET note = 'changed' WHERE code = 'c1'")
+        conn.execute(f"UPDATE {q} SET code = 'c9', note = 'moved' WHERE code = 'c2'")
+        conn.execute(f"DELETE FROM {q} WHERE code = 'c3'")
+        conn.execute(f"INSERT INTO {q} VALUES (6, 'end', 'end')")
+    events = events_until(
+        settings,
+        lambda found: any(e.after is not None and e.after.get("code") == "end" for e in found),
+    )
+    streamed = [e for e in events if e.op is not Op.READ]  # 3 partitions: not in order
+    assert all(e.primary_key == ("code",) for e in streamed)
+    assert sorted((e.op.value, e.key["code"]) for e in streamed) == [
+        ("c", "c9"),  # the update that changed the index value: a delete and a create
+        ("c", "end"),
+        ("d", "c2"),
+        ("d", "c3"),
+        ("u", "c1"),
+    ]
+    # a delete carries the old index value (pgoutput sends an update's old key only when the
+    # key changes, and Debezium turns that update into a delete and a create)
+    assert all(e.before and e.before.get("code") for e in streamed if e.op is Op.DELETE)
+
+    lakehouse = tmp_path / "lake"
+    apply_file(tmp_path / "all.jsonl", events, lakehouse)
+    apply_file(tmp_path / "again.jsonl", events[2:], lakehouse)  # a redelivery
+    source = settings.debezium.source_name
+    (diff,) = verify_postgres_local(postgres.dsn, source, schema, lakehouse)
+    assert diff.ok and diff.source_rows == diff.replica_rows == len(INDEXED_ROWS), diff
+    replica = LocalWarehouse(lakehouse).rows(f"raw.{raw_table_name(source, schema, table)}")
+    assert sorted(r["code"] for r in replica) == ["c1", "c4", "c5", "c9", "end"]
+    assert not any(ROW_ID in r for r in replica)  # keyed on the index, not a multiset
+    told = [ln for ln in indexed["log"].read_text().splitlines() if "USING INDEX" in ln]
+    assert len(told) == 1 and f'"{table}" REPLICA IDENTITY USING INDEX "app_log_code"' in told[0]

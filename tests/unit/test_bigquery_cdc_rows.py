@@ -51,25 +51,26 @@ def bigquery_order(csn: str) -> tuple[int, ...]:
     return tuple(int(s, 16) for s in sections)
 
 
-def check_documented_rules(row: dict[str, Any]) -> None:
+def check_documented_rules(row: dict[str, Any], key: str = "id") -> None:
     assert row[CHANGE_TYPE] in ("UPSERT", "DELETE")
     bigquery_order(row[CHANGE_SEQUENCE_NUMBER])
-    assert row.get("id") is not None  # the primary key is always present
+    assert row.get(key) is not None  # the primary key is always present
 
 
-def bigquery_apply(rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+def bigquery_apply(rows: list[dict[str, Any]], key: str = "id") -> dict[Any, dict[str, Any]]:
+    """The table BigQuery holds after applying CDC ``rows`` (primary key column ``key``)."""
     table: dict[Any, tuple[tuple[int, ...], dict[str, Any]]] = {}
     for row in rows:
-        check_documented_rules(row)
+        check_documented_rules(row, key)
         order = bigquery_order(row[CHANGE_SEQUENCE_NUMBER])
-        current = table.get(row["id"])
+        current = table.get(row[key])
         if current is not None and current[0] > order:
             continue
         if row[CHANGE_TYPE] == "DELETE":
-            table.pop(row["id"], None)
+            table.pop(row[key], None)
         else:
-            table[row["id"]] = (order, row)
-    return {key: row for key, (_, row) in table.items()}
+            table[row[key]] = (order, row)
+    return {k: row for k, (_, row) in table.items()}
 
 
 def send(batches: list[list[ChangeEvent]]) -> list[dict[str, Any]]:

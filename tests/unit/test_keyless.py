@@ -367,3 +367,21 @@ def test_the_bridge_names_captured_keyless_tables_without_full_identity_once() -
     assert 'ALTER TABLE "public"."app_log" REPLICA IDENTITY FULL' in message
     assert "audit" not in message  # FULL: its updates and deletes are matched
     assert identity_warning([tables[1]]) is None
+
+
+def test_the_bridge_names_tables_keyed_by_a_unique_index_without_an_identity() -> None:
+    """A unique index but no primary key: keyed by the index, so USING INDEX (or FULL) is
+    enough, and the fix names the index; DEFAULT is refused by PostgreSQL."""
+    from connectors.debezium.identity import KeylessTable, identity_warning
+
+    tables = [
+        KeylessTable("public", "codes", "d", "codes_code"),
+        KeylessTable("public", "ok_index", "i", "ok_index_code"),
+        KeylessTable("public", "ok_full", "f", "ok_full_code"),
+    ]
+    message = identity_warning(tables)
+    assert message is not None
+    assert "public.codes (REPLICA IDENTITY DEFAULT, keyed by unique index codes_code)" in message
+    assert 'ALTER TABLE "public"."codes" REPLICA IDENTITY USING INDEX "codes_code"' in message
+    assert "ok_index" not in message and "ok_full" not in message
+    assert identity_warning(tables[1:]) is None

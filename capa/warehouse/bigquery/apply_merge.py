@@ -84,6 +84,13 @@ class MergeApply:
             cycle.truncate = max(cycle.truncate or "", plan.truncate_position)
         return len(rows)
 
+    def staged(self, name: str) -> list[str]:
+        """The table's staging tables not merged yet (a keyless batch is resolved against
+        them too); a stopped run's leftovers are merged first."""
+        self._merge_leftovers(name)
+        cycle = self._cycles.get(name)
+        return [] if cycle is None else [cycle.table]
+
     def merge_due(self) -> None:
         """MERGE every table whose cycle is ``merge_interval_s`` old, whether or not the
         current batch touched it (a table that went quiet still gets its last changes)."""

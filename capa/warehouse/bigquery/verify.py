@@ -40,6 +40,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from capa.keyless import ROW_HASH
 from capa.warehouse import sql
 from capa.warehouse.base import META_DELETED
 
@@ -96,7 +97,8 @@ def _prefixed(text: str) -> str:
 def row_hashes_sql(
     table: Sequence[str], primary_key: Sequence[str], columns: Mapping[str, tuple[str, bool]]
 ) -> str:
-    """Key columns and ``_capa_row_hash`` of every live row of ``table``.
+    """Key columns and ``_capa_row_hash`` of every live row of ``table`` (no key columns
+    for a keyless table: its rows are compared as a multiset of hashes).
 
     ``columns``: source column -> (BigQuery type, repeated); a column the replica lacks
     has type ``""`` and counts as NULL, so such rows differ from the source.
@@ -106,10 +108,10 @@ def row_hashes_sql(
         column_sql(name, kind, repeated) if kind else "'-'"
         for name, (kind, repeated) in sorted(columns.items())
     ]
-    keys = ", ".join(d.ident(k) for k in primary_key)
     text = ", ".join([*parts, "''"])  # CONCAT needs one argument even for no columns
+    selected = [*(d.ident(k) for k in primary_key), f"TO_HEX(MD5(CONCAT({text}))) AS {ROW_HASH}"]
     return (
-        f"SELECT {keys}, TO_HEX(MD5(CONCAT({text}))) AS _capa_row_hash "
+        f"SELECT {', '.join(selected)} "
         f"FROM {d.table(table)} WHERE NOT IFNULL({d.ident(META_DELETED)}, FALSE)"
     )
 

@@ -4,7 +4,9 @@ Per table and batch:
 
 1. plan the batch with :func:`capa.apply.plan_table` (the rules every warehouse follows)
    against the table's truncate watermark (append-only ``_capa_state``, cached for
-   ``watermark_refresh_s``);
+   ``watermark_refresh_s``); a keyless table's batch is resolved against what its replica
+   holds (:mod:`.keyless`, :func:`capa.apply.resolve_plan`) and then written like a keyed
+   one, on ``_capa_row_id``;
 2. create/evolve the replica and its changelog (:mod:`.tables`: key, clustering,
    partitioning, ``max_staleness``; schemas cached, so a steady stream makes no metadata
    calls);
@@ -28,13 +30,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from capa.apply import TablePlan, plan_table
+from capa.apply import TablePlan, keyless_target, plan_table, resolve_plan
 from capa.errors import (
     WarehouseTerminalError,
     WarehouseTransientError,
     missing_google_credentials,
 )
 from capa.events import ChangeEvent, SourceKind, iter_tables
+from capa.keyless import KEYLESS_COLUMNS, ROW_ID, KeylessTarget, unmatched_reason
 from capa.warehouse import sql
 from capa.warehouse.base import (
     CHANGELOG_SUFFIX,
@@ -48,6 +51,7 @@ from capa.warehouse.bigquery.apply_cdc import CdcApply
 from capa.warehouse.bigquery.apply_merge import STAGE_INFIX, MergeApply
 from capa.warehouse.bigquery.cdc import UNCHANGED
 from capa.warehouse.bigquery.changelog import changelog_rows
+from capa.warehouse.bigquery.keyless import latest_rows, needs_read, target_query
 from capa.warehouse.bigquery.tables import STATE_TABLE, BigQueryTables
 from capa.warehouse.bigquery.write_api import StorageWriter, fields_of
 from capa.warehouse.types import infer_types
@@ -82,6 +86,7 @@ class BigQueryWarehouse:
             "merge": self._merge,
         }
         self._watermarks: dict[str, tuple[str | None, float]] = {}
+        self._diverged: set[str] = set()  # keyless tables already reported unmatched
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -94,13 +99,7 @@ class BigQueryWarehouse:
 
     def run_typed(self, statement: str, params: Mapping[str, tuple[str, Any]]) -> Any:
         """Run one statement with typed parameters: name -> (BigQuery type, value)."""
-        from google.cloud import bigquery
-
-        config = bigquery.QueryJobConfig(
-            query_parameters=[
-                bigquery.ScalarQueryParameter(k, kind, v) for k, (kind, v) in params.items()
-            ]
-        )
+        config = bigquery_job_config(params)
         with _translated_errors(statement):
             job = self._client.query(
                 statement, job_config=config, retry=self._retry, job_retry=self._job_retry
@@ -140,18 +139,21 @@ class BigQueryWarehouse:
     def _apply_table(self, events: Sequence[ChangeEvent]) -> TableReport:
         name = events[0].table_id
         watermark = self.watermark(name)
-        plan = plan_table(events, watermark)
+        plan = plan_table(events, watermark, keyless=True)
         mode = self._modes[self.mode_for(events[0])]
+        keyless = plan.needs_target
+        if keyless:
+            plan = resolve_plan(plan, self._keyless_target(name, plan, mode))
         applied = appended = 0
         if plan.primary_key or self.catalog.exists(name):
             types = infer_types(_images(plan), plan.source_types)
             layout = mode.layout(plan.primary_key)
             replica = self.catalog.ensure(name, types, {}, **layout)
-            changelog = self.catalog.ensure(
+            changelog = self.catalog.ensure(  # keyless: events, so no _capa_row_id key
                 name + CHANGELOG_SUFFIX,
-                types,
+                {c: t for c, t in types.items() if c not in KEYLESS_COLUMNS},
                 CHANGELOG_EXTRA,
-                primary_key=layout["primary_key"],
+                primary_key=() if keyless else layout["primary_key"],
                 partition_by=META_COMMIT_TS,
             )
             ingested = _now()
@@ -164,7 +166,41 @@ class BigQueryWarehouse:
             applied = mode.apply(name, plan, replica, watermark, ingested)
         if plan.truncate_position:
             self._raise_watermark(name, plan.truncate_position)
-        return TableReport(name, plan.events, applied, plan.stale, appended)
+        if plan.unmatched:
+            self._tell_unmatched(name, plan.unmatched)
+        return TableReport(
+            name, plan.events, applied, plan.stale, appended, unmatched=len(plan.unmatched)
+        )
+
+    def _keyless_target(
+        self, name: str, plan: TablePlan, mode: CdcApply | MergeApply
+    ) -> KeylessTarget:
+        """What the replica (and merge mode's unmerged stage) holds for a keyless batch."""
+        if not needs_read(plan) or not self.catalog.exists(name):
+            return KeylessTarget()
+        if ROW_ID not in self.catalog.schema(name):
+            raise WarehouseTerminalError(
+                f"raw.{name} was replicated with a primary key, but its source table now has "
+                "none; restore the key at the source, or drop the replica and resync"
+            )
+        tables = [self.parts(t) for t in (name, *mode.staged(name))]
+        statement, params = target_query(tables, plan)
+        rows = [dict(r.items()) for r in self.run_typed(statement, params)]
+        return keyless_target(plan, latest_rows(rows))
+
+    def _tell_unmatched(self, name: str, unmatched: Sequence[ChangeEvent]) -> None:
+        """One warning per table and process when a keyless table diverges; later
+        unmatched changes are counted (``TableReport.unmatched``), not logged."""
+        if name in self._diverged:
+            return
+        self._diverged.add(name)
+        logger.warning(
+            "raw.%s no longer matches its source: %s (first at position %s; later ones are "
+            "counted in the apply reports, not logged)",
+            name,
+            unmatched_reason(unmatched[0]),
+            unmatched[0].position,
+        )
 
     def _raise_watermark(self, name: str, position: str) -> None:
         state = self.catalog.schema(STATE_TABLE)
@@ -267,6 +303,20 @@ def _make_client(config: Any) -> Any:
         credentials=AnonymousCredentials(),
         client_options=ClientOptions(api_endpoint=config.api_endpoint),
     )
+
+
+def bigquery_job_config(params: Mapping[str, tuple[str, Any]]) -> Any:
+    """A query job config binding ``params`` (name -> (type, value); ``ARRAY<T>`` binds a
+    list of T)."""
+    from google.cloud import bigquery
+
+    bound: list[Any] = []
+    for name, (kind, value) in params.items():
+        if kind.startswith("ARRAY<"):
+            bound.append(bigquery.ArrayQueryParameter(name, kind[6:-1], list(value)))
+        else:
+            bound.append(bigquery.ScalarQueryParameter(name, kind, value))
+    return bigquery.QueryJobConfig(query_parameters=bound)
 
 
 def _images(plan: TablePlan) -> Iterator[Mapping[str, Any]]:
