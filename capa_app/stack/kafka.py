@@ -175,7 +175,7 @@ class KafkaBroker(ConfiguredService):
         log_dir = self.home / "log"
         self.home.mkdir(parents=True, exist_ok=True)
         props = server_properties(self.config, log_dir.resolve())
-        _write_private(self.properties_path, render_properties(props))
+        write_private(self.properties_path, render_properties(props))
         if not (log_dir / "meta.properties").exists():
             self._format()
 
@@ -229,7 +229,7 @@ class KafkaBroker(ConfiguredService):
         )
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` readable by its owner only (it may hold the SASL users' passwords)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
