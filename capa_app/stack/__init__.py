@@ -74,6 +74,27 @@ COMPONENTS: dict[str, ServiceFactory] = {
 }
 
 
+def _connect(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa_app.stack.connect import connect_worker
+
+    return connect_worker(state, settings)
+
+
+def _normalizer(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa_app.stack.normalizer import normalizer_service
+
+    return normalizer_service(state, settings)
+
+
+# The on-prem capture path (Kafka Connect + Debezium plugins, then the normaliser service),
+# in start order after "kafka" and "postgres". Not part of the embedded default: a profile
+# that wants them starts these (each a Service: start() / health() / stop()).
+ONPREM_COMPONENTS: dict[str, ServiceFactory] = {
+    "connect": _connect,
+    "normalizer": _normalizer,
+}
+
+
 @dataclass(frozen=True)
 class UpResult:
     component: str

@@ -278,9 +278,10 @@ class ConnectWorker(ConfiguredService):
             raise EnvironmentProblem(f"connect: {method} {path} failed: {exc}") from exc
         return json.loads(text) if text else None
 
-    def register(self, name: str) -> dict[str, Any]:
-        """PUT the connector file ``name`` (substituted, :func:`connector_config`)."""
-        config = self.resolved_config(name)
+    def register(self, name: str, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """PUT the connector file ``name`` (substituted, :func:`connector_config`), with
+        ``overrides`` on top (e.g. another slot or table list)."""
+        config = {**self.resolved_config(name), **(overrides or {})}
         answer = self.request("PUT", f"/connectors/{name}/config", config)
         logger.info("registered connector %s", name)
         return dict(answer or {})
