@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -38,17 +37,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import capa
 from capa.config import CapaSettings
 from capa.errors import ConfigError, EnvironmentProblem
-from capa_app.stack.base import ConfiguredService, StateDirs, port_open, spawn, wait_for
+from capa_app.stack.base import JARS_ROOT, JavaService, StateDirs, port_open, spawn, wait_for
 from capa_app.stack.kafka import render_properties, write_private
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(capa.__file__).resolve().parent.parent
-JARS_ROOT = REPO_ROOT / ".cache" / "jars"
-CONNECTORS_DIR = REPO_ROOT / "deploy" / "onprem" / "connect"
+CONNECTORS_DIR = JARS_ROOT.parent.parent / "deploy" / "onprem" / "connect"
 PLUGINS = ("debezium-postgres", "debezium-sqlserver")
 FETCH_HINT = "run `bash scripts/fetch_jars.sh connect debezium-postgres debezium-sqlserver`"
 SECRETS_IN_FILES = "/run/secrets"  # where the connector files (compose) read their secrets
@@ -56,9 +52,7 @@ POSTGRES_SECRET = "capa_postgres_password"
 RUNNING = "RUNNING"
 
 
-def worker_properties(
-    settings: CapaSettings, plugin_root: Path, secrets: Path
-) -> dict[str, str]:
+def worker_properties(settings: CapaSettings, plugin_root: Path, secrets: Path) -> dict[str, str]:
     """``connect-distributed.properties`` of the local worker.
 
     ``plugin_root`` holds one folder per plugin (jars directly on ``plugin.path`` would each
@@ -136,10 +130,11 @@ def connector_config(
     return config
 
 
-class ConnectWorker(ConfiguredService):
+class ConnectWorker(JavaService):
     """The Connect worker process; ``url`` is its REST API."""
 
     name = "connect"
+    properties_name = "connect-distributed.properties"
     stop_timeout = 30.0
     start_timeout = 120.0
 
@@ -154,24 +149,8 @@ class ConnectWorker(ConfiguredService):
         return f"http://{self.host}:{self.port}"
 
     @property
-    def home(self) -> Path:
-        return self.state.data / "connect"
-
-    @property
     def secrets_dir(self) -> Path:
         return self.home / "secrets"
-
-    @property
-    def properties_path(self) -> Path:
-        return (self.home / "connect-distributed.properties").resolve()
-
-    @property
-    def marker(self) -> str:
-        return str(self.properties_path)
-
-    @property
-    def jars_dir(self) -> Path:
-        return self.config.jars_dir or JARS_ROOT / "connect"
 
     @property
     def plugin_dirs(self) -> list[Path]:
@@ -192,11 +171,7 @@ class ConnectWorker(ConfiguredService):
     # --- lifecycle hooks -------------------------------------------------------------
 
     def check_environment(self) -> None:
-        if shutil.which("java") is None:
-            raise EnvironmentProblem(
-                "connect: `java` not found on PATH; install a JDK 17 "
-                "(apt-get install openjdk-17-jdk-headless)"
-            )
+        self.check_java()
         if not list(self.jars_dir.glob("connect-runtime-*.jar")):
             raise EnvironmentProblem(
                 f"connect: worker jars missing in {self.jars_dir}; {FETCH_HINT}"
@@ -218,19 +193,16 @@ class ConnectWorker(ConfiguredService):
         write_private(self.properties_path, render_properties(props))
 
     def launch(self) -> subprocess.Popen[bytes]:
-        log4j = self.home / "log4j2.properties"  # connect-runtime logs through log4j's API
+        log4j = self.home / "log4j2.properties"  # for the parts that log through log4j's API
         log4j.write_text(LOG4J2)
-        argv = [
-            "java",
+        argv = self.java(
             *self.config.heap.split(),
             "-XX:+UseSerialGC",
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             f"-Dlog4j2.configurationFile={log4j.resolve()}",
-            "-cp",
-            f"{self.jars_dir.resolve()}/*",
             "org.apache.kafka.connect.cli.ConnectDistributed",
             str(self.properties_path),
-        ]
+        )
         return spawn(argv, self.log_path, cwd=self.home)
 
     def ready(self) -> bool:

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from capa import metrics
-from capa.config import CapaSettings, load_settings
+from capa.config import CapaSettings
 from capa.errors import CapaError
-from capa.runtime import tune_gc
+from capa.runtime import start_service
 from connectors.base import Normalizer, RawRecord, normalize_one
 from connectors.debezium import routing
 from connectors.debezium.engine import (
@@ -182,15 +182,8 @@ class BridgeProcess:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    tune_gc()
     try:
-        settings = load_settings()
-        logging.getLogger().setLevel(settings.log_level.upper())  # CAPA__LOG_LEVEL
+        settings = start_service()
         process = BridgeProcess(settings)
         signal.signal(signal.SIGTERM, process.request_stop)
         signal.signal(signal.SIGINT, process.request_stop)

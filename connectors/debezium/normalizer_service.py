@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from capa import metrics
-from capa.config import CapaSettings, load_settings
+from capa.config import CapaSettings
 from capa.errors import CapaError
 from capa.events import ChangeEvent
-from capa.runtime import tune_gc
+from capa.runtime import start_service
 from connectors.base import Normalizer, RawRecord, get_normalizer, normalize_one
 from connectors.debezium import routing
 from connectors.kafka.admin import ensure_topics
@@ -169,15 +169,8 @@ class TransactionalNormalizer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    tune_gc()
     try:
-        settings = load_settings()
-        logging.getLogger().setLevel(settings.log_level.upper())
+        settings = start_service()
         kafka = settings.kafka
         ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
         observe = settings.observe

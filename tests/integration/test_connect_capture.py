@@ -24,9 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from service_support import bridge_environment
+from service_support import bridge_environment, drop_capture
 
 from capa.config import CapaSettings, ConnectConfig, NormalizerConfig
 from capa.verify import verify_postgres_local
@@ -165,26 +164,7 @@ def capture(
             made.apply.wait(30)
         made.normalizer.stop()
         made.connect.stop()
-        _drop_capture(postgres.dsn, made.slot, made.schema)
-
-
-def _drop_capture(dsn: str, slot: str, schema: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        wait_for(lambda: _slot_inactive(conn, slot), timeout=30)
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (slot,),
-        )
-        conn.execute(f'DROP PUBLICATION IF EXISTS "{slot}"')
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def _slot_inactive(conn: Any, slot: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (slot,)
-    ).fetchone()
-    return row is not None and row[0] == 0
+        drop_capture(postgres.dsn, made.slot, made.slot, None, schema=made.schema)
 
 
 def _metric(port: int, name: str, component: str) -> float:
