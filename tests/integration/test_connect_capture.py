@@ -101,11 +101,16 @@ class Capture:
         diffs = verify_postgres_local(self.dsn, self.source, self.schema, self.warehouse)
         return bool(diffs) and all(d.ok for d in diffs)
 
-    def canonical_events(self) -> list[Any]:
+    def canonical_events(self, expected: int, timeout_s: float = 90) -> list[Any]:
+        """The canonical topic read ``read_committed``: ``expected`` events, or all there are
+        after ``timeout_s`` (a transactional topic's end offset is a commit marker, never a
+        record, so "read to the end" is not a usable stop)."""
         decoder = ChangeEventDecoder.from_config(self.settings.kafka)
         messages = read_topic(
             self.settings.kafka,
             self.settings.kafka.topic,
+            until=lambda got: len(got) >= expected,
+            timeout_s=timeout_s,
             client_settings={"isolation.level": "read_committed"},
         )
         return [decoder.decode(m.value()) for m in messages]
@@ -208,7 +213,7 @@ def test_workload_flows_through_connect_and_the_normaliser_to_equal_replicas(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "NO" not in done.stdout
 
-    events = capture.canonical_events()
+    events = capture.canonical_events(stats.changes)
     assert len(events) == stats.changes
     assert {e.source for e in events} == {capture.source}
     port = capture.settings.observe.normalizer_metrics_port
@@ -237,11 +242,14 @@ def test_kill9_of_connect_and_normaliser_loses_and_duplicates_nothing(capture: C
     assert made >= 4_000
     assert wait_for(capture.replicas_equal, timeout=150, interval=2), "replicas never equal"
 
-    events = capture.canonical_events()
+    events = capture.canonical_events(capture.workload.stats.changes)
     ids = Counter(e.event_id for e in events)
     duplicated = sum(n - 1 for n in ids.values() if n > 1)
     assert duplicated == 0
     assert len(events) == capture.workload.stats.changes  # none lost: one event per change
+    # and nothing beyond them
+    extra = capture.canonical_events(capture.workload.stats.changes + 1, timeout_s=5)
+    assert len(extra) == capture.workload.stats.changes
 
 
 def test_connect_validates_the_sqlserver_connector_file(capture: Capture) -> None:
