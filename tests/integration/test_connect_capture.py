@@ -30,7 +30,7 @@ from service_support import bridge_environment, drop_capture
 from capa.config import CapaSettings, ConnectConfig, NormalizerConfig
 from capa.verify import verify_postgres_local
 from capa_app.chaos.harness import kill9
-from capa_app.stack.base import StateDirs, free_port, tail, wait_for
+from capa_app.stack.base import StateDirs, free_port, port_in_use, tail, wait_for
 from capa_app.stack.connect import ConnectWorker, load_connector_file
 from capa_app.stack.kafka import ensure_topics
 from capa_app.stack.normalizer import NormalizerService
@@ -235,6 +235,11 @@ def test_kill9_of_connect_and_normaliser_loses_and_duplicates_nothing(capture: C
         ):
             time.sleep(2)
             kill9(service)
+            # the killed JVM's other threads may still hold its sockets for a moment after
+            # its main thread is gone
+            port = service.port
+            assert port is not None
+            assert wait_for(lambda: not port_in_use(service.host, port), timeout=30)
             restart()
     finally:
         running.join()
