@@ -237,9 +237,9 @@ def test_kill9_of_connect_and_normaliser_loses_and_duplicates_nothing(capture: C
             kill9(service)
             # the killed JVM's other threads may still hold its sockets for a moment after
             # its main thread is gone
-            port = service.port
-            assert port is not None
-            assert wait_for(lambda: not port_in_use(service.host, port), timeout=30)
+            assert service.port is not None
+            address = (service.host, service.port)
+            assert wait_for(lambda at=address: not port_in_use(*at), timeout=30)
             restart()
     finally:
         running.join()
