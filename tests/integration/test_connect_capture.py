@@ -224,7 +224,14 @@ def test_workload_flows_through_connect_and_the_normaliser_to_equal_replicas(
 
 def test_kill9_of_connect_and_normaliser_loses_and_duplicates_nothing(capture: Capture) -> None:
     before = capture.workload.stats.changes
-    running = threading.Thread(target=capture.workload.run, args=(4_000,))
+    faults_done = threading.Event()
+
+    def workload() -> None:  # about 200 changes/s for as long as the faults go on
+        while not faults_done.is_set():
+            capture.workload.run(changes=100)
+            time.sleep(0.5)
+
+    running = threading.Thread(target=workload)
     running.start()
     try:
         for service, restart in (
@@ -242,9 +249,10 @@ def test_kill9_of_connect_and_normaliser_loses_and_duplicates_nothing(capture: C
             assert wait_for(lambda at=address: not port_in_use(*at), timeout=30)
             restart()
     finally:
+        faults_done.set()
         running.join()
     made = capture.workload.stats.changes - before
-    assert made >= 4_000
+    assert made >= 1_000
     assert wait_for(capture.replicas_equal, timeout=150, interval=2), "replicas never equal"
 
     events = capture.canonical_events(capture.workload.stats.changes)
