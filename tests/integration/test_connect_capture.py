@@ -278,9 +278,8 @@ def test_connect_validates_the_sqlserver_connector_file(capture: Capture) -> Non
     result = capture.connect.validate(config)
 
     assert result["name"] == "io.debezium.connector.sqlserver.SqlServerConnector"
-    errors = {
-        c["value"]["name"]: c["value"]["errors"] for c in result["configs"] if c["value"]["errors"]
-    }
+    values = [c["value"] for c in result["configs"] if c.get("value")]
+    errors = {v["name"]: v["errors"] for v in values if v.get("errors")}
     # every field validator passes; only the connection to the (absent) server fails
     assert list(errors) == ["database.hostname"], errors
     assert result["error_count"] == 1
