@@ -239,6 +239,62 @@ class DebeziumConfig(_Section):
     )
 
 
+class ConnectConfig(_Section):
+    """The on-prem Kafka Connect worker (distributed mode) and its Debezium plugins."""
+
+    host: str = Field("127.0.0.1", description="Address the Connect REST listener binds to.")
+    port: int = Field(18083, description="Port of the Connect REST API (listeners=http://...).")
+    group_id: str = Field("capa-connect", description="Connect cluster id (worker group.id).")
+    config_topic: str = Field("capa.connect.configs", description="Connector config topic.")
+    offset_topic: str = Field("capa.connect.offsets", description="Source offsets topic.")
+    status_topic: str = Field("capa.connect.status", description="Connector status topic.")
+    heap: str = Field("-Xmx512m", description="JVM heap option of the Connect worker.")
+    jars_dir: Path | None = Field(
+        None, description="Connect runtime jars (default .cache/jars/connect)."
+    )
+    plugin_dirs: list[Path] | None = Field(
+        None,
+        description="plugin.path folders (default .cache/jars/debezium-postgres and "
+        ".cache/jars/debezium-sqlserver).",
+    )
+    connectors_dir: Path | None = Field(
+        None, description="Connector configs registered at start (default deploy/onprem/connect)."
+    )
+    connectors: list[str] = Field(
+        default_factory=lambda: ["postgres-f2"],
+        description="Connector config files (names without .json) registered once healthy.",
+    )
+    offset_flush_interval_ms: int = Field(
+        1_000, description="Worker offset.flush.interval.ms (source offsets, status)."
+    )
+    exactly_once_source: bool = Field(
+        True,
+        description="exactly.once.source.support: source records and their offsets are "
+        "written in one Kafka transaction, so a killed worker re-sends nothing.",
+    )
+
+
+class NormalizerConfig(_Section):
+    """The normaliser service: Connect's Debezium topics -> canonical events, exactly once."""
+
+    topic_pattern: str = Field(
+        r"^(f2|f3)\..+",
+        description="Regex of the Debezium topics consumed (Connect writes <prefix>.<schema>."
+        "<table>; SQL Server <prefix>.<db>.<schema>.<table>).",
+    )
+    group_id: str = Field("capa-normalizer", description="Consumer group of the service.")
+    transactional_id: str = Field(
+        "capa-normalizer",
+        description="Producer transactional.id: a restarted service fences its killed "
+        "predecessor's open transaction.",
+    )
+    max_batch: int = Field(2_000, gt=0, description="Most records per Kafka transaction.")
+    poll_timeout_s: float = Field(0.5, gt=0, description="Longest wait for a batch.")
+    session_timeout_ms: int = Field(
+        10_000, description="Consumer session.timeout.ms (a killed member leaves after it)."
+    )
+
+
 class DatastreamConfig(_Section):
     source_name: str = Field(
         "f3", description="Source name stamped on events read from the bucket."
@@ -331,6 +387,9 @@ class ObserveConfig(_Section):
     )
     apply_metrics_port: int | None = Field(
         19412, description="Prometheus endpoint of the streaming apply job (unset: none; 0: any)."
+    )
+    normalizer_metrics_port: int | None = Field(
+        19413, description="Prometheus endpoint of the normaliser service (unset: none; 0: any)."
     )
     serve_port: int = Field(
         19480,
@@ -502,6 +561,12 @@ class CapaSettings(BaseSettings):
         default_factory=DatastreamConfig, description="Datastream bucket reader (source F3)."
     )
     apply: ApplyConfig = Field(default_factory=ApplyConfig, description="Streaming apply job.")
+    connect: ConnectConfig = Field(
+        default_factory=ConnectConfig, description="On-prem Kafka Connect worker."
+    )
+    normalizer: NormalizerConfig = Field(
+        default_factory=NormalizerConfig, description="On-prem normaliser service."
+    )
     gcs: GcsEmulatorConfig = Field(
         default_factory=GcsEmulatorConfig, description="GCS emulator of the embedded default."
     )

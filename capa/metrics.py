@@ -47,7 +47,7 @@ class Family:
 # commit-to-visible seconds: sub-second (streaming) up to the 10 min of a stuck batch
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
-INGEST = "Debezium bridge, Datastream reader"
+INGEST = "Debezium bridge, normaliser service, Datastream reader"
 
 FAMILIES: tuple[Family, ...] = (
     Family(

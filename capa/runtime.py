@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import gc
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from capa.config import CapaSettings
 
 
 def tune_gc() -> None:
@@ -16,3 +22,19 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def start_service() -> CapaSettings:
+    """The start of a long-running capa process (``python -m ...``): log lines to stderr at
+    the configured level (``CAPA__LOG_LEVEL``), :func:`tune_gc`, and its settings."""
+    from capa.config import load_settings
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    tune_gc()
+    settings = load_settings()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return settings

@@ -61,8 +61,11 @@ def slot_inactive(conn: psycopg.Connection[Any], slot: str) -> bool:
     return row is not None and row[0] == 0
 
 
-def drop_capture(dsn: str, slot: str, publication: str, table: str) -> None:
-    """Drop a test's replication slot (once the bridge has let go), publication and table."""
+def drop_capture(
+    dsn: str, slot: str, publication: str, table: str | None, *, schema: str | None = None
+) -> None:
+    """Drop a test's replication slot (once the bridge has let go), publication and table
+    (``public.<table>``) or whole ``schema``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         wait_for(lambda: slot_inactive(conn, slot), timeout=30)
         conn.execute(
@@ -71,7 +74,10 @@ def drop_capture(dsn: str, slot: str, publication: str, table: str) -> None:
             (slot,),
         )
         conn.execute(f'DROP PUBLICATION IF EXISTS "{publication}"')
-        conn.execute(f'DROP TABLE IF EXISTS "public"."{table}"')
+        if table is not None:
+            conn.execute(f'DROP TABLE IF EXISTS "public"."{table}"')
+        if schema is not None:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 # --- Airflow (its own environment, as a subprocess) ------------------------------------------

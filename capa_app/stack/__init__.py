@@ -94,6 +94,18 @@ def _airflow(kind: str) -> ServiceFactory:
     return factory
 
 
+def _connect(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa_app.stack.connect import connect_worker
+
+    return connect_worker(state, settings)
+
+
+def _normalizer(state: StateDirs, settings: CapaSettings) -> Service:
+    from capa_app.stack.normalizer import normalizer_service
+
+    return normalizer_service(state, settings)
+
+
 # Every component, in start order (stopped in reverse). A profile picks some of them.
 COMPONENTS: dict[str, ServiceFactory] = {
     "kafka": _kafka,
@@ -101,9 +113,8 @@ COMPONENTS: dict[str, ServiceFactory] = {
     "debezium": _debezium,
     "apply": _apply,
     "gcs": _gcs,
-    # --- the `connect` branch's components (the lead enables them at merge) -------------
-    # "connect": _connect,
-    # "normalizer": _normalizer,
+    "connect": _connect,
+    "normalizer": _normalizer,
     "spark-master": _spark_master,
     "spark-worker": _spark_worker,
     "airflow-api-server": _airflow("api-server"),
@@ -120,9 +131,8 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "onprem": (
         "kafka",
         "postgres",
-        # --- the `connect` branch's components (the lead enables them at merge) ---------
-        # "connect",
-        # "normalizer",
+        "connect",
+        "normalizer",
         "spark-master",
         "spark-worker",
         "airflow-api-server",
@@ -147,6 +157,7 @@ class Container:
 
 
 CAPA_IMAGE = "capa:local"
+NORMALIZER_PROGRAM = (".venvs/beam/bin/python", "-m", "connectors.debezium.normalizer_service")
 
 
 def containers() -> dict[str, Container]:
@@ -158,15 +169,19 @@ def containers() -> dict[str, Container]:
     return {
         "kafka": Container(f"apache/kafka:{KafkaConfig().version}"),
         "postgres": Container(f"postgres:{postgres_major}", ("postgres",)),
-        # --- the `connect` branch's components (compose runs them already) ---------------
         "connect": Container("quay.io/debezium/connect"),
-        "normalizer": Container(CAPA_IMAGE),
+        "normalizer": Container(CAPA_IMAGE, NORMALIZER_PROGRAM),
         "spark-master": Container(CAPA_IMAGE, spark.SparkMaster.program()),
         "spark-worker": Container(CAPA_IMAGE, spark.SparkWorker.program()),
         "airflow-api-server": Container(CAPA_IMAGE, airflow.AirflowApiServer.program()),
         "airflow-scheduler": Container(CAPA_IMAGE, airflow.AirflowScheduler.program()),
         "airflow-dag-processor": Container(CAPA_IMAGE, airflow.AirflowDagProcessor.program()),
     }
+
+
+# The on-prem capture path (Kafka Connect + Debezium plugins, then the normaliser service):
+# components of the onprem profile, not of the embedded default.
+ONPREM_COMPONENTS: dict[str, ServiceFactory] = {n: COMPONENTS[n] for n in ("connect", "normalizer")}
 
 
 @dataclass(frozen=True)

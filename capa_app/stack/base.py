@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import capa
 from capa.errors import EnvironmentProblem
 
 logger = logging.getLogger(__name__)
+
+JARS_ROOT = Path(capa.__file__).resolve().parent.parent / ".cache" / "jars"
+"""Where ``scripts/fetch_jars.sh NAME`` puts the jars of ``scripts/jars/NAME.pom``."""
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
@@ -390,3 +395,37 @@ class ConfiguredService(Service):
     @property
     def host(self) -> str:
         return str(getattr(self.config, "host", "127.0.0.1"))
+
+
+class JavaService(ConfiguredService):
+    """A JVM process run from Maven jars (``<JARS_ROOT>/<name>`` unless ``config.jars_dir``)
+    with one properties file in its home ``<state>/data/<name>`` (the file is its marker)."""
+
+    properties_name: ClassVar[str] = "server.properties"
+
+    @property
+    def home(self) -> Path:
+        return self.state.data / self.name
+
+    @property
+    def properties_path(self) -> Path:
+        return (self.home / self.properties_name).resolve()
+
+    @property
+    def marker(self) -> str:
+        return str(self.properties_path)
+
+    @property
+    def jars_dir(self) -> Path:
+        return Path(self.config.jars_dir or JARS_ROOT / self.name)
+
+    def java(self, *args: str) -> list[str]:
+        """``java -cp '<jars_dir>/*' ARGS`` (JVM options first in ``args``, then the main class)."""
+        return ["java", "-cp", f"{self.jars_dir.resolve()}/*", *args]
+
+    def check_java(self) -> None:
+        if shutil.which("java") is None:
+            raise EnvironmentProblem(
+                f"{self.name}: `java` not found on PATH; install a JDK 17 "
+                "(apt-get install openjdk-17-jdk-headless)"
+            )

@@ -17,22 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import capa
 from capa.config import KafkaConfig
 from capa.errors import ConfigError, EnvironmentProblem
-from capa_app.stack.base import ConfiguredService, StateDirs, port_in_use, port_open, spawn
+from capa_app.stack.base import JavaService, StateDirs, port_in_use, port_open, spawn
 from connectors.kafka.clients import client_config
 from connectors.kafka.limits import broker_properties, topic_config
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(capa.__file__).resolve().parent.parent
-DEFAULT_JARS_DIR = REPO_ROOT / ".cache" / "jars" / "kafka"
 FETCH_HINT = "run `bash scripts/fetch_jars.sh kafka` (or `make setup`)"
 
 # Internal topics of a one-node cluster must not ask for more replicas than exist.
@@ -118,7 +114,7 @@ def _property_value(value: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else f"\\u{ord(c):04x}" for c in escaped)
 
 
-class KafkaBroker(ConfiguredService):
+class KafkaBroker(JavaService):
     """The local broker. ``bootstrap`` is what clients connect to."""
 
     name = "kafka"
@@ -134,28 +130,8 @@ class KafkaBroker(ConfiguredService):
         sasl = self.config.security_protocol == "SASL_PLAINTEXT" and self.config.sasl_port
         return f"{self.config.host}:{self.config.sasl_port if sasl else self.config.port}"
 
-    @property
-    def home(self) -> Path:
-        return self.state.data / "kafka"
-
-    @property
-    def properties_path(self) -> Path:
-        return (self.home / "server.properties").resolve()
-
-    @property
-    def marker(self) -> str:
-        return str(self.properties_path)
-
-    @property
-    def jars_dir(self) -> Path:
-        return self.config.jars_dir or DEFAULT_JARS_DIR
-
     def check_environment(self) -> None:
-        if shutil.which("java") is None:
-            raise EnvironmentProblem(
-                "kafka: `java` not found on PATH; install a JDK 17 "
-                "(apt-get install openjdk-17-jdk-headless)"
-            )
+        self.check_java()
         if not list(self.jars_dir.glob("kafka_2.13-*.jar")):
             raise EnvironmentProblem(f"kafka: broker jars missing in {self.jars_dir}; {FETCH_HINT}")
         for port, setting in (
@@ -168,14 +144,11 @@ class KafkaBroker(ConfiguredService):
                     f"already in use by another process; stop it or set CAPA__KAFKA__{setting}"
                 )
 
-    def _java(self, *args: str) -> list[str]:
-        return ["java", "-cp", f"{self.jars_dir}/*", *args]
-
     def prepare(self) -> None:
         log_dir = self.home / "log"
         self.home.mkdir(parents=True, exist_ok=True)
         props = server_properties(self.config, log_dir.resolve())
-        _write_private(self.properties_path, render_properties(props))
+        write_private(self.properties_path, render_properties(props))
         if not (log_dir / "meta.properties").exists():
             self._format()
 
@@ -185,7 +158,7 @@ class KafkaBroker(ConfiguredService):
         logger.info("formatted KRaft storage %s (cluster %s)", self.home, cluster_id)
 
     def _run_tool(self, *args: str) -> str:
-        argv = self._java("-Xmx256m", "kafka.tools.StorageTool", *args)
+        argv = self.java("-Xmx256m", "kafka.tools.StorageTool", *args)
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -196,7 +169,7 @@ class KafkaBroker(ConfiguredService):
         return done.stdout.strip()
 
     def launch(self) -> subprocess.Popen[bytes]:
-        argv = self._java(
+        argv = self.java(
             *self.config.heap.split(),
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "kafka.Kafka",
@@ -229,7 +202,7 @@ class KafkaBroker(ConfiguredService):
         )
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` readable by its owner only (it may hold the SASL users' passwords)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)

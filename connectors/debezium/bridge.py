@@ -30,12 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from capa import metrics
-from capa.config import CapaSettings, load_settings
+from capa.config import CapaSettings
 from capa.errors import CapaError
-from capa.events import ChangeEvent
-from capa.runtime import tune_gc
-from connectors.base import DeadLetter as BaseDeadLetter
-from connectors.base import Normalizer, RawRecord, Skip, normalize_one
+from capa.runtime import start_service
+from connectors.base import Normalizer, RawRecord, normalize_one
+from connectors.debezium import routing
 from connectors.debezium.conversions import ConversionWatch
 from connectors.debezium.engine import (
     CONVERSIONS_LOG,
@@ -47,13 +46,12 @@ from connectors.debezium.engine import (
 )
 from connectors.debezium.identity import warn_about_keyless_tables
 from connectors.kafka.admin import ensure_topics
-from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 from connectors.pgsync.sync import run_initial_sync
 
 logger = logging.getLogger(__name__)
 
-ORIGIN = "debezium"
+ORIGIN = routing.ORIGIN
 COMPONENT = "debezium-bridge"  # the ``component`` label of its metrics
 
 
@@ -122,28 +120,16 @@ class DebeziumKafkaBridge:
         return metrics.UNKNOWN_TABLE
 
     def _emit(self, outcome: Any, raw: RawRecord, table: str, count: bool) -> None:
-        if isinstance(outcome, ChangeEvent):
-            if self.producer.send(outcome, Provenance(raw.file, raw.raw_bytes)):
-                if count:
-                    self.events += 1
-                    metrics.record_produced(COMPONENT, table)
-            elif count:  # too large for Kafka: dead-lettered by the producer
-                self.dead_letters += 1
-                metrics.record_dead_letter(COMPONENT, table, "record too large for Kafka")
-        elif isinstance(outcome, Skip):
-            if count:
-                self.skipped += 1
-                metrics.record_skipped(COMPONENT, outcome.kind)
-        elif isinstance(outcome, BaseDeadLetter):
-            self.producer.send_dead_letter(self._letter(outcome))
-            if count:
-                self.dead_letters += 1
-                metrics.record_dead_letter(COMPONENT, table, outcome.reason)
-
-    def _letter(self, letter: BaseDeadLetter) -> DeadLetter:
-        return DeadLetter(
-            letter.reason, letter.raw, ORIGIN, source=self.source, location=letter.file
-        )
+        routed = routing.route(outcome, raw, self.producer, self.source)
+        if not count:
+            return
+        routing.count(COMPONENT, table, routed)
+        if routed.kind == routing.PRODUCED:
+            self.events += 1
+        elif routed.kind == routing.SKIPPED:
+            self.skipped += 1
+        else:
+            self.dead_letters += 1
 
 
 class BridgeProcess:
@@ -216,15 +202,8 @@ class BridgeProcess:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    tune_gc()
     try:
-        settings = load_settings()
-        logging.getLogger().setLevel(settings.log_level.upper())  # CAPA__LOG_LEVEL
+        settings = start_service()
         process = BridgeProcess(settings)
         signal.signal(signal.SIGTERM, process.request_stop)
         signal.signal(signal.SIGINT, process.request_stop)

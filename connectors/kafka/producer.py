@@ -33,7 +33,7 @@ from typing import Any
 
 from capa import retry
 from capa.config import KafkaConfig
-from capa.errors import ConfigError, ServiceUnavailable
+from capa.errors import ConfigError, ServiceUnavailable, TerminalError
 from capa.events import ChangeEvent
 from capa.retry import RetryPolicy
 from connectors.kafka.clients import client_config
@@ -343,3 +343,75 @@ def _check_dead_letter_budget(
         f"attempt(s) in {elapsed:.0f}s ({failure}); fix Kafka and restart - nothing was "
         "committed (CAPA__KAFKA__DLQ_RETRY_ATTEMPTS / CAPA__KAFKA__DLQ_RETRY_TIMEOUT_S)"
     ) from failure
+
+
+class TransactionalChangeProducer(KafkaChangeProducer):
+    """A :class:`KafkaChangeProducer` whose records commit in Kafka transactions.
+
+    For a consume-transform-produce loop: :meth:`begin`, then ``send`` /
+    ``send_dead_letter`` as usual, then :meth:`commit` with the consumer's next offsets and
+    group metadata, so the produced records and the source offsets become visible together
+    (to ``read_committed`` readers) or not at all. ``transactional_id`` is stable across
+    restarts: :meth:`init` fences a killed predecessor and aborts its open transaction.
+
+    An event over ``kafka.max_message_bytes`` is still dead-lettered before it is produced
+    (in the same transaction). Any error inside a transaction surfaces from :meth:`commit`
+    as :class:`TransactionAborted` (the transaction was aborted: rewind the consumer and
+    redo the batch) or as a fatal :class:`TransactionFenced`.
+    """
+
+    def __init__(self, config: KafkaConfig, transactional_id: str, **kwargs: Any) -> None:
+        settings = {"transactional.id": transactional_id, **kwargs.pop("client_settings", {})}
+        super().__init__(config, client_settings=settings, **kwargs)
+        self.transactional_id = transactional_id
+
+    def init(self, timeout_s: float = 30.0) -> None:
+        self._call("init_transactions", timeout_s)
+
+    def begin(self) -> None:
+        self._call("begin_transaction")
+
+    def commit(self, offsets: list[Any], group_metadata: Any, timeout_s: float = 30.0) -> None:
+        """Add ``offsets`` (the consumer's next positions) and commit the transaction."""
+        try:
+            self._call("send_offsets_to_transaction", offsets, group_metadata, timeout_s)
+            self._call("commit_transaction", timeout_s)
+        except TransactionAborted:
+            self.abort(timeout_s)
+            raise
+        finally:
+            self._take_failures()
+            self._take_refused()
+        self._dead_letters_in_flight = 0
+
+    def abort(self, timeout_s: float = 30.0) -> None:
+        try:
+            self._call("abort_transaction", timeout_s)
+        except TransactionAborted as exc:  # nothing open any more (the broker aborted it)
+            logger.info("abort: %s", exc)
+
+    def _call(self, method: str, *args: Any) -> None:
+        client = self._client()
+        try:
+            getattr(client, method)(*args)
+        except self._kafka_exception as exc:
+            error = exc.args[0]
+            if error.fatal() or error.code() in _FENCED:
+                self._producer = None
+                raise TransactionFenced(
+                    f"{method} failed for transactional.id {self.transactional_id!r}: "
+                    f"{error.str()}; another instance took over, or the producer is unusable"
+                ) from exc
+            raise TransactionAborted(f"{method} failed: {error.str()}") from exc
+
+
+_FENCED = frozenset({90, 47})  # PRODUCER_FENCED, INVALID_PRODUCER_EPOCH
+
+
+class TransactionAborted(ServiceUnavailable):
+    """The transaction did not commit (it was aborted); redo its input."""
+
+
+class TransactionFenced(TerminalError):
+    """This producer was fenced (a newer instance with the same transactional.id) or
+    hit a fatal error: stop the process; its successor redoes the open work."""

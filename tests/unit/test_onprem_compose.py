@@ -35,8 +35,6 @@ COMPOSE_ONLY = {
     "capa-beam-worker": "Beam on Flink: blocked, no Beam Flink job-server jar here",
     "capa-apply": "Beam on Flink: blocked, no Beam Flink job-server jar here",
 }
-# Built on branch `connect`: in compose already, enabled in the process profile at merge.
-PENDING = ("connect", "normalizer")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ def test_every_compose_service_is_a_profile_component_or_named_with_its_reason(
     services: dict[str, Any],
 ) -> None:
     assert set(services) == set(containers()) | set(COMPOSE_ONLY)
-    assert set(ONPREM) | set(PENDING) == set(containers())
+    assert set(ONPREM) == set(containers())
 
 
 def test_every_onprem_component_is_registered_and_runs_in_compose(
@@ -128,7 +126,7 @@ def test_airflow_processes_share_one_configuration_with_the_process_profile(
 
 def test_mounted_files_of_the_profile_services_exist(services: dict[str, Any]) -> None:
     mounted = []
-    for name in [*ONPREM, *PENDING]:
+    for name in ONPREM:
         for volume in services[name].get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
