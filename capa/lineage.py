@@ -29,17 +29,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
-from openlineage.client.naming.dataset import BigQuery, DatasetNaming, Kafka, LocalFileSystem
-from openlineage.client.uuid import generate_new_uuid
+if TYPE_CHECKING:  # imported where used: a runtime without the client (a Dataproc image)
+    from openlineage.client.event_v2 import RunEvent
+    from openlineage.client.naming.dataset import DatasetNaming
 
 logger = logging.getLogger(__name__)
 
 JOB_NAMESPACE = "capa"
 APPLY_JOB = "apply"
-PRODUCER = "https://github.com/capa/capa/tree/0.1.0/capa/lineage.py"
+# The producer URI of every event: capa has no public home page, so a URN naming it and its version.
+PRODUCER = "urn:capa:0.1.0"
 _ENV_SETTINGS = ("OPENLINEAGE_CONFIG", "OPENLINEAGE_URL")
 
 
@@ -57,16 +58,22 @@ class Dataset:
 
 def kafka_topic(bootstrap: str, topic: str) -> Dataset:
     """The topic on the first broker of ``bootstrap`` (``host:port[,host:port...]``)."""
+    from openlineage.client.naming.dataset import Kafka
+
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     return Dataset.named(Kafka(host or port, port if host else "9092", topic))
 
 
 def delta_table(path: Path | str) -> Dataset:
     """A Delta table of the local lakehouse, by its absolute path."""
+    from openlineage.client.naming.dataset import LocalFileSystem
+
     return Dataset.named(LocalFileSystem(str(Path(path).resolve())))
 
 
 def bigquery_table(project: str, dataset: str, table: str) -> Dataset:
+    from openlineage.client.naming.dataset import BigQuery
+
     return Dataset.named(BigQuery(project, dataset, table))
 
 
@@ -79,17 +86,26 @@ def warehouse_table(config: Any, namespace: str, name: str) -> Dataset:
 
 
 def run_event(
-    state: RunState,
+    state: str,
     run_id: str,
     job: str,
     inputs: Sequence[Dataset] = (),
     outputs: Sequence[Dataset] = (),
 ) -> RunEvent:
-    """One OpenLineage run event of capa job ``job``."""
+    """One OpenLineage run event (``state``: START, RUNNING, COMPLETE, FAIL) of job ``job``."""
+    from openlineage.client.event_v2 import (
+        InputDataset,
+        Job,
+        OutputDataset,
+        Run,
+        RunEvent,
+        RunState,
+    )
+
     return RunEvent(
         eventTime=datetime.now(UTC).isoformat(),
         producer=PRODUCER,
-        eventType=state,
+        eventType=RunState(state),
         run=Run(runId=run_id),
         job=Job(namespace=JOB_NAMESPACE, name=job),
         inputs=[InputDataset(namespace=d.namespace, name=d.name) for d in inputs],
@@ -98,6 +114,9 @@ def run_event(
 
 
 def new_run_id() -> str:
+    """A UUIDv7 run id, as OpenLineage recommends (time-ordered)."""
+    from openlineage.client.uuid import generate_new_uuid
+
     return str(generate_new_uuid())
 
 
@@ -111,13 +130,21 @@ class Emitter:
     def enabled(self) -> bool:
         return self._client is not None
 
-    def emit(self, event: RunEvent) -> None:
+    def emit(
+        self,
+        state: str,
+        run_id: str,
+        job: str,
+        inputs: Sequence[Dataset] = (),
+        outputs: Sequence[Dataset] = (),
+    ) -> None:
+        """Send one run event (nothing when disabled); a transport error is logged only."""
         if self._client is None:
             return
         try:
-            self._client.emit(event)
+            self._client.emit(run_event(state, run_id, job, inputs, outputs))
         except Exception as exc:  # lineage never stops the pipeline
-            logger.warning("OpenLineage event of %s not sent: %s", event.job.name, exc)
+            logger.warning("OpenLineage %s event of %s not sent: %s", state, job, exc)
 
     def close(self) -> None:
         if self._client is not None:
@@ -140,8 +167,11 @@ def emitter() -> Emitter:
     """An emitter with the configured transport, or a no-op one when none is configured."""
     if not configured() or os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true":
         return Emitter(None)
-    from openlineage.client import OpenLineageClient
-
+    try:
+        from openlineage.client import OpenLineageClient
+    except ImportError:
+        logger.warning("OpenLineage is configured but openlineage-python is not installed")
+        return Emitter(None)
     return Emitter(OpenLineageClient())
 
 
@@ -151,16 +181,19 @@ class ApplyRun:
     then COMPLETE or FAIL (each naming every table written so far)."""
 
     emitter: Emitter
-    topic: Dataset
+    topic: Callable[[], Dataset]  # the input topic's dataset
     table: Callable[[str], Dataset]  # raw table name -> its dataset
-    run_id: str = field(default_factory=new_run_id)
+    run_id: str = ""
     written: dict[str, Dataset] = field(default_factory=dict)
 
-    def _event(self, state: RunState) -> RunEvent:
-        return run_event(state, self.run_id, APPLY_JOB, [self.topic], list(self.written.values()))
+    def _emit(self, state: str) -> None:
+        outputs = list(self.written.values())
+        self.emitter.emit(state, self.run_id, APPLY_JOB, [self.topic()], outputs)
 
     def start(self) -> None:
-        self.emitter.emit(self._event(RunState.START))
+        if self.emitter.enabled:
+            self.run_id = new_run_id()
+            self._emit("START")
 
     def wrote(self, tables: Iterable[str]) -> None:
         """Tables a batch wrote: one RUNNING event if any of them is new to this run."""
@@ -170,17 +203,20 @@ class ApplyRun:
         if not new:
             return
         self.written.update((name, self.table(name)) for name in new)
-        self.emitter.emit(self._event(RunState.RUNNING))
+        self._emit("RUNNING")
 
     def end(self, failed: bool) -> None:
-        self.emitter.emit(self._event(RunState.FAIL if failed else RunState.COMPLETE))
-        self.emitter.close()
+        if self.emitter.enabled:
+            self._emit("FAIL" if failed else "COMPLETE")
+            self.emitter.close()
 
 
 def apply_run(emitter: Emitter, bootstrap: str, topic: str, warehouse: Any) -> ApplyRun:
     """The lineage of a streaming apply run from ``topic`` into ``warehouse`` (a config)."""
     return ApplyRun(
-        emitter, kafka_topic(bootstrap, topic), lambda name: warehouse_table(warehouse, "raw", name)
+        emitter,
+        lambda: kafka_topic(bootstrap, topic),
+        lambda name: warehouse_table(warehouse, "raw", name),
     )
 
 
@@ -188,12 +224,16 @@ def apply_run(emitter: Emitter, bootstrap: str, topic: str, warehouse: Any) -> A
 def job_run(
     emitter: Emitter, job: str, inputs: Sequence[Dataset], outputs: Sequence[Dataset]
 ) -> Iterator[str]:
-    """START, then COMPLETE when the block ends, FAIL when it raises; yields the run id."""
+    """START, then COMPLETE when the block ends, FAIL when it raises (nothing when the
+    emitter is disabled); yields the run id."""
+    if not emitter.enabled:
+        yield ""
+        return
     run_id = new_run_id()
-    emitter.emit(run_event(RunState.START, run_id, job, inputs, outputs))
+    emitter.emit("START", run_id, job, inputs, outputs)
     try:
         yield run_id
     except BaseException:
-        emitter.emit(run_event(RunState.FAIL, run_id, job, inputs, outputs))
+        emitter.emit("FAIL", run_id, job, inputs, outputs)
         raise
-    emitter.emit(run_event(RunState.COMPLETE, run_id, job, inputs, outputs))
+    emitter.emit("COMPLETE", run_id, job, inputs, outputs)
