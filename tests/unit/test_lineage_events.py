@@ -86,8 +86,9 @@ def test_apply_run_starts_reports_each_new_table_once_and_completes(
         ("file", str(raw / "f2_public_customers")),
         ("file", str(raw / "f2_public_orders")),
     ]
-    assert names(events[3]["outputs"]) == names(events[1]["outputs"]) + [
-        ("file", str(raw / "f3_dbo_invoices"))
+    assert names(events[3]["outputs"]) == [
+        *names(events[1]["outputs"]),
+        ("file", str(raw / "f3_dbo_invoices")),
     ]
     assert all(e["producer"] == lineage.PRODUCER for e in events)
 
@@ -117,7 +118,12 @@ def test_model_run_names_every_table_the_sql_reads(events_file: Path, tmp_path: 
     assert events[0]["job"]["name"] == "consumption.customer_360"
     inputs = {name for _, name in names(events[0]["inputs"])}
     root = tmp_path.resolve()
-    expected_raw = {"f2_public_customers", "crm_crm_accounts", "crm_crm_contacts", "f3_dbo_invoices"}
+    expected_raw = {
+        "f2_public_customers",
+        "crm_crm_accounts",
+        "crm_crm_contacts",
+        "f3_dbo_invoices",
+    }
     assert inputs == {str(root / "raw" / n) for n in expected_raw} | {
         str(root / "consumption" / "customer_orders")
     }
