@@ -11,16 +11,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from deltalake import DeltaTable
+from kafka_support import make_event
 
 from capa.config import KafkaConfig
-from capa.events import ChangeEvent, Op, SourceKind, raw_table_name
+from capa.events import ChangeEvent, Op, raw_table_name
 from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.producer import KafkaChangeProducer
 
@@ -30,6 +31,7 @@ ORDERS, BATCH = 200, 50
 
 
 def order_event(key: int, seq: int) -> ChangeEvent:
+    """An insert (first sequence of a key) or update of an order the customer_orders model reads."""
     row = {
         "id": key,
         "customer_id": key % 7 + 1,
@@ -37,19 +39,8 @@ def order_event(key: int, seq: int) -> ChangeEvent:
         "amount": f"{seq}.50",
         "ordered_at": f"2026-01-{key % 28 + 1:02d}T10:00:00",
     }
-    return ChangeEvent(
-        source="f2",
-        source_kind=SourceKind.POSTGRES,
-        database="shop",
-        schema="public",
-        table="orders",
-        op=Op.CREATE if seq == key else Op.UPDATE,
-        position=f"{seq:016x}.1",
-        commit_ts_us=int(time.time() * 1e6),
-        primary_key=("id",),
-        key={"id": key},
-        after=row,
-    )
+    op = Op.CREATE if seq == key else Op.UPDATE
+    return replace(make_event(key, op), position=f"{seq:016x}.1", after=row)
 
 
 def run(argv: list[str], env: dict[str, str], log: Path) -> None:
