@@ -39,7 +39,7 @@ def order_event(key: int, seq: int) -> ChangeEvent:
         "amount": f"{seq}.50",
         "ordered_at": f"2026-01-{key % 28 + 1:02d}T10:00:00",
     }
-    op = Op.CREATE if seq == key else Op.UPDATE
+    op = Op.INSERT if seq == key else Op.UPDATE
     return replace(make_event(key, op), position=f"{seq:016x}.1", after=row)
 
 
