@@ -41,6 +41,7 @@ from capa.apply import apply_isolating_failures, rejection_reason
 from capa.columnar import TableColumns
 from capa.errors import TerminalError, TransientError
 from capa.events import ChangeEvent, Op, iter_tables
+from capa.lineage import ApplyRun
 from capa.retry import RetryPolicy
 from capa.warehouse.base import RAW_NAMESPACE, Warehouse, column_writer, compactor
 from connectors.kafka.batch_decode import BatchDecoder, DecodedBatch
@@ -243,8 +244,10 @@ class ApplyLoop:
         native_decode: Any = None,
         pipelined: bool = False,
         retry_policy: RetryPolicy = APPLY_RETRY,
+        lineage: ApplyRun | None = None,
     ) -> None:
         self._warehouse = warehouse
+        self._lineage = lineage
         self._columns = column_writer(warehouse)
         self._decoder = decoder
         self._batch_decoder = BatchDecoder(
@@ -414,6 +417,11 @@ class ApplyLoop:
         stamps = _column_stamps(work.decoded.tables) + _event_stamps(work.items)
         self.stats.record_batch(applied, stamps, work.seconds, work.visible_at)
         _export_tables(work, self.stats.recent)
+        if self._lineage is not None:
+            self._lineage.wrote(
+                [t.table_id for t in work.decoded.tables]
+                + [item.event.table_id for item in work.items]
+            )
         if work.letters:
             self.stats.record_dead_letters(len(work.letters))
         if self._committer is not None:

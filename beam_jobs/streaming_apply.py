@@ -48,7 +48,9 @@ from beam_jobs.kafka_io import (
     ReadFromKafkaPartitions,
 )
 from beam_jobs.options import StreamingApplyOptions, build_options, pipelined_apply
+from capa import lineage
 from capa.config import KafkaConfig
+from capa.lineage import ApplyRun
 from capa.runtime import tune_gc
 from capa.warehouse import parse_spec
 
@@ -97,8 +99,10 @@ class ApplyBatchesFn(beam.DoFn):
         warehouse_options: dict[str, Any] | None = None,
         schema_registry_url: str | None = None,
         pipelined: bool = False,
+        source: tuple[str, str] | None = None,
     ) -> None:
         self.warehouse_spec = warehouse
+        self.source = source  # (bootstrap, topic): the lineage input
         self.warehouse_options = warehouse_options or {}
         self.committer_factory = committer
         self.dead_letter_factory = dead_letters
@@ -109,6 +113,8 @@ class ApplyBatchesFn(beam.DoFn):
         self.schema_registry_url = schema_registry_url
         self.pipelined = pipelined
         self._loop: ApplyLoop | None = None
+        self._lineage: ApplyRun | None = None
+        self._failed = False
 
     def setup(self) -> None:
         from capa.native import decode_batch
@@ -116,6 +122,11 @@ class ApplyBatchesFn(beam.DoFn):
         from connectors.kafka.wire import ChangeEventDecoder
 
         _serve_metrics()
+        if self.source is not None:
+            self._lineage = lineage.apply_run(
+                lineage.emitter(), *self.source, parse_spec(self.warehouse_spec)
+            )
+            self._lineage.start()
         self._loop = ApplyLoop(
             open_warehouse(self.warehouse_spec, **self.warehouse_options),
             ChangeEventDecoder.from_config(
@@ -128,23 +139,40 @@ class ApplyBatchesFn(beam.DoFn):
             native_decode=decode_batch,
             pipelined=self.pipelined,
             retry_policy=replace(APPLY_RETRY, attempts=self.max_attempts),
+            lineage=self._lineage,
         )
 
     def process(self, batch: KafkaBatch) -> Iterator[dict[str, Any]]:
-        assert self._loop is not None
-        report = self._loop.add(KafkaBatch(*batch))
+        loop = self._loop
+        assert loop is not None
+        report = self._failing(lambda: loop.add(KafkaBatch(*batch)))
         if report is not None:
             yield report
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         assert self._loop is not None
-        report = self._loop.finish()
+        report = self._failing(self._loop.finish)
         if report is not None:
             yield WindowedValue(report, GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
+    def _failing(self, call: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """``call()``; an error marks the run failed (its lineage ends with FAIL)."""
+        try:
+            return call()
+        except BaseException:
+            self._failed = True
+            raise
+
     def teardown(self) -> None:
-        if self._loop is not None:
-            self._loop.close()
+        try:
+            if self._loop is not None:
+                self._loop.close()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            if self._lineage is not None:
+                self._lineage.end(failed=self._failed)
 
 
 class KafkaCommitterFactory:
@@ -218,6 +246,7 @@ def build_pipeline(
         warehouse_options=_warehouse_options(opts),
         schema_registry_url=opts.schema_registry_url,
         pipelined=pipelined,
+        source=(opts.bootstrap, opts.topic),
     )
 
 

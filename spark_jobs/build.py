@@ -41,10 +41,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from capa import console
+from capa import console, lineage
 from capa.errors import CapaError, TerminalError
 from capa.warehouse.base import META_INGESTED_AT
 from spark_jobs import arrow_checks
+from spark_jobs.build_lineage import model_run
 from spark_jobs.checks import (
     CheckResult,
     failure_rows,
@@ -122,6 +123,7 @@ class SparkModelBuilder:
         self.settings = BuildSettings(
             self.lakehouse, self.consumption, rebuild_above, overwrite_below, workers
         )
+        self.lineage = lineage.emitter()
 
     def build(
         self, project: Project, *, full: bool = False, select: Sequence[str] | None = None
@@ -129,8 +131,15 @@ class SparkModelBuilder:
         models = project.order(select)
         with BuildContext(self.spark, self.settings, project) as ctx:
             return run_in_order(
-                models, lambda model: self.build_model(ctx, model, full=full), ctx.settings.workers
+                models, lambda model: self._traced(ctx, model, full), ctx.settings.workers
             )
+
+    def _traced(self, ctx: BuildContext, model: Model, full: bool) -> ModelReport:
+        def table(layer: str, name: str) -> lineage.Dataset:
+            return lineage.delta_table(ctx.path("raw" if layer == "raw" else "ref", name))
+
+        with model_run(self.lineage, model, table):
+            return self.build_model(ctx, model, full=full)
 
     def build_model(self, ctx: BuildContext, model: Model, *, full: bool = False) -> ModelReport:
         started = time.monotonic()

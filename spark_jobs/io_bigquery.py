@@ -32,8 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from capa import lineage
 from capa.errors import ConfigError, WarehouseTerminalError, WarehouseTransientError
 from capa.warehouse.base import CHANGELOG_SUFFIX, META_DELETED, META_EVENT_ID
+from spark_jobs.build_lineage import model_run
 from spark_jobs.project import BigQueryLayout, Model, Project, quote
 
 logger = logging.getLogger(__name__)
@@ -243,6 +245,7 @@ class BigQueryModelBuilder:
         self.spark, self.target = spark, target
         self.source = source or BigQueryRawSource(spark, target)
         self.sink = sink or BigQueryConsumptionSink(target)
+        self.lineage = lineage.emitter()
         self._views: set[str] = set()
         self._built: dict[str, Any] = {}
 
@@ -270,10 +273,20 @@ class BigQueryModelBuilder:
         self._views.clear()
         self._built.clear()
         try:
-            return [self.build_model(project, model) for model in project.order(select)]
+            return [self._traced(project, model) for model in project.order(select)]
         finally:
             for df in self._built.values():
                 df.unpersist()
+
+    def _traced(self, project: Project, model: Model) -> Any:
+        t = self.target
+
+        def table(layer: str, name: str) -> lineage.Dataset:
+            dataset = t.raw_dataset if layer == "raw" else t.consumption_dataset
+            return lineage.bigquery_table(t.project, dataset, name)
+
+        with model_run(self.lineage, model, table):
+            return self.build_model(project, model)
 
     def build_model(self, project: Project, model: Model) -> Any:
         from spark_jobs.build import ChecksFailed, ModelReport

@@ -169,6 +169,10 @@ class Model:
         return _calls(self.sql, "raw")
 
     @property
+    def history_inputs(self) -> tuple[str, ...]:
+        return _calls(self.sql, "raw_history")
+
+    @property
     def refs(self) -> tuple[str, ...]:
         return _calls(self.sql, "ref")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from deltalake import DeltaTable
@@ -66,17 +67,73 @@ def test_dags_import_cleanly_and_wire_models_in_dependency_order(
     }
 
 
+def lineage_env(airflow_events: Path, build_events: Path) -> dict[str, str]:
+    """OpenLineage on, file transports: the Airflow provider's ``[openlineage] transport`` for
+    the task events, OpenLineage's own variables for the Spark builds the tasks start."""
+    transport = {"type": "file", "log_file_path": str(airflow_events), "append": True}
+    return {
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+        "OPENLINEAGE__TRANSPORT__TYPE": "file",
+        "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(build_events),
+        "OPENLINEAGE__TRANSPORT__APPEND": "true",
+    }
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def runs_by_job(events: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """job name -> run id -> its event types in the order written."""
+    runs: dict[str, dict[str, list[str]]] = {}
+    for e in events:
+        job = runs.setdefault(e["job"]["name"], {})
+        job.setdefault(e["run"]["runId"], []).append(e["eventType"])
+    return runs
+
+
 def test_dags_test_consumption_builds_every_model(
     airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
     lake = sample.seed(tmp_path / "lh", customers=15, orders=40, invoices=20)
-    env = {**airflow_env, "CAPA__DAGS__LAKEHOUSE": str(lake.root)}
+    airflow_events, build_events = tmp_path / "airflow.jsonl", tmp_path / "builds.jsonl"
+    env = {
+        **airflow_env,
+        "CAPA__DAGS__LAKEHOUSE": str(lake.root),
+        **lineage_env(airflow_events, build_events),
+    }
     proc = run_checked([str(AIRFLOW_BIN / "airflow"), "dags", "test", "consumption"], env, tmp_path)
     output = proc.stdout + proc.stderr
     assert "state=success" in output or "DagRunState.SUCCESS" in output, output[-3000:]
     for model, rows in {"customer_360": 15, "customer_features": 15}.items():
         assert len(DeltaTable(str(lake.root / "consumption" / model)).to_pyarrow_table()) == rows
     assert len(DeltaTable(str(lake.root / "consumption" / "sales_daily")).to_pyarrow_table()) > 0
+
+    models = ("customer_orders", "customer_360", "sales_daily", "customer_features")
+    # the Airflow provider: one run per task, started then completed
+    tasks = runs_by_job(read_events(airflow_events))
+    for task in [f"consumption.build_{m}" for m in models] + ["consumption.raw_freshness"]:
+        runs = tasks.get(task, {})
+        assert len(runs) == 1, (task, runs)
+        types = next(iter(runs.values()))
+        assert types[0] == "START" and types[-1] == "COMPLETE", (task, types)
+    # the Spark builds the tasks ran: one run per model, raw -> consumption edges
+    builds = read_events(build_events)
+    for model, runs in runs_by_job(builds).items():
+        assert list(runs.values()) == [["START", "COMPLETE"]], model
+    edges = {
+        (i["name"], o["name"])
+        for e in builds
+        if e["eventType"] == "COMPLETE"
+        for i in e["inputs"]
+        for o in e["outputs"]
+    }
+    raw, consumption = lake.root.resolve() / "raw", lake.root.resolve() / "consumption"
+    assert (str(raw / "f2_public_customers"), str(consumption / "customer_360")) in edges
+    assert (str(raw / "f2_public_orders"), str(consumption / "customer_orders")) in edges
+    assert (str(consumption / "customer_orders"), str(consumption / "customer_360")) in edges
+    assert (str(consumption / "customer_360"), str(consumption / "customer_features")) in edges
+    assert {e["job"]["name"] for e in builds} == {f"consumption.{m}" for m in models}
 
 
 def test_dags_test_maintenance_enforces_changelog_retention(

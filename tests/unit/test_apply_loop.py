@@ -8,6 +8,7 @@ given (the Kafka adapters are exercised against a real broker in tests/integrati
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import pytest
 
 from beam_jobs.apply_loop import APPLY_RETRY, ApplyLoop
 from beam_jobs.apply_stats import ApplyStats
+from capa import lineage
 from capa.codec import encode_single_object
 from capa.columnar import TableColumns
+from capa.config import LocalWarehouseConfig
 from capa.errors import TerminalError, WarehouseTransientError
 from capa.events import ChangeEvent, Op, SourceKind
 from capa.native import decode_batch
@@ -270,3 +273,40 @@ def test_the_loop_exports_per_table_prometheus_figures(tmp_path: Path) -> None:
         and s.name.endswith("_total")
     ]  # fmt: skip
     assert sum(s.value for s in letters) - refused >= 1
+
+
+def test_the_loop_reports_each_new_raw_table_to_lineage_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four batches, two tables: one RUNNING event per table that first appears, not per batch."""
+    events_file = tmp_path / "lineage.jsonl"
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(events_file))
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    run = lineage.apply_run(
+        lineage.emitter(), "127.0.0.1:9092", "t", LocalWarehouseConfig(path=tmp_path)
+    )
+    parts = [dataclasses.replace(make_event(k, 100 + k), table="parts") for k in range(1, 4)]
+    batches = [as_batch([make_event(k, k) for k in range(1, 6)]),
+               as_batch([make_event(k, 10 + k) for k in range(1, 6)], 5),
+               as_batch(parts, 10),
+               as_batch([make_event(k, 20 + k) for k in range(1, 6)], 13)]  # fmt: skip
+    run.start()
+    loop = ApplyLoop(
+        LocalWarehouse(tmp_path), ChangeEventDecoder(), committer=None, dead_letters=None,
+        max_batch_events=1, stats=ApplyStats(None, 3600), native_decode=decode_batch,
+        retry_policy=NO_WAIT, lineage=run,
+    )  # fmt: skip
+    try:
+        for batch in batches:
+            loop.add(batch)
+    finally:
+        loop.close()
+    run.end(failed=False)
+
+    sent = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert [e["eventType"] for e in sent] == ["START", "RUNNING", "RUNNING", "COMPLETE"]
+    outputs = [[d["name"] for d in e["outputs"]] for e in sent]
+    raw = tmp_path.resolve() / "raw"
+    assert outputs[1] == [str(raw / "f2_public_items")]
+    assert outputs[3] == [str(raw / "f2_public_items"), str(raw / "f2_public_parts")]
