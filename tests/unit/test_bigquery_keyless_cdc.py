@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from test_bigquery_cdc_rows import bigquery_apply
 from test_keyless import IMAGES, keyless, keyless_histories, multiset, redeliveries
 
-from capa.apply import ReplicaState, keyless_target, plan_table, resolve_plan
+from capa.apply import keyless_target, plan_table, resolve_plan
 from capa.events import ChangeEvent, Op
 from capa.keyless import KEYLESS_COLUMNS, KEYLESS_KEY, ROW_ID, KeylessTarget
+from capa.merge_rule import ReplicaState
 from capa.warehouse.base import META_DELETED, META_POSITION
 from capa.warehouse.bigquery.cdc import replica_rows
 from capa.warehouse.bigquery.keyless import latest_rows, needs_read

@@ -25,9 +25,10 @@ from test_bigquery_cdc_rows import bigquery_apply
 from test_bigquery_modes import _capture_pseudo_columns, _open, _raw_rows, _Statements
 from test_keyless import IMAGES, image_key, keyless, multiset, redeliveries
 
-from capa.apply import ReplicaState, plan_table
+from capa.apply import plan_table
 from capa.events import ChangeEvent, Op, SourceKind, occurrence_id, raw_table_name
 from capa.keyless import ROW_ID
+from capa.merge_rule import ReplicaState
 from capa.position import pg_position
 from capa.verify import verify_postgres_bigquery
 
