@@ -81,6 +81,13 @@ def main() -> None:
         out["dags"][dag_id] = {t.task_id: render(t, ctx) for t in dag.tasks}
     heavy = [m for m in ("pyspark", "apache_beam") if m in sys.modules]
     out["heavy"] = heavy
+    # where capa's own modules came from (a Composer-like dags folder must hold all of them)
+    ours = ("capa", "capa_app", "connectors", "beam_jobs", "spark_jobs")
+    out["capa_files"] = sorted(
+        module.__file__
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in ours and getattr(module, "__file__", None)  # not namespaces
+    )
     print(json.dumps(out, default=str))
 
 

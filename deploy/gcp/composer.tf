@@ -5,7 +5,14 @@
 
 locals {
   composer_settings = jsondecode(file("${local.repo_root}/deploy/composer/environment.json"))
-  dag_files         = fileset("${local.repo_root}/dags", "**/*.py")
+  # Composer puts its bucket's dags/ folder on PYTHONPATH and parses DAG files there. Uploaded:
+  # the DAG files with their .airflowignore, and beside them the capa code the DAG files import
+  # when they are parsed (typed config and errors; the Spark project's model order and its
+  # models). tests/unit/test_dag_profiles_render.py imports the gcp DAGs from exactly this set.
+  dag_globs      = ["**/*.py", ".airflowignore"]
+  dag_code_globs = ["capa/**/*.py", "capa/schemas/*.avsc", "connectors/**/*.py", "connectors/crm/*.yaml", "spark_jobs/**/*.py", "spark_jobs/models/*.sql"]
+  dag_files      = toset(flatten([for g in local.dag_globs : fileset("${local.repo_root}/dags", g)]))
+  dag_code_files = toset(flatten([for g in local.dag_code_globs : fileset(local.repo_root, g)]))
 
   # Settings of the DAGs (dags/capa_dags/settings.py reads them from the environment); the
   # DAG tests render the gcp profile with exactly this map (tests/unit/test_dag_profiles_render.py).
@@ -121,13 +128,24 @@ resource "google_composer_environment" "capa" {
   ]
 }
 
-# The DAGs: every dags/**/*.py goes to the environment bucket's dags/ folder.
+# The DAGs: dags/**/*.py and dags/.airflowignore go to the environment bucket's dags/ folder.
 resource "google_storage_bucket_object" "dags" {
   for_each = local.dag_files
 
   bucket = google_storage_bucket.composer.name
   name   = "dags/${each.value}"
   source = "${local.repo_root}/dags/${each.value}"
+
+  depends_on = [google_composer_environment.capa]
+}
+
+# The code the DAG files import, beside them (see local.dag_code_globs).
+resource "google_storage_bucket_object" "dag_code" {
+  for_each = local.dag_code_files
+
+  bucket = google_storage_bucket.composer.name
+  name   = "dags/${each.value}"
+  source = "${local.repo_root}/${each.value}"
 
   depends_on = [google_composer_environment.capa]
 }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from functools import cache
@@ -44,14 +45,20 @@ SPARK_MASTER = "spark://127.0.0.1:7077"
 BEAM_RUNNER = "PortableRunner"
 
 
-def render_dags(profile: str, env: dict[str, str], home: Path) -> dict[str, Any]:
-    """Import dags/ with CAPA__DAGS__PROFILE=profile in the airflow env and render every task."""
+def render_dags(
+    profile: str, env: dict[str, str], home: Path, dags: Path | None = None
+) -> dict[str, Any]:
+    """Import the DAG files with CAPA__DAGS__PROFILE=profile in the airflow env and render every
+    task: from dags/ with the repository on the path, or from ``dags`` alone (a Composer-like
+    dags folder holding everything the DAGs import)."""
+    path = [str(dags)] if dags else [str(ROOT / "dags"), str(ROOT)]
+    folder = dags or ROOT / "dags"
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CAPA_", "AIRFLOW"))},
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "dags"), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join(path),
         "CAPA__DAGS__PROFILE": profile,
         "CAPA__DAGS__CRM_EXTRACT": EXTRACT,
         "AIRFLOW_VAR_CAPA_FRESHNESS_MINUTES": FRESHNESS,
@@ -59,7 +66,7 @@ def render_dags(profile: str, env: dict[str, str], home: Path) -> dict[str, Any]
     }
     home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow_render.py"), str(ROOT / "dags")],
+        [str(AIRFLOW_PYTHON), str(ROOT / "tests" / "airflow_render.py"), str(folder)],
         env=full_env,
         cwd=home,
         capture_output=True,
@@ -70,7 +77,7 @@ def render_dags(profile: str, env: dict[str, str], home: Path) -> dict[str, Any]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}, result["errors"]
     assert result["heavy"] == [], "Airflow must not import Spark or Beam"
-    return result["dags"]
+    return result if dags else result["dags"]
 
 
 @cache
@@ -107,7 +114,27 @@ def gcp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     specs = tmp / folder.group(1)
     specs.mkdir(parents=True)
     (specs / "consumption_models.json").write_text(json.dumps(dataproc_spec()))
-    return render_dags("gcp", {**env, "CAPA_DATAPROC_SPECS": str(specs)}, tmp / "home")
+    dags = composer_dags_folder(tmp / "dags")
+    rendered = render_dags("gcp", {**env, "CAPA_DATAPROC_SPECS": str(specs)}, tmp / "home", dags)
+    outside = [f for f in rendered["capa_files"] if not f.startswith(str(dags))]
+    assert rendered["capa_files"] and not outside, f"imported from outside the upload: {outside}"
+    return rendered["dags"]
+
+
+def composer_dags_folder(folder: Path) -> Path:
+    """What composer.tf uploads to the bucket's dags/ folder (locals dag_globs under dags/,
+    dag_code_globs under the repository root), copied into ``folder``: the gcp DAGs are imported
+    from it alone, as Composer does, so a module they need and Terraform misses fails here."""
+    locals_ = config()["locals"]
+    uploads = [(ROOT / "dags", glob.strip('"')) for glob in locals_["dag_globs"]]
+    uploads += [(ROOT, glob.strip('"')) for glob in locals_["dag_code_globs"]]
+    for base, glob in uploads:
+        for source in base.glob(glob):
+            if source.is_file() and "__pycache__" not in source.parts:
+                target = folder / source.relative_to(base)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,17 @@ scraped components. Prometheus (Debian package, one-second scrapes) scrapes:
   here against fake-gcs-server) and the slot and build collectors of ``capa serve``.
 
 For every family the test asserts through ``/api/v1/query`` that it is present and that
-it moves while the workload runs. The apply job's families are reported by
-``record_applied``/``record_lag`` (unit-tested in tests/unit/test_metrics.py) and are not
-scraped here until the streaming apply job calls them.
+it moves while the workload runs.
+
+* ``capa-apply``: the streaming apply job as a real process (its own endpoint) applying the
+  bridge's topic to a lakehouse of this test.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -38,14 +41,8 @@ from connectors.datastream.reader import build_reader
 from connectors.kafka.producer import KafkaChangeProducer
 from spark_jobs.state import ModelState, save_state
 
-APPLY_FAMILIES = {
-    "capa_apply_events_applied",
-    "capa_apply_commit_to_visible_seconds",
-    "capa_apply_last_applied_timestamp_seconds",
-    "capa_apply_consumer_lag_records",
-    "capa_table_freshness_slo_seconds",
-}
 WAIT_S = 120
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def order_record(pk: int, lsn: str) -> bytes:
@@ -132,7 +129,10 @@ def workload(
     capa_settings: CapaSettings, kafka: Any, postgres: Any, fresh_bucket: Any, tmp_path: Path
 ) -> Iterator[Workload]:
     made = Workload(capa_settings, kafka, fresh_bucket, tmp_path)
-    made.sql(postgres.dsn, f'CREATE TABLE "public"."{made.table}" (id int PRIMARY KEY, v text)')
+    made.sql(
+        postgres.dsn,
+        f'CREATE TABLE "public"."{made.table}" (id int PRIMARY KEY, v text, n numeric)',
+    )
     made.sql(
         postgres.dsn, "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", made.idle_slot
     )
@@ -173,11 +173,18 @@ def test_prometheus_scrapes_every_family_and_sees_it_move(
     bridge = start_bridge(settings, tmp_path / "bridge.log")
     producer = KafkaChangeProducer(settings.kafka)
     reader = build_reader(settings, storage=fake_gcs.client(), producer=producer)
-    jobs = {"capa-bridge": f"127.0.0.1:{bridge_port}", "capa-serve": f"127.0.0.1:{local_endpoint}"}
+    apply_port = free_port()
+    apply = start_apply(settings, apply_port, tmp_path)
+    jobs = {
+        "capa-bridge": f"127.0.0.1:{bridge_port}",
+        "capa-serve": f"127.0.0.1:{local_endpoint}",
+        "capa-apply": f"127.0.0.1:{apply_port}",
+    }
     seen: set[str] = set()
     try:
         with running_prometheus(jobs, tmp_path / "prometheus") as prom:
             seen |= _bridge_families(prom, workload, postgres.dsn)
+            seen |= _apply_families(prom, workload, postgres.dsn)
             seen |= _reader_families(prom, workload, reader)
             seen |= _slot_families(prom, workload, postgres.dsn)
             seen |= _build_families(prom, workload)
@@ -185,13 +192,31 @@ def test_prometheus_scrapes_every_family_and_sees_it_move(
             assert {g["name"] for g in rules} == {"capa-source", "capa-apply", "capa-ingest"}
     finally:
         producer.close()
-        bridge.terminate()
-        bridge.wait(90)
+        for process in (apply, bridge):
+            process.terminate()
+            process.wait(90)
         sys.stderr.write(f"\n--- bridge log tail ---\n{tail(tmp_path / 'bridge.log', 40)}\n")
+        sys.stderr.write(f"\n--- apply log tail ---\n{tail(tmp_path / 'apply.log', 40)}\n")
         drop_capture(
             postgres.dsn, settings.debezium.slot_name, settings.debezium.publication, workload.table
         )
-    assert seen | APPLY_FAMILIES == set(metrics.BY_NAME), "a family is neither scraped nor listed"
+    assert seen == set(metrics.BY_NAME), "a family is not scraped"
+
+
+def start_apply(settings: CapaSettings, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """The streaming apply job on the bridge's topic, its metrics on ``port``."""
+    kafka = settings.kafka
+    argv = [sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap]
+    argv += ["--topic", kafka.topic, "--dlq_topic", kafka.dlq_topic]
+    argv += ["--warehouse", f"local:{tmp / 'lake'}", "--consumer_group", f"g-{kafka.topic}"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CAPA__OBSERVE__APPLY_METRICS_PORT": str(port),
+        "CAPA__OBSERVE__HOST": "127.0.0.1",
+    }
+    with (tmp / "apply.log").open("wb") as log:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _bridge_families(prom: PrometheusServer, w: Workload, dsn: str) -> set[str]:
@@ -209,10 +234,40 @@ def _bridge_families(prom: PrometheusServer, w: Workload, dsn: str) -> set[str]:
     moves(prom, received, insert)
     assert wait_for(lambda: (prom.value(produced) or 0) >= 6, WAIT_S), prom.value(produced)
     moves(prom, 'capa_ingest_records_skipped_total{component="debezium-bridge",kind="heartbeat"}')
+    nulled = f'capa_ingest_values_nulled_total{{component="debezium-bridge",{table},column="n"}}'
+    w.sql(dsn, f'INSERT INTO "public"."{w.table}" VALUES (-2, %s, %s)', "nan", "NaN")
+    assert wait_for(lambda: prom.value(nulled) == 1, WAIT_S), prom.value(nulled)
     return {
         "capa_ingest_records_received",
         "capa_ingest_events_produced",
         "capa_ingest_records_skipped",
+        "capa_ingest_values_nulled",
+    }
+
+
+def _apply_families(prom: PrometheusServer, w: Workload, dsn: str) -> set[str]:
+    """The apply job applies what the bridge produced; each family moves with new rows."""
+    assert wait_for(lambda: prom.value('up{job="capa-apply"}') == 1, WAIT_S)
+    applied = "sum(capa_apply_events_applied_total)"
+    assert wait_for(lambda: (prom.value(applied) or 0) >= 7, WAIT_S), prom.value(applied)
+    visible = "sum(capa_apply_commit_to_visible_seconds_count)"
+    last = "max(capa_apply_last_applied_timestamp_seconds)"
+    assert wait_for(lambda: prom.value(visible) is not None and prom.value(last), WAIT_S)
+    before = (prom.value(visible), prom.value(last))
+
+    def update() -> None:
+        w.sql(dsn, f'UPDATE "public"."{w.table}" SET v = %s WHERE id >= 0', "y")
+
+    moves(prom, applied, update)
+    assert wait_for(lambda: (prom.value(visible), prom.value(last)) != before, WAIT_S)
+    assert wait_for(lambda: prom.value("sum(capa_apply_consumer_lag_records)") == 0, WAIT_S)
+    assert (prom.value("min(capa_table_freshness_slo_seconds)") or 0) > 0
+    return {
+        "capa_apply_events_applied",
+        "capa_apply_commit_to_visible_seconds",
+        "capa_apply_last_applied_timestamp_seconds",
+        "capa_apply_consumer_lag_records",
+        "capa_table_freshness_slo_seconds",
     }
 
 
