@@ -423,6 +423,18 @@ class JavaService(ConfiguredService):
         """``java -cp '<jars_dir>/*' ARGS`` (JVM options first in ``args``, then the main class)."""
         return ["java", "-cp", f"{self.jars_dir.resolve()}/*", *args]
 
+    def launch_main(self, main_class: str, *jvm_options: str) -> subprocess.Popen[bytes]:
+        """Spawn ``main_class`` on its properties file with the configured heap, logging to
+        ``log_path`` from the service's home."""
+        argv = self.java(
+            *self.config.heap.split(),
+            *jvm_options,
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            main_class,
+            str(self.properties_path),
+        )
+        return spawn(argv, self.log_path, cwd=self.home)
+
     def check_java(self) -> None:
         if shutil.which("java") is None:
             raise EnvironmentProblem(

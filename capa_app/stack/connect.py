@@ -39,7 +39,7 @@ from typing import Any
 
 from capa.config import CapaSettings
 from capa.errors import ConfigError, EnvironmentProblem
-from capa_app.stack.base import JARS_ROOT, JavaService, StateDirs, port_open, spawn, wait_for
+from capa_app.stack.base import JARS_ROOT, JavaService, StateDirs, port_open, wait_for
 from capa_app.stack.kafka import render_properties, write_private
 
 logger = logging.getLogger(__name__)
@@ -195,15 +195,11 @@ class ConnectWorker(JavaService):
     def launch(self) -> subprocess.Popen[bytes]:
         log4j = self.home / "log4j2.properties"  # for the parts that log through log4j's API
         log4j.write_text(LOG4J2)
-        argv = self.java(
-            *self.config.heap.split(),
-            "-XX:+UseSerialGC",
-            "-Dorg.slf4j.simpleLogger.showDateTime=true",
-            f"-Dlog4j2.configurationFile={log4j.resolve()}",
+        return self.launch_main(
             "org.apache.kafka.connect.cli.ConnectDistributed",
-            str(self.properties_path),
+            "-XX:+UseSerialGC",
+            f"-Dlog4j2.configurationFile={log4j.resolve()}",
         )
-        return spawn(argv, self.log_path, cwd=self.home)
 
     def ready(self) -> bool:
         if not port_open(self.host, self.port):

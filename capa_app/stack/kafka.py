@@ -23,7 +23,7 @@ from typing import Any
 
 from capa.config import KafkaConfig
 from capa.errors import ConfigError, EnvironmentProblem
-from capa_app.stack.base import JavaService, StateDirs, port_in_use, port_open, spawn
+from capa_app.stack.base import JavaService, StateDirs, port_in_use, port_open
 from connectors.kafka.clients import client_config
 from connectors.kafka.limits import broker_properties, topic_config
 
@@ -169,13 +169,7 @@ class KafkaBroker(JavaService):
         return done.stdout.strip()
 
     def launch(self) -> subprocess.Popen[bytes]:
-        argv = self.java(
-            *self.config.heap.split(),
-            "-Dorg.slf4j.simpleLogger.showDateTime=true",
-            "kafka.Kafka",
-            str(self.properties_path),
-        )
-        return spawn(argv, self.log_path, cwd=self.home)
+        return self.launch_main("kafka.Kafka")
 
     def ready(self) -> bool:
         if not port_open(self.host, self.port):
