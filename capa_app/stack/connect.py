@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from capa.config import CapaSettings
-from capa.errors import ConfigError, EnvironmentProblem
+from capa.errors import ConfigError, EnvironmentProblem, TransientError
+from capa.retry import RetryPolicy, call
 from capa_app.stack.base import JARS_ROOT, JavaService, StateDirs, port_open, wait_for
 from capa_app.stack.kafka import render_properties, write_private
 
@@ -50,6 +51,18 @@ FETCH_HINT = "run `bash scripts/fetch_jars.sh connect debezium-postgres debezium
 SECRETS_IN_FILES = "/run/secrets"  # where the connector files (compose) read their secrets
 POSTGRES_SECRET = "capa_postgres_password"
 RUNNING = "RUNNING"
+# Connect answers 409 while its group rebalances (e.g. a restarted worker waiting for the
+# killed one's session to expire) and 500/503 when its herder did not finish in time.
+BUSY_STATUSES = frozenset({409, 500, 503})
+# How long a write waits out a rebalance. Connect's own REST timeout is 90 s.
+REST_WRITE_TIMEOUT_S = 100.0
+REGISTER_POLICY = RetryPolicy(
+    retry_on=TransientError, first_wait_s=1.0, max_wait_s=10.0, patience_s=240.0
+)
+
+
+class ConnectBusy(TransientError):
+    """The worker is up but cannot answer yet (rebalance in progress, herder timed out)."""
 
 
 def worker_properties(settings: CapaSettings, plugin_root: Path, secrets: Path) -> dict[str, str]:
@@ -206,7 +219,7 @@ class ConnectWorker(JavaService):
             return False
         try:
             info = self.request("GET", "/")
-        except EnvironmentProblem:
+        except (EnvironmentProblem, ConnectBusy):
             return False
         return isinstance(info, dict) and "version" in info
 
@@ -239,10 +252,15 @@ class ConnectWorker(JavaService):
                 text = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            raise EnvironmentProblem(
-                f"connect: {method} {path} answered {exc.code}: {detail}"
-            ) from exc
+            message = f"connect: {method} {path} answered {exc.code}: {detail}"
+            if exc.code in BUSY_STATUSES:
+                raise ConnectBusy(message) from exc
+            raise EnvironmentProblem(message) from exc
+        except TimeoutError as exc:
+            raise ConnectBusy(f"connect: {method} {path} timed out after {timeout:.0f}s") from exc
         except (OSError, urllib.error.URLError) as exc:
+            if isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise ConnectBusy(f"connect: {method} {path} timed out") from exc
             raise EnvironmentProblem(f"connect: {method} {path} failed: {exc}") from exc
         return json.loads(text) if text else None
 
@@ -250,7 +268,15 @@ class ConnectWorker(JavaService):
         """PUT the connector file ``name`` (substituted, :func:`connector_config`), with
         ``overrides`` on top (e.g. another slot or table list)."""
         config = {**self.resolved_config(name), **(overrides or {})}
-        answer = self.request("PUT", f"/connectors/{name}/config", config)
+        path = f"/connectors/{name}/config"
+        try:
+            answer = call(
+                lambda: self.request("PUT", path, config, timeout=REST_WRITE_TIMEOUT_S),
+                REGISTER_POLICY,
+                f"connect: register {name}",
+            )
+        except ConnectBusy as exc:
+            raise EnvironmentProblem(f"{exc} (still busy after retries)") from exc
         logger.info("registered connector %s", name)
         return dict(answer or {})
 
@@ -272,7 +298,7 @@ class ConnectWorker(JavaService):
     def connector_running(self, name: str) -> bool:
         try:
             status = self.connector_status(name)
-        except EnvironmentProblem:
+        except (EnvironmentProblem, ConnectBusy):
             return False
         tasks = status.get("tasks") or []
         return (
@@ -285,7 +311,7 @@ class ConnectWorker(JavaService):
         if not wait_for(lambda: self.connector_running(name), timeout, interval=0.5):
             try:
                 detail = json.dumps(self.connector_status(name))[:800]
-            except EnvironmentProblem as exc:
+            except (EnvironmentProblem, ConnectBusy) as exc:
                 detail = str(exc)
             raise EnvironmentProblem(f"connect: connector {name} is not RUNNING: {detail}")
 

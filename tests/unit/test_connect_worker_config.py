@@ -3,13 +3,18 @@ registration (no JVM: the worker itself runs in tests/integration/test_connect_c
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from capa.config import CapaSettings, load_settings
-from capa.errors import ConfigError
-from capa_app.stack import ONPREM_COMPONENTS, Stack
+from capa.errors import ConfigError, EnvironmentProblem
+from capa_app.stack import ONPREM_COMPONENTS, Stack, connect
 from capa_app.stack.base import StateDirs
 from capa_app.stack.connect import (
     CONNECTORS_DIR,
@@ -105,3 +110,63 @@ def test_onprem_components_are_services_outside_the_default_stack(settings: Capa
     assert services["normalizer"].port == settings.observe.normalizer_metrics_port
     assert all(s.health() == "stopped" for s in services.values())
     assert not set(ONPREM_COMPONENTS) & {r["component"] for r in stack.status()}
+
+
+class _RebalancingWorker(http.server.BaseHTTPRequestHandler):
+    """Answers PUTs like a Connect worker in a rebalance: 409 ``busy_answers`` times, then 201."""
+
+    busy_answers = 2
+    puts: list[dict[str, str]] = []
+
+    def do_PUT(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).puts.append(body)
+        if len(type(self).puts) <= type(self).busy_answers:
+            self.send_response(409)
+            self.end_headers()
+            self.wfile.write(b'{"error_code":409,"message":"rebalance is in progress"}')
+            return
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({"name": "postgres-f2", "config": body}).encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def rebalancing_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectWorker]:
+    monkeypatch.setattr(
+        connect, "REGISTER_POLICY", replace(connect.REGISTER_POLICY, first_wait_s=0.01)
+    )
+    _RebalancingWorker.puts = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _RebalancingWorker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings = load_settings(
+        state_dir=tmp_path,
+        postgres={"password": "s3cret"},
+        connect={"port": server.server_address[1]},
+    )
+    try:
+        yield ConnectWorker(StateDirs(tmp_path).create(), settings)
+    finally:
+        server.shutdown()
+
+
+def test_register_waits_out_a_rebalance(rebalancing_worker: ConnectWorker) -> None:
+    answer = rebalancing_worker.register("postgres-f2", {"slot.name": "capa_x"})
+    assert answer["name"] == "postgres-f2"
+    assert len(_RebalancingWorker.puts) == 3
+    assert all(put["slot.name"] == "capa_x" for put in _RebalancingWorker.puts)
+
+
+def test_register_gives_up_with_a_clear_error_when_the_worker_stays_busy(
+    rebalancing_worker: ConnectWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_RebalancingWorker, "busy_answers", 1000)
+    monkeypatch.setattr(connect, "REGISTER_POLICY", replace(connect.REGISTER_POLICY, attempts=3))
+    with pytest.raises(EnvironmentProblem, match=r"409.*still busy"):
+        rebalancing_worker.register("postgres-f2")
+    assert len(_RebalancingWorker.puts) == 3
