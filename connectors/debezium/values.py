@@ -17,9 +17,11 @@ Three ways to learn a column's type, best first:
 Every converter raises :class:`~capa.errors.DecodeError` (quoting the value) on bad input.
 
 Special values (measured with Debezium 3.6.3, PostgreSQL 15) map to the saturated values of
-:mod:`capa.values`: ``infinity`` dates arrive as fixed day counts (:data:`PG_DATE_INFINITY`),
-``infinity`` timestamps as PostgreSQL JDBC's sentinel microseconds, ``infinity``
-timestamptz as the text ``"infinity"``; real/double ``NaN``/``Infinity`` as strings.
+:mod:`capa.values`: ``infinity`` dates arrive as fixed day counts, one pair for the snapshot
+and one for streaming (:data:`PG_DATE_INFINITY`), ``infinity`` timestamps as PostgreSQL
+JDBC's sentinel microseconds (milliseconds for ``timestamp(0..3)``), ``infinity``
+timestamptz as the text ``"infinity"`` (a ``-infinity`` array item as a year past PostgreSQL's
+last); real/double ``NaN``/``Infinity`` as strings.
 Columns of types Debezium has no converter for (geometric types, ``tsquery``, multiranges,
 ``pg_lsn`` ...) arrive with ``include.unknown.datatypes=true`` as bytes holding the value's
 text; with ``datatype.propagate.source.type`` the schema names their source type, and they
@@ -58,14 +60,27 @@ PRECISE_WITHOUT_SCALE = (
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DECIMAL_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-# Debezium 3.6.3's day counts for PostgreSQL date 'infinity' / '-infinity' (both negative:
-# it converts pgjdbc's millisecond sentinels through an overflowing date computation).
-PG_DATE_INFINITY = {-622191234: 1, -625821272: -1}
-# pgjdbc's PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY, which Debezium sends as µs/ms/ns.
+# Debezium 3.6.3's day counts for PostgreSQL date 'infinity' / '-infinity' (measured; all far
+# before year 1, where no real PostgreSQL date lies). The snapshot (and every date[] item)
+# converts pgjdbc's millisecond sentinels through an overflowing date computation; streaming
+# (pgoutput) shifts PostgreSQL's own INT32_MAX/INT32_MIN from its 2000 epoch to 1970 in int32,
+# which wraps: +infinity becomes the LOWER number. One table for both paths (issue #20).
+PG_DATE_INFINITY = {
+    -622191234: 1,  # snapshot 'infinity'
+    -625821272: -1,  # snapshot '-infinity'
+    -2147472692: 1,  # streamed 'infinity' (INT32_MAX + 10957, wrapped)
+    -2147472691: -1,  # streamed '-infinity' (INT32_MIN + 10957)
+}
+# pgjdbc's PGStatement.DATE_POSITIVE/NEGATIVE_INFINITY in µs: Debezium sends them as µs
+# (timestamp(4..6)) or ms (timestamp(0..3)); both snapshot and streaming (measured).
 PG_TIMESTAMP_INFINITY = {9223372036825200000: 1, -9223372036832400000: -1}
 # PostgreSQL's earliest timestamp (4714-11-24 BC) in µs: anything lower that is not the
 # -infinity sentinel is a far-future value (after year 294247) whose µs overflowed int64.
 _PG_MIN_US = -210866803200000000
+# PostgreSQL's last timestamptz year: a later year is no real value but pgjdbc's -infinity
+# sentinel printed as a date (Debezium sends a timestamptz[] '-infinity' item as
+# "+292269055-12-02T23:00:00.000000Z"; a scalar comes as "-infinity").
+_PG_MAX_YEAR = 294276
 _SOURCE_TYPE = "__debezium.source.column.type"
 
 
@@ -230,10 +245,9 @@ def naive_timestamp(per_second: int) -> Converter:
     """Epoch ticks -> naive datetime; ``infinity`` and years outside 1..9999 saturate."""
 
     def convert(value: Any) -> datetime:
-        ticks = to_int(value)
-        if ticks in PG_TIMESTAMP_INFINITY:
-            return saturated(PG_TIMESTAMP_INFINITY[ticks], "timestamp")
-        micros = ticks * 1_000_000 // per_second
+        micros = to_int(value) * 1_000_000 // per_second
+        if micros in PG_TIMESTAMP_INFINITY:
+            return saturated(PG_TIMESTAMP_INFINITY[micros], "timestamp")
         if micros < _PG_MIN_US:
             return saturated(1, "timestamp")
         return timestamp_from_us(micros)
@@ -281,7 +295,7 @@ def _extended_year_sign(text: str) -> int:
     if not match:
         return 0
     sign, year = match.group(1), int(match.group(2))
-    if sign == "-" or year == 0:
+    if sign == "-" or year == 0 or year > _PG_MAX_YEAR:
         return -1
     return 1 if year > 9999 else 0
 
