@@ -94,5 +94,10 @@ class ServiceFailed(TerminalError):
     """A process capa started (the apply job, the bridge...) exited while it was needed."""
 
 
+class SlotLost(TerminalError):
+    """A replication slot lost changes capa had not captured yet (dropped, or made again
+    past capa's position): capture stops; the remedy is a re-sync of the tables."""
+
+
 class ServiceUnavailable(TransientError):
     """A service (Kafka, PostgreSQL, an emulator) is not reachable right now."""

@@ -31,7 +31,7 @@ from typing import Any
 
 from capa import metrics
 from capa.config import CapaSettings
-from capa.errors import CapaError
+from capa.errors import CapaError, SlotLost
 from capa.runtime import start_service
 from connectors.base import Normalizer, RawRecord, normalize_one
 from connectors.debezium import routing
@@ -45,8 +45,10 @@ from connectors.debezium.engine import (
     write_log4j_config,
 )
 from connectors.debezium.identity import warn_about_keyless_tables
+from connectors.debezium.slot_guard import check_slot
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
+from connectors.pgsync.progress import state_path
 from connectors.pgsync.sync import run_initial_sync
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,15 @@ class BridgeProcess:
         logger.info("stop requested; closing the Debezium engine")
         self.stop.set()
 
+    def check_slot(self) -> None:
+        """Raise :class:`SlotLost` if the slot lost changes not captured yet (slot_guard)."""
+        settings = self.settings
+        sync_state = state_path(settings.state_dir.resolve(), settings.debezium.engine_name)
+        check_slot(settings, offsets_file(settings), sync_state)
+
     def run(self) -> int:
+        # before anything can make the slot again (the initial sync, or Debezium itself)
+        self.check_slot()
         kafka = self.settings.kafka
         ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
         observe = self.settings.observe
@@ -197,8 +207,20 @@ class BridgeProcess:
         )
         if self.engine.error is not None or (self.engine.failed and not requested):
             logger.error("Debezium engine failed: %s", self.engine.error or self.engine.message)
+            self._explain_failure()
             return 1
         return 0  # stopped on request (a close during start-up reports a benign failure)
+
+    def _explain_failure(self) -> None:
+        """A slot dropped while streaming fails Debezium with its own words ("...no longer
+        available on the server. Reconfigure the connector to use a snapshot mode"): say
+        what it means for capa instead."""
+        try:
+            self.check_slot()
+        except SlotLost as exc:
+            logger.error("capture stopped: %s", exc)
+        except Exception as exc:  # the engine's failure stays the error reported
+            logger.warning("could not check the replication slot after the failure: %s", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 
 from capa.config import CapaSettings
-from capa.errors import ConfigError, TerminalError
+from capa.errors import ConfigError, SlotLost, TerminalError
 from capa.events import ChangeEvent, Column, Op, SourceKind, raw_table_name
 from capa.position import pg_position
 from capa.verify_source import source_columns
@@ -65,10 +65,6 @@ from connectors.pgsync.ranges import PageRange, split_pages
 logger = logging.getLogger(__name__)
 
 KEYLESS_BATCH = 20_000  # rows per apply() of a keyless table
-
-
-class SlotLost(TerminalError):
-    """The sync's replication slot is gone: the copy cannot be finished consistently."""
 
 
 def decide(settings: CapaSettings, slot_exists: bool, offsets_exist: bool) -> str:
