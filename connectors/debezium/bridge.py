@@ -17,6 +17,10 @@ past it, so the replication slot keeps advancing (docs/architecture.md, "Large r
 A batch holding dead letters gives up after ``kafka.dlq_retry_attempts`` /
 ``kafka.dlq_retry_timeout_s`` (see :func:`~connectors.kafka.producer.flush_with_retry`):
 the engine stops on that error and the bridge exits non-zero, again without committing.
+
+A replication slot that lost changes (dropped behind capa's back, or made again past the
+resume point) stops the bridge with :class:`~capa.errors.SlotLost` before Debezium starts,
+or when the engine fails on it while streaming (:mod:`connectors.debezium.slot_guard`).
 """
 
 from __future__ import annotations
