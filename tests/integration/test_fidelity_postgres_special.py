@@ -3,7 +3,7 @@
 PostgreSQL 15 -> the REAL Debezium bridge (project settings) -> canonical Avro on Kafka ->
 local warehouse, as in ``test_fidelity_postgres.py``, for a table holding what real schemas
 hold and what the first fidelity table does not: ``infinity``/``-infinity`` dates and
-timestamps, dates beyond year 9999 and BC, ``NaN``/``Infinity`` in real, double and
+timestamps (read by the snapshot AND streamed: rows 2 and 6 stream them; issue #20), dates beyond year 9999 and BC, ``NaN``/``Infinity`` in real, double and
 numeric, ranges with infinite and empty bounds, a multirange, the geometric and
 text-search types, bit strings, network types, money, arrays of them, domains and enums.
 
@@ -49,6 +49,8 @@ TYPES: dict[str, str] = {
     "c_date": "date",
     "c_ts": "timestamp",
     "c_tstz": "timestamptz",
+    "c_ts3": "timestamp(3)",
+    "c_tstz_arr": "timestamptz[]",
     "c_real": "real",
     "c_double": "double precision",
     "c_numeric": "numeric",
@@ -115,6 +117,8 @@ SPECIAL_ROWS: dict[int, dict[str, Any]] = {
         "c_date": "infinity",
         "c_ts": "infinity",
         "c_tstz": "infinity",
+        "c_ts3": "infinity",
+        "c_tstz_arr": "{infinity,-infinity}",
         "c_real": "NaN",
         "c_double": "NaN",
         "c_numeric": "NaN",
@@ -130,6 +134,8 @@ SPECIAL_ROWS: dict[int, dict[str, Any]] = {
         "c_date": "-infinity",
         "c_ts": "-infinity",
         "c_tstz": "-infinity",
+        "c_ts3": "-infinity",
+        "c_tstz_arr": "{-infinity,infinity}",
         "c_real": "Infinity",
         "c_double": "-Infinity",
         "c_numeric": "Infinity",
@@ -172,12 +178,15 @@ SPECIAL_ROWS: dict[int, dict[str, Any]] = {
         "c_date_arr": "{0044-03-15 BC,0001-01-01,9999-12-31}",
     },
 }
+SPECIAL_ROWS[6] = SPECIAL_ROWS[1]  # the snapshot's infinities again, streamed (issue #20)
 INF = float("inf")
 EXPECTED_RAW: dict[int, dict[str, Any]] = {  # the documented canonical values (capa.values)
     1: {
         "c_date": DATE_MAX,
         "c_ts": TIMESTAMP_MAX,
         "c_tstz": TIMESTAMPTZ_MAX,
+        "c_ts3": TIMESTAMP_MAX,
+        "c_tstz_arr": [TIMESTAMPTZ_MAX, TIMESTAMPTZ_MIN],
         "c_real": float("nan"),
         "c_double": float("nan"),
         "c_numeric": None,
@@ -191,6 +200,8 @@ EXPECTED_RAW: dict[int, dict[str, Any]] = {  # the documented canonical values (
         "c_date": DATE_MIN,
         "c_ts": TIMESTAMP_MIN,
         "c_tstz": TIMESTAMPTZ_MIN,
+        "c_ts3": TIMESTAMP_MIN,
+        "c_tstz_arr": [TIMESTAMPTZ_MIN, TIMESTAMPTZ_MAX],
         "c_real": INF,
         "c_double": -INF,
         "c_numeric": None,
@@ -214,6 +225,8 @@ EXPECTED_RAW: dict[int, dict[str, Any]] = {  # the documented canonical values (
         "c_date_arr": [date(44, 3, 15), date(1, 1, 1), date(9999, 12, 31)],
     },
 }
+# streamed +infinity must equal the snapshot's (it was 0001-01-01 for a date: issue #20)
+EXPECTED_RAW[6] = EXPECTED_RAW[1]
 
 
 @pytest.fixture()
@@ -292,10 +305,10 @@ def test_special_values_and_unknown_types_replicate_whole(special: Fidelity) -> 
     special.start_bridge()
     special.events(1)
     with psycopg.connect(special.dsn, autocommit=True) as conn:
-        for row_id in (2, 3, 4, 5):
+        for row_id in (2, 3, 4, 5, 6):
             _insert(conn, schema, table, row_id)
-    events = [e for e in special.events(5) if e.table == table]
-    assert [e.key["id"] for e in events] == [1, 2, 3, 4, 5]
+    events = [e for e in special.events(6) if e.table == table]
+    assert [e.key["id"] for e in events] == [1, 2, 3, 4, 5, 6]
     assert not special.dead_letters()
     assert {c.name: c.source_type for c in events[0].columns}["c_box"] == "box"
     _check_golden(events, GOLDEN.with_name("postgres_special_events.jsonl"))
@@ -304,7 +317,7 @@ def test_special_values_and_unknown_types_replicate_whole(special: Fidelity) -> 
     warehouse.apply(events)
     name = f"fidpg_{schema}_{table}"
     raw = {r["id"]: r for r in warehouse.rows(f"raw.{name}")}
-    assert sorted(raw) == [1, 2, 3, 4, 5]
+    assert sorted(raw) == [1, 2, 3, 4, 5, 6]
     assert set(TYPES) <= set(raw[1]), "a column vanished from raw"
     wrong = [
         (row_id, column, want, raw[row_id][column])
@@ -314,7 +327,7 @@ def test_special_values_and_unknown_types_replicate_whole(special: Fidelity) -> 
     ]
     wrong += [
         (row_id, column, text, raw[row_id][column])
-        for row_id in (1, 2, 3, 4)
+        for row_id in (1, 2, 3, 4, 6)
         for column, (_, text) in UNKNOWN.items()
         if comparable(text) != comparable(raw[row_id][column])
     ]
@@ -322,7 +335,7 @@ def test_special_values_and_unknown_types_replicate_whole(special: Fidelity) -> 
     assert all(v is None for k, v in raw[5].items() if k in TYPES)
 
     special.stop_bridge()
-    # numeric NaN/Infinity arrive as NULL (4 values in 2 columns): one capa warning a column
+    # numeric NaN/Infinity arrive as NULL (6 values in 2 columns): one capa warning a column
     told = [ln for ln in special.log.read_text().splitlines() if "could not convert" in ln]
     assert len(told) == 2, told
     for column in ("c_numeric", "c_num_10_2"):

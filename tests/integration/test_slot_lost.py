@@ -171,11 +171,17 @@ def test_a_slot_dropped_while_the_bridge_is_stopped_stops_it_at_start(capture: C
     streamed = capture.insert(2)
     assert wait_for(lambda: capture.confirmed_past(streamed), 120)  # offsets are on disk
     assert capture.stop() == 0
+    capture.insert(3)
+    capture.start()  # a healthy restart passes the check and streams on
+    capture.wait_ids(3)
+    streamed = capture.insert(4)
+    assert wait_for(lambda: capture.confirmed_past(streamed), 120)
+    assert capture.stop() == 0
     capture.drop_slot()
-    capture.insert(3)  # written while no slot holds the changes
+    capture.insert(5)  # written while no slot holds the changes
     capture.start()
     _assert_slot_lost(capture, "(Debezium offsets)")
-    assert capture.ids() == [1, 2]
+    assert capture.ids() == [1, 2, 3, 4]
 
 
 def test_a_slot_dropped_after_the_fast_initial_sync_is_not_made_again(capture: Capture) -> None:
