@@ -83,8 +83,13 @@ class DebeziumKafkaBridge:
         source: str,
         stop: threading.Event | None = None,
         conversions: ConversionWatch | None = None,
+        signal_table: str | None = None,
+        notification_topic: str | None = None,
     ) -> None:
         self.normalizer = normalizer
+        # Debezium's signal/watermark rows are not data; its notifications go to their topic
+        self.signal_destination = f"{source}.{signal_table}" if signal_table else None
+        self.notification_topic = notification_topic
         self.conversions = conversions
         self.producer = producer
         self.source = source
@@ -100,17 +105,38 @@ class DebeziumKafkaBridge:
         batch = [record_of(r) for r in records]
         self._produce(batch)
         flush_with_retry(self.producer, lambda: self._produce(batch, count=False), stop=self.stop)
+        notes = [r for r in batch if r["destination"] == self.notification_topic and r["value"]]
+        if notes:  # after the changes they report on are acknowledged
+            self._notify(notes)
+            flush_with_retry(self.producer, lambda: self._notify(notes), stop=self.stop)
         self.batches += 1
         logger.debug("batch of %d record(s) acknowledged", len(batch))
 
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
         # count=False: a re-send after a failed flush; the metrics saw these records already
         for index, record in enumerate(batch):
+            if self._side_record(record, count):
+                continue
             raw = RawRecord(record["destination"], index, record, raw_bytes(record))
             table = self._table(record["destination"])
             if count:
                 metrics.record_received(COMPONENT, table)
             self._emit(normalize_one(self.normalizer, raw), raw, table, count)
+
+    def _side_record(self, record: dict[str, Any], count: bool) -> bool:
+        """A signal-table row (skipped) or a notification (forwarded as it is): not data."""
+        destination = record["destination"]
+        if destination == self.signal_destination:
+            if count:
+                self.skipped += 1
+                metrics.record_skipped(COMPONENT, "signal")
+            return True
+        return destination == self.notification_topic  # forwarded by _notify
+
+    def _notify(self, notes: list[dict[str, Any]]) -> None:
+        for note in notes:
+            logger.info("Debezium notification: %s", note["value"])
+            self.producer.send_record(note["destination"], note["value"].encode(), None)
 
     def _table(self, destination: str) -> str:
         """``f2.public.orders`` for a table's topic; heartbeats etc. are ``unknown``."""
@@ -141,9 +167,15 @@ class BridgeProcess:
         self.settings = settings
         self.stop = threading.Event()
         self.producer = KafkaChangeProducer(settings.kafka)
-        normalizer = get_normalizer("debezium-json", source=settings.debezium.source_name)
+        dbz = settings.debezium
+        normalizer = get_normalizer("debezium-json", source=dbz.source_name)
         self.handler = DebeziumKafkaBridge(
-            normalizer, self.producer, source=settings.debezium.source_name, stop=self.stop
+            normalizer,
+            self.producer,
+            source=dbz.source_name,
+            stop=self.stop,
+            signal_table=dbz.signal_table,
+            notification_topic=dbz.notification_topic,
         )
         self.engine: EmbeddedDebezium | None = None
 
@@ -153,7 +185,8 @@ class BridgeProcess:
 
     def run(self) -> int:
         kafka = self.settings.kafka
-        ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+        notifications = self.settings.debezium.notification_topic
+        ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1, notifications: 1})
         observe = self.settings.observe
         metrics.serve_metrics(observe.host, observe.bridge_metrics_port)
         props = debezium_properties(self.settings)
