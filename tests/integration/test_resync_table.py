@@ -32,8 +32,6 @@ from capa_app.stack.base import tail, wait_for
 from capa_app.stack.kafka import ensure_topics
 from connectors.pgsync.progress import initial_sync_status
 
-pytestmark = pytest.mark.integration
-
 ITEMS = 3000
 STRAY_ID = 999_999
 
