@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from capa import console
@@ -119,13 +120,20 @@ def resync(
     console.info(f"waiting for Debezium's notifications on {dbz.notification_topic} ...")
     wait_for_snapshot(settings, signal_id, timeout_s, console.info)
     wait_for_apply(settings, apply_group, timeout_s)
+    failed = False
     for table, key in tables.items():
-        swept = sweep(settings, table, key, pg_position(start, snapshot=True), signal_id)
+        result = sweep(settings, table, key, pg_position(start, snapshot=True), signal_id)
         console.info(
-            f"resync {signal_id}: {table} done; {swept} row(s) the source no longer "
+            f"resync {signal_id}: {table} done; {result.deleted} row(s) the source no longer "
             "has deleted from the replica"
         )
-    return EXIT_OK
+        if result.unrepaired:
+            failed = True
+            console.error(
+                f"{table}: {len(result.unrepaired)} row(s) the source has were not re-read into "
+                f"the replica (first keys {list(result.unrepaired[:5])}); see capa dlq list"
+            )
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _checked_tables(conn: Any, names: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -217,35 +225,76 @@ def wait_for_apply(settings: CapaSettings, group: str, timeout_s: float) -> None
 # --- the sweep ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    deleted: int  # stray rows deleted from the replica
+    unrepaired: tuple[tuple[Any, ...], ...]  # keys the source has but the resync did not bring
+
+
 def sweep(
     settings: CapaSettings, table: str, key: tuple[str, ...], start: str, signal_id: str
-) -> int:
-    """Delete events (position ``start``) for live replica rows of ``table`` below ``start``."""
+) -> SweepResult:
+    """Delete events (position ``start``) for live replica rows of ``table`` still below
+    ``start`` that the source does not have; keys it does have are reported, not deleted
+    (their re-read did not arrive: a dead letter, see ``capa dlq list``)."""
     from capa.warehouse import open_warehouse
     from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 
     schema, name = table.split(".", 1)
-    source = settings.debezium.source_name
     warehouse = open_warehouse(settings.warehouse)
     try:
-        rows = warehouse.rows(f"{RAW_NAMESPACE}.{raw_table_name(source, schema, name)}")
+        raw = raw_table_name(settings.debezium.source_name, schema, name)
+        rows = warehouse.rows(f"{RAW_NAMESPACE}.{raw}")
     finally:
         warehouse.close()
-    stray = [r for r in rows if not r.get(META_DELETED) and r[META_POSITION] < start]
-    if not stray:
-        return 0
-    events = [
-        stray_delete(settings, schema, name, key, {k: r[k] for k in key}, start, signal_id)
-        for r in stray
+    below = [
+        tuple(r[k] for k in key)
+        for r in rows
+        if not r.get(META_DELETED) and r[META_POSITION] < start
     ]
-    producer = KafkaChangeProducer(settings.kafka)
-    try:
-        for event in events:
-            producer.send(event)
-        flush_with_retry(producer, lambda: [producer.send(e) for e in events])
-    finally:
-        producer.close()
-    return len(events)
+    present = source_keys(settings, schema, name, key, below)
+    stray = [k for k in below if k not in present]
+    events = [
+        stray_delete(settings, schema, name, key, dict(zip(key, k, strict=True)), start, signal_id)
+        for k in stray
+    ]
+    if events:
+        producer = KafkaChangeProducer(settings.kafka)
+        try:
+            for event in events:
+                producer.send(event)
+            flush_with_retry(producer, lambda: [producer.send(e) for e in events])
+        finally:
+            producer.close()
+    return SweepResult(len(events), tuple(k for k in below if k in present))
+
+
+def source_keys(
+    settings: CapaSettings,
+    schema: str,
+    table: str,
+    key: tuple[str, ...],
+    candidates: Sequence[tuple[Any, ...]],
+    batch: int = 500,
+) -> set[tuple[Any, ...]]:
+    """The ``candidates`` keys the source table holds now."""
+    import psycopg
+    from psycopg import sql
+
+    found: set[tuple[Any, ...]] = set()
+    columns = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    with psycopg.connect(settings.postgres.dsn(), autocommit=True) as conn:
+        for i in range(0, len(candidates), batch):
+            chunk = candidates[i : i + batch]
+            row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(key)))
+            query = sql.SQL("SELECT {cols} FROM {tab} WHERE ({cols}) IN ({rows})").format(
+                cols=columns,
+                tab=sql.Identifier(schema, table),
+                rows=sql.SQL(", ").join([row] * len(chunk)),
+            )
+            params = [v for k in chunk for v in k]
+            found.update(tuple(r) for r in conn.execute(query, params))
+    return found
 
 
 def stray_delete(

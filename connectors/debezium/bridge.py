@@ -32,6 +32,7 @@ from typing import Any
 from capa import metrics
 from capa.config import CapaSettings
 from capa.errors import CapaError
+from capa.events import ChangeEvent, Op
 from capa.runtime import start_service
 from connectors.base import Normalizer, RawRecord, normalize_one
 from connectors.debezium import routing
@@ -45,6 +46,7 @@ from connectors.debezium.engine import (
     write_log4j_config,
 )
 from connectors.debezium.identity import warn_about_keyless_tables
+from connectors.debezium.normalizer import DebeziumNormalizer
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 from connectors.pgsync.sync import run_initial_sync
@@ -90,6 +92,7 @@ class DebeziumKafkaBridge:
         # Debezium's signal/watermark rows are not data; its notifications go to their topic
         self.signal_destination = f"{source}.{signal_table}" if signal_table else None
         self.notification_topic = notification_topic
+        self.stream_lsn: int | None = None  # highest LSN streamed so far (signal rows too)
         self.conversions = conversions
         self.producer = producer
         self.source = source
@@ -127,6 +130,7 @@ class DebeziumKafkaBridge:
         """A signal-table row (skipped) or a notification (forwarded as it is): not data."""
         destination = record["destination"]
         if destination == self.signal_destination:
+            self._saw_lsn(_source_lsn(record["value"]))
             if count:
                 self.skipped += 1
                 metrics.record_skipped(COMPONENT, "signal")
@@ -145,7 +149,13 @@ class DebeziumKafkaBridge:
             return destination
         return metrics.UNKNOWN_TABLE
 
+    def _saw_lsn(self, lsn: int | None) -> None:
+        if lsn is not None and (self.stream_lsn is None or lsn > self.stream_lsn):
+            self.stream_lsn = lsn
+
     def _emit(self, outcome: Any, raw: RawRecord, table: str, count: bool) -> None:
+        if isinstance(outcome, ChangeEvent) and outcome.op is not Op.READ:
+            self._saw_lsn(position_lsn(outcome.position))
         routed = routing.route(outcome, raw, self.producer, self.source)
         if not count:
             return
@@ -156,6 +166,27 @@ class DebeziumKafkaBridge:
             self.skipped += 1
         else:
             self.dead_letters += 1
+
+
+def position_lsn(position: str) -> int | None:
+    """The LSN of a PostgreSQL position (``<lsn:016x>.<phase>``); None for other kinds."""
+    head, _, phase = position.partition(".")
+    if len(head) != 16 or phase not in ("0", "1"):
+        return None
+    return int(head, 16)
+
+
+def _source_lsn(value: str | None) -> int | None:
+    """``source.lsn`` of a Debezium JSON value (with or without schemas), if any."""
+    import json
+
+    if value is None:
+        return None
+    doc = json.loads(value)
+    doc = doc.get("payload", doc) if isinstance(doc, dict) else None
+    source = doc.get("source") if isinstance(doc, dict) else None
+    lsn = source.get("lsn") if isinstance(source, dict) else None
+    return lsn if isinstance(lsn, int) else None
 
 
 class BridgeProcess:
@@ -177,6 +208,8 @@ class BridgeProcess:
             signal_table=dbz.signal_table,
             notification_topic=dbz.notification_topic,
         )
+        if isinstance(normalizer, DebeziumNormalizer):
+            normalizer.stream_lsn = lambda: self.handler.stream_lsn
         self.engine: EmbeddedDebezium | None = None
 
     def request_stop(self, *_: Any) -> None:

@@ -30,6 +30,7 @@ from capa.warehouse.local.warehouse import LocalWarehouse
 from capa_app.commands.resync import resync
 from capa_app.stack.base import tail, wait_for
 from capa_app.stack.kafka import ensure_topics
+from connectors.debezium.signals import slot_active
 from connectors.pgsync.progress import initial_sync_status
 
 ITEMS = 3000
@@ -208,6 +209,8 @@ def test_resync_repairs_a_table_while_it_changes(
     status = lambda: initial_sync_status(settings) or {}  # noqa: E731
     assert wait_for(lambda: status().get("status") == "done" or bridge.poll() is not None, 120)
     assert bridge.poll() is None, tail(tmp / "bridge.log", 40)
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:  # Debezium streams
+        assert wait_for(lambda: slot_active(conn, settings.debezium.slot_name), 60)
     with pytest.raises(ConfigError, match="unknown table"):
         resync(settings, [f"{schema}.nope"])
 
@@ -233,7 +236,11 @@ def test_resync_repairs_a_table_while_it_changes(
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:  # a last change to both
         conn.execute(f"UPDATE \"{schema}\".items SET name = 'last' WHERE id = 1500")
         conn.execute(f"INSERT INTO \"{schema}\".other VALUES (-1, 'end')")
-    assert wait_for(lambda: equal(postgres, settings, schema, job, tmp), 120, interval=1)
+    if not wait_for(lambda: equal(postgres, settings, schema, job, tmp), 120, interval=1):
+        diffs = verify(postgres, settings, schema)
+        pytest.fail(
+            f"not equal: {[(d.table, d.missing[:5], d.extra[:5], d.different[:5]) for d in diffs]}"
+        )
 
     log = changelog(settings, schema)
     seen = {(r["_capa_op"], r["id"], r.get("name")) for r in log}

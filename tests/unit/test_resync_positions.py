@@ -72,6 +72,33 @@ def test_an_incremental_read_is_a_snapshot_phase_position_at_its_lsn() -> None:
     assert event.position.endswith(".0")
 
 
+def test_a_read_without_an_lsn_takes_the_highest_streamed_lsn() -> None:
+    """Debezium may send an incremental read without source.lsn (no offsets yet when the
+    engine started); the bridge then supplies the highest LSN it has streamed."""
+    value = {
+        "op": "r",
+        "after": {"id": 1, "name": "a"},
+        "source": {"connector": "postgresql", "schema": "public", "table": "t"},
+    }
+    record = {"destination": "f2.public.t", "key": '{"id": 1}'}
+    streamed: list[int | None] = [None]
+    normalizer = DebeziumNormalizer(source="f2", stream_lsn=lambda: streamed[0])
+    incremental = {**value, "source": {**value["source"], "snapshot": "incremental"}}
+    with pytest.raises(DecodeError, match=r"no source\.lsn"):
+        normalizer.normalize({**record, "value": json.dumps(incremental)})
+    streamed[0] = 0x300
+    event = normalizer.normalize({**record, "value": json.dumps(incremental)})
+    assert event.position == pg_position(0x300, snapshot=True)
+    own = {**incremental, "source": {**incremental["source"], "lsn": 0x400}}
+    assert normalizer.normalize({**record, "value": json.dumps(own)}).position.startswith(
+        f"{0x400:016x}"
+    )
+    initial = {**value, "source": {**value["source"], "snapshot": "true", "lsn": 0x100}}
+    assert normalizer.normalize({**record, "value": json.dumps(initial)}).position == (
+        pg_position(0x100, snapshot=True)
+    )  # an initial-snapshot read keeps its own LSN
+
+
 def test_a_read_beats_changes_before_its_window_and_loses_to_later_ones() -> None:
     before = debezium("u", 0x100, 1, "a")  # streamed before the low watermark: in the read
     later = debezium("u", 0x300, 1, "b")  # streamed after the high watermark
