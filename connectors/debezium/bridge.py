@@ -106,8 +106,14 @@ class DebeziumKafkaBridge:
         if self.conversions is not None:  # values of this batch Debezium sent as NULL
             self.conversions.poll()
         batch = [record_of(r) for r in records]
+        lsn_before = self.stream_lsn
+
+        def resend() -> None:  # the same positions again: the LSN as it was before the batch
+            self.stream_lsn = lsn_before
+            self._produce(batch, count=False)
+
         self._produce(batch)
-        flush_with_retry(self.producer, lambda: self._produce(batch, count=False), stop=self.stop)
+        flush_with_retry(self.producer, resend, stop=self.stop)
         notes = [r for r in batch if r["destination"] == self.notification_topic and r["value"]]
         if notes:  # after the changes they report on are acknowledged
             self._notify(notes)
@@ -180,9 +186,10 @@ def _source_lsn(value: str | None) -> int | None:
     """``source.lsn`` of a Debezium JSON value (with or without schemas), if any."""
     import json
 
-    if value is None:
+    try:
+        doc = None if value is None else json.loads(value)
+    except ValueError:
         return None
-    doc = json.loads(value)
     doc = doc.get("payload", doc) if isinstance(doc, dict) else None
     source = doc.get("source") if isinstance(doc, dict) else None
     lsn = source.get("lsn") if isinstance(source, dict) else None
