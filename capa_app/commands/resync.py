@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    import psycopg
+
     settings = load_settings()
     try:
         return resync(
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except CapaError as exc:
         console.error(str(exc))
+        return EXIT_FAILURE
+    except psycopg.Error as exc:  # the sweep's look-up at the source
+        console.error(f"cannot read the source PostgreSQL: {' '.join(str(exc).split())}")
         return EXIT_FAILURE
 
 
