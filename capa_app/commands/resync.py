@@ -15,8 +15,10 @@ configured by ``debezium.*``), it
    canonical topic up to that point;
 4. sweeps: every live replica row of the tables still at a position below S was neither
    read by the resync nor changed since it started, so it no longer exists at the source;
-   each gets a delete event at position ``S.0`` on the canonical topic, applied (and
-   recorded in the changelog) like any other change.
+   each the source does not have gets a delete event at position ``S.0`` on the canonical
+   topic, applied (and recorded in the changelog) like any other change; it waits for the
+   apply job to have applied them. A key the source does have was not re-read (a dead
+   letter): it is reported and the exit code is 1.
 
 With ``--no-wait`` it stops after step 2 (no sweep); follow the bridge log (``Debezium
 notification``) or ``capa resync`` again later. Algorithm and guarantees:
@@ -125,9 +127,10 @@ def resync(
     console.info(f"waiting for Debezium's notifications on {dbz.notification_topic} ...")
     wait_for_snapshot(settings, signal_id, timeout_s, console.info)
     wait_for_apply(settings, apply_group, timeout_s)
-    failed = False
+    failed, swept = False, 0
     for table, key in tables.items():
         result = sweep(settings, table, key, pg_position(start, snapshot=True), signal_id)
+        swept += result.deleted
         console.info(
             f"resync {signal_id}: {table} done; {result.deleted} row(s) the source no longer "
             "has deleted from the replica"
@@ -138,6 +141,8 @@ def resync(
                 f"{table}: {len(result.unrepaired)} row(s) the source has were not re-read into "
                 f"the replica (first keys {list(result.unrepaired[:5])}); see capa dlq list"
             )
+    if swept:
+        wait_for_apply(settings, apply_group, timeout_s)  # the deletes are in the replica
     return EXIT_FAILURE if failed else EXIT_OK
 
 
