@@ -2,8 +2,8 @@
 
     capa resync public.orders [more tables] [--no-wait] [--timeout S]
 
-On the running capture (the bridge of ``capa up``, or the on-prem Connect connector, both
-configured by ``debezium.*``), it
+On the running embedded capture (the bridge of ``capa up``, configured by ``debezium.*``;
+on-prem Kafka Connect is not wired, see docs/architecture.md), it
 
 1. checks each table exists at the source with a primary key, and that a capture streams
    from ``debezium.slot_name``;
@@ -13,9 +13,9 @@ configured by ``debezium.*``), it
 3. waits for Debezium's ``COMPLETED`` notification on ``debezium.notification_topic``, then
    for the apply job (consumer group ``apply.consumer_group``) to have consumed the
    canonical topic up to that point;
-4. sweeps: every live replica row of the tables still at a position below S was neither
-   read by the resync nor changed since it started, so it no longer exists at the source;
-   each the source does not have gets a delete event at position ``S.0`` on the canonical
+4. sweeps: a live replica row of the tables still at a position below S was neither
+   read by the resync nor changed since it started; each such key the source does not
+   have gets a delete event at position ``S.0`` on the canonical
    topic, applied (and recorded in the changelog) like any other change; it waits for the
    apply job to have applied them. A key the source does have was not re-read (a dead
    letter): it is reported and the exit code is 1.
@@ -106,7 +106,7 @@ def resync(
             if not signals.slot_active(conn, dbz.slot_name):
                 raise ServiceUnavailable(
                     f"no running capture: replication slot {dbz.slot_name!r} is not streaming; "
-                    "start the stack (capa up) or the Connect connector, then run capa resync"
+                    "start the stack (capa up), then run capa resync"
                 )
             signals.ensure_signal_table(conn, dbz.signal_table, dbz.publication)
             start = signals.start_point(conn)
