@@ -7,8 +7,8 @@ the signalling table, SELECTs the chunk, writes a high watermark row, and, when 
 streamed WAL reaches the high watermark, emits the chunk's rows (op ``r``,
 ``source.snapshot = "incremental"``) minus the keys changed between the two watermarks.
 Signal and watermarks go through the same table, read from the WAL (the ``source``
-channel), so they are ordered with the data and survive restarts of the capture; the
-embedded bridge and the on-prem Kafka Connect worker read them the same way.
+channel), so they are ordered with the data and survive restarts of the capture. The
+embedded bridge gives the reads their position (see ``DebeziumNormalizer.stream_lsn``).
 
 Everything here is plain SQL on the source (identifiers quoted, values bound) or parsing of
 Debezium's notification records; the orchestration is ``capa_app/commands/resync.py``.
