@@ -150,3 +150,14 @@ def test_notifications_parse_with_and_without_schemas() -> None:
 def test_table_names_default_to_public() -> None:
     assert split_name("orders") == ("public", "orders")
     assert split_name("sales.orders") == ("sales", "orders")
+
+
+def test_the_bridge_reads_lsns_of_positions_and_signal_rows() -> None:
+    from connectors.debezium.bridge import _source_lsn, position_lsn
+
+    assert position_lsn(pg_position(0x200, snapshot=False)) == 0x200
+    assert position_lsn("0000002d00000a480003.00000000000000000000.00000001") is None
+    row = {"op": "c", "source": {"lsn": 0x500}, "after": {"id": "x"}}
+    assert _source_lsn(json.dumps(row)) == 0x500
+    assert _source_lsn(json.dumps({"schema": {}, "payload": row})) == 0x500
+    assert _source_lsn(None) is None and _source_lsn("not json") is None
