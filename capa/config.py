@@ -237,6 +237,20 @@ class DebeziumConfig(_Section):
     json_schemas: bool = Field(
         True, description="JsonConverter schemas.enable: typed values (dates, decimals) need it."
     )
+    signal_table: str = Field(
+        "public.capa_signal",
+        description="schema.table of Debezium's source signalling table: 'capa resync' inserts "
+        "an execute-snapshot row there, and Debezium writes its incremental-snapshot "
+        "watermarks there (created by 'capa resync' on first use).",
+    )
+    incremental_snapshot_chunk_size: int = Field(
+        1024, ge=1, description="Rows per chunk (one watermark window) of a 'capa resync'."
+    )
+
+    @property
+    def notification_topic(self) -> str:
+        """Kafka topic of Debezium's notifications (incremental snapshot progress)."""
+        return f"capa.{self.source_name}.notifications"
 
 
 class ConnectConfig(_Section):

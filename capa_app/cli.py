@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "crm": "capa_app.commands.crm",
     "dlq": "capa_app.commands.dlq",
     "serve": "capa_app.commands.serve",
+    "resync": "capa_app.commands.resync",
 }
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from capa import metrics
 from capa.config import CapaSettings
 from capa.errors import CapaError, SlotLost
+from capa.events import ChangeEvent, Op
 from capa.runtime import start_service
 from connectors.base import Normalizer, RawRecord, normalize_one
 from connectors.debezium import routing
@@ -49,6 +50,7 @@ from connectors.debezium.engine import (
     write_log4j_config,
 )
 from connectors.debezium.identity import warn_about_keyless_tables
+from connectors.debezium.normalizer import DebeziumNormalizer
 from connectors.debezium.slot_guard import check_slot
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
@@ -89,8 +91,14 @@ class DebeziumKafkaBridge:
         source: str,
         stop: threading.Event | None = None,
         conversions: ConversionWatch | None = None,
+        signal_table: str | None = None,
+        notification_topic: str | None = None,
     ) -> None:
         self.normalizer = normalizer
+        # Debezium's signal/watermark rows are not data; its notifications go to their topic
+        self.signal_destination = f"{source}.{signal_table}" if signal_table else None
+        self.notification_topic = notification_topic
+        self.stream_lsn: int | None = None  # highest LSN streamed so far (signal rows too)
         self.conversions = conversions
         self.producer = producer
         self.source = source
@@ -104,19 +112,47 @@ class DebeziumKafkaBridge:
         if self.conversions is not None:  # values of this batch Debezium sent as NULL
             self.conversions.poll()
         batch = [record_of(r) for r in records]
+        lsn_before = self.stream_lsn
+
+        def resend() -> None:  # the same positions again: the LSN as it was before the batch
+            self.stream_lsn = lsn_before
+            self._produce(batch, count=False)
+
         self._produce(batch)
-        flush_with_retry(self.producer, lambda: self._produce(batch, count=False), stop=self.stop)
+        flush_with_retry(self.producer, resend, stop=self.stop)
+        notes = [r for r in batch if r["destination"] == self.notification_topic and r["value"]]
+        if notes:  # after the changes they report on are acknowledged
+            self._notify(notes)
+            flush_with_retry(self.producer, lambda: self._notify(notes), stop=self.stop)
         self.batches += 1
         logger.debug("batch of %d record(s) acknowledged", len(batch))
 
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
         # count=False: a re-send after a failed flush; the metrics saw these records already
         for index, record in enumerate(batch):
+            if self._side_record(record, count):
+                continue
             raw = RawRecord(record["destination"], index, record, raw_bytes(record))
             table = self._table(record["destination"])
             if count:
                 metrics.record_received(COMPONENT, table)
             self._emit(normalize_one(self.normalizer, raw), raw, table, count)
+
+    def _side_record(self, record: dict[str, Any], count: bool) -> bool:
+        """A signal-table row (skipped) or a notification (forwarded as it is): not data."""
+        destination = record["destination"]
+        if destination == self.signal_destination:
+            self._saw_lsn(_source_lsn(record["value"]))
+            if count:
+                self.skipped += 1
+                metrics.record_skipped(COMPONENT, "signal")
+            return True
+        return destination == self.notification_topic  # forwarded by _notify
+
+    def _notify(self, notes: list[dict[str, Any]]) -> None:
+        for note in notes:
+            logger.info("Debezium notification: %s", note["value"])
+            self.producer.send_record(note["destination"], note["value"].encode(), None)
 
     def _table(self, destination: str) -> str:
         """``f2.public.orders`` for a table's topic; heartbeats etc. are ``unknown``."""
@@ -125,7 +161,13 @@ class DebeziumKafkaBridge:
             return destination
         return metrics.UNKNOWN_TABLE
 
+    def _saw_lsn(self, lsn: int | None) -> None:
+        if lsn is not None and (self.stream_lsn is None or lsn > self.stream_lsn):
+            self.stream_lsn = lsn
+
     def _emit(self, outcome: Any, raw: RawRecord, table: str, count: bool) -> None:
+        if isinstance(outcome, ChangeEvent) and outcome.op is not Op.READ:
+            self._saw_lsn(position_lsn(outcome.position))
         routed = routing.route(outcome, raw, self.producer, self.source)
         if not count:
             return
@@ -138,6 +180,28 @@ class DebeziumKafkaBridge:
             self.dead_letters += 1
 
 
+def position_lsn(position: str) -> int | None:
+    """The LSN of a PostgreSQL position (``<lsn:016x>.<phase>``); None for other kinds."""
+    head, _, phase = position.partition(".")
+    if len(head) != 16 or phase not in ("0", "1"):
+        return None
+    return int(head, 16)
+
+
+def _source_lsn(value: str | None) -> int | None:
+    """``source.lsn`` of a Debezium JSON value (with or without schemas), if any."""
+    import json
+
+    try:
+        doc = None if value is None else json.loads(value)
+    except ValueError:
+        return None
+    doc = doc.get("payload", doc) if isinstance(doc, dict) else None
+    source = doc.get("source") if isinstance(doc, dict) else None
+    lsn = source.get("lsn") if isinstance(source, dict) else None
+    return lsn if isinstance(lsn, int) else None
+
+
 class BridgeProcess:
     """Wires settings, producer, normaliser and engine; runs until stopped or failed."""
 
@@ -147,10 +211,18 @@ class BridgeProcess:
         self.settings = settings
         self.stop = threading.Event()
         self.producer = KafkaChangeProducer(settings.kafka)
-        normalizer = get_normalizer("debezium-json", source=settings.debezium.source_name)
+        dbz = settings.debezium
+        normalizer = get_normalizer("debezium-json", source=dbz.source_name)
         self.handler = DebeziumKafkaBridge(
-            normalizer, self.producer, source=settings.debezium.source_name, stop=self.stop
+            normalizer,
+            self.producer,
+            source=dbz.source_name,
+            stop=self.stop,
+            signal_table=dbz.signal_table,
+            notification_topic=dbz.notification_topic,
         )
+        if isinstance(normalizer, DebeziumNormalizer):
+            normalizer.stream_lsn = lambda: self.handler.stream_lsn
         self.engine: EmbeddedDebezium | None = None
 
     def request_stop(self, *_: Any) -> None:
@@ -167,7 +239,8 @@ class BridgeProcess:
         # before anything can make the slot again (the initial sync, or Debezium itself)
         self.check_slot()
         kafka = self.settings.kafka
-        ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+        notifications = self.settings.debezium.notification_topic
+        ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1, notifications: 1})
         observe = self.settings.observe
         metrics.serve_metrics(observe.host, observe.bridge_metrics_port)
         props = debezium_properties(self.settings)

@@ -90,9 +90,25 @@ def debezium_properties(settings: CapaSettings) -> dict[str, str]:
         "poll.interval.ms": str(dbz.poll_interval_ms),
         "converter.schemas.enable": str(dbz.json_schemas).lower(),
     }
+    props.update(signal_properties(settings))
     if dbz.table_include_list:
-        props["table.include.list"] = dbz.table_include_list
+        # the signal table must be captured: its watermark rows close the snapshot windows
+        signal = dbz.signal_table.replace(".", "\\.")
+        props["table.include.list"] = f"{dbz.table_include_list},{signal}"
     return props
+
+
+def signal_properties(settings: CapaSettings) -> dict[str, str]:
+    """Incremental snapshots ('capa resync'): the source signalling channel (a row in
+    ``debezium.signal_table``) and notifications to ``debezium.notification_topic``."""
+    dbz = settings.debezium
+    return {
+        "signal.enabled.channels": "source",
+        "signal.data.collection": dbz.signal_table,
+        "incremental.snapshot.chunk.size": str(dbz.incremental_snapshot_chunk_size),
+        "notification.enabled.channels": "sink",
+        "notification.sink.topic.name": dbz.notification_topic,
+    }
 
 
 def jvm_options(log4j_config: Path) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 from capa.apply import check_applicable
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind, identity_of
-from capa.position import mssql_position, pg_position
+from capa.position import mssql_position, parse_pg_lsn, pg_position
 from connectors.base import Skip, SnapshotOrdinals, checked_ts_us, event_id_for
 from connectors.debezium import envelope
 from connectors.debezium.values import (
@@ -101,8 +101,12 @@ class DebeziumNormalizer:
         source: str | None = None,
         column_types: Mapping[str, Mapping[str, str]] | None = None,
         primary_keys: Mapping[str, Sequence[str]] | None = None,
+        stream_lsn: Callable[[], int | None] | None = None,
     ) -> None:
         self.source = source
+        # the highest LSN streamed so far (the embedded bridge tracks it): the position of
+        # an incremental-snapshot read, which Debezium may send without source.lsn
+        self.stream_lsn = stream_lsn
         self._hints = {
             table: {col: hint_converter(h) for col, h in cols.items()}
             for table, cols in (column_types or {}).items()
@@ -153,7 +157,7 @@ class DebeziumNormalizer:
         if op is Op.TRUNCATE:
             primary_key, key, before, after = (), {}, None, None
         name = self.source or _source_name(source, parts.topic)
-        position = position_of(source, op)
+        position = self._position(kind, position_of, source, op)
         event = ChangeEvent(
             source=name,
             source_kind=kind,
@@ -183,6 +187,20 @@ class DebeziumNormalizer:
         )
         check_applicable(event)  # a NULL key value or an unusable table name: refused here
         return self._ordinals.number(event)
+
+    def _position(
+        self, kind: SourceKind, position_of: Callable[..., str], source: Any, op: Op
+    ) -> str:
+        """An incremental-snapshot read sorts at the stream's LSN when it is emitted (its
+        chunk's high watermark; docs/architecture.md, "Re-syncing a table")."""
+        incremental = op is Op.READ and str(source.get("snapshot")) == "incremental"
+        if kind is not SourceKind.POSTGRES or not incremental or self.stream_lsn is None:
+            return position_of(source, op)
+        streamed = self.stream_lsn()
+        own = source.get("lsn")
+        if streamed is None:
+            return position_of(source, op)
+        return pg_position(max(streamed, 0 if own is None else parse_pg_lsn(own)), snapshot=True)
 
     def _converters(
         self, value_schema: Mapping[str, Any] | None, schema: str, table: str

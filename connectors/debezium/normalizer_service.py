@@ -137,6 +137,8 @@ class TransactionalNormalizer:
         return out
 
     def _handle(self, msg: Any) -> tuple[str, routing.Routed]:
+        if msg.topic().endswith(f".{self.settings.debezium.signal_table}"):
+            return msg.topic(), routing.Routed(routing.SKIPPED, "signal")  # not data
         raw = raw_record(msg)
         outcome = normalize_one(self.normalizer, raw)
         source = msg.topic().split(".", 1)[0]

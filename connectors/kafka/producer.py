@@ -137,6 +137,11 @@ class KafkaChangeProducer:
         self.sent += 1
         return True
 
+    def send_record(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Queue one record as it is on another topic (Debezium's notifications); ``flush``
+        waits for it like for the events."""
+        self._produce(topic, value, key, None, self._on_delivery)
+
     def _dead_letter_oversize(self, refused: _Refused) -> None:
         event, encoded = refused.event, refused.encoded
         size = len(encoded) + len(event.kafka_key())
