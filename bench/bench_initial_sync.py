@@ -201,9 +201,12 @@ def run_debezium(settings: CapaSettings, rows: int, timeout_s: float, logs: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=100, help="pgbench scale, fast path")
-    parser.add_argument("--debezium_scale", type=int, default=10, help="pgbench scale, Debezium")
+    parser.add_argument(
+        "--debezium_scale", type=int, default=10, help="pgbench scale, Debezium (0: skip it)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="readers (0: the core count)")
     parser.add_argument("--debezium_timeout_s", type=float, default=900.0)
+    parser.add_argument("--sync_log", type=Path, help="keep the fast sync's DEBUG log here")
     add_json_out(parser)
     args = parser.parse_args()
     state = throwaway_state_dir("capa-bench-sync-")  # PostgreSQL runs as its own OS user
@@ -217,17 +220,21 @@ def main() -> int:
             synced = run_fast(fast, state / "fast-sync.log")
             equal, verify_s = verified(fast)
             heap = heap_bytes(base, "fast")
-
-            pgbench_init(base, "dbz", args.debezium_scale)
-            dbz_rows = args.debezium_scale * 100_000
-            slow = for_database(base, "dbz", "dbz", initial_load="debezium")
-            with running_service(KafkaBroker(StateDirs(state), base.kafka)):
-                dbz_s = run_debezium(slow, dbz_rows, args.debezium_timeout_s, state)
-            dbz_equal, _ = verified(slow)
+            if args.sync_log:
+                shutil.copyfile(state / "fast-sync.log", args.sync_log)
+            dbz_rows, dbz_s, dbz_equal = 0, float("nan"), True
+            if args.debezium_scale:
+                pgbench_init(base, "dbz", args.debezium_scale)
+                dbz_rows = args.debezium_scale * 100_000
+                slow = for_database(base, "dbz", "dbz", initial_load="debezium")
+                with running_service(KafkaBroker(StateDirs(state), base.kafka)):
+                    dbz_s = run_debezium(slow, dbz_rows, args.debezium_timeout_s, state)
+                dbz_equal, _ = verified(slow)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     fast_s = synced["seconds"]
-    fast_rate, dbz_rate = rows / fast_s, dbz_rows / dbz_s
+    fast_rate = rows / fast_s
+    dbz_rate = dbz_rows / dbz_s if args.debezium_scale else 0.0
     params = {
         "scale": args.scale,
         "rows": rows,
@@ -237,21 +244,21 @@ def main() -> int:
         "pgbench_init_s": round(init_s, 1),
         "verify_s": round(verify_s, 1),
     }
+    figures = {
+        "fast_sync_wall": fast_s,
+        "fast_sync_rows_per_s": fast_rate,
+        "fast_sync_heap_mb_per_s": heap / 2**20 / fast_s,
+        "fast_sync_peak_rss": synced["peak_rss_mb"],
+    }
+    baselines = {"fast_sync_wall": floor_s}
+    if args.debezium_scale:
+        figures |= {"debezium_rows_per_s": dbz_rate, "debezium_wall": dbz_s}
+        baselines["fast_sync_rows_per_s"] = dbz_rate
     result = make_result(
         "initial_sync",
         params,
-        {
-            "fast_sync_wall": fast_s,
-            "fast_sync_rows_per_s": fast_rate,
-            "fast_sync_heap_mb_per_s": heap / 2**20 / fast_s,
-            "fast_sync_peak_rss": synced["peak_rss_mb"],
-            "debezium_rows_per_s": dbz_rate,
-            "debezium_wall": dbz_s,
-        },
-        baselines={
-            "fast_sync_wall": floor_s,
-            "fast_sync_rows_per_s": dbz_rate,
-        },
+        figures,
+        baselines=baselines,
         baseline_labels={
             "fast_sync_wall": "bare binary COPY of the same table into /dev/null (psql)",
             "fast_sync_rows_per_s": f"Debezium's snapshot through capa, pgbench scale "
