@@ -47,6 +47,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SOURCE = "bench"
 
+
+def cpu_stat() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # minus idle and iowait
+
+
+def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Cores the whole machine (every process) kept busy between two :func:`cpu_stat`."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total * (os.cpu_count() or 1) if total else 0.0
+
+
 # The fast sync alone, in its own process (its peak RSS is the figure).
 _SYNC = """
 import json, logging, resource, sys, time
@@ -54,11 +68,13 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)
 logging.getLogger("connectors.pgsync").setLevel(logging.DEBUG)
 from capa.config import load_settings
 from connectors.pgsync.sync import run_initial_sync
+from bench.bench_initial_sync import busy_cores, cpu_stat
 settings = load_settings()  # from the CAPA__* environment
-started = time.monotonic()
+started, stat = time.monotonic(), cpu_stat()
 assert run_initial_sync(settings, offsets_exist=False)
-print(json.dumps({"seconds": time.monotonic() - started,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+seconds, busy, usage = time.monotonic() - started, busy_cores(stat, cpu_stat()), resource.getrusage(0)
+print(json.dumps({"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+                  "cpu_s": usage.ru_utime + usage.ru_stime, "machine_busy_cores": busy}))
 """
 
 
@@ -87,8 +103,9 @@ def pgbench_init(settings: CapaSettings, database: str, scale: int) -> float:
     return time.monotonic() - started
 
 
-def bare_copy(settings: CapaSettings, database: str) -> float:
-    started = time.monotonic()
+def bare_copy(settings: CapaSettings, database: str) -> tuple[float, float]:
+    """Wall seconds of the bare COPY and the cores the machine kept busy meanwhile."""
+    started, stat = time.monotonic(), cpu_stat()
     subprocess.run(
         [
             "psql",
@@ -101,7 +118,7 @@ def bare_copy(settings: CapaSettings, database: str) -> float:
         env=psql_env(settings),
         check=True,
     )
-    return time.monotonic() - started
+    return time.monotonic() - started, busy_cores(stat, cpu_stat())
 
 
 def heap_bytes(settings: CapaSettings, database: str) -> int:
@@ -215,7 +232,7 @@ def main() -> int:
         with running_service(PostgresCluster(StateDirs(state), base.postgres)):
             init_s = pgbench_init(base, "fast", args.scale)
             rows = args.scale * 100_000
-            floor_s = bare_copy(base, "fast")
+            floor_s, floor_busy = bare_copy(base, "fast")
             fast = for_database(base, "fast", "fast", initial_load_workers=args.workers)
             synced = run_fast(fast, state / "fast-sync.log")
             equal, verify_s = verified(fast)
@@ -243,6 +260,11 @@ def main() -> int:
         "workers": args.workers or os.cpu_count(),
         "pgbench_init_s": round(init_s, 1),
         "verify_s": round(verify_s, 1),
+        # machine load: cores busy (every process) during the floor and the sync, and the
+        # sync process's own CPU seconds; other helpers' jobs share the 2 cores
+        "floor_machine_busy_cores": round(floor_busy, 2),
+        "sync_machine_busy_cores": round(synced["machine_busy_cores"], 2),
+        "sync_cpu_s": round(synced["cpu_s"], 1),
     }
     figures = {
         "fast_sync_wall": fast_s,
