@@ -96,6 +96,18 @@ def conform(data: pa.Table, meta: Mapping[str, pa.Array], table: DeltaTable) -> 
     return pa.table(arrays, names=[f.name for f in schema])
 
 
+def ensure_tables(
+    replica_path: Path,
+    changelog_path: Path,
+    types: Mapping[str, ColumnType | None],
+    replica_properties: Mapping[str, str],
+) -> tuple[DeltaTable, DeltaTable]:
+    """(replica, changelog), created or evolved to hold ``types``."""
+    log = delta_io.ensure_table(changelog_path, CHANGELOG_META, types)
+    replica = delta_io.ensure_table(replica_path, REPLICA_META, types, replica_properties)
+    return replica, log
+
+
 def load_snapshot_rows(
     replica_path: Path,
     changelog_path: Path,
@@ -117,8 +129,7 @@ def load_snapshot_rows(
     """
     schema_lock = schema_lock or nullcontext()
     with schema_lock:  # creating or evolving a table: one writer at a time
-        log = delta_io.ensure_table(changelog_path, CHANGELOG_META, types)
-        replica = delta_io.ensure_table(replica_path, REPLICA_META, types, replica_properties)
+        replica, log = ensure_tables(replica_path, changelog_path, types, replica_properties)
     meta = snapshot_meta(data, primary_key, position, commit_ts)
     source = conform(data, meta, replica)
     if not merge:
