@@ -1,7 +1,9 @@
 """Benchmark of the initial sync of PostgreSQL (not a test): fast path vs COPY vs Debezium.
 
     .venvs/beam/bin/python -m bench.bench_initial_sync [--scale 100] [--debezium_scale 10]
-        [--workers 0] [--debezium_timeout_s 900]
+        [--workers 0] [--debezium_timeout_s 900] [--sync_log PATH]
+
+``--debezium_scale 0`` skips the Debezium path (about 2 minutes) while iterating.
 
 Starts a throwaway PostgreSQL 15 (capa_app.stack.postgres) and, for the Debezium path, a
 throwaway Kafka broker; ``pgbench -i -s SCALE`` creates ``pgbench_accounts`` (SCALE x 100k
@@ -11,7 +13,9 @@ rows) before capture starts. Measured in the same run:
    binary COPY into /dev/null);
 2. fast initial sync (``connectors.pgsync``, the embedded default) in a subprocess: slot with
    an exported snapshot, parallel CTID-range readers (ADBC), bulk Delta writes of the raw
-   replica and its changelog; wall time, rows/s, heap MB/s, and the subprocess's peak RSS;
+   replica and its changelog; wall time, rows/s, heap MB/s, the subprocess's peak RSS and
+   CPU seconds, and the cores the whole machine kept busy during the floor and the sync
+   (other jobs share the machine: the floor uses about one core, the sync both);
    then ``capa verify`` (``verify_postgres_local``) must be equal (timed separately: it is
    the check, not part of the sync);
 3. Debezium's own snapshot through capa (``debezium.initial_load=debezium``): bridge ->
