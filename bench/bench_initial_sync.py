@@ -1,7 +1,9 @@
 """Benchmark of the initial sync of PostgreSQL (not a test): fast path vs COPY vs Debezium.
 
     .venvs/beam/bin/python -m bench.bench_initial_sync [--scale 100] [--debezium_scale 10]
-        [--workers 0] [--debezium_timeout_s 900]
+        [--workers 0] [--debezium_timeout_s 900] [--sync_log PATH]
+
+``--debezium_scale 0`` skips the Debezium path (about 2 minutes) while iterating.
 
 Starts a throwaway PostgreSQL 15 (capa_app.stack.postgres) and, for the Debezium path, a
 throwaway Kafka broker; ``pgbench -i -s SCALE`` creates ``pgbench_accounts`` (SCALE x 100k
@@ -11,7 +13,9 @@ rows) before capture starts. Measured in the same run:
    binary COPY into /dev/null);
 2. fast initial sync (``connectors.pgsync``, the embedded default) in a subprocess: slot with
    an exported snapshot, parallel CTID-range readers (ADBC), bulk Delta writes of the raw
-   replica and its changelog; wall time, rows/s, heap MB/s, and the subprocess's peak RSS;
+   replica and its changelog; wall time, rows/s, heap MB/s, the subprocess's peak RSS and
+   CPU seconds, and the cores the whole machine kept busy during the floor and the sync
+   (other jobs share the machine: the floor uses about one core, the sync both);
    then ``capa verify`` (``verify_postgres_local``) must be equal (timed separately: it is
    the check, not part of the sync);
 3. Debezium's own snapshot through capa (``debezium.initial_load=debezium``): bridge ->
@@ -47,6 +51,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SOURCE = "bench"
 
+
+def cpu_stat() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # minus idle and iowait
+
+
+def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Cores the whole machine (every process) kept busy between two :func:`cpu_stat`."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total * (os.cpu_count() or 1) if total else 0.0
+
+
 # The fast sync alone, in its own process (its peak RSS is the figure).
 _SYNC = """
 import json, logging, resource, sys, time
@@ -54,11 +72,13 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)
 logging.getLogger("connectors.pgsync").setLevel(logging.DEBUG)
 from capa.config import load_settings
 from connectors.pgsync.sync import run_initial_sync
+from bench.bench_initial_sync import busy_cores, cpu_stat
 settings = load_settings()  # from the CAPA__* environment
-started = time.monotonic()
+started, stat = time.monotonic(), cpu_stat()
 assert run_initial_sync(settings, offsets_exist=False)
-print(json.dumps({"seconds": time.monotonic() - started,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+seconds, busy, usage = time.monotonic() - started, busy_cores(stat, cpu_stat()), resource.getrusage(0)
+print(json.dumps({"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
+                  "cpu_s": usage.ru_utime + usage.ru_stime, "machine_busy_cores": busy}))
 """
 
 
@@ -87,8 +107,9 @@ def pgbench_init(settings: CapaSettings, database: str, scale: int) -> float:
     return time.monotonic() - started
 
 
-def bare_copy(settings: CapaSettings, database: str) -> float:
-    started = time.monotonic()
+def bare_copy(settings: CapaSettings, database: str) -> tuple[float, float]:
+    """Wall seconds of the bare COPY and the cores the machine kept busy meanwhile."""
+    started, stat = time.monotonic(), cpu_stat()
     subprocess.run(
         [
             "psql",
@@ -101,7 +122,7 @@ def bare_copy(settings: CapaSettings, database: str) -> float:
         env=psql_env(settings),
         check=True,
     )
-    return time.monotonic() - started
+    return time.monotonic() - started, busy_cores(stat, cpu_stat())
 
 
 def heap_bytes(settings: CapaSettings, database: str) -> int:
@@ -201,9 +222,12 @@ def run_debezium(settings: CapaSettings, rows: int, timeout_s: float, logs: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=100, help="pgbench scale, fast path")
-    parser.add_argument("--debezium_scale", type=int, default=10, help="pgbench scale, Debezium")
+    parser.add_argument(
+        "--debezium_scale", type=int, default=10, help="pgbench scale, Debezium (0: skip it)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="readers (0: the core count)")
     parser.add_argument("--debezium_timeout_s", type=float, default=900.0)
+    parser.add_argument("--sync_log", type=Path, help="keep the fast sync's DEBUG log here")
     add_json_out(parser)
     args = parser.parse_args()
     state = throwaway_state_dir("capa-bench-sync-")  # PostgreSQL runs as its own OS user
@@ -212,22 +236,26 @@ def main() -> int:
         with running_service(PostgresCluster(StateDirs(state), base.postgres)):
             init_s = pgbench_init(base, "fast", args.scale)
             rows = args.scale * 100_000
-            floor_s = bare_copy(base, "fast")
+            floor_s, floor_busy = bare_copy(base, "fast")
             fast = for_database(base, "fast", "fast", initial_load_workers=args.workers)
             synced = run_fast(fast, state / "fast-sync.log")
             equal, verify_s = verified(fast)
             heap = heap_bytes(base, "fast")
-
-            pgbench_init(base, "dbz", args.debezium_scale)
-            dbz_rows = args.debezium_scale * 100_000
-            slow = for_database(base, "dbz", "dbz", initial_load="debezium")
-            with running_service(KafkaBroker(StateDirs(state), base.kafka)):
-                dbz_s = run_debezium(slow, dbz_rows, args.debezium_timeout_s, state)
-            dbz_equal, _ = verified(slow)
+            if args.sync_log:
+                shutil.copyfile(state / "fast-sync.log", args.sync_log)
+            dbz_rows, dbz_s, dbz_equal = 0, float("nan"), True
+            if args.debezium_scale:
+                pgbench_init(base, "dbz", args.debezium_scale)
+                dbz_rows = args.debezium_scale * 100_000
+                slow = for_database(base, "dbz", "dbz", initial_load="debezium")
+                with running_service(KafkaBroker(StateDirs(state), base.kafka)):
+                    dbz_s = run_debezium(slow, dbz_rows, args.debezium_timeout_s, state)
+                dbz_equal, _ = verified(slow)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     fast_s = synced["seconds"]
-    fast_rate, dbz_rate = rows / fast_s, dbz_rows / dbz_s
+    fast_rate = rows / fast_s
+    dbz_rate = dbz_rows / dbz_s if args.debezium_scale else 0.0
     params = {
         "scale": args.scale,
         "rows": rows,
@@ -236,22 +264,27 @@ def main() -> int:
         "workers": args.workers or os.cpu_count(),
         "pgbench_init_s": round(init_s, 1),
         "verify_s": round(verify_s, 1),
+        # machine load: cores busy (every process) during the floor and the sync, and the
+        # sync process's own CPU seconds; other helpers' jobs share the 2 cores
+        "floor_machine_busy_cores": round(floor_busy, 2),
+        "sync_machine_busy_cores": round(synced["machine_busy_cores"], 2),
+        "sync_cpu_s": round(synced["cpu_s"], 1),
     }
+    figures = {
+        "fast_sync_wall": fast_s,
+        "fast_sync_rows_per_s": fast_rate,
+        "fast_sync_heap_mb_per_s": heap / 2**20 / fast_s,
+        "fast_sync_peak_rss": synced["peak_rss_mb"],
+    }
+    baselines = {"fast_sync_wall": floor_s}
+    if args.debezium_scale:
+        figures |= {"debezium_rows_per_s": dbz_rate, "debezium_wall": dbz_s}
+        baselines["fast_sync_rows_per_s"] = dbz_rate
     result = make_result(
         "initial_sync",
         params,
-        {
-            "fast_sync_wall": fast_s,
-            "fast_sync_rows_per_s": fast_rate,
-            "fast_sync_heap_mb_per_s": heap / 2**20 / fast_s,
-            "fast_sync_peak_rss": synced["peak_rss_mb"],
-            "debezium_rows_per_s": dbz_rate,
-            "debezium_wall": dbz_s,
-        },
-        baselines={
-            "fast_sync_wall": floor_s,
-            "fast_sync_rows_per_s": dbz_rate,
-        },
+        figures,
+        baselines=baselines,
         baseline_labels={
             "fast_sync_wall": "bare binary COPY of the same table into /dev/null (psql)",
             "fast_sync_rows_per_s": f"Debezium's snapshot through capa, pgbench scale "

@@ -269,6 +269,10 @@ class InitialSync:
                 name: reader.column_specs(source_columns(conn, t.schema, t.table))
                 for name, t in state.tables.items()
             }
+        preparing = threading.Thread(
+            target=self._prepare_tables, args=(state, specs), name="initial-sync-tables"
+        )
+        preparing.start()  # creates the tables while the readers read their first ranges
         stop = threading.Event()
         monitor = threading.Thread(
             target=self._monitor, args=(state, stop), name="initial-sync-progress", daemon=True
@@ -286,6 +290,7 @@ class InitialSync:
             thread.start()
         for thread in threads:
             thread.join()
+        preparing.join()
         stop.set()
         monitor.join()
         if self._errors:
@@ -304,6 +309,19 @@ class InitialSync:
             state.slot,
             state.lsn,
         )
+
+    def _prepare_tables(self, state: SyncState, specs: dict[str, list[reader.ColumnSpec]]) -> None:
+        """Create the replica and changelog of each keyed table whose column types are all
+        known before reading (no parsed column: creating it later would change the column
+        order); failures are left to the readers, which create or evolve tables anyway."""
+        for name, table in state.tables.items():
+            types = {s.name: s.fast for s in specs[name]}
+            if not table.primary_key or None in types.values():
+                continue
+            try:
+                self.warehouse.prepare_snapshot(table.raw, types, self._locks[table.raw])
+            except Exception as exc:  # the readers meet it again
+                logger.debug("initial sync: creating %s ahead failed: %s", table.raw, exc)
 
     def _worker(
         self,

@@ -216,3 +216,45 @@ def test_discarding_snapshot_reads_leaves_streamed_rows(tmp_path: Path) -> None:
     lake.discard_snapshot_reads(name)
     assert [r["id"] for r in lake.rows(f"raw.{name}")] == [3]
     assert lake.row_count(f"raw.{name}_changelog") == 1
+
+
+def _data_files(table: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_ino for f in table.glob("*.parquet")}
+
+
+def test_changelog_shares_the_replicas_file_and_a_crash_between_commits_heals(
+    tmp_path: Path,
+) -> None:
+    lake, name = LocalWarehouse(tmp_path), "f2_public_s"
+    types = {"id": ColumnType("int"), "name": ColumnType("string")}
+    load = {
+        "position": pg_position("0/10", snapshot=True),
+        "commit_ts": datetime.now(UTC),
+        "load_id": "s:0",
+    }
+    rows = pa.table({"id": pa.array([1, 2], pa.int64()), "name": ["a", "b"]})
+    lake.load_snapshot(name, rows, types, ["id"], **load)
+    replica, changelog = tmp_path / "raw" / name, tmp_path / "raw" / f"{name}_changelog"
+    shared = _data_files(replica).items() & _data_files(changelog).items()
+    assert len(shared) == 1  # one Parquet file, hard-linked into both tables
+    logged = lake.rows(f"raw.{name}_changelog")
+    assert [r["_capa_unchanged"] for r in logged] == [None, None]  # absent from the file
+    assert {r["name"] for r in logged} == {"a", "b"}
+
+    # a crash after the replica's commit, before the changelog's: the retry commits it once
+    commits = sorted((changelog / "_delta_log").glob("*.json"))
+    commits[-1].unlink()
+    assert lake.row_count(f"raw.{name}_changelog") == 0
+    lake.load_snapshot(name, rows, types, ["id"], **load)
+    assert lake.row_count(f"raw.{name}_changelog") == 2
+    assert lake.row_count(f"raw.{name}") == 2
+
+    # streamed changes (which carry _capa_unchanged) append beside the shared file
+    update = ChangeEvent(
+        "f2", SourceKind.POSTGRES, "shop", "public", "s", Op.UPDATE,
+        pg_position("0/20", snapshot=False), None, ("id",), {"id": 1},
+        None, {"id": 1, "name": "a2"},
+    )  # fmt: skip
+    lake.apply([update])
+    assert {r["id"]: r["name"] for r in lake.rows(f"raw.{name}")} == {1: "a2", 2: "b"}
+    assert lake.row_count(f"raw.{name}_changelog") == 3

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -281,6 +281,22 @@ class LocalWarehouse:
         return delta_io.ensure_table(path, REPLICA_META, types, self.replica_properties)
 
     # --- bulk loads (the fast initial sync) -------------------------------------------
+
+    def prepare_snapshot(
+        self,
+        name: str,
+        types: Mapping[str, ColumnType | None],
+        schema_lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
+        """Create ``raw.<name>`` and its changelog for ``types`` before the first range
+        arrives (the fast sync does it while its readers read the first ranges)."""
+        with _write_errors(name, self.root), schema_lock or nullcontext():
+            bulk.ensure_tables(
+                self.table_path(RAW_NAMESPACE, name),
+                self.table_path(RAW_NAMESPACE, name + CHANGELOG_SUFFIX),
+                types,
+                self.replica_properties,
+            )
 
     def load_snapshot(
         self,
