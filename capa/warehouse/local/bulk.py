@@ -129,6 +129,16 @@ def load_snapshot_rows(
     return data.num_rows
 
 
+def commit_once(load_id: str) -> CommitProperties:
+    """The commit properties of a write done once per ``load_id``."""
+    return _commit(load_id)
+
+
+def append_once(table: DeltaTable, rows: pa.Table, load_id: str) -> None:
+    """Append ``rows`` unless the table holds the transaction of ``load_id`` already."""
+    _append_once(table, rows, load_id)
+
+
 def _commit(load_id: str) -> CommitProperties:
     return CommitProperties(app_transactions=[Transaction(APP_PREFIX + load_id, 1)])
 
