@@ -134,9 +134,10 @@ def commit_once(load_id: str) -> CommitProperties:
     return _commit(load_id)
 
 
-def append_once(table: DeltaTable, rows: pa.Table, load_id: str) -> None:
-    """Append ``rows`` unless the table holds the transaction of ``load_id`` already."""
-    _append_once(table, rows, load_id)
+def append_once(table: DeltaTable, rows: pa.Table | None, load_id: str) -> None:
+    """Append ``rows`` (None: nothing) unless the table holds ``load_id``'s transaction."""
+    if rows is not None:
+        _append_once(table, rows, load_id)
 
 
 def _commit(load_id: str) -> CommitProperties:

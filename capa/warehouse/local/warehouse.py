@@ -316,9 +316,10 @@ class LocalWarehouse:
     def load_reads(self, cols: TableColumns, load_id: str) -> TableReport:
         """Write one file of backfill reads (plain, op ``r``, one table) once per ``load_id``.
 
-        The same plan as :meth:`apply_columns` (types, truncate watermark, last row per key),
-        written by the bulk writer's once-only commits (:mod:`capa.warehouse.local.bulk`):
-        a changelog append and ONE guarded merge into the base replica, each tagged with the
+        The same plan as :meth:`apply_columns` (types, truncate watermark, last row per key,
+        changelog rows it holds already skipped), written by the bulk writer's once-only
+        commits (:mod:`capa.warehouse.local.bulk`): a changelog append and ONE guarded merge
+        into the base replica (never the merge-on-read pending log), each tagged with the
         Delta transaction ``capa-bulk:<load_id>``, so a load repeated after a crash (or a
         commit conflict with the apply job) writes nothing twice. The merge (never a blind
         append) keeps the result independent of the interleaving with streamed changes:
@@ -344,10 +345,7 @@ class LocalWarehouse:
             types = column_types(cols)
             replica = self._ensure_replica(self.table_path(RAW_NAMESPACE, name), types)
             plan = plan_columns(cols, delta_io.read_watermark(replica), datetime.now(UTC), types)
-            log = delta_io.ensure_table(
-                self.table_path(RAW_NAMESPACE, name + CHANGELOG_SUFFIX), CHANGELOG_META, types
-            )
-            log_rows = plan.log.changelog(delta_io.table_types(log), plan.changelog)
+            log, log_rows = self._changelog_rows(plan)  # events it holds already: skipped
             source = plan.rows.replica(delta_io.table_types(replica), plan.changes)
             appending = _BACKGROUND.submit(bulk.append_once, log, log_rows, load_id)
             try:
@@ -358,8 +356,9 @@ class LocalWarehouse:
             finally:
                 wait([appending])
             appending.result()
+            appended = 0 if log_rows is None else log_rows.num_rows
             return _merged_report(
-                name, plan.events, plan.stale, len(plan.changes), log_rows.num_rows, metrics
+                name, plan.events, plan.stale, len(plan.changes), appended, metrics
             )
 
     def discard_snapshot_reads(self, name: str) -> None:
