@@ -14,8 +14,9 @@ bytes), then measures in one process, each on a fresh local lakehouse:
   work per record before the Kafka producer) + ``apply`` (the apply job's batch decode,
   native where built, and ``apply_columns`` in batches of ``max_batch_events``). Kafka
   itself is left out, so this is a lower bound of the current path's cost;
-* **bulk path**: read, normalise and ``LocalWarehouse.load_reads`` per file (the reader with
-  ``datastream.backfill_writer=bulk``: changelog append + one guarded merge per file).
+* **bulk path**: read, column-wise normalise (``DatastreamNormalizer.backfill_columns``) and
+  ``LocalWarehouse.load_reads`` per file: what the bucket reader does with
+  ``datastream.backfill_writer=bulk`` (changelog append + one guarded merge per file).
 
 Rates are rows/s of wall time; ``current_serial`` is the current path's two stages one after
 the other (CPU work per row: what a shared machine pays), ``current_pipelined`` the slower
@@ -143,10 +144,10 @@ def apply_stage(values: list[bytes], root: Path, batch_events: int) -> None:
 def bulk_path(batch: list[tuple[str, bytes]], root: Path) -> None:
     from capa.warehouse.local.warehouse import LocalWarehouse
 
-    loader = BulkBackfill(LocalWarehouse(root))
-    normalizer = DatastreamNormalizer()
+    loader = BulkBackfill(LocalWarehouse(root), DatastreamNormalizer())
     for generation, (name, data) in enumerate(batch, start=1):
-        assert loader.load(normalised(data, name, normalizer), name, generation) is not None
+        records = list(read_avro_file(data, name))
+        assert loader.load(records, name, generation) is not None
 
 
 def replica(root: Path) -> tuple[list[tuple[Any, ...]], int]:

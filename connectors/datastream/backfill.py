@@ -1,7 +1,8 @@
 """Datastream backfill files written through the bulk writer instead of Kafka.
 
-A file of ``postgresql-backfill`` reads of one keyed table is normalised as every file is
-(the same events, values, positions and event ids), then written column-wise by
+A file of ``postgresql-backfill`` reads of one keyed table is normalised column-wise
+(:meth:`~connectors.datastream.normalizer.DatastreamNormalizer.backfill_columns`: the same
+values, positions and event ids as the events of the Kafka path), then written by
 :meth:`~capa.warehouse.local.warehouse.LocalWarehouse.load_reads`: the apply job's plan
 (types, last row per key, truncate watermark) and the bulk writer's once-only commits (a
 changelog append and one guarded merge, each tagged with the Delta transaction of
@@ -25,9 +26,10 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from capa.columnar import TableColumns, split_plain
-from capa.events import ChangeEvent, Op
+from capa.columnar import TableColumns
 from capa.warehouse.base import TableReport
+from connectors.base import RawRecord
+from connectors.datastream.normalizer import DatastreamNormalizer
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +42,6 @@ class ReadLoader(Protocol):
     def load_reads(self, cols: TableColumns, load_id: str) -> TableReport: ...
 
 
-def backfill_table(events: Sequence[ChangeEvent]) -> TableColumns | None:
-    """The events column-wise if they are backfill reads of ONE keyed table that the column
-    path can write (plain, non-NULL keys, one column list); else None (produce to Kafka)."""
-    if not events or any(e.op is not Op.READ for e in events):
-        return None
-    tables, others = split_plain(events)
-    if others or len(tables) != 1:
-        return None
-    return tables[0]
-
-
 def load_id(name: str, generation: int) -> str:
     """The once-only id of one object version's load."""
     return f"{LOAD_PREFIX}{name}#{generation}"
@@ -59,12 +50,14 @@ def load_id(name: str, generation: int) -> str:
 class BulkBackfill:
     """Writes pure backfill files of keyed tables through ``warehouse``'s bulk writer."""
 
-    def __init__(self, warehouse: ReadLoader) -> None:
+    def __init__(self, warehouse: ReadLoader, normalizer: DatastreamNormalizer) -> None:
         self.warehouse = warehouse
+        self.normalizer = normalizer
 
-    def load(self, events: Sequence[ChangeEvent], name: str, generation: int) -> int | None:
-        """Rows written for the file, or None when it is not a pure keyed backfill."""
-        cols = backfill_table(events)
+    def load(self, records: Sequence[RawRecord], name: str, generation: int) -> int | None:
+        """Rows written for the file, or None when it is not a pure keyed backfill (see
+        :meth:`~connectors.datastream.normalizer.DatastreamNormalizer.backfill_columns`)."""
+        cols = self.normalizer.backfill_columns(records)
         if cols is None:
             return None
         report = self.warehouse.load_reads(cols, load_id(name, generation))

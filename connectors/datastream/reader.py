@@ -41,6 +41,7 @@ from connectors.base import DeadLetter as BaseDeadLetter
 from connectors.datastream.backfill import BulkBackfill
 from connectors.datastream.checkpoint import FileCheckpoint, table_dir
 from connectors.datastream.files import DEFAULT_MAX_FILE_BYTES, maybe_gunzip
+from connectors.datastream.normalizer import DatastreamNormalizer
 from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 
@@ -240,9 +241,9 @@ class DatastreamBucketReader:
             self.checkpoint.forget_late(ref.name)  # deleted before it could be read
             return FileOutcome(ref, "missing")
         items = self.read_file(data, ref.name)
-        results = self._normalised(items, data)
-        outcome = self._load_backfill(ref, items, results)
+        outcome = self._load_backfill(ref, items)
         if outcome is None:
+            results = self._normalised(items, data)
             outcome = self._produce_file(ref, data, items, results)
             flush_with_retry(
                 self.producer,
@@ -297,22 +298,19 @@ class DatastreamBucketReader:
             for item in items
         ]
 
-    def _load_backfill(
-        self, ref: ObjectRef, items: list[Any], results: list[Any] | None
-    ) -> FileOutcome | None:
+    def _load_backfill(self, ref: ObjectRef, items: list[Any]) -> FileOutcome | None:
         """A pure keyed backfill file written by the bulk writer (None: produce it)."""
-        if self.backfill is None or results is None:
+        if self.backfill is None or not items:
             return None
-        if not all(isinstance(r, ChangeEvent) for r in results):
+        if any(isinstance(item, BaseDeadLetter) for item in items):
             return None
-        rows = self.backfill.load(results, ref.name, ref.generation)
+        rows = self.backfill.load(items, ref.name, ref.generation)
         if rows is None:
             return None
-        for event in results[:1]:
-            self._learn_table(ref, event)
-        table = self._table_of(ref)
-        metrics.record_received(COMPONENT, table, len(items))
-        logger.debug("%s: %d backfill read(s) written in bulk", ref.uri, rows)
+        first = normalize_one(self.normalizer, items[0])
+        if isinstance(first, ChangeEvent):
+            self._learn_table(ref, first)
+        metrics.record_received(COMPONENT, self._table_of(ref), len(items))
         return FileOutcome(ref, "bulk-loaded", events=rows)
 
     def _produce_file(
@@ -499,19 +497,18 @@ def build_reader(
     stop: threading.Event | None = None,
 ) -> DatastreamBucketReader:
     """A reader for ``settings.datastream`` writing to ``settings.kafka``."""
-    from connectors.base import get_normalizer
-
     ds = settings.datastream
     if not ds.bucket:
         raise ConfigError(
             "no Datastream bucket configured: pass --bucket or set CAPA__DATASTREAM__BUCKET"
         )
     default_cp = settings.state_dir / "datastream" / f"{ds.source_name}.checkpoint.json"
+    normalizer = DatastreamNormalizer(source=ds.source_name)
     return DatastreamBucketReader(
         storage_client=storage or storage_client(ds.project),
         bucket=ds.bucket,
         prefix=ds.prefix,
-        normalizer=get_normalizer("datastream-avro", source=ds.source_name),
+        normalizer=normalizer,
         producer=producer or KafkaChangeProducer(settings.kafka),
         checkpoint=FileCheckpoint(ds.checkpoint_path or default_cp, ds.prefix.strip("/")),
         source=ds.source_name,
@@ -519,11 +516,11 @@ def build_reader(
         stop=stop,
         max_file_bytes=ds.max_file_bytes,
         audit_every=ds.late_file_audit_polls,
-        backfill=bulk_backfill(settings),
+        backfill=bulk_backfill(settings, normalizer),
     )
 
 
-def bulk_backfill(settings: CapaSettings) -> BulkBackfill | None:
+def bulk_backfill(settings: CapaSettings, normalizer: DatastreamNormalizer) -> BulkBackfill | None:
     """The bulk writer for backfill files, as ``datastream.backfill_writer`` asks."""
     mode = settings.datastream.backfill_writer
     local = getattr(settings.warehouse, "type", "") == "local"
@@ -535,5 +532,8 @@ def bulk_backfill(settings: CapaSettings) -> BulkBackfill | None:
             "use 'auto' or 'kafka' for other warehouses"
         )
     from capa.warehouse import open_warehouse
+    from capa.warehouse.local import LocalWarehouse
 
-    return BulkBackfill(open_warehouse(settings.warehouse))  # type: ignore[arg-type]
+    warehouse = open_warehouse(settings.warehouse)
+    assert isinstance(warehouse, LocalWarehouse)
+    return BulkBackfill(warehouse, normalizer)

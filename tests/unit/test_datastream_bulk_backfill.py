@@ -17,7 +17,8 @@ import pytest
 from capa.events import ChangeEvent
 from capa.warehouse.local import LocalWarehouse
 from capa.warehouse.local import warehouse as local_warehouse
-from connectors.datastream.backfill import BulkBackfill, backfill_table
+from connectors.base import RawRecord
+from connectors.datastream.backfill import BulkBackfill
 from connectors.datastream.normalizer import DatastreamNormalizer
 
 pytestmark = pytest.mark.unit
@@ -57,6 +58,14 @@ def events(records: list[dict[str, Any]]) -> list[ChangeEvent]:
     return out  # type: ignore[return-value]
 
 
+def raws(records: list[dict[str, Any]], name: str = "f.jsonl") -> list[RawRecord]:
+    return [RawRecord(name, i, r, None) for i, r in enumerate(records)]
+
+
+def loader(warehouse: LocalWarehouse) -> BulkBackfill:
+    return BulkBackfill(warehouse, DatastreamNormalizer())
+
+
 # Two backfill files (the rows as read, old values) and two CDC files of the same keys.
 FILES: dict[str, list[dict[str, Any]]] = {
     "backfill-a": [record(k, "old") for k in (1, 2, 3)],
@@ -79,11 +88,10 @@ def state(warehouse: LocalWarehouse) -> dict[int, str]:
 def deliver(warehouse: LocalWarehouse, order: tuple[str, ...], *, bulk: bool) -> None:
     """Each file as the bucket reader hands it on: backfill files to the bulk writer (or,
     ``bulk=False``, to the apply job like every file), CDC files to the apply job."""
-    loader = BulkBackfill(warehouse)
+    bulk_writer = loader(warehouse)
     for generation, name in enumerate(order, start=1):
-        batch = events(FILES[name])
-        if not bulk or loader.load(batch, name, generation) is None:
-            warehouse.apply(batch)
+        if not bulk or bulk_writer.load(raws(FILES[name]), name, generation) is None:
+            warehouse.apply(events(FILES[name]))
 
 
 @pytest.mark.parametrize("order", list(permutations(FILES)), ids="-".join)
@@ -112,10 +120,10 @@ def test_the_bulk_path_writes_what_the_kafka_path_writes(tmp_path: Path) -> None
 
 
 def test_a_load_repeated_after_a_restart_writes_nothing_twice(tmp_path: Path) -> None:
-    batch = events(FILES["backfill-a"])
-    BulkBackfill(LocalWarehouse(tmp_path / "lake")).load(batch, "backfill-a", 7)
+    batch = raws(FILES["backfill-a"])
+    loader(LocalWarehouse(tmp_path / "lake")).load(batch, "backfill-a", 7)
     restarted = LocalWarehouse(tmp_path / "lake")  # crash before the checkpoint: read again
-    BulkBackfill(restarted).load(batch, "backfill-a", 7)
+    loader(restarted).load(batch, "backfill-a", 7)
     assert state(restarted) == {1: "old", 2: "old", 3: "old"}
     assert restarted.row_count(CHANGELOG) == 3
 
@@ -123,7 +131,7 @@ def test_a_load_repeated_after_a_restart_writes_nothing_twice(tmp_path: Path) ->
 def test_a_crash_between_the_changelog_and_the_replica_commit_is_repaired(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch = events(FILES["backfill-a"])
+    batch = raws(FILES["backfill-a"])
 
     def killed(*args: Any, **kwargs: Any) -> Any:
         raise SystemExit("killed after the changelog commit")
@@ -131,10 +139,10 @@ def test_a_crash_between_the_changelog_and_the_replica_commit_is_repaired(
     with monkeypatch.context() as patched:
         patched.setattr(local_warehouse, "_merge", killed)
         with pytest.raises(SystemExit):
-            BulkBackfill(LocalWarehouse(tmp_path / "lake")).load(batch, "backfill-a", 7)
+            loader(LocalWarehouse(tmp_path / "lake")).load(batch, "backfill-a", 7)
     first = LocalWarehouse(tmp_path / "lake")
     assert first.row_count(CHANGELOG) == 3 and state(first) == {}
-    BulkBackfill(first).load(batch, "backfill-a", 7)  # the file read again after restart
+    loader(first).load(batch, "backfill-a", 7)  # the file read again after restart
     assert state(first) == {1: "old", 2: "old", 3: "old"}
     assert first.row_count(CHANGELOG) == 3
 
@@ -142,14 +150,134 @@ def test_a_crash_between_the_changelog_and_the_replica_commit_is_repaired(
 def test_keyless_and_mixed_files_stay_on_the_event_path_with_their_duplicates(
     tmp_path: Path,
 ) -> None:
-    keyless = events([record(None, "a"), record(None, "a"), record(None, "b")])
-    mixed = events([record(1, "old"), cdc(1, "new", "UPDATE", "0/100")])
-    assert backfill_table(keyless) is None and backfill_table(mixed) is None
+    keyless = [record(None, "a"), record(None, "a"), record(None, "b")]
     warehouse = LocalWarehouse(tmp_path / "lake")
-    assert BulkBackfill(warehouse).load(keyless, "keyless", 1) is None
-    warehouse.apply(keyless)  # what the apply job does with them from Kafka
+    bulk_writer = loader(warehouse)
+    assert bulk_writer.load(raws(keyless), "keyless", 1) is None
+    warehouse.apply(events(keyless))  # what the apply job does with them from Kafka
     notes = sorted(row["note"] for row in warehouse.rows("raw.f2_public_log"))
     assert notes == ["a", "a", "b"]
+    mixed = [record(1, "old"), cdc(1, "new", "UPDATE", "0/100")]
+    null_key = [record(1, "old"), {**record(2, "old"), "payload": {"id": None, "status": "x"}}]
+    other_table = [
+        record(1, "old"),
+        {
+            **record(2, "old"),
+            "source_metadata": {**record(2, "old")["source_metadata"], "table": "other"},
+        },
+    ]
+    for batch in (mixed, null_key, other_table):
+        assert bulk_writer.load(raws(batch), "file", 1) is None
+    assert warehouse.row_count(REPLICA) == 0
+
+
+# --- the column-wise normaliser equals the record-by-record one ---------------------------------
+
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "backfill",
+    "fields": [
+        {"name": "read_method", "type": "string"},
+        {"name": "stream_name", "type": "string"},
+        {"name": "source_timestamp", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {
+            "name": "source_metadata",
+            "type": {
+                "type": "record",
+                "name": "source_metadata",
+                "fields": [
+                    {"name": "schema", "type": "string"},
+                    {"name": "table", "type": "string"},
+                    {"name": "lsn", "type": ["null", "string"]},
+                    {"name": "primary_keys", "type": {"type": "array", "items": "string"}},
+                ],
+            },
+        },
+        {
+            "name": "payload",
+            "type": {
+                "type": "record",
+                "name": "payload",
+                "fields": [
+                    {"name": "id", "type": "long"},
+                    {"name": "region", "type": "string"},
+                    {
+                        "name": "amount",
+                        "type": [
+                            "null",
+                            {
+                                "type": "bytes",
+                                "logicalType": "decimal",
+                                "precision": 12,
+                                "scale": 2,
+                            },
+                        ],
+                    },
+                    {
+                        "name": "at",
+                        "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}],
+                    },
+                    {"name": "day", "type": ["null", {"type": "int", "logicalType": "date"}]},
+                    {"name": "doc", "type": ["null", {"type": "string", "logicalType": "json"}]},
+                    {"name": "ratio", "type": ["null", "float"]},
+                    {"name": "blob", "type": ["null", "bytes"]},
+                    {"name": "tags", "type": ["null", {"type": "array", "items": "string"}]},
+                ],
+            },
+        },
+    ],
+}
+
+
+def avro_backfill(n: int) -> bytes:
+    import io
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    import fastavro
+
+    def rows() -> Any:
+        for i in range(n):
+            yield {
+                "read_method": "postgresql-backfill",
+                "stream_name": "projects/p/locations/l/streams/f2",
+                "source_timestamp": datetime(2026, 1, 1, tzinfo=UTC),
+                "source_metadata": {
+                    "schema": "public",
+                    "table": "orders",
+                    "lsn": None if i % 3 else "1/A0",
+                    "primary_keys": ["id", "region"],
+                },
+                "payload": {
+                    "id": i // 2,
+                    "region": "eu" if i % 2 else "us",
+                    "amount": None if i % 5 == 0 else Decimal(i * 101).scaleb(-2),
+                    "at": datetime(2026, 1, 1, tzinfo=UTC),
+                    "day": date(2026, 1, 1 + i % 28),
+                    "doc": '{"a": [1, 2]}',
+                    "ratio": 0.1 * i,
+                    "blob": bytes([i % 256]),
+                    "tags": ["x", str(i)] if i % 4 else None,
+                },
+            }
+
+    buf = io.BytesIO()
+    fastavro.writer(buf, fastavro.parse_schema(AVRO_SCHEMA), rows())
+    return buf.getvalue()
+
+
+def test_backfill_columns_equal_the_events_of_the_record_by_record_normaliser() -> None:
+    from capa.columnar import split_plain
+    from connectors.datastream.files import read_avro_file
+
+    records = list(read_avro_file(avro_backfill(40), "f.avro"))
+    normalizer = DatastreamNormalizer()
+    cols = normalizer.backfill_columns(records)
+    per_record = [normalizer.normalize(r.value, r.hints) for r in records]
+    [expected], rest = split_plain(per_record)  # type: ignore[arg-type]
+    assert cols is not None and not rest
+    assert cols == expected
+    assert len(set(cols.positions)) == 2  # with and without an LSN
 
 
 def test_load_reads_refuses_anything_but_snapshot_reads(tmp_path: Path) -> None:
