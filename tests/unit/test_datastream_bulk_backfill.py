@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from capa.events import ChangeEvent
-from capa.warehouse.local import LocalWarehouse
+from capa.warehouse.local import LocalWarehouse, bulk
 from capa.warehouse.local import warehouse as local_warehouse
 from connectors.base import RawRecord
 from connectors.datastream.backfill import BulkBackfill
@@ -145,6 +145,34 @@ def test_a_crash_between_the_changelog_and_the_replica_commit_is_repaired(
     loader(first).load(batch, "backfill-a", 7)  # the file read again after restart
     assert state(first) == {1: "old", 2: "old", 3: "old"}
     assert first.row_count(CHANGELOG) == 3
+
+
+def test_a_streamed_commit_between_plan_and_merge_conflicts_and_is_replanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The apply job (another writer) commits a change of key 1 after the load planned
+    against the replica and before its merge: the merge's commit conflicts, the load plans
+    again and its stale read of key 1 is a no-op (no second row, no old value)."""
+    warehouse = LocalWarehouse(tmp_path / "lake")
+    loader(warehouse).load(raws([record(9, "old")]), "first", 1)  # the replica exists
+    apply_job = LocalWarehouse(tmp_path / "lake")
+    real = bulk.written
+    fired: list[str] = []
+
+    def stream_commits_first(table: Any, load_id: str) -> bool:
+        if not fired:
+            fired.append(load_id)
+            apply_job.apply(events([cdc(1, "new", "UPDATE", "0/100")]))
+        return real(table, load_id)
+
+    monkeypatch.setattr(bulk, "written", stream_commits_first)
+    loader(warehouse).load(raws([record(1, "old"), record(2, "old")]), "second", 1)
+    assert fired
+    assert sorted((r["id"], r["status"]) for r in warehouse.rows(REPLICA)) == [
+        (1, "new"),
+        (2, "old"),
+        (9, "old"),
+    ]
 
 
 def test_keyless_and_mixed_files_stay_on_the_event_path_with_their_duplicates(
