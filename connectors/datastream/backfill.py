@@ -17,7 +17,9 @@ position (a streamed update or tombstone is never overwritten by a backfill read
 writers of one Delta table commit optimistically; a conflict is retried by both.
 
 Anything else (CDC files, mixed files, dead letters, keyless tables, whose duplicate rows
-are numbered by the apply rules) goes to Kafka as before.
+are numbered by the apply rules) goes to Kafka as before, and so does a file the warehouse
+refuses (type drift, ...): the apply job isolates and dead-letters the refused events with
+their reasons. A transient error stops the reader before the checkpoint (read again).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from capa.columnar import TableColumns
+from capa.errors import TransientError
 from capa.warehouse.base import TableReport
 from connectors.base import RawRecord
 from connectors.datastream.normalizer import DatastreamNormalizer
@@ -60,6 +63,18 @@ class BulkBackfill:
         cols = self.normalizer.backfill_columns(records)
         if cols is None:
             return None
-        report = self.warehouse.load_reads(cols, load_id(name, generation))
+        try:
+            report = self.warehouse.load_reads(cols, load_id(name, generation))
+        except TransientError:
+            raise  # the file is not marked done: read again after the restart
+        except Exception as exc:  # refused (e.g. type drift): the apply job dead-letters it
+            logger.warning(
+                "bulk backfill of %s#%d refused by the warehouse (%s); producing it to Kafka, "
+                "where the apply job isolates and dead-letters what it refuses",
+                name,
+                generation,
+                exc,
+            )
+            return None
         logger.debug("bulk backfill %s#%d: %s", name, generation, report)
         return len(cols)

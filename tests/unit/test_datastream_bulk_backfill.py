@@ -175,6 +175,18 @@ def test_a_streamed_commit_between_plan_and_merge_conflicts_and_is_replanned(
     ]
 
 
+def test_a_file_the_warehouse_refuses_goes_to_kafka_where_it_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    warehouse = LocalWarehouse(tmp_path / "lake")
+    warehouse.apply(events([cdc(1, "new", "INSERT", "0/100")]))
+    drifted = {**record(2, "old"), "payload": {"id": 2, "status": 12.5}}  # text -> number
+    assert loader(warehouse).load(raws([drifted]), "drift", 1) is None
+    with pytest.raises(Exception, match="status"):  # the event path refuses it with a reason
+        warehouse.apply(events([drifted]))
+    assert state(warehouse) == {1: "new"}
+
+
 def test_keyless_and_mixed_files_stay_on_the_event_path_with_their_duplicates(
     tmp_path: Path,
 ) -> None:
