@@ -132,6 +132,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             Target("fast_sync_peak_rss", "value", "<=", 1024.0),
         ),
     ),
+    "datastream_backfill": Benchmark(
+        "Datastream backfill: Kafka path vs the bulk writer (rows/s, wall)",
+        "bench.bench_datastream_backfill",
+        BEAM_PY,
+        ("--rows", "500000"),
+        ("--rows", "100000"),
+        (Target("bulk_speedup", "value", ">=", 1.0),),  # bulk only where it is faster
+    ),
     "spark": Benchmark(
         "Spark models: incremental build vs full rebuild",
         "bench.bench_spark_incremental",

@@ -353,6 +353,14 @@ class DatastreamConfig(_Section):
         "history in the bucket; 0 turns the audit off (late files below the watermark are then "
         "never read).",
     )
+    backfill_writer: Literal["auto", "bulk", "kafka"] = Field(
+        "auto",
+        description="Where a file of backfill reads of one keyed table goes: 'bulk' writes it "
+        "straight into the local lakehouse with the bulk writer (changelog append + one guarded "
+        "merge per file, once per object version), 'kafka' produces its events like every other "
+        "file. 'auto': bulk when the warehouse is local, else kafka. CDC, mixed and keyless "
+        "files always go to Kafka.",
+    )
 
 
 class GcsEmulatorConfig(_Section):

@@ -102,7 +102,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "capa_datastream_files_processed",
         "counter",
-        "Datastream files processed, by outcome (produced, dead-lettered, missing).",
+        "Datastream files processed, by outcome (produced, bulk-loaded, dead-lettered, missing).",
         ("source", "status"),
         "Datastream reader",
     ),

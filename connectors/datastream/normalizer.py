@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -28,11 +28,12 @@ from uuid import UUID
 
 from capa.apply import require_key_values
 from capa.codec import datetime_to_us, to_json_value
+from capa.columnar import TableColumns
 from capa.errors import DecodeError
-from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind, identity_of
+from capa.events import ChangeEvent, FrozenRow, Json, Op, SourceKind, identity_of, raw_table_name
 from capa.position import pg_position
 from capa.values import date_from_days, float32_value, timestamp_from_us
-from connectors.base import Skip, SnapshotOrdinals, checked_ts_us, event_id_for
+from connectors.base import RawRecord, Skip, SnapshotOrdinals, checked_ts_us, event_id_for
 
 _BACKFILL = "postgresql-backfill"
 _CDC = "postgresql-cdc"
@@ -100,6 +101,95 @@ class DatastreamNormalizer:
         if row:  # so is a NULL key value; an empty delete is kept (see _key)
             require_key_values(event)
         return self._ordinals.number(event)
+
+    def backfill_columns(self, records: Sequence[RawRecord]) -> TableColumns | None:
+        """A file of backfill reads of ONE keyed table, column-wise, or None.
+
+        The same values, keys, positions, commit times and event ids as :meth:`normalize`
+        per record followed by :func:`capa.columnar.split_plain` (the rules are the helpers
+        both call), without an event object per record. None for anything else: a CDC or
+        keyless record, several tables, key lists or sources, a NULL key value, a key type
+        the fast event id does not take, or a record that does not normalise; the caller
+        then normalises the file record by record (where a bad record gets its reason).
+        """
+        try:
+            return self._backfill_columns(records)
+        except (DecodeError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError):
+            return None  # the record-by-record path names the reason
+        except RecursionError:
+            return None
+
+    def _backfill_columns(self, records: Sequence[RawRecord]) -> TableColumns | None:
+        if not records:
+            return None
+        first = unwrap_transport(records[0].value)
+        meta = _metadata(first)
+        names = meta.get("primary_keys")
+        if not names or not isinstance(names, list) or not all(type(n) is str for n in names):
+            return None
+        primary_key = tuple(names)
+        source = self.source or _source_name(first.get("stream_name"))
+        schema, table = _text(meta, "schema"), _text(meta, "table")
+        raw_table_name(source, schema, table)  # TableNameError (a DecodeError) -> None
+        positions: dict[Any, str] = {}
+        stamps: dict[Any, int | None] = {}
+        ids: list[str] = []
+        at: list[str] = []
+        commit: list[int | None] = []
+        rows: list[dict[str, Any]] = []
+        for raw in records:
+            record = unwrap_transport(raw.value)
+            meta = _metadata(record)
+            if record.get("read_method") != _BACKFILL or meta.get("primary_keys") != names:
+                return None
+            if meta.get("schema") != schema or meta.get("table") != table:
+                return None
+            if not self.source and _source_name(record.get("stream_name")) != source:
+                return None
+            payload = record.get("payload")
+            if not isinstance(payload, dict) or not payload:
+                return None
+            row = _row(payload, raw.hints or {})
+            key = {n: row[n] for n in names}  # KeyError (missing key column) -> None
+            if any(v is None or v != v for v in key.values()):  # NULL (or NaN) key: event path
+                return None
+            lsn = _lsn(record, meta, True)
+            position = positions.get(lsn)
+            if position is None:
+                position = positions[lsn] = pg_position(lsn, snapshot=True)
+            stamp = record.get("source_timestamp")
+            if stamp not in stamps:
+                stamps[stamp] = checked_ts_us(_timestamp_us(stamp))
+            event_id = event_id_for(source, schema, table, position, "r", key)
+            if event_id is None:
+                return None
+            ids.append(event_id)
+            at.append(position)
+            commit.append(stamps[stamp])
+            rows.append(row)
+        columns = dict.fromkeys(name for row in rows for name in row)
+        return TableColumns(
+            source,
+            SourceKind.POSTGRES,
+            None,
+            schema,
+            table,
+            primary_key,
+            (),
+            list(range(len(rows))),
+            ids,
+            at,
+            [Op.READ.value] * len(rows),
+            commit,
+            {name: [row.get(name) for row in rows] for name in columns},
+        )
+
+
+def _metadata(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = record.get("source_metadata")
+    if not isinstance(meta, dict):
+        raise DecodeError("Datastream record has no 'source_metadata' object")
+    return meta
 
 
 def unwrap_transport(record: Any) -> Mapping[str, Any]:

@@ -38,8 +38,10 @@ from capa.errors import ConfigError, DecodeError, missing_google_credentials
 from capa.events import ChangeEvent
 from connectors.base import READERS, FileReader, Normalizer, RawRecord, normalize_one
 from connectors.base import DeadLetter as BaseDeadLetter
+from connectors.datastream.backfill import BulkBackfill
 from connectors.datastream.checkpoint import FileCheckpoint, table_dir
 from connectors.datastream.files import DEFAULT_MAX_FILE_BYTES, maybe_gunzip
+from connectors.datastream.normalizer import DatastreamNormalizer
 from connectors.kafka.dlq import DeadLetter, Provenance
 from connectors.kafka.producer import KafkaChangeProducer, flush_with_retry
 
@@ -65,7 +67,7 @@ class ObjectRef:
 @dataclass
 class FileOutcome:
     ref: ObjectRef
-    status: str  # "produced", "dead-lettered", "already-done", "missing", "ignored"
+    status: str  # "produced", "bulk-loaded", "dead-lettered", "already-done", "missing", "ignored"
     events: int = 0
     dead_letters: int = 0
     skipped: int = 0
@@ -82,7 +84,7 @@ class PollStats:
 
     def add(self, outcome: FileOutcome) -> None:
         self.outcomes.append(outcome)
-        if outcome.status in ("produced", "dead-lettered"):
+        if outcome.status in ("produced", "bulk-loaded", "dead-lettered"):
             self.files += 1
         self.events += outcome.events
         self.dead_letters += outcome.dead_letters
@@ -105,6 +107,7 @@ class DatastreamBucketReader:
         stop: threading.Event | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         audit_every: int = 720,
+        backfill: BulkBackfill | None = None,
     ) -> None:
         self.client = storage_client
         self.bucket = bucket
@@ -117,6 +120,7 @@ class DatastreamBucketReader:
         self.stop = stop or threading.Event()
         self.max_file_bytes = max_file_bytes
         self.audit_every = audit_every
+        self.backfill = backfill  # pure keyed backfill files -> bulk writer (else Kafka)
         self._polls = 0
         metrics.metric("capa_datastream_late_files").labels(source)  # a series from the start
         self._tables: dict[str, str] = {}  # table directory -> table label, from its events
@@ -236,10 +240,16 @@ class DatastreamBucketReader:
         if data is None:
             self.checkpoint.forget_late(ref.name)  # deleted before it could be read
             return FileOutcome(ref, "missing")
-        outcome = self._produce_file(ref, data)
-        flush_with_retry(
-            self.producer, lambda: self._produce_file(ref, data, count=False), stop=self.stop
-        )
+        items = self.read_file(data, ref.name)
+        outcome = self._load_backfill(ref, items)
+        if outcome is None:
+            results = self._normalised(items, data)
+            outcome = self._produce_file(ref, data, items, results)
+            flush_with_retry(
+                self.producer,
+                lambda: self._produce_file(ref, data, items, results, count=False),
+                stop=self.stop,
+            )
         self.checkpoint.mark_done(ref.name, ref.generation)
         metrics.metric("capa_datastream_files_processed").labels(self.source, outcome.status).inc()
         logger.info(
@@ -277,21 +287,51 @@ class DatastreamBucketReader:
             logger.warning("%s no longer exists; nothing to read", ref.uri)
             return None
 
-    def _produce_file(self, ref: ObjectRef, data: bytes, *, count: bool = True) -> FileOutcome:
+    def _normalised(self, items: list[Any], data: bytes) -> list[Any] | None:
+        """Each item's event, dead letter or skip; None for an unreadable file."""
+        if not items or any(
+            isinstance(i, BaseDeadLetter) and _is_whole_file(i, data) for i in items
+        ):
+            return None
+        return [
+            item if isinstance(item, BaseDeadLetter) else normalize_one(self.normalizer, item)
+            for item in items
+        ]
+
+    def _load_backfill(self, ref: ObjectRef, items: list[Any]) -> FileOutcome | None:
+        """A pure keyed backfill file written by the bulk writer (None: produce it)."""
+        if self.backfill is None or not items:
+            return None
+        if any(isinstance(item, BaseDeadLetter) for item in items):
+            return None
+        rows = self.backfill.load(items, ref.name, ref.generation)
+        if rows is None:
+            return None
+        first = normalize_one(self.normalizer, items[0])
+        if isinstance(first, ChangeEvent):
+            self._learn_table(ref, first)
+        metrics.record_received(COMPONENT, self._table_of(ref), len(items))
+        return FileOutcome(ref, "bulk-loaded", events=rows)
+
+    def _produce_file(
+        self,
+        ref: ObjectRef,
+        data: bytes,
+        items: list[Any],
+        results: list[Any] | None,
+        *,
+        count: bool = True,
+    ) -> FileOutcome:
         """Produce one file's events; ``count=False`` (a re-send) leaves the metrics alone."""
-        items = list(self.read_file(data, ref.name))
-        broken = [i for i in items if isinstance(i, BaseDeadLetter) and _is_whole_file(i, data)]
-        if broken or not items:
+        if results is None:
+            broken = [i for i in items if isinstance(i, BaseDeadLetter) and _is_whole_file(i, data)]
             reason = broken[0].reason if broken else "file holds no records"
             self.producer.send_dead_letter(self._letter(ref, f"unreadable file: {reason}", data))
             if count:
                 metrics.record_dead_letter(COMPONENT, self._table_of(ref), reason)
             return FileOutcome(ref, "dead-lettered", dead_letters=1)
         outcome = FileOutcome(ref, "produced")
-        for item in items:
-            result = (
-                item if isinstance(item, BaseDeadLetter) else normalize_one(self.normalizer, item)
-            )
+        for item, result in zip(items, results, strict=True):
             self._emit(ref, item, result, outcome)
         if count:
             self._count(ref, items, outcome)
@@ -457,19 +497,18 @@ def build_reader(
     stop: threading.Event | None = None,
 ) -> DatastreamBucketReader:
     """A reader for ``settings.datastream`` writing to ``settings.kafka``."""
-    from connectors.base import get_normalizer
-
     ds = settings.datastream
     if not ds.bucket:
         raise ConfigError(
             "no Datastream bucket configured: pass --bucket or set CAPA__DATASTREAM__BUCKET"
         )
     default_cp = settings.state_dir / "datastream" / f"{ds.source_name}.checkpoint.json"
+    normalizer = DatastreamNormalizer(source=ds.source_name)
     return DatastreamBucketReader(
         storage_client=storage or storage_client(ds.project),
         bucket=ds.bucket,
         prefix=ds.prefix,
-        normalizer=get_normalizer("datastream-avro", source=ds.source_name),
+        normalizer=normalizer,
         producer=producer or KafkaChangeProducer(settings.kafka),
         checkpoint=FileCheckpoint(ds.checkpoint_path or default_cp, ds.prefix.strip("/")),
         source=ds.source_name,
@@ -477,4 +516,24 @@ def build_reader(
         stop=stop,
         max_file_bytes=ds.max_file_bytes,
         audit_every=ds.late_file_audit_polls,
+        backfill=bulk_backfill(settings, normalizer),
     )
+
+
+def bulk_backfill(settings: CapaSettings, normalizer: DatastreamNormalizer) -> BulkBackfill | None:
+    """The bulk writer for backfill files, as ``datastream.backfill_writer`` asks."""
+    mode = settings.datastream.backfill_writer
+    local = getattr(settings.warehouse, "type", "") == "local"
+    if mode == "kafka" or (mode == "auto" and not local):
+        return None
+    if not local:
+        raise ConfigError(
+            "datastream.backfill_writer=bulk needs the local warehouse (warehouse.type=local); "
+            "use 'auto' or 'kafka' for other warehouses"
+        )
+    from capa.warehouse import open_warehouse
+    from capa.warehouse.local import LocalWarehouse
+
+    warehouse = open_warehouse(settings.warehouse)
+    assert isinstance(warehouse, LocalWarehouse)
+    return BulkBackfill(warehouse, normalizer)

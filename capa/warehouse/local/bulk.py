@@ -205,6 +205,17 @@ def _added_files(table_path: Path, load_id: str) -> list[AddAction]:
     return []
 
 
+def commit_once(load_id: str) -> CommitProperties:
+    """The commit properties of a write done once per ``load_id``."""
+    return _commit(load_id)
+
+
+def append_once(table: DeltaTable, rows: pa.Table | None, load_id: str) -> None:
+    """Append ``rows`` (None: nothing) unless the table holds ``load_id``'s transaction."""
+    if rows is not None:
+        _append_once(table, rows, load_id)
+
+
 def _commit(load_id: str) -> CommitProperties:
     return CommitProperties(app_transactions=[Transaction(APP_PREFIX + load_id, 1)])
 

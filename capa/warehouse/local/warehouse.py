@@ -30,14 +30,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from capa import merge_rule, retry
 from capa.apply import TablePlan, keyless_target, plan_table, resolve_plan
 from capa.columnar import TableColumns
 from capa.errors import WarehouseTerminalError, WarehouseTransientError
-from capa.events import ChangeEvent, iter_tables
+from capa.events import ChangeEvent, Op, iter_tables
 from capa.keyless import (
     ROW_HASH,
     ROW_ID,
@@ -329,6 +329,54 @@ class LocalWarehouse:
                 merge=merge,
             )
 
+    def load_reads(self, cols: TableColumns, load_id: str) -> TableReport:
+        """Write one file of backfill reads (plain, op ``r``, one table) once per ``load_id``.
+
+        The same plan as :meth:`apply_columns` (types, truncate watermark, last row per key,
+        changelog rows it holds already skipped), written by the bulk writer's once-only
+        commits (:mod:`capa.warehouse.local.bulk`): a changelog append and ONE guarded merge
+        into the base replica (never the merge-on-read pending log), each tagged with the
+        Delta transaction ``capa-bulk:<load_id>``, so a load repeated after a crash (or a
+        commit conflict with the apply job) writes nothing twice. The merge (never a blind
+        append) keeps the result independent of the interleaving with streamed changes:
+        a key the replica holds at a higher position (a change or a tombstone) stays.
+        """
+        if any(op != Op.READ.value for op in cols.ops):
+            raise ValueError(f"load_reads takes snapshot reads only; {cols.table_id} has others")
+        name = cols.table_id
+        try:
+            return retry.call(
+                partial(self._load_reads_once, cols, load_id),
+                COMMIT_RETRY,
+                f"commit conflict on {name!r}",
+            )
+        except CommitFailedError as exc:
+            raise WarehouseTransientError(
+                f"commit conflict on {name!r} after {COMMIT_RETRY.attempts} attempts: {exc}"
+            ) from exc
+
+    def _load_reads_once(self, cols: TableColumns, load_id: str) -> TableReport:
+        name = cols.table_id
+        with _write_errors(name, self.root):
+            types = column_types(cols)
+            replica = self._ensure_replica(self.table_path(RAW_NAMESPACE, name), types)
+            plan = plan_columns(cols, delta_io.read_watermark(replica), datetime.now(UTC), types)
+            log, log_rows = self._changelog_rows(plan)  # events it holds already: skipped
+            source = plan.rows.replica(delta_io.table_types(replica), plan.changes)
+            appending = _BACKGROUND.submit(bulk.append_once, log, log_rows, load_id)
+            try:
+                metrics: dict[str, Any] = {}
+                if source.num_rows and not bulk.written(replica, load_id):
+                    commit = bulk.commit_once(load_id)
+                    metrics = _merge(replica, source, plan.primary_key, (), None, commit)
+            finally:
+                wait([appending])
+            appending.result()
+            appended = 0 if log_rows is None else log_rows.num_rows
+            return _merged_report(
+                name, plan.events, plan.stale, len(plan.changes), appended, metrics
+            )
+
     def discard_snapshot_reads(self, name: str) -> None:
         """Delete the snapshot reads (op ``r``) of ``raw.<name>`` and its changelog (a
         keyless table copied again by a resumed initial sync)."""
@@ -441,15 +489,17 @@ def _merge(
     primary_key: Sequence[str],
     keep: Sequence[str],
     truncate_position: str | None,
+    commit: CommitProperties | None = None,
 ) -> dict[str, Any]:
     """One MERGE of ``source`` (one row per key) into the replica by :mod:`capa.merge_rule`,
-    rendered for the delta-rs merge builder."""
+    rendered for the delta-rs merge builder (``commit``: e.g. a bulk load's transaction)."""
     columns = list(delta_io.table_types(table))
     merger = table.merge(
         source,
         merge_rule.key_match(DELTA, primary_key),
         source_alias=DELTA.source,
         target_alias=DELTA.target,
+        commit_properties=commit,
     )
     merger = merger.when_matched_update(
         merge_rule.updates(DELTA, columns, [c for c in keep if c in columns]),
