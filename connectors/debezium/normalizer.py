@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from capa.apply import check_applicable
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind, identity_of
@@ -298,8 +300,17 @@ def _row_struct(value_schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def _schema_fingerprint(struct: Mapping[str, Any] | None) -> Any:
+    """The cache key of a row struct: its exact JSON (orjson, microseconds; a struct orjson
+    cannot write, e.g. an integer over 64 bits, is keyed by its field summary)."""
     if not struct:
         return None
+    try:
+        return orjson.dumps(struct)
+    except TypeError:
+        return _field_summary(struct)
+
+
+def _field_summary(struct: Mapping[str, Any]) -> Any:
     items = tuple(
         (
             str(f.get("field")),

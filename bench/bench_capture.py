@@ -1,0 +1,463 @@
+"""Benchmark of streaming capture (not a test): stage ceilings and end-to-end sustained rate.
+
+    .venvs/beam/bin/python -m bench.bench_capture [--backlog_s 10] [--clients 4]
+        [--rates 1000,2000,4000,8000] [--step_s 30] [--skip_e2e]
+
+Starts a throwaway PostgreSQL 15 and Kafka broker; three tables ``t1..t3`` (bigint key,
+int, text, numeric(12,2), timestamptz; ``--rows`` rows each) get a pgbench script of
+single-row changes, every statement its own transaction::
+
+    UPDATE t1 ... WHERE id = :id;  INSERT INTO t2 ...;  DELETE FROM t3 WHERE id = :id;
+    INSERT INTO t3 ... ON CONFLICT DO NOTHING
+
+Row changes are counted from ``pg_stat_user_tables`` (inserts + updates + deletes), so a
+rate is always "row changes per second". Measured in one run:
+
+1. ``source``: pgbench alone, unthrottled (``--clients`` clients, ``--source_s`` s): the
+   fastest single-row change rate this machine reaches (the ceiling to keep up with);
+2. a WAL backlog: replication slots are created, then pgbench runs ``--backlog_s`` s;
+   every stage below drains the SAME backlog from its own slot or topic:
+   - ``handoff``: the embedded Debezium engine (in this process) with a handler that only
+     takes each record across JPype as the bridge does (``record_of``): Debezium's ceiling;
+   - ``normalise_produce``: the bridge's handler (``DebeziumKafkaBridge``: normalise,
+     encode, produce, flush per batch) over the records captured by ``handoff``, no JVM;
+   - ``bridge``: the real bridge process (``connectors.debezium.bridge``), from its start
+     until the canonical topic holds every change: Debezium into Kafka, the capture ceiling;
+   - ``apply``: the bounded streaming apply job over that topic (``--stop_at_end``), beside
+     a bare confluent-kafka read of the same topic (``kafka_read``);
+3. ``e2e``: the bridge and the apply job running, pgbench at each ``--rates`` (row changes/s,
+   ``-R`` = rate / 4 scripts/s) for ``--step_s`` s; the apply job (restarted for each step,
+   so its latency sample is the step's) reports commit -> visible in raw p99. ``sustained``
+   is the highest rate whose p99 <= 3 s and whose changes all arrived.
+
+Prints a JSON summary (``--json-out`` for ``bench.run_all``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import add_json_out, make_result, write_result
+from capa.config import CapaSettings, LocalWarehouseConfig
+from capa_app.stack.base import StateDirs
+from capa_app.stack.kafka import KafkaBroker
+from capa_app.stack.postgres import PostgresCluster
+from capa_app.stack.throwaway import running_service, throwaway_settings, throwaway_state_dir
+
+from bench.bench_initial_sync import PG_BIN, ROOT, psql_env, settings_environment
+
+SOURCE = "bench"
+DATABASE = "cap"
+TABLES = ("t1", "t2", "t3")
+CHANGES_PER_SCRIPT = 4  # update t1, insert t2, delete t3, insert t3
+P99_TARGET_S = 3.0
+
+SCRIPT = """\
+\\set id random(1, {rows})
+UPDATE t1 SET qty = qty + 1, updated = now() WHERE id = :id;
+INSERT INTO t2 (qty, name, price, updated) VALUES (:id, 'pgbench', 12.34, now());
+DELETE FROM t3 WHERE id = :id;
+INSERT INTO t3 (id, qty, name, price, updated) VALUES (:id, 1, 'again', 5.67, now())
+  ON CONFLICT (id) DO NOTHING;
+"""
+
+
+def _sql(settings: CapaSettings, sql: str, database: str = DATABASE) -> str:
+    out = subprocess.run(
+        ["psql", "-qtAX", "-d", database, "-c", sql],
+        env=psql_env(settings),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def create_schema(settings: CapaSettings, rows: int) -> None:
+    _sql(settings, f"CREATE DATABASE {DATABASE}", "postgres")
+    for table in TABLES:
+        key = "bigserial" if table == "t2" else "bigint"
+        _sql(
+            settings,
+            f"CREATE TABLE {table} (id {key} PRIMARY KEY, qty int NOT NULL, name text, "
+            f"price numeric(12,2), updated timestamptz NOT NULL DEFAULT now());"
+            f"INSERT INTO {table} (id, qty, name, price) SELECT g, g % 100, 'row ' || g, "
+            f"g * 0.01 FROM generate_series(1, {rows}) g",
+        )
+    _sql(settings, f"SELECT setval('t2_id_seq', {rows})")
+    _sql(settings, f"CREATE PUBLICATION {SOURCE} FOR TABLE {', '.join(TABLES)}")
+
+
+def changes_so_far(settings: CapaSettings) -> int:
+    _sql(settings, "SELECT pg_stat_force_next_flush()")
+    return int(
+        _sql(
+            settings,
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+            f"WHERE relname IN ({', '.join(repr(t) for t in TABLES)})",
+        )
+    )
+
+
+def pgbench(
+    settings: CapaSettings, script: Path, clients: int, seconds: float, rate: float | None = None
+) -> tuple[int, float]:
+    """Run the script; (row changes made, seconds)."""
+    before = changes_so_far(settings)
+    argv = [str(PG_BIN / "pgbench"), "-n", "-f", str(script), "-c", str(clients)]
+    argv += ["-j", str(min(clients, 2)), "-T", str(int(seconds))]
+    if rate is not None:
+        argv += ["-R", str(max(rate / CHANGES_PER_SCRIPT, 1.0))]
+    started = time.monotonic()
+    subprocess.run([*argv, DATABASE], env=psql_env(settings), check=True, capture_output=True)
+    elapsed = time.monotonic() - started
+    time.sleep(0.6)  # the backends' statistics reach pg_stat at exit
+    return changes_so_far(settings) - before, elapsed
+
+
+def create_slot(settings: CapaSettings, name: str) -> None:
+    _sql(settings, f"SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')")
+
+
+def capture_settings(base: CapaSettings, name: str, **debezium: Any) -> CapaSettings:
+    pg = base.postgres.model_copy(update={"database": DATABASE})
+    dbz = base.debezium.model_copy(
+        update={
+            "source_name": SOURCE,
+            "engine_name": f"bench-{name}",
+            "slot_name": name,
+            "publication": SOURCE,
+            "table_include_list": ",".join(f"public.{t}" for t in TABLES),
+            "initial_load": "debezium",
+            "snapshot_mode": "no_data",
+            **debezium,
+        }
+    )
+    lake = LocalWarehouseConfig(path=base.state_dir / f"lake-{name}")
+    kafka = base.kafka.model_copy(update={"topic": f"capa.{name}", "dlq_topic": f"dlq.{name}"})
+    return base.model_copy(update={"postgres": pg, "debezium": dbz, "warehouse": lake, "kafka": kafka})
+
+
+# --- stage: Debezium -> Python hand-off (in this process) ----------------------------------
+
+
+class CountingHandler:
+    """Takes each record across JPype like the bridge, keeps the first ``keep`` of them."""
+
+    def __init__(self, expected: int, keep: int) -> None:
+        self.expected, self.keep = expected, keep
+        self.kept: list[dict[str, Any]] = []
+        self.rows = 0
+        self.first_at: float | None = None
+        self.done_at: float | None = None
+        self.done = threading.Event()
+
+    def handleJsonBatch(self, records: Any) -> None:
+        from connectors.debezium.bridge import record_of
+
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        batch = [record_of(r) for r in records]
+        self.rows += sum(1 for r in batch if r["destination"].startswith(f"{SOURCE}.public."))
+        room = self.keep - len(self.kept)
+        if room > 0:
+            self.kept.extend(batch[:room])
+        if self.rows >= self.expected and not self.done.is_set():
+            self.done_at = time.monotonic()
+            self.done.set()
+
+
+def stage_handoff(settings: CapaSettings, expected: int, keep: int) -> tuple[float, list[Any]]:
+    """Debezium drains the backlog into a counting handler: (row changes/s, kept records)."""
+    from connectors.debezium.engine import EmbeddedDebezium, debezium_properties, jvm_options
+    from connectors.debezium.engine import write_log4j_config
+
+    handler = CountingHandler(expected, keep)
+    log4j = write_log4j_config(settings.state_dir)
+    engine = EmbeddedDebezium(
+        debezium_properties(settings), handler, jvm_opts=jvm_options(log4j)
+    )
+    started = time.monotonic()
+    engine.start()
+    try:
+        if not handler.done.wait(600):
+            raise RuntimeError(f"hand-off: {handler.rows} of {expected} changes in 600 s")
+    finally:
+        engine.close()
+        engine.wait(60)
+    assert handler.first_at is not None and handler.done_at is not None
+    logs = f"start-up {handler.first_at - started:.1f} s"
+    print(f"handoff: {expected} changes in {handler.done_at - handler.first_at:.1f} s ({logs})")
+    return expected / (handler.done_at - handler.first_at), handler.kept
+
+
+# --- stage: normalise + produce (no JVM) ---------------------------------------------------
+
+
+class _Record:
+    """A kept record dressed as the engine's Java ChangeEvent (what ``record_of`` reads)."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self._r = record
+
+    def destination(self) -> str:
+        return str(self._r["destination"])
+
+    def key(self) -> str | None:
+        return self._r["key"]  # type: ignore[no-any-return]
+
+    def value(self) -> str | None:
+        return self._r["value"]  # type: ignore[no-any-return]
+
+
+def stage_normalise_produce(settings: CapaSettings, records: list[Any], batch: int) -> float:
+    from connectors.base import get_normalizer
+    from connectors.debezium.bridge import DebeziumKafkaBridge
+    from connectors.kafka.admin import ensure_topics
+    from connectors.kafka.producer import KafkaChangeProducer
+
+    kafka = settings.kafka
+    ensure_topics(kafka, {kafka.topic: kafka.partitions, kafka.dlq_topic: 1})
+    producer = KafkaChangeProducer(kafka)
+    bridge = DebeziumKafkaBridge(
+        get_normalizer("debezium-json", source=SOURCE), producer, source=SOURCE
+    )
+    wrapped = [_Record(r) for r in records]
+    started = time.monotonic()
+    for i in range(0, len(wrapped), batch):
+        bridge.handleJsonBatch(wrapped[i : i + batch])
+    elapsed = time.monotonic() - started
+    producer.close()
+    if bridge.dead_letters:
+        raise RuntimeError(f"normalise+produce: {bridge.dead_letters} dead letter(s)")
+    print(f"normalise_produce: {bridge.events} events in {elapsed:.1f} s")
+    return bridge.events / elapsed
+
+
+# --- stage: the bridge process (Debezium into Kafka) ---------------------------------------
+
+
+def topic_size(settings: CapaSettings, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bench-size"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        parts = meta.topics[topic].partitions if topic in meta.topics else {}
+        total = 0
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def start_bridge(settings: CapaSettings, log: Path) -> subprocess.Popen[bytes]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "connectors.debezium.bridge"],
+            cwd=settings.state_dir,
+            env=settings_environment(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stage_bridge(settings: CapaSettings, expected: int, log: Path) -> tuple[float, Any]:
+    """The bridge process drains the backlog: (changes/s after its first event, process)."""
+    proc = start_bridge(settings, log)
+    first_at: float | None = None
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the bridge exited ({log})")
+        size = topic_size(settings, settings.kafka.topic)
+        now = time.monotonic()
+        if size and first_at is None:
+            first_at, first_size = now, size
+        if size >= expected:
+            assert first_at is not None
+            rate = (size - first_size) / max(now - first_at, 1e-6)
+            print(f"bridge: {size} events, {rate:.0f}/s after the first")
+            return rate, proc
+        time.sleep(0.25)
+    proc.terminate()
+    raise RuntimeError(f"bridge: backlog not drained in 900 s ({log})")
+
+
+# --- stage: apply --------------------------------------------------------------------------
+
+
+def apply_argv(settings: CapaSettings, status: Path, group: str) -> list[str]:
+    kafka, lake = settings.kafka, settings.warehouse.path  # type: ignore[union-attr]
+    return [
+        *(sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", kafka.bootstrap),
+        *("--topic", kafka.topic, "--dlq_topic", kafka.dlq_topic, "--warehouse", f"local:{lake}"),
+        *("--consumer_group", group, "--status_file", str(status)),
+    ]
+
+
+def stage_apply(settings: CapaSettings, events: int, log: Path) -> tuple[float, float]:
+    """(apply events/s from the job's status file, bare Kafka read events/s)."""
+    from bench.bench_streaming import StatusSampler, bare_read_rate
+
+    status = log.with_suffix(".status.json")
+    with StatusSampler(status) as sampler, log.open("ab") as out:
+        started = time.monotonic()
+        subprocess.run(
+            [*apply_argv(settings, status, "bench-apply"), "--stop_at_end"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+        wall = time.monotonic() - started
+    steady = sampler.steady_rate(events)
+    rate = steady if steady else events / wall
+    read_rate = bare_read_rate(settings.kafka, events)
+    print(f"apply: {rate:.0f}/s (wall {events / wall:.0f}/s); bare read {read_rate:.0f}/s")
+    return rate, read_rate
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def e2e_step(
+    settings: CapaSettings, script: Path, clients: int, rate: float, seconds: float, log: Path
+) -> dict[str, Any]:
+    """One offered rate with the bridge running: the apply job's p99 for this step."""
+    status = log.parent / f"e2e-{int(rate)}.status.json"
+    with log.open("ab") as out:
+        job = subprocess.Popen(
+            apply_argv(settings, status, "bench-e2e"),
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait_for(lambda: status.exists(), 120, "the apply job's status file")
+            applied0 = json.loads(status.read_text())["events_applied"]
+            made, elapsed = pgbench(settings, script, clients, seconds, rate)
+            # the step's changes must all be visible within the target after pgbench ends
+            deadline = time.monotonic() + P99_TARGET_S + 2
+            snap = json.loads(status.read_text())
+            while snap["events_applied"] - applied0 < made and time.monotonic() < deadline:
+                time.sleep(0.5)
+                snap = json.loads(status.read_text())
+        finally:
+            job.terminate()
+            try:
+                job.wait(120)
+            except subprocess.TimeoutExpired:
+                job.kill()
+    arrived = snap["events_applied"] - applied0
+    step = {
+        "offered": rate,
+        "achieved": made / elapsed,
+        "changes": made,
+        "applied": arrived,
+        "p50_s": snap["latency_p50_s"],
+        "p99_s": snap["latency_p99_s"],
+    }
+    step["kept_up"] = bool(
+        arrived >= made and step["p99_s"] is not None and step["p99_s"] <= P99_TARGET_S
+    )
+    print(f"e2e step: {json.dumps(step)}")
+    return step
+
+
+def _wait_for(ready: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="rows per table")
+    parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
+    parser.add_argument("--source_s", type=float, default=10.0, help="unthrottled pgbench run")
+    parser.add_argument("--backlog_s", type=float, default=10.0, help="pgbench run for the backlog")
+    parser.add_argument("--keep", type=int, default=50_000, help="records kept for normalise")
+    parser.add_argument("--rates", default="1000,2000,3000,4000,6000", help="e2e changes/s")
+    parser.add_argument("--step_s", type=float, default=30.0)
+    parser.add_argument("--skip_e2e", action="store_true")
+    parser.add_argument("--dump", default=None, help="write the kept records here (JSON lines)")
+    add_json_out(parser)
+    args = parser.parse_args()
+    state = throwaway_state_dir("capa-bench-capture-")
+    base = throwaway_settings(state)
+    script = state / "changes.sql"
+    script.write_text(SCRIPT.format(rows=args.rows))
+    figures: dict[str, float] = {}
+    steps: list[dict[str, Any]] = []
+    bridge_proc = None
+    try:
+        with running_service(PostgresCluster(StateDirs(state), base.postgres)):
+            create_schema(base, args.rows)
+            made, secs = pgbench(base, script, args.clients, args.source_s)
+            figures["source"] = made / secs
+            print(f"source: {made} changes in {secs:.1f} s = {made / secs:.0f}/s")
+            handoff = capture_settings(base, "handoff")
+            bridge = capture_settings(base, "bridge")
+            for name in ("handoff", "bridge"):
+                create_slot(base, name)
+            backlog, _ = pgbench(base, script, args.clients, args.backlog_s)
+            print(f"backlog: {backlog} changes")
+            with running_service(KafkaBroker(StateDirs(state), base.kafka)):
+                figures["handoff"], kept = stage_handoff(handoff, backlog, args.keep)
+                if args.dump:
+                    Path(args.dump).write_text("".join(json.dumps(r) + "\n" for r in kept))
+                figures["normalise_produce"] = stage_normalise_produce(handoff, kept, 2048)
+                figures["bridge"], bridge_proc = stage_bridge(bridge, backlog, state / "bridge.log")
+                figures["apply"], figures["kafka_read"] = stage_apply(
+                    bridge, backlog, state / "apply.log"
+                )
+                if not args.skip_e2e:
+                    for rate in (float(r) for r in args.rates.split(",")):
+                        step = e2e_step(
+                            bridge, script, args.clients, rate, args.step_s, state / "e2e.log"
+                        )
+                        steps.append(step)
+                        if not step["kept_up"]:
+                            break
+                bridge_proc.terminate()
+                bridge_proc.wait(60)
+                bridge_proc = None
+    finally:
+        if bridge_proc is not None:
+            bridge_proc.kill()
+        shutil.rmtree(state, ignore_errors=True)
+    kept_up = [s["achieved"] for s in steps if s["kept_up"]]
+    if steps:
+        figures["e2e_sustained"] = max(kept_up, default=0.0)
+    params = {
+        "rows_per_table": args.rows,
+        "clients": args.clients,
+        "backlog_changes": backlog,
+        "step_s": args.step_s,
+        "steps": steps,
+    }
+    result = make_result(
+        "capture",
+        params,
+        figures,
+        baselines={"e2e_sustained": figures["source"]} if steps else {},
+        baseline_labels={"e2e_sustained": "pgbench alone, unthrottled (row changes/s)"},
+        units={k: "changes/s" for k in figures},
+    )
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        write_result(args.json_out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
