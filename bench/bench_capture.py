@@ -45,14 +45,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_initial_sync import PG_BIN, ROOT, psql_env, settings_environment
 from bench.common import add_json_out, make_result, write_result
 from capa.config import CapaSettings, LocalWarehouseConfig
 from capa_app.stack.base import StateDirs
 from capa_app.stack.kafka import KafkaBroker
 from capa_app.stack.postgres import PostgresCluster
 from capa_app.stack.throwaway import running_service, throwaway_settings, throwaway_state_dir
-
-from bench.bench_initial_sync import PG_BIN, ROOT, psql_env, settings_environment
 
 SOURCE = "bench"
 DATABASE = "cap"
@@ -143,17 +142,22 @@ def capture_settings(base: CapaSettings, name: str, **debezium: Any) -> CapaSett
     )
     lake = LocalWarehouseConfig(path=base.state_dir / f"lake-{name}")
     kafka = base.kafka.model_copy(update={"topic": f"capa.{name}", "dlq_topic": f"dlq.{name}"})
-    return base.model_copy(update={"postgres": pg, "debezium": dbz, "warehouse": lake, "kafka": kafka})
+    return base.model_copy(
+        update={"postgres": pg, "debezium": dbz, "warehouse": lake, "kafka": kafka}
+    )
 
 
 # --- stage: Debezium -> Python hand-off (in this process) ----------------------------------
 
 
 class CountingHandler:
-    """Takes each record across JPype like the bridge, keeps the first ``keep`` of them."""
+    """Takes each record across JPype like the bridge, keeps the first ``keep`` of them.
 
-    def __init__(self, expected: int, keep: int) -> None:
-        self.expected, self.keep = expected, keep
+    ``touch=False``: counts the batch's records without reading them (Debezium's own rate;
+    ``expected`` then counts tombstones too)."""
+
+    def __init__(self, expected: int, keep: int, touch: bool = True) -> None:
+        self.expected, self.keep, self.touch = expected, keep, touch
         self.kept: list[dict[str, Any]] = []
         self.rows = 0
         self.first_at: float | None = None
@@ -165,26 +169,37 @@ class CountingHandler:
 
         if self.first_at is None:
             self.first_at = time.monotonic()
+        if not self.touch:
+            self.rows += len(records)
+            self._check()
+            return
         batch = [record_of(r) for r in records]
         self.rows += sum(1 for r in batch if r["destination"].startswith(f"{SOURCE}.public."))
         room = self.keep - len(self.kept)
         if room > 0:
             self.kept.extend(batch[:room])
+        self._check()
+
+    def _check(self) -> None:
         if self.rows >= self.expected and not self.done.is_set():
             self.done_at = time.monotonic()
             self.done.set()
 
 
-def stage_handoff(settings: CapaSettings, expected: int, keep: int) -> tuple[float, list[Any]]:
-    """Debezium drains the backlog into a counting handler: (row changes/s, kept records)."""
-    from connectors.debezium.engine import EmbeddedDebezium, debezium_properties, jvm_options
-    from connectors.debezium.engine import write_log4j_config
-
-    handler = CountingHandler(expected, keep)
-    log4j = write_log4j_config(settings.state_dir)
-    engine = EmbeddedDebezium(
-        debezium_properties(settings), handler, jvm_opts=jvm_options(log4j)
+def stage_handoff(
+    settings: CapaSettings, expected: int, keep: int, touch: bool = True
+) -> tuple[float, list[Any]]:
+    """Debezium drains the backlog into a counting handler: (records/s, kept records)."""
+    from connectors.debezium.engine import (
+        EmbeddedDebezium,
+        debezium_properties,
+        jvm_options,
+        write_log4j_config,
     )
+
+    handler = CountingHandler(expected, keep, touch)
+    log4j = write_log4j_config(settings.state_dir)
+    engine = EmbeddedDebezium(debezium_properties(settings), handler, jvm_opts=jvm_options(log4j))
     started = time.monotonic()
     engine.start()
     try:
@@ -195,8 +210,108 @@ def stage_handoff(settings: CapaSettings, expected: int, keep: int) -> tuple[flo
         engine.wait(60)
     assert handler.first_at is not None and handler.done_at is not None
     logs = f"start-up {handler.first_at - started:.1f} s"
-    print(f"handoff: {expected} changes in {handler.done_at - handler.first_at:.1f} s ({logs})")
+    print(
+        f"handoff {settings.debezium.slot_name}: {expected} records in {handler.done_at - handler.first_at:.1f} s ({logs})"
+    )
     return expected / (handler.done_at - handler.first_at), handler.kept
+
+
+# --- alternative: PostgreSQL's pgoutput read and decoded in Python (no JVM) ---------------
+
+
+def stage_pgoutput(settings: CapaSettings, slot: str, expected: int) -> float:
+    """Row changes/s of reading the slot's pgoutput stream through the SQL interface
+    (``pg_logical_slot_get_binary_changes``, in chunks) and decoding every Insert/Update/Delete
+    into a typed row (int, Decimal, text, datetime by the relation's type OIDs): the floor of
+    a native logical-replication reader written in Python."""
+    import psycopg
+
+    decoder = PgOutputDecoder()
+    started = time.monotonic()
+    with psycopg.connect(settings.postgres.dsn(DATABASE), autocommit=True) as conn:
+        while decoder.rows < expected:
+            cur = conn.execute(
+                "SELECT data FROM pg_logical_slot_get_binary_changes(%s, NULL, 20000, "
+                "'proto_version', '1', 'publication_names', %s)",
+                (slot, SOURCE),
+            )
+            got = 0
+            for (data,) in cur:
+                decoder.message(bytes(data))
+                got += 1
+            if not got:
+                raise RuntimeError(f"pgoutput: slot empty after {decoder.rows} of {expected}")
+    elapsed = time.monotonic() - started
+    print(f"pgoutput: {decoder.rows} changes in {elapsed:.1f} s")
+    return decoder.rows / elapsed
+
+
+class PgOutputDecoder:
+    """pgoutput protocol v1 messages -> typed rows (a measuring prototype, not production)."""
+
+    def __init__(self) -> None:
+        import struct
+        from datetime import datetime
+        from decimal import Decimal
+
+        self.rows = 0
+        self.relations: dict[int, tuple[str, list[tuple[str, Any]]]] = {}
+        self._u32, self._u16 = struct.Struct(">I"), struct.Struct(">H")
+        self._types: dict[int, Any] = {20: int, 21: int, 23: int, 1700: Decimal, 25: str}
+        self._types[1184] = lambda t: datetime.fromisoformat(t)
+
+    def message(self, data: bytes) -> None:
+        kind = data[:1]
+        if kind == b"R":
+            self._relation(data)
+        elif kind in (b"I", b"U", b"D"):
+            self._change(kind, data)
+
+    def _relation(self, data: bytes) -> None:
+        oid = self._u32.unpack_from(data, 1)[0]
+        start = data.index(b"\0", 5) + 1  # after the namespace
+        pos = data.index(b"\0", start) + 1
+        name = data[start : pos - 1].decode()
+        pos += 1  # replica identity
+        ncols = self._u16.unpack_from(data, pos)[0]
+        pos += 2
+        cols = []
+        for _ in range(ncols):
+            end = data.index(b"\0", pos + 1)
+            col = data[pos + 1 : end].decode()
+            type_oid = self._u32.unpack_from(data, end + 1)[0]
+            pos = end + 9
+            cols.append((col, self._types.get(type_oid, str)))
+        self.relations[oid] = (name, cols)
+
+    def _change(self, kind: bytes, data: bytes) -> None:
+        oid = self._u32.unpack_from(data, 1)[0]
+        pos = 5
+        row: dict[str, Any] | None = None
+        while pos < len(data):
+            tag = data[pos : pos + 1]
+            row, pos = self._tuple(oid, data, pos + 1)
+            if tag == b"N":
+                break
+        assert row is not None
+        self.rows += 1
+
+    def _tuple(self, oid: int, data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        _, cols = self.relations[oid]
+        n = self._u16.unpack_from(data, pos)[0]
+        pos += 2
+        row: dict[str, Any] = {}
+        for i in range(n):
+            name, cast = cols[i]
+            tag = data[pos : pos + 1]
+            pos += 1
+            if tag == b"t":
+                size = self._u32.unpack_from(data, pos)[0]
+                row[name] = cast(data[pos + 4 : pos + 4 + size].decode())
+                pos += 4 + size
+            else:
+                row[name] = None
+        return row, pos
 
 
 # --- stage: normalise + produce (no JVM) ---------------------------------------------------
@@ -406,16 +521,36 @@ def main() -> int:
             figures["source"] = made / secs
             print(f"source: {made} changes in {secs:.1f} s = {made / secs:.0f}/s")
             handoff = capture_settings(base, "handoff")
+            engine_only = capture_settings(base, "engine")
+            schemaless = capture_settings(base, "schemaless", json_schemas=False)
             bridge = capture_settings(base, "bridge")
-            for name in ("handoff", "bridge"):
+            for name in ("handoff", "engine", "schemaless", "pgoutput", "bridge"):
                 create_slot(base, name)
+            deletes = int(
+                _sql(base, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname='t3'")
+            )
             backlog, _ = pgbench(base, script, args.clients, args.backlog_s)
-            print(f"backlog: {backlog} changes")
+            deletes = (
+                int(_sql(base, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname='t3'"))
+                - deletes
+            )
+            print(f"backlog: {backlog} changes ({deletes} deletes, each + a tombstone)")
+            figures["pgoutput_python"] = stage_pgoutput(base, "pgoutput", backlog)
             with running_service(KafkaBroker(StateDirs(state), base.kafka)):
+                figures["debezium_engine"], _ = stage_handoff(
+                    engine_only, backlog + deletes, 0, touch=False
+                )
+                figures["debezium_engine"] *= backlog / (backlog + deletes)  # as row changes
                 figures["handoff"], kept = stage_handoff(handoff, backlog, args.keep)
+                figures["handoff_schemaless"], kept_plain = stage_handoff(
+                    schemaless, backlog, args.keep
+                )
                 if args.dump:
                     Path(args.dump).write_text("".join(json.dumps(r) + "\n" for r in kept))
                 figures["normalise_produce"] = stage_normalise_produce(handoff, kept, 2048)
+                figures["normalise_produce_schemaless"] = stage_normalise_produce(
+                    schemaless, kept_plain, 2048
+                )
                 figures["bridge"], bridge_proc = stage_bridge(bridge, backlog, state / "bridge.log")
                 figures["apply"], figures["kafka_read"] = stage_apply(
                     bridge, backlog, state / "apply.log"

@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,13 +115,23 @@ class DebeziumKafkaBridge:
         logger.debug("batch of %d record(s) acknowledged", len(batch))
 
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
-        # count=False: a re-send after a failed flush; the metrics saw these records already
-        for index, record in enumerate(batch):
-            raw = EngineRecord(record["destination"], index, record, None)
-            table = self._table(record["destination"])
-            if count:
-                metrics.record_received(COMPONENT, table)
-            self._emit(normalize_one(self.normalizer, raw), raw, table, count)
+        # count=False: a re-send after a failed flush; the metrics saw these records already.
+        # Received / produced are counted per batch and table (one labelled increment each,
+        # not two per record); skips and dead letters as they happen.
+        received: Counter[str] = Counter()
+        produced: Counter[str] = Counter()
+        try:
+            for index, record in enumerate(batch):
+                raw = EngineRecord(record["destination"], index, record, None)
+                table = self._table(record["destination"])
+                if count:
+                    received[table] += 1
+                self._emit(normalize_one(self.normalizer, raw), raw, table, count, produced)
+        finally:
+            for table, n in received.items():
+                metrics.record_received(COMPONENT, table, n)
+            for table, n in produced.items():
+                metrics.record_produced(COMPONENT, table, n)
 
     def _table(self, destination: str) -> str:
         """``f2.public.orders`` for a table's topic; heartbeats etc. are ``unknown``."""
@@ -129,14 +140,18 @@ class DebeziumKafkaBridge:
             return destination
         return metrics.UNKNOWN_TABLE
 
-    def _emit(self, outcome: Any, raw: RawRecord, table: str, count: bool) -> None:
+    def _emit(
+        self, outcome: Any, raw: RawRecord, table: str, count: bool, produced: Counter[str]
+    ) -> None:
         routed = routing.route(outcome, raw, self.producer, self.source)
         if not count:
             return
-        routing.count(COMPONENT, table, routed)
         if routed.kind == routing.PRODUCED:
+            produced[table] += 1
             self.events += 1
-        elif routed.kind == routing.SKIPPED:
+            return
+        routing.count(COMPONENT, table, routed)
+        if routed.kind == routing.SKIPPED:
             self.skipped += 1
         else:
             self.dead_letters += 1

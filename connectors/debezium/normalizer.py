@@ -220,8 +220,10 @@ class DebeziumNormalizer:
     ) -> tuple[tuple[str, ...], dict[str, Any]]:
         image = after if after is not None else before
         if isinstance(parts.key, dict) and parts.key:
-            key_conv = schema_converters(parts.key_schema) if parts.key_schema else converters
             names = tuple(str(k) for k in parts.key)
+            if image is not None and all(n in image for n in names):  # the common case
+                return names, {n: image[n] for n in names}
+            key_conv = schema_converters(parts.key_schema) if parts.key_schema else converters
             return names, {n: _key_value(n, parts.key[n], image, key_conv) for n in names}
         if parts.key is not None and not isinstance(parts.key, dict):
             raise DecodeError(f"record key {parts.key!r} is not a JSON object of key columns")
