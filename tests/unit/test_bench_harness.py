@@ -162,6 +162,7 @@ def test_defaults_skip_opt_in_benchmarks() -> None:
         "apply_mor",
         "streaming",
         "initial_sync",
+        "capture",
         "spark",
     ]
 
