@@ -376,21 +376,29 @@ def topic_size(settings: CapaSettings, topic: str) -> int:
         consumer.close()
 
 
-def start_bridge(settings: CapaSettings, log: Path) -> subprocess.Popen[bytes]:
+def start_bridge(
+    settings: CapaSettings, log: Path, code: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The bridge process; ``code``: another checkout's capa (an in-run baseline)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    env = settings_environment(settings)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "connectors.debezium.bridge"],
             cwd=settings.state_dir,
-            env=settings_environment(settings),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
 
 
-def stage_bridge(settings: CapaSettings, expected: int, log: Path) -> tuple[float, Any]:
+def stage_bridge(
+    settings: CapaSettings, expected: int, log: Path, code: Path | None = None
+) -> tuple[float, Any]:
     """The bridge process drains the backlog: (changes/s after its first event, process)."""
-    proc = start_bridge(settings, log)
+    proc = start_bridge(settings, log, code)
     first_at: float | None = None
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -525,6 +533,11 @@ def main() -> int:
     parser.add_argument("--rates", default="1000,2000,3000,4000,6000", help="e2e changes/s")
     parser.add_argument("--step_s", type=float, default=30.0)
     parser.add_argument("--skip_e2e", action="store_true")
+    parser.add_argument(
+        "--baseline_code",
+        default=None,
+        help="a checkout of capa whose bridge drains the same backlog first (in-run baseline)",
+    )
     parser.add_argument("--dump", default=None, help="write the kept records here (JSON lines)")
     add_json_out(parser)
     args = parser.parse_args()
@@ -545,7 +558,8 @@ def main() -> int:
             engine_only = capture_settings(base, "engine")
             schemaless = capture_settings(base, "schemaless", json_schemas=False)
             bridge = capture_settings(base, "bridge")
-            for name in ("handoff", "engine", "schemaless", "pgoutput", "bridge"):
+            before = capture_settings(base, "before")
+            for name in ("handoff", "engine", "schemaless", "pgoutput", "bridge", "before"):
                 create_slot(base, name)
             deletes = int(
                 _sql(base, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname='t3'")
@@ -572,6 +586,13 @@ def main() -> int:
                 figures["normalise_produce_schemaless"] = stage_normalise_produce(
                     schemaless, kept_plain, 2048
                 )
+                if args.baseline_code:
+                    rate, proc = stage_bridge(
+                        before, backlog, state / "before.log", Path(args.baseline_code)
+                    )
+                    figures["bridge_baseline"] = rate
+                    proc.terminate()
+                    proc.wait(60)
                 figures["bridge"], bridge_proc = stage_bridge(bridge, backlog, state / "bridge.log")
                 figures["apply"], figures["kafka_read"] = stage_apply(
                     bridge, backlog, state / "apply.log"
@@ -599,8 +620,14 @@ def main() -> int:
         "capture",
         params,
         figures,
-        baselines={"e2e_sustained": figures["source"]} if steps else {},
-        baseline_labels={"e2e_sustained": "pgbench alone, unthrottled (row changes/s)"},
+        baselines={
+            **({"e2e_sustained": figures["source"]} if steps else {}),
+            **({"bridge": figures["bridge_baseline"]} if "bridge_baseline" in figures else {}),
+        },
+        baseline_labels={
+            "e2e_sustained": "pgbench alone, unthrottled (row changes/s)",
+            "bridge": f"the bridge of {args.baseline_code} on the same backlog",
+        },
         units={k: "changes/s" for k in figures},
     )
     print(json.dumps(result, indent=2))
