@@ -186,8 +186,40 @@ class CountingHandler:
             self.done.set()
 
 
+def serve_registry() -> tuple[str, Any]:
+    """A throwaway in-memory schema registry (register and fetch by id) for the Avro
+    converter; (its URL, the server to shut down)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    schemas: dict[str, int] = {}
+
+    class Registry(BaseHTTPRequestHandler):
+        def _reply(self, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # register (or look up) a schema under a subject
+            text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["schema"]
+            self._reply({"id": schemas.setdefault(text, len(schemas) + 1)})
+
+        def do_GET(self) -> None:
+            ids = {v: k for k, v in schemas.items()}
+            self._reply({"schema": ids.get(int(self.path.split("/")[3].split("?")[0]), "")})
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
 class AvroHandler(CountingHandler):
-    """Debezium's Avro output (Confluent framing, mock registry): each value's bytes."""
+    """Debezium's Avro output (Confluent framing, a throwaway registry): each value's bytes."""
 
     def handleJsonBatch(self, records: Any) -> None:
         if self.first_at is None:
@@ -218,8 +250,9 @@ def stage_handoff(
     handler = (AvroHandler if avro else CountingHandler)(expected, keep, touch)
     log4j = write_log4j_config(settings.state_dir)
     props = debezium_properties(settings)
+    registry = None
     if avro:
-        props["converter.schema.registry.url"] = "mock://bench"
+        props["converter.schema.registry.url"], registry = serve_registry()
     engine = EmbeddedDebezium(props, handler, jvm_opts=jvm_options(log4j))
     if avro:
         import jpype
@@ -235,6 +268,8 @@ def stage_handoff(
     finally:
         engine.close()
         engine.wait(60)
+        if registry is not None:
+            registry.shutdown()
     assert handler.first_at is not None and handler.done_at is not None
     logs = f"start-up {handler.first_at - started:.1f} s"
     print(
