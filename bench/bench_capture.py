@@ -514,8 +514,66 @@ def stage_apply(settings: CapaSettings, events: int, log: Path) -> tuple[float, 
 # --- end to end -------------------------------------------------------------------------------
 
 
+class CaptureProbe:
+    """Reads the canonical topic from its end while the e2e steps run: for each event, its
+    Kafka timestamp (the bridge's produce time) minus its source commit time, i.e. the
+    capture half of the latency (commit -> in Kafka), apart from the apply job's half."""
+
+    def __init__(self, settings: CapaSettings) -> None:
+        self.settings = settings
+        self.samples: list[tuple[float, float]] = []  # (kafka time s, latency s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture-probe", daemon=True)
+
+    def __enter__(self) -> CaptureProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        from capa.codec import decode_single_object
+        from capa.errors import DecodeError
+
+        topic = self.settings.kafka.topic
+        consumer = Consumer(
+            {"bootstrap.servers": self.settings.kafka.bootstrap, "group.id": "bench-probe"}
+        )
+        parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(2000, 0.5):
+                    value = msg.value()
+                    if msg.error() is not None or not value:
+                        continue
+                    try:
+                        commit_us = decode_single_object(value).commit_ts_us
+                    except DecodeError:
+                        continue
+                    if commit_us is not None:
+                        at = msg.timestamp()[1] / 1000
+                        self.samples.append((at, at - commit_us / 1e6))
+        finally:
+            consumer.close()
+
+    def p99(self, since: float, until: float) -> float | None:
+        window = sorted(lat for at, lat in self.samples if since <= at <= until)
+        return round(window[min(int(0.99 * len(window)), len(window) - 1)], 3) if window else None
+
+
 def e2e_step(
-    settings: CapaSettings, script: Path, clients: int, rate: float, seconds: float, status: Path
+    settings: CapaSettings,
+    script: Path,
+    clients: int,
+    rate: float,
+    seconds: float,
+    status: Path,
+    probe: CaptureProbe,
 ) -> dict[str, Any]:
     """One offered rate with the bridge and the apply job running: the step's p99 is the
     job's ``latency_recent_p99_s`` (changes made visible in the last 30 s) read once every
@@ -525,6 +583,7 @@ def e2e_step(
         return dict(json.loads(status.read_text())) if status.exists() else {"events_applied": 0}
 
     applied0 = snapshot()["events_applied"]
+    began = time.time()
     made, elapsed = pgbench(settings, script, clients, seconds, rate)
     deadline = time.monotonic() + P99_TARGET_S
     snap = snapshot()
@@ -539,6 +598,7 @@ def e2e_step(
         "applied_in_time": arrived,
         "p99_s": snap.get("latency_recent_p99_s"),
         "samples": snap.get("latency_recent_samples"),
+        "capture_p99_s": probe.p99(began, time.time()),
     }
     p99 = step["p99_s"]
     step["kept_up"] = bool(arrived >= made and p99 is not None and p99 <= P99_TARGET_S)
@@ -562,9 +622,16 @@ def run_e2e(
         try:
             time.sleep(10)  # the job's start-up (it has nothing to apply yet)
             for rate in (float(r) for r in args.rates.split(",")):
-                step = e2e_step(
-                    settings, script, args.clients, rate, max(args.step_s, RECENT_S), status
-                )
+                with CaptureProbe(settings) as probe:
+                    step = e2e_step(
+                        settings,
+                        script,
+                        args.clients,
+                        rate,
+                        max(args.step_s, RECENT_S),
+                        status,
+                        probe,
+                    )
                 steps.append(step)
                 if not step["kept_up"]:
                     break
