@@ -21,6 +21,7 @@ the engine stops on that error and the bridge exits non-zero, again without comm
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -28,7 +29,10 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from capa import metrics
 from capa.config import CapaSettings
@@ -73,14 +77,45 @@ def raw_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def parsed(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its key and value JSON parsed by orjson (the hot path: a value with
+    its Connect schema is kilobytes). The engine's JSON comes from Kafka Connect's
+    JsonConverter (Jackson), whose integers are Java longs, so orjson reads exactly what
+    ``json`` reads; text orjson refuses (a NaN literal ...) stays text for the normaliser's
+    own ``json`` parse, and its errors."""
+    out = dict(record)
+    for part in ("key", "value"):
+        text = record[part]
+        if text is not None:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                out[part] = orjson.loads(text)
+    return out
+
+
 class EngineRecord(RawRecord):
-    """A record of the engine; its dead-letter bytes (:func:`raw_bytes`) are built only
-    when a dead letter needs them, not for every record on the hot path."""
+    """A record as the engine gave it (JSON text); its dead-letter bytes (:func:`raw_bytes`)
+    are built only when a dead letter needs them, not for every record on the hot path."""
 
     __slots__ = ()
 
     def raw_bytes(self) -> bytes:
         return raw_bytes(self.value)
+
+    def parsed(self) -> RawRecord:
+        """The same record parsed (:func:`parsed`), to normalise; it is garbage as soon as
+        the event is built (the producer's delivery reports keep only this text record)."""
+        return ParsedRecord(self.file, self.index, parsed(self.value), None, {}, self)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRecord(RawRecord):
+    """An :class:`EngineRecord` parsed; dead letters carry the engine's text."""
+
+    origin: RawRecord | None = None
+
+    def raw_bytes(self) -> bytes:
+        assert self.origin is not None
+        return self.origin.raw_bytes()
 
 
 class DebeziumKafkaBridge:
@@ -126,7 +161,8 @@ class DebeziumKafkaBridge:
                 table = self._table(record["destination"])
                 if count:
                     received[table] += 1
-                self._emit(normalize_one(self.normalizer, raw), raw, table, count, produced)
+                outcome = normalize_one(self.normalizer, raw.parsed())
+                self._emit(outcome, raw, table, count, produced)
         finally:
             for table, n in received.items():
                 metrics.record_received(COMPONENT, table, n)

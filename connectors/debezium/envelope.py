@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from capa.errors import DecodeError
 
 _AVRO_PRIMITIVES = frozenset(
@@ -52,16 +50,8 @@ def unwrap(record: Any) -> Unwrapped:
 
 
 def _maybe_json(value: Any) -> Any:
-    """Keys/values given as JSON text (e.g. a console-consumer dump) are parsed.
-
-    orjson first (the capture hot path: a value with its Connect schema is kilobytes); what it
-    refuses and ``json`` reads (NaN/Infinity literals, integers over 64 bits, lone
-    surrogates) is parsed by ``json``, so both give the same values."""
+    """Keys/values given as JSON text (e.g. a console-consumer dump) are parsed."""
     if isinstance(value, str | bytes):
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            pass
         try:
             return json.loads(value)
         except (ValueError, RecursionError):
