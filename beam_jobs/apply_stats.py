@@ -42,6 +42,10 @@ class NoMetrics:
         pass
 
 
+#: the window of the status file's ``latency_recent_*`` (a live p99, not one since start)
+RECENT_S = 30.0
+
+
 class ApplyStats:
     """Rates, lag and latency of the apply loop: metrics (a port), a log line, a status file."""
 
@@ -58,6 +62,7 @@ class ApplyStats:
         self.lag_events: int | None = None
         self.last_commit_ts_us: int | None = None
         self.latencies: deque[float] = deque(maxlen=100_000)
+        self.visible: deque[float] = deque(maxlen=100_000)  # when each latency sample was seen
         self._window = (time.monotonic(), 0)
         self._last_log = time.monotonic()
         self.metrics: ApplyMetrics = metrics or NoMetrics()
@@ -78,6 +83,7 @@ class ApplyStats:
             return
         latencies = [visible_at - ts / 1e6 for ts in stamps]
         self.latencies.extend(latencies)
+        self.visible.extend([visible_at] * len(latencies))
         for latency in spread(latencies, LATENCY_METRIC_SAMPLES):
             self.metrics.distribution("commit_to_visible_ms", int(latency * 1000))
         self.last_commit_ts_us = max(self.last_commit_ts_us or 0, max(stamps))
@@ -108,6 +114,10 @@ class ApplyStats:
         if now - since > 10:
             self._window = (now, self.applied)
         ordered = sorted(self.latencies)
+        since = time.time() - RECENT_S
+        recent = sorted(
+            x for x, at in zip(self.latencies, self.visible, strict=True) if at >= since
+        )
         return {
             "updated_at": time.time(),
             "pid": os.getpid(),
@@ -121,6 +131,9 @@ class ApplyStats:
             "latency_p50_s": _quantile(ordered, 0.50),
             "latency_p99_s": _quantile(ordered, 0.99),
             "latency_samples": len(ordered),
+            # the same over the changes made visible in the last RECENT_S seconds
+            "latency_recent_p99_s": _quantile(recent, 0.99),
+            "latency_recent_samples": len(recent),
         }
 
     def publish(self) -> None:

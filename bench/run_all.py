@@ -140,6 +140,18 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("--rows", "100000"),
         (Target("bulk_speedup", "value", ">=", 1.0),),  # bulk only where it is faster
     ),
+    "capture": Benchmark(
+        "Streaming capture of PostgreSQL: stage ceilings and end-to-end sustained rate",
+        "bench.bench_capture",
+        BEAM_PY,
+        ("--backlog_s", "10", "--rates", "2000,4000,6000,8000,10000,13000,17000"),
+        ("--rows", "20000", "--source_s", "4", "--backlog_s", "3", "--rates", "2000,4000,8000"),
+        (
+            # issue #23: keep up with pgbench's fastest single-row rate (5x ~3,500/s)
+            Target("e2e_sustained", "value", ">=", 17_500.0),
+            Target("e2e_sustained", "ratio", ">=", 1.0),
+        ),
+    ),
     "spark": Benchmark(
         "Spark models: incremental build vs full rebuild",
         "bench.bench_spark_incremental",

@@ -25,13 +25,18 @@ or when the engine fails on it while streaming (:mod:`connectors.debezium.slot_g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from capa import metrics
 from capa.config import CapaSettings
@@ -78,6 +83,47 @@ def raw_bytes(record: dict[str, Any]) -> bytes:
     import json
 
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parsed(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its key and value JSON parsed by orjson (the hot path: a value with
+    its Connect schema is kilobytes). The engine's JSON comes from Kafka Connect's
+    JsonConverter (Jackson), whose integers are Java longs, so orjson reads exactly what
+    ``json`` reads; text orjson refuses (a NaN literal ...) stays text for the normaliser's
+    own ``json`` parse, and its errors."""
+    out = dict(record)
+    for part in ("key", "value"):
+        text = record[part]
+        if text is not None:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                out[part] = orjson.loads(text)
+    return out
+
+
+class EngineRecord(RawRecord):
+    """A record as the engine gave it (JSON text); its dead-letter bytes (:func:`raw_bytes`)
+    are built only when a dead letter needs them, not for every record on the hot path."""
+
+    __slots__ = ()
+
+    def raw_bytes(self) -> bytes:
+        return raw_bytes(self.value)
+
+    def parsed(self) -> RawRecord:
+        """The same record parsed (:func:`parsed`), to normalise; it is garbage as soon as
+        the event is built (the producer's delivery reports keep only this text record)."""
+        return ParsedRecord(self.file, self.index, parsed(self.value), None, {}, self)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRecord(RawRecord):
+    """An :class:`EngineRecord` parsed; dead letters carry the engine's text."""
+
+    origin: RawRecord | None = None
+
+    def raw_bytes(self) -> bytes:
+        assert self.origin is not None
+        return self.origin.raw_bytes()
 
 
 class DebeziumKafkaBridge:
@@ -128,15 +174,26 @@ class DebeziumKafkaBridge:
         logger.debug("batch of %d record(s) acknowledged", len(batch))
 
     def _produce(self, batch: list[dict[str, Any]], *, count: bool = True) -> None:
-        # count=False: a re-send after a failed flush; the metrics saw these records already
-        for index, record in enumerate(batch):
-            if self._side_record(record, count):
-                continue
-            raw = RawRecord(record["destination"], index, record, raw_bytes(record))
-            table = self._table(record["destination"])
-            if count:
-                metrics.record_received(COMPONENT, table)
-            self._emit(normalize_one(self.normalizer, raw), raw, table, count)
+        # count=False: a re-send after a failed flush; the metrics saw these records already.
+        # Received / produced are counted per batch and table (one labelled increment each,
+        # not two per record); skips and dead letters as they happen.
+        received: Counter[str] = Counter()
+        produced: Counter[str] = Counter()
+        try:
+            for index, record in enumerate(batch):
+                if self._side_record(record, count):
+                    continue
+                raw = EngineRecord(record["destination"], index, record, None)
+                table = self._table(record["destination"])
+                if count:
+                    received[table] += 1
+                outcome = normalize_one(self.normalizer, raw.parsed())
+                self._emit(outcome, raw, table, count, produced)
+        finally:
+            for table, n in received.items():
+                metrics.record_received(COMPONENT, table, n)
+            for table, n in produced.items():
+                metrics.record_produced(COMPONENT, table, n)
 
     def _side_record(self, record: dict[str, Any], count: bool) -> bool:
         """A signal-table row (skipped) or a notification (forwarded as it is): not data."""
@@ -165,16 +222,20 @@ class DebeziumKafkaBridge:
         if lsn is not None and (self.stream_lsn is None or lsn > self.stream_lsn):
             self.stream_lsn = lsn
 
-    def _emit(self, outcome: Any, raw: RawRecord, table: str, count: bool) -> None:
+    def _emit(
+        self, outcome: Any, raw: RawRecord, table: str, count: bool, produced: Counter[str]
+    ) -> None:
         if isinstance(outcome, ChangeEvent) and outcome.op is not Op.READ:
             self._saw_lsn(position_lsn(outcome.position))
         routed = routing.route(outcome, raw, self.producer, self.source)
         if not count:
             return
-        routing.count(COMPONENT, table, routed)
         if routed.kind == routing.PRODUCED:
+            produced[table] += 1
             self.events += 1
-        elif routed.kind == routing.SKIPPED:
+            return
+        routing.count(COMPONENT, table, routed)
+        if routed.kind == routing.SKIPPED:
             self.skipped += 1
         else:
             self.dead_letters += 1

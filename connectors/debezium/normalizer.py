@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from capa.apply import check_applicable
 from capa.errors import DecodeError
 from capa.events import ChangeEvent, Column, FrozenRow, Op, SourceKind, identity_of
@@ -236,8 +238,10 @@ class DebeziumNormalizer:
     ) -> tuple[tuple[str, ...], dict[str, Any]]:
         image = after if after is not None else before
         if isinstance(parts.key, dict) and parts.key:
-            key_conv = schema_converters(parts.key_schema) if parts.key_schema else converters
             names = tuple(str(k) for k in parts.key)
+            if image is not None and all(n in image for n in names):  # the common case
+                return names, {n: image[n] for n in names}
+            key_conv = schema_converters(parts.key_schema) if parts.key_schema else converters
             return names, {n: _key_value(n, parts.key[n], image, key_conv) for n in names}
         if parts.key is not None and not isinstance(parts.key, dict):
             raise DecodeError(f"record key {parts.key!r} is not a JSON object of key columns")
@@ -316,8 +320,17 @@ def _row_struct(value_schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def _schema_fingerprint(struct: Mapping[str, Any] | None) -> Any:
+    """The cache key of a row struct: its exact JSON (orjson, microseconds; a struct orjson
+    cannot write, e.g. an integer over 64 bits, is keyed by its field summary)."""
     if not struct:
         return None
+    try:
+        return orjson.dumps(struct)
+    except TypeError:
+        return _field_summary(struct)
+
+
+def _field_summary(struct: Mapping[str, Any]) -> Any:
     items = tuple(
         (
             str(f.get("field")),

@@ -163,6 +163,7 @@ def test_defaults_skip_opt_in_benchmarks() -> None:
         "streaming",
         "initial_sync",
         "datastream_backfill",
+        "capture",
         "spark",
     ]
 
