@@ -28,6 +28,7 @@ up-onprem: setup  ## the onprem process profile (Kafka, PostgreSQL, Spark cluste
 
 lint: setup
 	$(BEAM)/ruff check capa capa_app connectors beam_jobs spark_jobs dags tests bench
+	$(BEAM)/ruff format --check capa capa_app connectors beam_jobs spark_jobs dags tests bench
 	$(BEAM)/mypy
 	$(BEAM)/lint-imports
 

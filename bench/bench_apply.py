@@ -166,10 +166,11 @@ def json_result(args: argparse.Namespace, ours: dict, bare: dict) -> dict:
     what = "append" if args.merge_on_read else "MERGE"
     label = f"bare delta-rs {what} of the same batch size (no capa planning/changelog)"
     figures = {"apply": ours["events_per_s"], "batch_p50": ours["p50"], "batch_p95": ours["p95"]}
-    baselines = {"apply": bare["events_per_s"], "batch_p50": bare["p50"],
-                 "batch_p95": bare["p95"]}
+    baselines = {"apply": bare["events_per_s"], "batch_p50": bare["p50"], "batch_p95": bare["p95"]}
     return make_result(
-        "apply", {k: v for k, v in vars(args).items() if k != "json_out"}, figures,
+        "apply",
+        {k: v for k, v in vars(args).items() if k != "json_out"},
+        figures,
         baselines=baselines,
         baseline_labels=dict.fromkeys(figures, label),
         units={"apply": "events/s", "batch_p50": "s", "batch_p95": "s"},
@@ -191,7 +192,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         warehouse = LocalWarehouse(
-            root, merge_on_read=args.merge_on_read, compact_interval_s=1e9,
+            root,
+            merge_on_read=args.merge_on_read,
+            compact_interval_s=1e9,
             compact_pending_rows=10**9,
         )
         started = time.monotonic()
@@ -222,12 +225,17 @@ def main() -> None:
             read_s = time.monotonic() - t0
             t0 = time.monotonic()
             merged = warehouse.compact()
-            print(f"read base+pending {read_s:.2f}s; compact {merged} rows "
-                  f"{time.monotonic() - t0:.2f}s")
-        bare = summary(bare_baseline(root, args.rows, args.batch, args.batches,
-                                     args.merge_on_read), args.batch)
-        print(f"baseline: bare delta-rs p50={bare['p50']:.2f}s p95={bare['p95']:.2f}s "
-              f"events/s={bare['events_per_s']:,.0f}")
+            print(
+                f"read base+pending {read_s:.2f}s; compact {merged} rows "
+                f"{time.monotonic() - t0:.2f}s"
+            )
+        bare = summary(
+            bare_baseline(root, args.rows, args.batch, args.batches, args.merge_on_read), args.batch
+        )
+        print(
+            f"baseline: bare delta-rs p50={bare['p50']:.2f}s p95={bare['p95']:.2f}s "
+            f"events/s={bare['events_per_s']:,.0f}"
+        )
         if args.json_out:
             write_result(args.json_out, json_result(args, summary(times, args.batch), bare))
 

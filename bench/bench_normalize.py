@@ -290,18 +290,32 @@ def json_result(events: int, cases: dict[str, dict[str, float]]) -> dict:
             baselines[f"{case}.{stage}"] = r[base]
             labels[f"{case}.{stage}"] = label
     units = dict.fromkeys(figures, "events/s per core")
-    return make_result("normalize", {"events": events}, figures, baselines=baselines,
-                       baseline_labels=labels, units=units)
+    return make_result(
+        "normalize",
+        {"events": events},
+        figures,
+        baselines=baselines,
+        baseline_labels=labels,
+        units=units,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--json-out", dest="json_out", default=None,
-                        help="also write the result as JSON to this path (bench.run_all)")
-    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned",
-                        help="tuned: the GC settings capa's processes run with "
-                        "(capa.runtime.tune_gc); default: CPython's thresholds")
+    parser.add_argument(
+        "--json-out",
+        dest="json_out",
+        default=None,
+        help="also write the result as JSON to this path (bench.run_all)",
+    )
+    parser.add_argument(
+        "--gc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: the GC settings capa's processes run with "
+        "(capa.runtime.tune_gc); default: CPython's thresholds",
+    )
     args = parser.parse_args()
     if args.gc == "tuned":
         tune_gc()

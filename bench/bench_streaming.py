@@ -47,9 +47,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def event(key: int, seq: int, op: Op, commit_ts_us: int) -> ChangeEvent:
     return ChangeEvent(
-        source="bench", source_kind=SourceKind.POSTGRES, database="db", schema="public",
-        table="t", op=op, position=f"{seq:016x}.1", commit_ts_us=commit_ts_us,
-        primary_key=("id",), key={"id": key}, before=None,
+        source="bench",
+        source_kind=SourceKind.POSTGRES,
+        database="db",
+        schema="public",
+        table="t",
+        op=op,
+        position=f"{seq:016x}.1",
+        commit_ts_us=commit_ts_us,
+        primary_key=("id",),
+        key={"id": key},
+        before=None,
         after={"id": key, "qty": seq % 1000, "name": f"row-{key}-{seq}", "price": seq * 0.01},
     )
 
@@ -66,17 +74,32 @@ def produce(config: KafkaConfig, events: Any) -> int:
 
 
 def job(config: KafkaConfig, warehouse: Path, status: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "beam_jobs.streaming_apply", "--bootstrap", config.bootstrap,
-            "--topic", config.topic, "--dlq_topic", config.dlq_topic, "--warehouse",
-            f"local:{warehouse}", "--consumer_group", "bench", "--status_file", str(status),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "beam_jobs.streaming_apply",
+        "--bootstrap",
+        config.bootstrap,
+        "--topic",
+        config.topic,
+        "--dlq_topic",
+        config.dlq_topic,
+        "--warehouse",
+        f"local:{warehouse}",
+        "--consumer_group",
+        "bench",
+        "--status_file",
+        str(status),
+        *extra,
+    ]
 
 
 def run_bounded(argv: list[str], log: Path) -> float:
     started = time.monotonic()
     with log.open("ab") as out:
-        subprocess.run([*argv, "--stop_at_end"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                       check=True)
+        subprocess.run(
+            [*argv, "--stop_at_end"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True
+        )
     return time.monotonic() - started
 
 
@@ -137,8 +160,14 @@ def bare_read_rate(config: KafkaConfig, expected: int) -> float:
     message made small topics, read from one prefetched batch, look millions of events/s fast)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": config.bootstrap, "group.id": f"bare-{time.time()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": config.bootstrap,
+            "group.id": f"bare-{time.time()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     partitions = consumer.list_topics(config.topic, timeout=30).topics[config.topic].partitions
     consumer.assign([TopicPartition(config.topic, p, OFFSET_BEGINNING) for p in partitions])
     got, started = 0, time.monotonic()
@@ -159,8 +188,9 @@ def steady_producer(
     while time.monotonic() - started < seconds:
         due = int((time.monotonic() - started) * rate)
         while sent < due:
-            producer.send(event(rng.randrange(keys), first_seq + sent, Op.UPDATE,
-                                int(time.time() * 1e6)))
+            producer.send(
+                event(rng.randrange(keys), first_seq + sent, Op.UPDATE, int(time.time() * 1e6))
+            )
             sent += 1
         producer._client().poll(0)
         time.sleep(0.005)
@@ -185,16 +215,24 @@ def json_result(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
         "streaming",
         {k: v for k, v in vars(args).items() if k != "json_out"},
         figures,
-        baselines={"backlog_catch_up": args.rows / bare, "sustained_apply": bare,
-                   "sustained_apply_wall": bare},
+        baselines={
+            "backlog_catch_up": args.rows / bare,
+            "sustained_apply": bare,
+            "sustained_apply_wall": bare,
+        },
         baseline_labels={
             "backlog_catch_up": "bare confluent-kafka read of as many events (from its rate)",
             "sustained_apply": "bare confluent-kafka read of the same topic",
             "sustained_apply_wall": "bare confluent-kafka read of the same topic",
         },
-        units={"backlog_catch_up": "s", "backlog_compact": "s", "sustained_apply": "events/s",
-               "sustained_apply_wall": "events/s",
-               "latency_p50": "s", "latency_p99": "s"},
+        units={
+            "backlog_catch_up": "s",
+            "backlog_compact": "s",
+            "sustained_apply": "events/s",
+            "sustained_apply_wall": "events/s",
+            "latency_p50": "s",
+            "latency_p99": "s",
+        },
     )
 
 
@@ -208,8 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="capa-bench-stream-"))
-    config = KafkaConfig(port=free_port(), controller_port=free_port(), topic="bench.changes",
-                         dlq_topic="bench.dlq", partitions=3)
+    config = KafkaConfig(
+        port=free_port(),
+        controller_port=free_port(),
+        topic="bench.changes",
+        dlq_topic="bench.dlq",
+        partitions=3,
+    )
     broker = KafkaBroker(StateDirs(tmp / "state").create(), config)
     broker.start()
     results: dict[str, Any] = {"rows": args.rows}
@@ -223,22 +266,33 @@ def main(argv: list[str] | None = None) -> int:
 
         rng = random.Random(1)
         seq0 = args.rows + 1
-        produce(config, (event(rng.randrange(args.rows), seq0 + i, Op.UPDATE, now)
-                         for i in range(args.updates)))
+        produce(
+            config,
+            (
+                event(rng.randrange(args.rows), seq0 + i, Op.UPDATE, now)
+                for i in range(args.updates)
+            ),
+        )
         with StatusSampler(status) as sampler:
             seconds = run_bounded(job(config, wh, status), log)
         wall = args.updates / seconds
         steady = sampler.steady_rate(args.updates)
         results["sustained_apply_events_per_s"] = round(wall if steady is None else steady)
-        results["sustained_apply_measure"] = "wall (no steady state)" if steady is None else "steady"
+        results["sustained_apply_measure"] = (
+            "wall (no steady state)" if steady is None else "steady"
+        )
         results["sustained_apply_wall_events_per_s"] = round(wall)
         bare = bare_read_rate(config, args.rows + args.updates)
         results["bare_read_events_per_s"] = round(bare)
         results["apply_to_read_ratio"] = round(results["sustained_apply_events_per_s"] / bare, 3)
 
         with log.open("ab") as out:
-            proc = subprocess.Popen(job(config, wh, status, "--commit_interval_s", "1.0"),
-                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                job(config, wh, status, "--commit_interval_s", "1.0"),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             time.sleep(8)  # job start-up (Beam import, partition discovery)
             steady_producer(config, args.rate, args.latency_s, seq0 + args.updates, args.rows)
@@ -247,9 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(30)
-        results.update({"latency_rate_per_s": args.rate, "latency_p50_s": snap["latency_p50_s"],
-                        "latency_p99_s": snap["latency_p99_s"],
-                        "latency_samples": snap["latency_samples"]})
+        results.update(
+            {
+                "latency_rate_per_s": args.rate,
+                "latency_p50_s": snap["latency_p50_s"],
+                "latency_p99_s": snap["latency_p99_s"],
+                "latency_samples": snap["latency_samples"],
+            }
+        )
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)

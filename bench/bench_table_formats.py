@@ -128,8 +128,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--json-out", dest="json_out", default=None,
-                        help="also write the result as JSON to this path (bench.run_all)")
+    parser.add_argument(
+        "--json-out",
+        dest="json_out",
+        default=None,
+        help="also write the result as JSON to this path (bench.run_all)",
+    )
     args = parser.parse_args()
     results = []
     from deltalake import write_deltalake
@@ -140,26 +144,30 @@ def main() -> None:
         delta_path = str(Path(root) / "delta")
         write_deltalake(delta_path, seed)
         for size in (2_000, 20_000):
-            results.append(run(
-                "delta-rs merge",
-                lambda b: delta_apply(delta_path, b),
-                args.rows,
-                size,
-                args.batches,
-            ))
+            results.append(
+                run(
+                    "delta-rs merge",
+                    lambda b: delta_apply(delta_path, b),
+                    args.rows,
+                    size,
+                    args.batches,
+                )
+            )
         catalog = SqlCatalog(
             "bench", uri=f"sqlite:///{root}/catalog.db", warehouse=f"file://{root}/iceberg"
         )
         catalog.create_namespace("bench")
         table = catalog.create_table("bench.orders", schema=seed.schema)
         table.append(seed)
-        results.append(run(
-            "pyiceberg scan+overwrite",
-            lambda b: iceberg_apply(table, b),
-            args.rows,
-            2_000,
-            args.batches,
-        ))
+        results.append(
+            run(
+                "pyiceberg scan+overwrite",
+                lambda b: iceberg_apply(table, b),
+                args.rows,
+                2_000,
+                args.batches,
+            )
+        )
     if args.json_out:
         write_json(args, results)
 
@@ -170,12 +178,17 @@ def write_json(args: argparse.Namespace, results: list[dict]) -> None:
 
     figures = {f"{r['variant']} {r['batch']}": r["events_per_s"] for r in results}
     delta_2k = figures["delta-rs merge 2000"]
-    write_result(args.json_out, make_result(
-        "table_formats", {"rows": args.rows, "batches": args.batches}, figures,
-        baselines={"pyiceberg scan+overwrite 2000": delta_2k},
-        baseline_labels={"pyiceberg scan+overwrite 2000": "delta-rs merge, 2k batch"},
-        units=dict.fromkeys(figures, "events/s"),
-    ))
+    write_result(
+        args.json_out,
+        make_result(
+            "table_formats",
+            {"rows": args.rows, "batches": args.batches},
+            figures,
+            baselines={"pyiceberg scan+overwrite 2000": delta_2k},
+            baseline_labels={"pyiceberg scan+overwrite 2000": "delta-rs merge, 2k batch"},
+            units=dict.fromkeys(figures, "events/s"),
+        ),
+    )
 
 
 if __name__ == "__main__":

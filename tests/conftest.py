@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_FIXTURES = ROOT / "tests" / "fixtures"
 CASES = ROOT / "tests" / "cases"
 
-_TIERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "bench": pytest.mark.bench}
+_TIERS = {
+    "unit": pytest.mark.unit,
+    "integration": pytest.mark.integration,
+    "bench": pytest.mark.bench,
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -192,9 +192,7 @@ class UpResult:
     detail: str = ""
 
 
-def parse_components(
-    spec: str | Iterable[str] | None, profile: str = DEFAULT_PROFILE
-) -> list[str]:
+def parse_components(spec: str | Iterable[str] | None, profile: str = DEFAULT_PROFILE) -> list[str]:
     """``"kafka,postgres"`` -> registry order (None: all of ``profile``); :class:`ConfigError`
     quoting unknown names."""
     if profile not in PROFILES:

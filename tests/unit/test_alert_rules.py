@@ -13,6 +13,8 @@ from capa.metrics import BY_NAME
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
+
+
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     # scripts/setup.sh (make test runs it) installs Debian's prometheus package: a missing
     # promtool is a broken setup, so it fails here rather than skipping the rules' tests

@@ -254,7 +254,10 @@ def test_the_loop_exports_per_table_prometheus_figures(tmp_path: Path) -> None:
     applied = _sample("capa_apply_events_applied_total", table=label)
     observed = _sample("capa_apply_commit_to_visible_seconds_count", table=label)
     refused = _sample(
-        "capa_dead_letters_total", component="apply", table=label, reason="warehouse refused the event for raw.f2_public_items"
+        "capa_dead_letters_total",
+        component="apply",
+        table=label,
+        reason="warehouse refused the event for raw.f2_public_items",
     )
     now_us = int(__import__("time").time() * 1e6)
     events = [dataclasses.replace(make_event(k, k), commit_ts_us=now_us) for k in range(1, 21)]

@@ -15,18 +15,30 @@ from connectors.datastream.normalizer import DatastreamNormalizer
 
 def record(change: str, lsn: str, payload: dict | None, deleted: bool = False) -> dict:
     return {
-        "uuid": "u", "read_timestamp": "2025-02-11T23:06:55+00:00",
-        "source_timestamp": "2025-02-11T23:06:37.151+00:00", "object": "public_t",
-        "read_method": "postgresql-cdc", "stream_name": "projects/p/locations/l/streams/s",
+        "uuid": "u",
+        "read_timestamp": "2025-02-11T23:06:55+00:00",
+        "source_timestamp": "2025-02-11T23:06:37.151+00:00",
+        "object": "public_t",
+        "read_method": "postgresql-cdc",
+        "stream_name": "projects/p/locations/l/streams/s",
         "sort_keys": [1739315197151, lsn],
-        "source_metadata": {"schema": "public", "table": "t", "is_deleted": deleted, "change_type": change,
-                            "tx_id": 1, "lsn": lsn, "primary_keys": ["id"]},
+        "source_metadata": {
+            "schema": "public",
+            "table": "t",
+            "is_deleted": deleted,
+            "change_type": change,
+            "tx_id": 1,
+            "lsn": lsn,
+            "primary_keys": ["id"],
+        },
         "payload": payload,
     }
 
 
 @pytest.mark.parametrize("payload", [None, {}])
-def test_empty_delete_is_kept_then_dead_lettered_by_apply(payload: dict | None, tmp_path: Path) -> None:
+def test_empty_delete_is_kept_then_dead_lettered_by_apply(
+    payload: dict | None, tmp_path: Path
+) -> None:
     normalizer = DatastreamNormalizer("f2")
     insert = normalizer.normalize(record("INSERT", "16/CB002DB0", {"id": 1, "v": "a"}))
     other = normalizer.normalize(record("INSERT", "16/CB002DC0", {"id": 2, "v": "b"}))

@@ -97,7 +97,9 @@ def test_source_rows_use_known_canonical_kinds() -> None:
         "date",
         "time",
     }
-    for row in table_rows(text, "## Reference: PostgreSQL") + table_rows(text, "## Reference: SQL Server"):
+    for row in table_rows(text, "## Reference: PostgreSQL") + table_rows(
+        text, "## Reference: SQL Server"
+    ):
         for kind in re.findall(r"`([a-z<>]+)`", row[2]):
             base = kind[6:-1] if kind.startswith("array<") else kind
             assert base in known, f"{row[0]}: unknown canonical kind {kind!r}"

@@ -348,7 +348,9 @@ def test_sqlserver_example_with_schema(upstream_fixtures: Path) -> None:
     assert event.key == {"id": 42}
 
 
-def test_sqlserver_2x_capture_positions_order_by_commit_then_change(upstream_fixtures: Path) -> None:
+def test_sqlserver_2x_capture_positions_order_by_commit_then_change(
+    upstream_fixtures: Path,
+) -> None:
     path = upstream_fixtures / "debezium_sqlserver_2x_capture_doc"
     created, updated = events(next(path.glob("*.jsonl")), primary_keys={"dbo.customers": ["id"]})
     assert (created.op, updated.op) == (Op.INSERT, Op.UPDATE)
@@ -359,7 +361,9 @@ def test_sqlserver_2x_capture_positions_order_by_commit_then_change(upstream_fix
 
 def test_sqlserver_playground_avro_json_unions(upstream_fixtures: Path) -> None:
     path = (
-        upstream_fixtures / "debezium_sqlserver_playground" / "server1.dbo.customers.avro-json.jsonl"
+        upstream_fixtures
+        / "debezium_sqlserver_playground"
+        / "server1.dbo.customers.avro-json.jsonl"
     )
     results = events(path, primary_keys={"customers": ["id"]})
     assert [e.op for e in results] == [Op.READ] * 4 + [Op.INSERT]
@@ -375,7 +379,9 @@ def test_sqlserver_playground_avro_json_unions(upstream_fixtures: Path) -> None:
 
 
 def test_sqlserver_doc_create_with_quoted_serial(upstream_fixtures: Path) -> None:
-    event = one(upstream_fixtures / "debezium_sqlserver_docs" / "value_create_with_schema.json.adoc")
+    event = one(
+        upstream_fixtures / "debezium_sqlserver_docs" / "value_create_with_schema.json.adoc"
+    )
     assert event.source == "server1" and event.position.endswith(".00000001")
 
 
@@ -383,7 +389,9 @@ def test_sqlserver_doc_create_with_quoted_serial(upstream_fixtures: Path) -> Non
 
 
 def test_flink_stream_without_keys(upstream_fixtures: Path) -> None:
-    path = upstream_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-schema-exclude.txt"
+    path = (
+        upstream_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-schema-exclude.txt"
+    )
     keyed = events(path, primary_keys={"inventory.products": ["id"]})
     assert [e.op.value for e in keyed] == ["r"] * 9 + ["u", "u", "c", "c", "u", "u", "d"]
     assert all(e.position.endswith(".0") for e in keyed[:9])
@@ -394,7 +402,9 @@ def test_flink_stream_without_keys(upstream_fixtures: Path) -> None:
 
 def test_flink_delete_without_image_or_key_is_dead_lettered(upstream_fixtures: Path) -> None:
     path = (
-        upstream_fixtures / "debezium_postgres_flink" / "debezium-postgres-data-replica-identity.txt"
+        upstream_fixtures
+        / "debezium_postgres_flink"
+        / "debezium-postgres-data-replica-identity.txt"
     )
     letter = outcomes(path)[-1]
     assert isinstance(letter, DeadLetter) and letter.index == 15
@@ -412,7 +422,9 @@ def test_datastream_avro_record(upstream_fixtures: Path) -> None:
     assert event.after is not None and event.after["binary_content"] == b"\xde\xad\xbe\xef"
     assert event.commit_ts_us == 1739315197151000 and event.transaction_id == "363552"
     assert event.source == "cvandermerwe-test-stream"
-    derived = one(upstream_fixtures / "datastream_postgres_avro" / "bytearray.records.DERIVED.jsonl")
+    derived = one(
+        upstream_fixtures / "datastream_postgres_avro" / "bytearray.records.DERIVED.jsonl"
+    )
     assert derived == event  # the derived JSON (with __bytes_hex__) gives the same event
 
 

@@ -67,7 +67,9 @@ def test_debezium_files_exit_0_with_events_and_skip_summary(upstream_fixtures: P
 
 def test_typed_values_in_json_lines(upstream_fixtures: Path) -> None:
     path = (
-        upstream_fixtures / "debezium_pg15_captured_here" / "pg_typezoo_schemas_enabled_precise.json"
+        upstream_fixtures
+        / "debezium_pg15_captured_here"
+        / "pg_typezoo_schemas_enabled_precise.json"
     )
     result = capa("--format", "debezium-json", "--source", "f9", path)
     assert result.returncode == 0, result.stderr

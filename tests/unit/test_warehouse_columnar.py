@@ -93,9 +93,7 @@ def test_what_falls_back_to_the_event_path() -> None:
     insert = event(Op.INSERT, 1, 10, after=full_row(1, 1))
     cases = {
         "truncate": event(Op.TRUNCATE, None, 11),
-        "toast": event(
-            Op.UPDATE, 1, 12, after={"id": 1, "name": "x"}, unchanged=("doc",)
-        ),
+        "toast": event(Op.UPDATE, 1, 12, after={"id": 1, "name": "x"}, unchanged=("doc",)),
         "key move": event(Op.UPDATE, 2, 13, after=full_row(2, 1), before={"id": 1}),
         "after without key": event(Op.UPDATE, 1, 14, after={"name": "x"}),
         "key of another type": event(Op.UPDATE, 1, 15, after={**full_row(1, 1), "id": 1.0}),
@@ -132,9 +130,7 @@ def test_plan_keeps_the_last_event_per_key_in_position_order() -> None:
     ]
     (cols,), _ = split_plain(batch)
     plan = plan_columns(cols, None)
-    assert [cols.positions[i] for i in plan.changelog] == sorted(
-        {e.position for e in batch}
-    )
+    assert [cols.positions[i] for i in plan.changelog] == sorted({e.position for e in batch})
     assert [cols.images["name"][i] for i in plan.changes] == ["n3", "n4"]
     later = plan_columns(cols, event(Op.TRUNCATE, None, 25).position)
     assert later.stale == 2 and [cols.images["name"][i] for i in later.changes] == ["n3", "n4"]
