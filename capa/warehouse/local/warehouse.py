@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
@@ -122,16 +122,7 @@ class LocalWarehouse:
 
     def _apply_table(self, name: str, batch: _Batch) -> TableReport:
         """Plan and write one table's batch; a commit conflict replans on the new version."""
-        try:
-            return retry.call(
-                partial(self._apply_once, name, batch),
-                COMMIT_RETRY,
-                f"commit conflict on {name!r}",
-            )
-        except CommitFailedError as exc:
-            raise WarehouseTransientError(
-                f"commit conflict on {name!r} after {COMMIT_RETRY.attempts} attempts: {exc}"
-            ) from exc
+        return _replan_on_conflict(name, partial(self._apply_once, name, batch))
 
     def _apply_once(self, name: str, batch: _Batch) -> TableReport:
         path = self.table_path(RAW_NAMESPACE, name)
@@ -343,17 +334,7 @@ class LocalWarehouse:
         """
         if any(op != Op.READ.value for op in cols.ops):
             raise ValueError(f"load_reads takes snapshot reads only; {cols.table_id} has others")
-        name = cols.table_id
-        try:
-            return retry.call(
-                partial(self._load_reads_once, cols, load_id),
-                COMMIT_RETRY,
-                f"commit conflict on {name!r}",
-            )
-        except CommitFailedError as exc:
-            raise WarehouseTransientError(
-                f"commit conflict on {name!r} after {COMMIT_RETRY.attempts} attempts: {exc}"
-            ) from exc
+        return _replan_on_conflict(cols.table_id, partial(self._load_reads_once, cols, load_id))
 
     def _load_reads_once(self, cols: TableColumns, load_id: str) -> TableReport:
         name = cols.table_id
@@ -584,3 +565,14 @@ def _record_unmatched(table: DeltaTable, name: str, unmatched: Sequence[ChangeEv
             record["first_position"],
             UNMATCHED_PROPERTY,
         )
+
+
+def _replan_on_conflict(name: str, write: Callable[[], TableReport]) -> TableReport:
+    """``write()`` (which plans on the table's current version), again on a commit conflict;
+    :class:`WarehouseTransientError` once :data:`COMMIT_RETRY` is spent."""
+    try:
+        return retry.call(write, COMMIT_RETRY, f"commit conflict on {name!r}")
+    except CommitFailedError as exc:
+        raise WarehouseTransientError(
+            f"commit conflict on {name!r} after {COMMIT_RETRY.attempts} attempts: {exc}"
+        ) from exc
