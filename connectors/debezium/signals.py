@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from capa.errors import ConfigError, DecodeError, ServiceUnavailable
 
 SIGNAL_COLUMNS = "id varchar(64) PRIMARY KEY, type varchar(32) NOT NULL, data varchar(2048)"
@@ -35,9 +37,8 @@ def split_name(name: str, default_schema: str = "public") -> tuple[str, str]:
     return (schema, table) if dot else (default_schema, name)
 
 
-def _qualified(name: str) -> str:
-    schema, table = split_name(name)
-    return f'"{schema.replace(chr(34), chr(34) * 2)}"."{table.replace(chr(34), chr(34) * 2)}"'
+def _qualified(name: str) -> sql.Identifier:
+    return sql.Identifier(*split_name(name))
 
 
 def slot_active(conn: Any, slot: str) -> bool:
@@ -71,7 +72,11 @@ def ensure_signal_table(conn: Any, signal_table: str, publication: str) -> None:
     """Create the signalling table if needed and make sure the publication carries it
     (a publication ``FOR ALL TABLES`` does by itself)."""
     schema, table = split_name(signal_table)
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {_qualified(signal_table)} ({SIGNAL_COLUMNS})")
+    conn.execute(
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+            _qualified(signal_table), sql.SQL(SIGNAL_COLUMNS)
+        )
+    )
     row = conn.execute(
         "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)
     ).fetchone()
@@ -88,8 +93,11 @@ def ensure_signal_table(conn: Any, signal_table: str, publication: str) -> None:
         (publication, schema, table),
     ).fetchone()
     if member is None:
-        pub = publication.replace('"', '""')
-        conn.execute(f'ALTER PUBLICATION "{pub}" ADD TABLE {_qualified(signal_table)}')
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(publication), _qualified(signal_table)
+            )
+        )
 
 
 def start_point(conn: Any, timeout_s: float = 300.0) -> int:
@@ -121,7 +129,9 @@ def send_execute_snapshot(conn: Any, signal_table: str, tables: Sequence[str]) -
     signal_id = f"capa-resync-{uuid.uuid4().hex[:16]}"
     data = json.dumps({"data-collections": list(tables), "type": "incremental"})
     conn.execute(
-        f"INSERT INTO {_qualified(signal_table)} (id, type, data) VALUES (%s, %s, %s)",
+        sql.SQL("INSERT INTO {} (id, type, data) VALUES (%s, %s, %s)").format(
+            _qualified(signal_table)
+        ),
         (signal_id, "execute-snapshot", data),
     )
     return signal_id
