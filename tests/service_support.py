@@ -51,6 +51,48 @@ def start_bridge(
         )
 
 
+def capture_settings(
+    capa_settings: Any,
+    kafka: Any,
+    tmp_path: Path,
+    tag: str,
+    suffix: str,
+    include: str,
+    *,
+    partitions: int = 3,
+    **debezium: Any,
+) -> Any:
+    """Settings of a capture of the test's own: topics ``it.<tag>[.dlq].<suffix>`` (created),
+    source ``<tag><suffix>``, engine, slot and publication named after ``tag`` and ``suffix``,
+    ``table_include_list`` ``include``, 1 s heartbeats plus ``debezium`` overrides; state in
+    ``tmp_path/state`` and a local warehouse in ``tmp_path/wh``."""
+    from capa.config import LocalWarehouseConfig
+    from capa_app.stack.kafka import ensure_topics
+
+    kafka_config = kafka.config.model_copy(
+        update={"topic": f"it.{tag}.{suffix}", "dlq_topic": f"it.{tag}.dlq.{suffix}"}
+    )
+    names = {
+        "source_name": f"{tag}{suffix}",
+        "engine_name": f"capa-{tag}-{suffix}",
+        "slot_name": f"capa_{tag}_{suffix}",
+        "publication": f"capa_{tag}_{suffix}",
+        "table_include_list": include,
+        "heartbeat_interval_ms": 1000,
+    }
+    state = tmp_path / "state"
+    state.mkdir()
+    ensure_topics(kafka.admin(), {kafka_config.topic: partitions, kafka_config.dlq_topic: 1})
+    return capa_settings.model_copy(
+        update={
+            "state_dir": state,
+            "kafka": kafka_config,
+            "debezium": capa_settings.debezium.model_copy(update={**names, **debezium}),
+            "warehouse": LocalWarehouseConfig(path=tmp_path / "wh"),
+        }
+    )
+
+
 # --- PostgreSQL logical replication ------------------------------------------------------
 
 

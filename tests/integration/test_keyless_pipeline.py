@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import ROOT, bridge_environment, slot_inactive, start_bridge
+from service_support import ROOT, bridge_environment, drop_capture, start_bridge
 
 from capa.codec import event_to_json
 from capa.config import CapaSettings
@@ -93,15 +93,7 @@ def captured(
             proc.kill()
             proc.wait(30)
         sys.stderr.write(f"\n----- bridge log tail ({log}) -----\n{tail(log, 60)}\n")
-        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-            wait_for(lambda: slot_inactive(conn, debezium.slot_name), timeout=30)
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE slot_name = %s AND NOT active",
-                (debezium.slot_name,),
-            )
-            conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        drop_capture(postgres.dsn, debezium.slot_name, debezium.publication, None, schema=schema)
 
 
 def events_until(settings: CapaSettings, done: Any) -> list[ChangeEvent]:

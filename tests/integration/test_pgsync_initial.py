@@ -18,13 +18,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import slot_inactive, start_bridge
+from service_support import capture_settings, drop_capture, start_bridge
 
-from capa.config import CapaSettings, LocalWarehouseConfig
+from capa.config import CapaSettings
 from capa.events import Op
 from capa.verify import verify_postgres_local
 from capa_app.stack.base import tail, wait_for
-from capa_app.stack.kafka import ensure_topics
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
 from connectors.pgsync.progress import StateFile, initial_sync_status, state_path
 
@@ -44,34 +43,19 @@ def fast(
 ) -> Iterator[dict[str, Any]]:
     suffix = uuid.uuid4().hex[:8]
     schema = f"Sync_{suffix}"
-    kafka_config = kafka.config.model_copy(
-        update={"topic": f"it.sync.{suffix}", "dlq_topic": f"it.sync.dlq.{suffix}"}
+    settings = capture_settings(
+        capa_settings,
+        kafka,
+        tmp_path,
+        "sy",
+        suffix,
+        f"{schema}\\..*",
+        initial_load="fast",
+        initial_load_workers=2,
+        initial_load_range_pages=4,  # many small ranges in parallel
+        initial_load_log_interval_s=0.5,
     )
-    debezium = capa_settings.debezium.model_copy(
-        update={
-            "source_name": f"sy{suffix}",
-            "engine_name": f"capa-sy-{suffix}",
-            "slot_name": f"capa_sy_{suffix}",
-            "publication": f"capa_sy_{suffix}",
-            "table_include_list": f"{schema}\\..*",
-            "heartbeat_interval_ms": 1000,
-            "initial_load": "fast",
-            "initial_load_workers": 2,
-            "initial_load_range_pages": 4,  # many small ranges in parallel
-            "initial_load_log_interval_s": 0.5,
-        }
-    )
-    state = tmp_path / "state"
-    state.mkdir()
-    settings = capa_settings.model_copy(
-        update={
-            "state_dir": state,
-            "kafka": kafka_config,
-            "debezium": debezium,
-            "warehouse": LocalWarehouseConfig(path=tmp_path / "wh"),
-        }
-    )
-    ensure_topics(kafka.admin(), {kafka_config.topic: 3, kafka_config.dlq_topic: 1})
+    debezium = settings.debezium
     procs: list[subprocess.Popen[bytes]] = []
     yield {"settings": settings, "schema": schema, "procs": procs, "tmp": tmp_path}
     for proc in procs:
@@ -79,15 +63,7 @@ def fast(
             proc.kill()
             proc.wait(30)
     sys.stderr.write(f"\n--- bridge log tail ---\n{tail(tmp_path / 'bridge.log', 40)}\n")
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        wait_for(lambda: slot_inactive(conn, debezium.slot_name), timeout=30)
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name = %s AND NOT active",
-            (debezium.slot_name,),
-        )
-        conn.execute(f'DROP PUBLICATION IF EXISTS "{debezium.publication}"')
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    drop_capture(postgres.dsn, debezium.slot_name, debezium.publication, None, schema=schema)
 
 
 def create_tables(dsn: str, schema: str, accounts: int) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import bridge_environment, drop_capture, start_bridge
+from service_support import bridge_environment, capture_settings, drop_capture, start_bridge
 
-from capa.config import CapaSettings, LocalWarehouseConfig
+from capa.config import CapaSettings
 from capa.errors import ServiceUnavailable
 from capa.events import ChangeEvent, Op, SourceKind, raw_table_name
 from capa.verify import verify_postgres_local
@@ -29,7 +29,6 @@ from capa.warehouse.base import RAW_NAMESPACE
 from capa.warehouse.local.warehouse import LocalWarehouse
 from capa_app.commands.resync import resync
 from capa_app.stack.base import tail, wait_for
-from capa_app.stack.kafka import ensure_topics
 from connectors.debezium.signals import slot_active
 from connectors.pgsync.progress import initial_sync_status
 
@@ -43,34 +42,19 @@ def stack(
 ) -> Iterator[dict[str, Any]]:
     suffix = uuid.uuid4().hex[:8]
     schema = f"rs_{suffix}"
-    kafka_config = kafka.config.model_copy(
-        update={"topic": f"it.rs.{suffix}", "dlq_topic": f"it.rs.dlq.{suffix}"}
+    settings = capture_settings(
+        capa_settings,
+        kafka,
+        tmp_path,
+        "rs",
+        suffix,
+        f"{schema}\\..*",
+        signal_table=f"{schema}.capa_signal",
+        incremental_snapshot_chunk_size=250,  # a dozen watermark windows
+        initial_load="fast",
+        initial_load_workers=2,
     )
-    debezium = capa_settings.debezium.model_copy(
-        update={
-            "source_name": f"rs{suffix}",
-            "engine_name": f"capa-rs-{suffix}",
-            "slot_name": f"capa_rs_{suffix}",
-            "publication": f"capa_rs_{suffix}",
-            "table_include_list": f"{schema}\\..*",
-            "signal_table": f"{schema}.capa_signal",
-            "incremental_snapshot_chunk_size": 250,  # a dozen watermark windows
-            "heartbeat_interval_ms": 1000,
-            "initial_load": "fast",
-            "initial_load_workers": 2,
-        }
-    )
-    state = tmp_path / "state"
-    state.mkdir()
-    settings = capa_settings.model_copy(
-        update={
-            "state_dir": state,
-            "kafka": kafka_config,
-            "debezium": debezium,
-            "warehouse": LocalWarehouseConfig(path=tmp_path / "wh"),
-        }
-    )
-    ensure_topics(kafka.admin(), {kafka_config.topic: 3, kafka_config.dlq_topic: 1})
+    debezium = settings.debezium
     procs: list[subprocess.Popen[bytes]] = []
     yield {"settings": settings, "schema": schema, "procs": procs, "tmp": tmp_path}
     for proc in procs:

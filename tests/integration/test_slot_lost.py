@@ -21,12 +21,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from service_support import drop_capture, start_bridge
+from service_support import capture_settings, drop_capture, start_bridge
 
-from capa.config import CapaSettings, LocalWarehouseConfig
+from capa.config import CapaSettings
 from capa.position import parse_pg_lsn
 from capa_app.stack.base import tail, wait_for
-from capa_app.stack.kafka import ensure_topics
 from connectors.debezium.engine import offsets_file
 from connectors.kafka.consumer import ChangeEventDecoder, read_topic
 from connectors.pgsync.progress import initial_sync_status
@@ -119,30 +118,10 @@ def capture(
 ) -> Iterator[Capture]:
     suffix = uuid.uuid4().hex[:8]
     table = f"slot_{suffix}"
-    state = tmp_path / "state"
-    state.mkdir()
-    kafka_config = kafka.config.model_copy(
-        update={"topic": f"it.slot.{suffix}", "dlq_topic": f"it.slot.dlq.{suffix}"}
+    settings = capture_settings(
+        capa_settings, kafka, tmp_path, "sl", suffix, f"public.{table}", partitions=1
     )
-    debezium = capa_settings.debezium.model_copy(
-        update={
-            "source_name": f"sl{suffix}",
-            "engine_name": f"capa-sl-{suffix}",
-            "slot_name": f"capa_sl_{suffix}",
-            "publication": f"capa_sl_{suffix}",
-            "table_include_list": f"public.{table}",
-            "heartbeat_interval_ms": 1000,
-        }
-    )
-    settings = capa_settings.model_copy(
-        update={
-            "state_dir": state,
-            "kafka": kafka_config,
-            "debezium": debezium,
-            "warehouse": LocalWarehouseConfig(path=tmp_path / "wh"),
-        }
-    )
-    ensure_topics(kafka.admin(), {kafka_config.topic: 1, kafka_config.dlq_topic: 1})
+    debezium = settings.debezium
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute(f'CREATE TABLE public."{table}" (id int PRIMARY KEY)')
     run = Capture(settings, postgres.dsn, table, tmp_path / "bridge.log")
