@@ -67,6 +67,15 @@ def pg_position(lsn: str | int, *, snapshot: bool) -> str:
     return f"{parse_pg_lsn(lsn):016x}.{phase}"
 
 
+def pg_position_lsn(position: str) -> int | None:
+    """The LSN of a PostgreSQL position (the inverse of :func:`pg_position`); None for the
+    positions of other source kinds."""
+    head, _, phase = position.partition(".")
+    if len(head) != 16 or phase not in (SNAPSHOT_PHASE, STREAM_PHASE):
+        return None
+    return int(head, 16)
+
+
 def pg_lsn_text(lsn: int) -> str:
     """The LSN in PostgreSQL's own ``X/Y`` notation."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

@@ -42,6 +42,7 @@ from capa import metrics
 from capa.config import CapaSettings
 from capa.errors import CapaError, SlotLost
 from capa.events import ChangeEvent, Op
+from capa.position import pg_position_lsn
 from capa.runtime import start_service
 from connectors.base import Normalizer, RawRecord, normalize_one
 from connectors.debezium import routing
@@ -226,7 +227,7 @@ class DebeziumKafkaBridge:
         self, outcome: Any, raw: RawRecord, table: str, count: bool, produced: Counter[str]
     ) -> None:
         if isinstance(outcome, ChangeEvent) and outcome.op is not Op.READ:
-            self._saw_lsn(position_lsn(outcome.position))
+            self._saw_lsn(pg_position_lsn(outcome.position))
         routed = routing.route(outcome, raw, self.producer, self.source)
         if not count:
             return
@@ -239,14 +240,6 @@ class DebeziumKafkaBridge:
             self.skipped += 1
         else:
             self.dead_letters += 1
-
-
-def position_lsn(position: str) -> int | None:
-    """The LSN of a PostgreSQL position (``<lsn:016x>.<phase>``); None for other kinds."""
-    head, _, phase = position.partition(".")
-    if len(head) != 16 or phase not in ("0", "1"):
-        return None
-    return int(head, 16)
 
 
 def _source_lsn(value: str | None) -> int | None:

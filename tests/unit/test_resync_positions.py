@@ -153,7 +153,8 @@ def test_table_names_default_to_public() -> None:
 
 
 def test_the_bridge_reads_lsns_of_positions_and_signal_rows() -> None:
-    from connectors.debezium.bridge import _source_lsn, position_lsn
+    from capa.position import pg_position_lsn as position_lsn
+    from connectors.debezium.bridge import _source_lsn
 
     assert position_lsn(pg_position(0x200, snapshot=False)) == 0x200
     assert position_lsn("0000002d00000a480003.00000000000000000000.00000001") is None
