@@ -64,6 +64,7 @@ from connectors.pgsync.progress import state_path
 from connectors.pgsync.sync import run_initial_sync
 
 logger = logging.getLogger(__name__)
+ENGINE_STOP_S = 60.0  # how long a stop waits for the engine thread before exiting without it
 
 ORIGIN = routing.ORIGIN
 COMPONENT = "debezium-bridge"  # the ``component`` label of its metrics
@@ -278,6 +279,7 @@ class BridgeProcess:
         if isinstance(normalizer, DebeziumNormalizer):
             normalizer.stream_lsn = lambda: self.handler.stream_lsn
         self.engine: EmbeddedDebezium | None = None
+        self.engine_hung = False  # the engine thread outlived the stop (see _shutdown)
 
     def request_stop(self, *_: Any) -> None:
         logger.info("stop requested; closing the Debezium engine")
@@ -326,7 +328,13 @@ class BridgeProcess:
         assert self.engine is not None
         self.stop.set()
         self.engine.close()
-        self.engine.wait(60)
+        self.engine_hung = not self.engine.wait(ENGINE_STOP_S)
+        if self.engine_hung:
+            logger.error(
+                "the Debezium engine did not stop within %.0f s; the bridge exits without it "
+                "(changes after the last committed offset are sent again on restart)",
+                ENGINE_STOP_S,
+            )
         self.producer.close()
         h = self.handler
         logger.info(
@@ -360,10 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         process = BridgeProcess(settings)
         signal.signal(signal.SIGTERM, process.request_stop)
         signal.signal(signal.SIGINT, process.request_stop)
-        return process.run()
+        code = process.run()
     except CapaError as exc:
         logger.error("%s", exc)
         return 1
+    if process.engine_hung:  # its JVM threads would keep the interpreter from exiting
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
