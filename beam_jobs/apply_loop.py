@@ -265,6 +265,7 @@ class ApplyLoop:
         self._inflight: Future[_Work] | None = None
         self._background = ThreadPoolExecutor(1, thread_name_prefix="capa-apply")
         self._last_lag_check = 0.0
+        self._applied: dict[KafkaPartition, int] = {}  # next offset per partition, applied
 
     # --- the driver's calls ----------------------------------------------------------
 
@@ -279,7 +280,12 @@ class ApplyLoop:
     def finish(self) -> dict[str, Any] | None:
         """End of a read round: flush what is buffered; an idle round records the batch
         in flight (if any) now, not at the next busy one."""
-        return self._flush() if self._batches else self._collect()
+        if self._batches:
+            return self._flush()
+        report = self._collect()
+        if report is None and self._applied:  # idle: the lag gauge must not keep a stale value
+            self._maybe_record_lag(self._applied)
+        return report
 
     def close(self) -> None:
         """Wait for the batch in flight, compact deferred writes, release every client."""
@@ -424,6 +430,7 @@ class ApplyLoop:
             )
         if work.letters:
             self.stats.record_dead_letters(len(work.letters))
+        self._applied.update(work.offsets)
         if self._committer is not None:
             self._maybe_record_lag(work.offsets)
         self.stats.publish()

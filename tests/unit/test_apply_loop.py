@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,33 @@ def test_the_loop_reports_each_new_raw_table_to_lineage_once(
     raw = tmp_path.resolve() / "raw"
     assert outputs[1] == [str(raw / "f2_public_items")]
     assert outputs[3] == [str(raw / "f2_public_items"), str(raw / "f2_public_parts")]
+
+
+class LagCommitter(RecordingCommitter):
+    """Reports the lag it is told to (the topic's end offsets move without the loop)."""
+
+    lag = 0
+
+    def partition_lags(self, next_offsets: dict[KafkaPartition, int]) -> dict[KafkaPartition, int]:
+        return dict.fromkeys(next_offsets, self.lag)
+
+
+def test_an_idle_round_refreshes_the_lag_gauge(tmp_path: Path) -> None:
+    """The lag of the last applied batch must not stay on the gauge while the job is idle."""
+    committer = LagCommitter(tmp_path)
+    committer.lag = 7
+    loop = ApplyLoop(
+        LocalWarehouse(tmp_path), ChangeEventDecoder(), committer=committer,
+        dead_letters=RecordingDeadLetters(), max_batch_events=10_000,
+        stats=ApplyStats(None, 3600), native_decode=decode_batch, retry_policy=NO_WAIT,
+    )  # fmt: skip
+    try:
+        loop.add(as_batch([make_event(1, 1)]))
+        loop.finish()
+        assert _sample("capa_apply_consumer_lag_records", topic="t", partition="0") == 7
+        committer.lag = 0  # the rest was applied; nothing new arrives
+        time.sleep(2.1)  # the loop checks the lag at most every 2 s
+        assert loop.finish() is None  # an idle round
+        assert _sample("capa_apply_consumer_lag_records", topic="t", partition="0") == 0
+    finally:
+        loop.close()
